@@ -1,0 +1,204 @@
+"""The `embedstream` command: serve, gateway, worker, check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from embedstream import registry as registry_mod
+from embedstream.errors import ConfigError
+from embedstream.settings import Settings, env_help, redact_url
+
+log = logging.getLogger("embedstream")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(
+            redis_url=args.redis_url,
+            port=getattr(args, "port", None),
+            registry=args.registry,
+            threads=getattr(args, "threads", None),
+        )
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s",
+        )
+        command: str = args.command
+        return int(COMMANDS[command](settings, args))
+    except ConfigError as exc:
+        print(f"embedstream: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embedstream",
+        description="Self-hosted embedding inference over gRPC, queued through Redis streams.",
+        epilog="Environment (flags win over variables):\n" + env_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", help="Redis URL (EMBEDSTREAM_REDIS_URL)")
+    common.add_argument("--registry", help="model registry TOML (EMBEDSTREAM_REGISTRY)")
+    serve = sub.add_parser("serve", parents=[common], help="Redis (unless --redis-url), a gateway and a worker per model")
+    serve.add_argument("--port", type=int, help="gRPC port (EMBEDSTREAM_PORT, default 50051)")
+    serve.add_argument("--data-dir", default=".embedstream", help="where the private Redis keeps its AOF")
+    serve.add_argument("--threads", type=int, help="torch threads per worker (EMBEDSTREAM_THREADS)")
+    gateway = sub.add_parser("gateway", parents=[common], help="run one gateway")
+    gateway.add_argument("--port", type=int, help="gRPC port (EMBEDSTREAM_PORT, default 50051)")
+    worker = sub.add_parser("worker", parents=[common], help="run one worker for one model")
+    worker.add_argument("--model", default="", help="model name from the registry (default: the default model)")
+    worker.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")
+    check = sub.add_parser("check", parents=[common], help="exit 0 when the gateway reports SERVING")
+    check.add_argument("--port", type=int, help="gateway port")
+    check.add_argument("--service", default="", help="health service name (a model name checks that model)")
+    return parser
+
+
+def _need_redis(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise ConfigError("EMBEDSTREAM_REDIS_URL (or --redis-url) is required; `embedstream serve` starts its own")
+
+
+def _gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    _need_redis(settings)
+    registry = registry_mod.load(settings.registry)
+    _run_async(serve(settings, registry))
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    _need_redis(settings)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    from workers import model as model_mod
+    from workers.worker import serve
+
+    hf_logging.disable_progress_bar()
+    registry = registry_mod.load(settings.registry)
+    spec = registry.resolve(args.model)
+    threads = settings.torch_threads()
+    log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
+    model = model_mod.load(spec, threads)
+    _run_async(serve(spec, model, settings))
+    return 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = f"127.0.0.1:{settings.port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=2
+            )
+    except grpc.RpcError as exc:
+        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target} {args.service or '(overall)'}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from embedstream.redis_server import RedisServer
+
+    registry = registry_mod.load(settings.registry)
+    redis = None
+    env = dict(os.environ)
+    if not settings.redis_url:
+        redis = RedisServer(Path(args.data_dir).resolve() / "redis").start()
+        env["EMBEDSTREAM_REDIS_URL"] = redis.url
+        log.info("started redis-server on port %d (AOF in %s)", redis.port, redis.data_dir)
+    else:
+        log.info("using Redis at %s", redact_url(settings.redis_url))
+    env["EMBEDSTREAM_PORT"] = str(settings.port)
+    env["EMBEDSTREAM_THREADS"] = str(settings.threads)
+    if settings.registry:
+        env["EMBEDSTREAM_REGISTRY"] = str(Path(settings.registry).resolve())
+    base = [sys.executable, "-m", "embedstream"]
+    commands = {"gateway": base + ["gateway"]}
+    for name in registry.models:
+        commands[f"worker:{name}"] = base + ["worker", "--model", name]
+    supervisor = Supervisor(commands, env)
+    try:
+        supervisor.run()
+    finally:
+        if redis is not None:
+            redis.stop()
+    return 0
+
+
+class Supervisor:
+    """Keeps child processes running until SIGINT/SIGTERM, then stops them in order."""
+
+    def __init__(self, commands: dict[str, list[str]], env: dict[str, str]) -> None:
+        self.commands = commands
+        self.env = env
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self._stop = False
+
+    def run(self) -> None:
+        """Start every child; restart any that dies; return after a signal."""
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        for name in self.commands:
+            self._spawn(name)
+        while not self._stop:
+            time.sleep(0.2)
+            for name, proc in list(self.children.items()):
+                code = proc.poll()
+                if code is not None and not self._stop:
+                    log.error("%s exited with %s; restarting in 1 s", name, code)
+                    time.sleep(1)
+                    self._spawn(name)
+        log.info("stopping: gateway first, then workers")
+        ordered = sorted(self.children.items(), key=lambda kv: kv[0] != "gateway")
+        for _, proc in ordered:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in ordered:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in 15 s; killing it", name)
+                proc.kill()
+                proc.wait()
+
+    def _spawn(self, name: str) -> None:
+        # New process group: Ctrl-C reaches only the supervisor, which then
+        # stops the children in order instead of all at once.
+        self.children[name] = subprocess.Popen(self.commands[name], env=self.env, start_new_session=True)
+
+    def _signal(self, signum: int, frame: object) -> None:
+        self._stop = True
+
+
+def _run_async(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+COMMANDS = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check": _check}

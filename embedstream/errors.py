@@ -1,0 +1,81 @@
+"""The one error hierarchy of embedstream; the gateway maps it to gRPC status codes."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(str, enum.Enum):
+    """Failure kinds; names equal grpc.StatusCode names so mapping is one lookup."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+
+
+class EmbedstreamError(Exception):
+    """Base of every error that reaches a caller with a precise status."""
+
+    code: Code = Code.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @staticmethod
+    def from_code(code: str, message: str) -> EmbedstreamError:
+        """Rebuild an error that crossed a process boundary as (code, message)."""
+        cls = _BY_CODE.get(code, InternalError)
+        return cls(message)
+
+
+class InvalidArgument(EmbedstreamError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(EmbedstreamError):
+    code = Code.NOT_FOUND
+
+
+class ResourceExhausted(EmbedstreamError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(EmbedstreamError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Unavailable(EmbedstreamError):
+    code = Code.UNAVAILABLE
+
+
+class Cancelled(EmbedstreamError):
+    code = Code.CANCELLED
+
+
+class InternalError(EmbedstreamError):
+    code = Code.INTERNAL
+
+
+class ConfigError(Exception):
+    """A bad setting or registry entry; raised at start, names the key."""
+
+
+_BY_CODE: dict[str, type[EmbedstreamError]] = {
+    cls.code.value: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Unavailable,
+        Cancelled,
+        InternalError,
+    )
+}

@@ -1,0 +1,40 @@
+"""Prometheus metrics of gateways and workers; served on ``metrics_port`` when set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+REQUESTS = Counter("embedstream_requests_total", "Requests answered by the gateway", ["rpc", "model", "code"])
+INPUTS = Counter("embedstream_inputs_total", "Inputs accepted by the gateway", ["model"])
+INFLIGHT = Gauge("embedstream_inflight_requests", "Requests waiting for a worker's reply", ["model"])
+LATENCY = Histogram(
+    "embedstream_request_seconds",
+    "Gateway time per request",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LATE_REPLIES = Counter("embedstream_late_replies_total", "Replies for requests already answered, dropped")
+ADMISSION_REJECTED = Counter(
+    "embedstream_admission_rejected_total", "Unary calls refused because the model queue was full", ["model"]
+)
+QUEUE_DEPTH = Gauge("embedstream_queue_depth", "Entries in a model's stream", ["model"])
+LIVE_WORKERS = Gauge("embedstream_live_workers", "Workers with a recent heartbeat", ["model"])
+
+WORKER_QUEUED = Gauge("embedstream_worker_pool_inputs", "Inputs read and waiting for a batch", ["model"])
+WORKER_REPLIES = Counter("embedstream_worker_replies_total", "Entries answered by this worker", ["model"])
+WORKER_DROPPED = Counter("embedstream_worker_dropped_total", "Entries dropped before inference", ["model", "reason"])
+BATCH_SIZE = Histogram(
+    "embedstream_batch_inputs", "Inputs per batch", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+)
+BATCH_TOKENS = Histogram(
+    "embedstream_batch_tokens", "Real tokens per batch", ["model"], buckets=(64, 256, 1024, 4096, 16384, 65536)
+)
+INFERENCE_SECONDS = Histogram("embedstream_inference_seconds", "Forward pass time per batch", ["model"])
+REDELIVERED = Counter("embedstream_redelivered_total", "Entries reclaimed from a dead or stalled worker", ["model"])
+DEAD_LETTERED = Counter("embedstream_dead_lettered_total", "Entries moved to the dead-letter stream", ["model"])
+
+
+def start_server(port: int) -> None:
+    """Serve /metrics on ``port``; 0 leaves metrics off."""
+    if port:
+        start_http_server(port)

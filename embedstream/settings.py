@@ -1,0 +1,125 @@
+"""Process settings: one frozen object, built in ``main()`` from ``EMBEDSTREAM_*``.
+
+Nothing reads the environment at import time. Every field carries its help
+text, shown by ``embedstream --help``; a bad value raises :class:`ConfigError`
+naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from embedstream.errors import ConfigError
+
+ENV_PREFIX = "EMBEDSTREAM_"
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a gateway, worker or ``serve`` process can be told."""
+
+    redis_url: str = _f("", "Redis URL (redis:// or rediss://); empty makes `serve` start its own")
+    registry: str = _f("", "Path of the model registry TOML; empty serves the built-in default model")
+    host: str = _f("127.0.0.1", "Address the gateway binds; 0.0.0.0 or [::] to serve other hosts")
+    port: int = _f(50051, "gRPC port of the gateway; 0 picks a free one")
+    max_inputs_per_request: int = _f(256, "Inputs accepted in one EmbedRequest")
+    max_text_bytes: int = _f(65536, "UTF-8 bytes accepted in one text input")
+    stream_window: int = _f(1024, "Inputs in flight per EmbedStream before reading the client pauses")
+    max_deadline_s: float = _f(60.0, "Deadline given to calls without one, and the longest honoured")
+    redis_timeout_s: float = _f(1.5, "Redis command timeout; a call fails UNAVAILABLE after it")
+    worker_liveness_s: float = _f(5.0, "A worker whose heartbeat is older than this counts as gone")
+    threads: int = _f(0, "Torch intra-op threads per worker; 0 leaves one core for gateway and Redis")
+    visibility_timeout_s: float = _f(30.0, "Idle time after which a dead worker's entries are reclaimed")
+    max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")
+    heartbeat_s: float = _f(1.0, "Worker heartbeat and lease renewal interval")
+    max_wait_ms: float = _f(2.0, "How long an idle worker waits to fill a batch")
+    metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
+    log_level: str = _f("INFO", "Python logging level")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``EMBEDSTREAM_<FIELD>`` variables, then apply non-None ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in env:
+                values[f.name] = _cast(key, env[key], type(f.default))
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values no process could run with, naming the variable."""
+        positive = (
+            "max_inputs_per_request",
+            "max_text_bytes",
+            "stream_window",
+            "max_deadline_s",
+            "redis_timeout_s",
+            "worker_liveness_s",
+            "visibility_timeout_s",
+            "max_deliveries",
+            "heartbeat_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be > 0")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be 0..65535")
+        if self.threads < 0 or self.max_wait_ms < 0:
+            raise ConfigError(f"{ENV_PREFIX}THREADS and {ENV_PREFIX}MAX_WAIT_MS must be >= 0")
+        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"{ENV_PREFIX}REDIS_URL must start with redis://, rediss:// or unix://")
+
+    def torch_threads(self) -> int:
+        """Intra-op threads for the model: the setting, or all cores but one."""
+        return self.threads or max(1, (os.cpu_count() or 2) - 1)
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["redis_url"] = redact_url(self.redis_url)
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def env_help() -> str:
+    """One line per setting, for ``--help``."""
+    lines = []
+    for f in dataclasses.fields(Settings):
+        lines.append(f"  {ENV_PREFIX}{f.name.upper():<24} {f.metadata['help']} (default {f.default!r})")
+    return "\n".join(lines)
+
+
+def _cast(key: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a valid {kind.__name__}") from None

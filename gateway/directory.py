@@ -1,0 +1,105 @@
+"""What the gateway knows of Redis and the workers, refreshed once a second.
+
+One background task pings Redis and reads, per model, the live workers, the
+queue depth and the info the workers publish. Calls consult this snapshot
+instead of paying a round trip; the health service mirrors it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from embedstream import keys, metrics
+from embedstream.connections import TRANSIENT
+from embedstream.registry import Registry
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 0.5
+
+
+@dataclass(slots=True)
+class ModelState:
+    """One model as last seen in Redis."""
+
+    workers: int = 0
+    queue_depth: int = 0
+    dimensions: int = 0
+    max_input_tokens: int = 0
+    normalizes: bool = False
+
+
+class Directory:
+    """A snapshot of Redis reachability and per-model worker state."""
+
+    def __init__(self, redis: object, registry: Registry, liveness_s: float) -> None:
+        self._redis = redis
+        self.registry = registry
+        self.liveness_s = liveness_s
+        self.redis_ok = False
+        self.states: dict[str, ModelState] = {name: ModelState() for name in registry.models}
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call ``listener`` after every refresh."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Take a first snapshot, then keep refreshing in the background."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="directory")
+
+    async def stop(self) -> None:
+        """Stop refreshing."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def refresh(self) -> None:
+        """Read Redis once; on failure mark it unreachable."""
+        now_ms = time.time() * 1000
+        pipe = self._redis.pipeline(transaction=False)  # type: ignore[attr-defined]
+        names = list(self.registry.models)
+        for name in names:
+            pipe.zcount(keys.workers(name), now_ms - self.liveness_s * 1000, "+inf")
+            pipe.xlen(keys.queue(name))
+            pipe.hgetall(keys.model_info(name))
+        try:
+            results = await pipe.execute()
+            self.redis_ok = True
+        except TRANSIENT as exc:
+            if self.redis_ok:
+                log.warning("redis unreachable: %s", exc)
+            self.redis_ok = False
+            results = None
+        if results is not None:
+            for i, name in enumerate(names):
+                live, depth, info = results[3 * i : 3 * i + 3]
+                state = self.states[name]
+                state.workers, state.queue_depth = int(live), int(depth)
+                if info:
+                    state.dimensions = int(info.get(b"dimensions", 0))
+                    state.max_input_tokens = int(info.get(b"max_input_tokens", 0))
+                    state.normalizes = info.get(b"normalizes") == b"1"
+                metrics.QUEUE_DEPTH.labels(name).set(state.queue_depth)
+                metrics.LIVE_WORKERS.labels(name).set(state.workers)
+        for listener in self._listeners:
+            await listener()
+
+    def serving(self, model: str) -> bool:
+        """True when Redis answers and the model has a live worker."""
+        return self.redis_ok and self.states[model].workers > 0
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("directory refresh failed")

@@ -1,0 +1,127 @@
+"""Puts one request on its model's stream and waits for the worker's reply."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+from embedstream import keys, metrics, wire
+from embedstream.connections import TRANSIENT
+from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from embedstream.registry import ModelSpec
+from gateway.directory import Directory
+from gateway.replies import ReplyRouter
+
+# Admission and enqueue in one atomic step: the queue can never grow past the
+# limit between a length check and the XADD. MAXLEN ~ is a safety net far
+# above the limit; it never trims work in normal operation.
+ADMIT = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4])
+"""
+
+
+@dataclass(slots=True)
+class Request:
+    """A validated request, ready to enqueue."""
+
+    spec: ModelSpec
+    texts: list[str]
+    normalize: bool | None
+    truncate: bool
+
+
+class Dispatcher:
+    """Enqueue with admission control, await the reply, clean up on give-up."""
+
+    def __init__(self, redis: object, router: ReplyRouter, directory: Directory, timeout_s: float) -> None:
+        self._redis = redis
+        self._admit = redis.register_script(ADMIT)  # type: ignore[attr-defined]
+        self.router = router
+        self.directory = directory
+        self.timeout_s = timeout_s
+        self._by_model: dict[str, set[str]] = {}
+
+    async def embed(self, request: Request, deadline: float, wait_for_room: bool = False) -> wire.Reply:
+        """The worker's reply for ``request``; raises an EmbedstreamError otherwise.
+
+        ``deadline`` is absolute (time.time()). Unary calls fail fast on a full
+        queue; streams pass ``wait_for_room`` and wait, slowing their client.
+        """
+        spec = request.spec
+        if not self.directory.redis_ok:
+            raise Unavailable("the queue (Redis) is unreachable; retry shortly")
+        if not self.directory.serving(spec.name):
+            raise Unavailable(f"no live worker serves model {spec.name!r}; retry shortly")
+        job = wire.Job(
+            id=uuid.uuid4().hex,
+            reply_to=self.router.stream,
+            deadline_ms=int(deadline * 1000),
+            enqueued_ms=int(time.time() * 1000),
+            texts=request.texts,
+            normalize=request.normalize,
+            truncate=request.truncate,
+        )
+        future = self.router.expect(job.id)
+        waiting = self._by_model.setdefault(spec.name, set())
+        waiting.add(job.id)
+        metrics.INFLIGHT.labels(spec.name).inc()
+        stream_id: bytes | None = None
+        try:
+            stream_id = await self._enqueue(spec, job, deadline, wait_for_room)
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise DeadlineExceeded("deadline passed while waiting for a worker")
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), remaining)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"deadline passed while waiting for model {spec.name!r} "
+                    f"(queue depth {self.directory.states[spec.name].queue_depth})"
+                ) from None
+        except BaseException:
+            # Timed out, cancelled or failed: take the entry back so no worker
+            # spends time on an answer nobody will read.
+            if stream_id is not None:
+                asyncio.ensure_future(self._withdraw(spec.name, stream_id))
+            raise
+        finally:
+            self.router.forget(job.id)
+            waiting.discard(job.id)
+            metrics.INFLIGHT.labels(spec.name).dec()
+
+    def fail_model(self, model: str, error: Unavailable) -> None:
+        """Answer every call waiting on ``model`` with ``error``."""
+        self.router.fail_all(error, list(self._by_model.get(model, ())))
+
+    async def _enqueue(self, spec: ModelSpec, job: wire.Job, deadline: float, wait_for_room: bool) -> bytes:
+        payload = wire.encode_job(job)
+        args = [spec.max_queue_entries, spec.max_queue_entries * 2 + 1000, keys.PAYLOAD, payload]
+        delay = 0.005
+        while True:
+            try:
+                stream_id = await asyncio.wait_for(
+                    self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s
+                )
+            except TRANSIENT as exc:
+                raise Unavailable(f"the queue (Redis) is unreachable: {type(exc).__name__}") from None
+            if stream_id is not None:
+                metrics.INPUTS.labels(spec.name).inc(len(job.texts))
+                return bytes(stream_id)
+            if not wait_for_room:
+                metrics.ADMISSION_REJECTED.labels(spec.name).inc()
+                raise ResourceExhausted(
+                    f"model {spec.name!r} has {spec.max_queue_entries} requests queued, its limit; retry with backoff"
+                )
+            if time.time() + delay >= deadline:
+                raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue was full")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _withdraw(self, model: str, stream_id: bytes) -> None:
+        try:
+            await asyncio.wait_for(self._redis.xdel(keys.queue(model), stream_id), self.timeout_s)  # type: ignore[attr-defined]
+        except (TRANSIENT, TimeoutError):
+            pass

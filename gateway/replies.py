@@ -1,0 +1,126 @@
+"""The gateway's reply stream: one reader task completes every waiting call.
+
+Each gateway process owns one stream. Workers XADD to it with NOMKSTREAM, so
+a gateway that died leaves no stream behind to fill: its stream carries a TTL
+that only the live reader keeps renewing. A reply for an id nobody waits for
+(the call was answered already, or timed out) is dropped and counted: that is
+how a redelivered entry's second answer never reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from embedstream import keys, metrics, wire
+from embedstream.connections import TRANSIENT, connect
+from embedstream.errors import EmbedstreamError
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 1000
+STREAM_TTL_S = 120
+
+
+class ReplyRouter:
+    """Maps job ids to futures and fulfils them from the reply stream."""
+
+    def __init__(self, redis_url: str, timeout_s: float) -> None:
+        self.gateway_id = uuid.uuid4().hex[:12]
+        self.stream = keys.replies(self.gateway_id)
+        self._redis = connect(redis_url, timeout_s, block_s=BLOCK_MS / 1000)
+        self._waiting: dict[str, asyncio.Future[wire.Reply]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.late_replies = 0
+
+    async def start(self) -> None:
+        """Start the reader; it creates the stream and keeps it alive."""
+        self._task = asyncio.create_task(self._run(), name="replies")
+
+    async def stop(self) -> None:
+        """Stop reading and delete the stream."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self._redis.delete(self.stream)
+        except TRANSIENT:
+            pass
+        await self._redis.aclose()
+
+    def expect(self, job_id: str) -> asyncio.Future[wire.Reply]:
+        """A future the reply for ``job_id`` will complete."""
+        future: asyncio.Future[wire.Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[job_id] = future
+        return future
+
+    def forget(self, job_id: str) -> None:
+        """Stop waiting for ``job_id``; a reply that comes later is dropped."""
+        self._waiting.pop(job_id, None)
+
+    def fail_all(self, error: EmbedstreamError, job_ids: list[str] | None = None) -> None:
+        """Answer waiting calls with ``error`` (all, or those in ``job_ids``)."""
+        for job_id in list(self._waiting) if job_ids is None else job_ids:
+            future = self._waiting.pop(job_id, None)
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    async def _ensure_stream(self) -> None:
+        # XADD with MAXLEN 0 creates the stream (if Redis lost it) and leaves it empty.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xadd(self.stream, {"init": b"1"}, maxlen=0)
+        pipe.expire(self.stream, STREAM_TTL_S)
+        await pipe.execute()
+
+    async def _run(self) -> None:
+        last = "$"
+        delay = 0.05
+        renewed = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if loop.time() - renewed > STREAM_TTL_S / 4:
+                    await self._ensure_stream()
+                    renewed = loop.time()
+                    if last == "$":
+                        last = "0-0"
+                got = await self._redis.xread({self.stream: last}, count=2048, block=BLOCK_MS)
+                delay = 0.05
+            except TRANSIENT as exc:
+                log.warning("reply stream read failed (%s); retrying", exc)
+                renewed = 0.0
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if not got:
+                continue
+            _, entries = got[0]
+            for entry_id, fields in entries:
+                self._deliver(fields.get(keys.PAYLOAD.encode()))
+            last_id = entries[-1][0].decode()
+            last = last_id
+            try:
+                await self._redis.xtrim(self.stream, minid=_successor(last_id))
+            except TRANSIENT:
+                renewed = 0.0
+
+    def _deliver(self, payload: bytes | None) -> None:
+        if payload is None:
+            return
+        try:
+            reply = wire.decode_reply(payload)
+        except wire.WireError as exc:
+            log.error("dropping an undecodable reply: %s", exc)
+            return
+        future = self._waiting.pop(reply.id, None)
+        if future is None or future.done():
+            self.late_replies += 1
+            metrics.LATE_REPLIES.inc()
+            return
+        future.set_result(reply)
+
+
+def _successor(stream_id: str) -> str:
+    ms, _, seq = stream_id.partition("-")
+    return f"{ms}-{int(seq) + 1}"

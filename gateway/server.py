@@ -1,0 +1,113 @@
+"""The gateway process: gRPC server, health, reflection, and their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from embedstream import metrics
+from embedstream.connections import connect
+from embedstream.errors import Unavailable
+from embedstream.registry import Registry
+from embedstream.settings import Settings
+from embedstream.v1 import embedder_pb2, embedder_pb2_grpc
+from gateway.directory import Directory
+from gateway.dispatch import Dispatcher
+from gateway.embedder import Embedder
+from gateway.replies import ReplyRouter
+
+log = logging.getLogger(__name__)
+
+SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Gateway:
+    """Owns the server and the Redis-side tasks; ``async with`` starts and stops it."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.redis = connect(settings.redis_url, settings.redis_timeout_s)
+        self.router = ReplyRouter(settings.redis_url, settings.redis_timeout_s)
+        self.directory = Directory(self.redis, registry, settings.worker_liveness_s)
+        self.dispatcher = Dispatcher(self.redis, self.router, self.directory, settings.redis_timeout_s)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self.port = 0
+        self._was_serving: dict[str, bool] = {}
+
+    async def start(self) -> None:
+        """Bind, start the reply reader and the directory, then serve."""
+        embedder_pb2_grpc.add_EmbedderServicer_to_server(
+            Embedder(self.settings, self.registry, self.directory, self.dispatcher), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        self.directory.on_change(self._publish_health)
+        await self.router.start()
+        await self.directory.start()
+        await self.server.start()
+        log.info("gateway %s listening on %s:%d", self.router.gateway_id, self.settings.host, self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Report NOT_SERVING, let calls finish for ``grace`` seconds, then close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.directory.stop()
+        await self.router.stop()
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _publish_health(self) -> None:
+        overall = SERVING if self.directory.redis_ok else NOT_SERVING
+        await self.health.set("", overall)
+        await self.health.set(SERVICE, overall)
+        for name in self.registry.models:
+            serving = self.directory.serving(name)
+            await self.health.set(name, SERVING if serving else NOT_SERVING)
+            if self._was_serving.get(name) and not serving:
+                # Its last worker is gone (or Redis is): callers waiting on it
+                # would otherwise hang until their deadline.
+                why = "the queue (Redis) became unreachable" if not self.directory.redis_ok else "its last worker left"
+                self.dispatcher.fail_model(name, Unavailable(f"model {name!r} stopped serving: {why}; retry"))
+            self._was_serving[name] = serving
+
+
+async def serve(settings: Settings, registry: Registry, ready: asyncio.Event | None = None) -> None:
+    """Run a gateway until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics.start_server(settings.metrics_port)
+    gateway = Gateway(settings, registry)
+    await gateway.start()
+    print(f"embedstream gateway listening on {settings.host}:{gateway.port}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()

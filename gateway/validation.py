@@ -1,0 +1,54 @@
+"""Checks every request before anything touches Redis; errors name the field."""
+
+from __future__ import annotations
+
+from embedstream.errors import InvalidArgument
+from embedstream.registry import Registry
+from embedstream.settings import Settings
+from embedstream.v1 import embedder_pb2 as pb
+from gateway.directory import Directory
+from gateway.dispatch import Request
+
+
+def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, directory: Directory) -> Request:
+    """A ready-to-enqueue request, or :class:`InvalidArgument` / ``NotFound``."""
+    spec = registry.resolve(req.model)
+    n = len(req.inputs)
+    if n == 0:
+        raise InvalidArgument("inputs: at least one input is required")
+    if n > settings.max_inputs_per_request:
+        raise InvalidArgument(
+            f"inputs: {n} inputs exceed the limit of {settings.max_inputs_per_request} per request; "
+            "split the request or use EmbedStream"
+        )
+    if req.encoding not in pb.VectorEncoding.values():
+        raise InvalidArgument(f"encoding: unknown value {req.encoding}")
+    truncate = req.truncate if req.HasField("truncate") else True
+    max_tokens = directory.states[spec.name].max_input_tokens
+    texts: list[str] = []
+    for i, item in enumerate(req.inputs):
+        kind = item.WhichOneof("content")
+        if kind == "image":
+            raise InvalidArgument(
+                f"inputs[{i}].image: model {spec.name!r} is a {spec.family} model and takes text only"
+            )
+        if kind != "text":
+            raise InvalidArgument(f"inputs[{i}]: set text")
+        text = item.text
+        if not text.strip():
+            raise InvalidArgument(f"inputs[{i}].text: must not be empty or only whitespace")
+        size = len(text.encode())
+        if size > settings.max_text_bytes:
+            raise InvalidArgument(
+                f"inputs[{i}].text: {size} bytes exceed the limit of {settings.max_text_bytes} bytes"
+            )
+        # Each whitespace-separated word is at least one token: a cheap, exact
+        # lower bound that refuses most over-long texts without tokenizing.
+        if not truncate and max_tokens and len(text.split()) + 2 > max_tokens:
+            raise InvalidArgument(
+                f"inputs[{i}].text: longer than the {max_tokens} tokens model {spec.name!r} accepts "
+                "and truncate is false"
+            )
+        texts.append(text)
+    normalize = req.normalize if req.HasField("normalize") else None
+    return Request(spec, texts, normalize, truncate)

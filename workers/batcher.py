@@ -1,0 +1,132 @@
+"""Packs inputs from many queue entries into batches by padded-token budget.
+
+The batcher owns the waiting inputs. Batches are contiguous runs of the pool
+sorted by token length, so padding stays small, and each batch holds the oldest
+waiting input, so no input starves behind a stream of shorter ones. Every input
+taken ends in its entry's vector matrix or its entry's error; an entry is done
+when its last input is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedstream.wire import Job
+from workers.model import Tokens
+
+_seq = itertools.count()
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One stream entry being worked: its job, its inputs' tokens, its vectors."""
+
+    stream_id: bytes
+    job: Job
+    payload: bytes
+    tokens: list[Tokens]
+    normalize: bool
+    vectors: np.ndarray | None = None
+    remaining: int = 0
+    started_ms: float = 0.0
+    inference_ms: float = 0.0
+    leased_at: float = field(default_factory=time.monotonic)
+    error: tuple[str, str] | None = None
+
+    def expired(self, now_ms: float) -> bool:
+        """True once the caller's deadline passed: the gateway already answered."""
+        return now_ms > self.job.deadline_ms
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """One input of one entry, waiting in the pool."""
+
+    entry: Entry
+    index: int
+    length: int
+    seq: int
+
+
+class Batcher:
+    """The pool of waiting inputs and the policy that cuts batches from it."""
+
+    def __init__(self, max_batch_tokens: int, max_batch_size: int) -> None:
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self._pool: list[Item] = []
+
+    def __len__(self) -> int:
+        return len(self._pool)
+
+    def add(self, entry: Entry, dimensions: int) -> None:
+        """Queue every input of ``entry``."""
+        entry.remaining = len(entry.tokens)
+        entry.vectors = np.empty((len(entry.tokens), dimensions), dtype=np.float32)
+        for i, tok in enumerate(entry.tokens):
+            self._pool.append(Item(entry, i, tok.length, next(_seq)))
+
+    def padded_tokens(self) -> int:
+        """Tokens one batch of the whole pool would cost; tells when to stop waiting."""
+        if not self._pool:
+            return 0
+        return len(self._pool) * max(item.length for item in self._pool)
+
+    def full(self) -> bool:
+        """True when the pool already holds at least one whole batch."""
+        return len(self._pool) >= self.max_batch_size or self.padded_tokens() >= self.max_batch_tokens
+
+    def take(self) -> list[Item]:
+        """Remove and return the next batch; empty only when the pool is."""
+        pool = self._pool
+        if not pool:
+            return []
+        pool.sort(key=lambda item: item.length)
+        oldest = min(range(len(pool)), key=lambda i: pool[i].seq)
+        lo = hi = oldest
+        # Shorter neighbours never widen the batch, so take them first; then
+        # longer ones while the padded cost (count x widest) fits the budget.
+        while lo > 0 and self._fits(hi - lo + 2, pool[hi].length):
+            lo -= 1
+        while hi + 1 < len(pool) and self._fits(hi - lo + 2, pool[hi + 1].length):
+            hi += 1
+        batch = pool[lo : hi + 1]
+        del pool[lo : hi + 1]
+        return batch
+
+    def drop(self, entry: Entry) -> list[Item]:
+        """Remove and return the waiting inputs of ``entry``."""
+        dropped = [item for item in self._pool if item.entry is entry]
+        if dropped:
+            self._pool = [item for item in self._pool if item.entry is not entry]
+        return dropped
+
+    def entries(self) -> set[Entry]:
+        """Entries with inputs still waiting."""
+        return {item.entry for item in self._pool}
+
+    def _fits(self, count: int, width: int) -> bool:
+        return count <= self.max_batch_size and count * width <= self.max_batch_tokens
+
+
+def complete(batch: list[Item], vectors: np.ndarray, inference_ms: float) -> list[Entry]:
+    """Store a batch's vectors in their entries; return the entries now finished."""
+    if vectors.shape[0] != len(batch):
+        raise RuntimeError(f"model returned {vectors.shape[0]} vectors for a batch of {len(batch)}")
+    done: list[Entry] = []
+    seen: set[int] = set()
+    for item, vec in zip(batch, vectors):
+        entry = item.entry
+        assert entry.vectors is not None
+        entry.vectors[item.index] = vec
+        entry.remaining -= 1
+        if id(entry) not in seen:
+            seen.add(id(entry))
+            entry.inference_ms += inference_ms
+        if entry.remaining == 0:
+            done.append(entry)
+    return done

@@ -1,0 +1,434 @@
+"""One worker process for one model: consume, batch, run, reply, recover.
+
+Three lanes overlap: the event loop reads Redis, renews leases, reclaims and
+replies; a prep thread tokenizes what was just read; a model thread runs the
+forward pass. Replies are written before XACK, so a crash at any point leaves
+the entry pending for another worker, and the gateway drops a second answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from embedstream import keys, metrics, wire
+from embedstream.connections import TRANSIENT, connect
+from embedstream.errors import Code
+from embedstream.registry import ModelSpec
+from embedstream.settings import Settings
+from workers.batcher import Batcher, Entry, Item, complete
+from workers.model import Model
+
+log = logging.getLogger(__name__)
+
+READ_ENTRIES = 64
+
+
+def now_ms() -> float:
+    """Wall-clock milliseconds, the unit of deadlines across processes."""
+    return time.time() * 1000.0
+
+
+class Worker:
+    """Serves one model from its Redis stream until stopped."""
+
+    def __init__(self, spec: ModelSpec, model: Model, settings: Settings, name: str = "") -> None:
+        self.spec = spec
+        self.model = model
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.queue = keys.queue(spec.name)
+        self.batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size)
+        self.prefetch = max(4 * spec.max_batch_size, 256)
+        self._held: dict[bytes, Entry] = {}
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._replies: set[asyncio.Task[None]] = set()
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; then finish every input already taken."""
+        await self._until_redis(self._setup)
+        log.info("worker %s serving model %s from %s", self.name, self.spec.name, self.queue)
+        reader = asyncio.create_task(self._read_loop(), name="read")
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._reclaim_loop(), name="reclaim"),
+        ]
+        try:
+            await self._batch_loop()
+        finally:
+            reader.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(reader, *background, return_exceptions=True)
+            if self._replies:
+                await asyncio.gather(*self._replies, return_exceptions=True)
+            try:
+                await self.redis.zrem(keys.workers(self.spec.name), self.name)
+            except TRANSIENT:
+                pass
+            await self.redis.aclose()
+            self._prep.shutdown(wait=False)
+            self._compute.shutdown(wait=True)
+            log.info("worker %s stopped", self.name)
+
+    def stop(self) -> None:
+        """Stop reading; the batch loop drains what it holds, then run() returns."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def _setup(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.queue, keys.GROUP, id="0", mkstream=True)
+        except Exception as exc:  # BUSYGROUP: another worker made it first
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        info = {
+            "family": self.model.family,
+            "dimensions": self.model.dimensions,
+            "max_input_tokens": self.model.max_input_tokens,
+            "normalizes": int(self.model.normalizes),
+        }
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(keys.workers(self.spec.name), {self.name: now_ms()})
+        pipe.zremrangebyscore(keys.workers(self.spec.name), 0, now_ms() - 60_000)
+        pipe.hset(keys.model_info(self.spec.name), mapping=info)
+        await pipe.execute()
+
+    async def _until_redis(self, action: Any) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                await action()
+                return
+            except TRANSIENT as exc:
+                log.warning("redis unreachable (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    # -- reading -----------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            if len(self.batcher) >= self.prefetch:
+                self._space.clear()
+                await self._space.wait()
+                continue
+            try:
+                got = await self.redis.xreadgroup(
+                    keys.GROUP, self.name, {self.queue: ">"}, count=READ_ENTRIES, block=1000
+                )
+                delay = 0.05
+            except TRANSIENT as exc:
+                log.warning("read failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except Exception as exc:
+                if "NOGROUP" in str(exc):  # Redis lost its data: recreate and go on
+                    await self._until_redis(self._setup)
+                    continue
+                raise
+            for _stream, entries in got or []:
+                await self._accept(entries)
+
+    async def _accept(self, raw: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Decode, drop the expired, tokenize on the prep thread, pool the rest."""
+        fresh: list[tuple[bytes, bytes, wire.Job]] = []
+        now = now_ms()
+        for stream_id, fields in raw:
+            if stream_id in self._held:  # a redelivery of work we still hold
+                continue
+            payload = fields.get(keys.PAYLOAD.encode(), b"") if fields else b""
+            try:
+                job = wire.decode_job(payload)
+            except wire.WireError as exc:
+                await self._dead_letter(stream_id, payload, f"undecodable: {exc}", None)
+                continue
+            if now > job.deadline_ms:
+                metrics.WORKER_DROPPED.labels(self.spec.name, "expired").inc()
+                await self._finish_silently(stream_id)
+                continue
+            fresh.append((stream_id, payload, job))
+        if not fresh:
+            return
+        texts = [t for _, _, job in fresh for t in job.texts]
+        loop = asyncio.get_running_loop()
+        tokens = await loop.run_in_executor(self._prep, self.model.tokenize, texts)
+        start = 0
+        for stream_id, payload, job in fresh:
+            toks = tokens[start : start + len(job.texts)]
+            start += len(job.texts)
+            normalize = self.model.normalizes if job.normalize is None else job.normalize
+            entry = Entry(stream_id, job, payload, toks, normalize)
+            self._held[stream_id] = entry
+            too_long = [i for i, t in enumerate(toks) if t.truncated and not job.truncate]
+            if too_long:
+                i = too_long[0]
+                entry.error = (
+                    Code.INVALID_ARGUMENT.value,
+                    f"inputs[{i}].text is longer than the {self.model.max_input_tokens} tokens model "
+                    f"{self.spec.name} accepts; shorten it or set truncate=true",
+                )
+                self._reply_soon([entry])
+                continue
+            self.batcher.add(entry, self.model.dimensions)
+        metrics.WORKER_QUEUED.labels(self.spec.name).set(len(self.batcher))
+        self._wake.set()
+
+    # -- batching and compute ----------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait_s = self.settings.max_wait_ms / 1000.0
+        while True:
+            if not len(self.batcher):
+                if self._stopping.is_set():
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if wait_s and not self.batcher.full() and not self._stopping.is_set():
+                # The model is idle and the pool holds less than a batch: give
+                # inputs that are already on their way a moment to join.
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                except TimeoutError:
+                    pass
+            batch = self._live(self.batcher.take())
+            self._space.set()
+            if not batch:
+                continue
+            started = now_ms()
+            for item in batch:
+                if not item.entry.started_ms:
+                    item.entry.started_ms = started
+            t0 = time.perf_counter()
+            try:
+                vectors = await loop.run_in_executor(
+                    self._compute, self.model.forward, [it.entry.tokens[it.index] for it in batch],
+                    [it.entry.normalize for it in batch],
+                )
+            except Exception:
+                log.exception("model %s failed on a batch of %d", self.spec.name, len(batch))
+                await self._isolate(batch)
+                continue
+            elapsed = (time.perf_counter() - t0) * 1000.0
+            metrics.BATCH_SIZE.labels(self.spec.name).observe(len(batch))
+            metrics.BATCH_TOKENS.labels(self.spec.name).observe(sum(it.length for it in batch))
+            metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(elapsed / 1000.0)
+            self._reply_soon(complete(batch, vectors, elapsed))
+
+    def _live(self, batch: list[Item]) -> list[Item]:
+        """Drop inputs whose entry expired while waiting: its caller has its answer."""
+        now = now_ms()
+        live = []
+        for item in batch:
+            entry = item.entry
+            if entry.expired(now) and entry.stream_id in self._held:
+                self.batcher.drop(entry)
+                del self._held[entry.stream_id]
+                metrics.WORKER_DROPPED.labels(self.spec.name, "expired").inc()
+                self._track(asyncio.ensure_future(self._finish_silently(entry.stream_id)))
+            elif not entry.expired(now):
+                live.append(item)
+        return live
+
+    async def _isolate(self, batch: list[Item]) -> None:
+        """Rerun a failed batch one entry at a time so one bad input fails alone."""
+        loop = asyncio.get_running_loop()
+        for entry in {id(it.entry): it.entry for it in batch}.values():
+            items = [it for it in batch if it.entry is entry] + self.batcher.drop(entry)
+            try:
+                vecs = await loop.run_in_executor(
+                    self._compute, self.model.forward, [entry.tokens[it.index] for it in items],
+                    [entry.normalize] * len(items),
+                )
+                self._reply_soon(complete(items, vecs, 0.0))
+            except Exception as exc:
+                log.warning("model %s failed on entry %s: %s", self.spec.name, entry.stream_id, exc)
+                entry.error = (Code.INTERNAL.value, f"model {self.spec.name} failed on this request")
+                del self._held[entry.stream_id]
+                await self._dead_letter(entry.stream_id, entry.payload, f"model error: {exc}", entry.job)
+
+    # -- replying ----------------------------------------------------------
+
+    def _reply_soon(self, entries: list[Entry]) -> None:
+        if entries:
+            self._track(asyncio.ensure_future(self._reply(entries)))
+
+    def _track(self, task: asyncio.Future[None]) -> None:
+        self._replies.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._replies.discard)  # type: ignore[arg-type]
+
+    async def _reply(self, entries: list[Entry]) -> None:
+        """Write each reply, then XACK + XDEL, in one pipeline (Redis keeps the order)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xadd(entry.job.reply_to, {keys.PAYLOAD: wire.encode_reply(self._answer(entry))}, nomkstream=True)
+            pipe.xack(self.queue, keys.GROUP, entry.stream_id)
+            pipe.xdel(self.queue, entry.stream_id)
+        await self._execute(pipe)
+        for entry in entries:
+            self._held.pop(entry.stream_id, None)
+        metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(entries))
+
+    def _answer(self, entry: Entry) -> wire.Reply:
+        if entry.error:
+            return wire.Reply(entry.job.id, worker=self.name, error_code=entry.error[0], error_message=entry.error[1])
+        assert entry.vectors is not None
+        return wire.Reply(
+            entry.job.id,
+            vectors=entry.vectors.astype("<f4", copy=False).tobytes(),
+            dimensions=entry.vectors.shape[1],
+            count=entry.vectors.shape[0],
+            tokens=sum(t.length for t in entry.tokens),
+            truncated=sum(t.truncated for t in entry.tokens),
+            queue_ms=max(0.0, entry.started_ms - entry.job.enqueued_ms),
+            inference_ms=entry.inference_ms,
+            worker=self.name,
+        )
+
+    async def _execute(self, pipe: Any) -> None:
+        # A reply that cannot be written is retried until Redis is back; the
+        # entry stays pending (and reclaimable) until then, so nothing is lost.
+        delay = 0.05
+        while True:
+            try:
+                await pipe.execute()
+                return
+            except TRANSIENT as exc:
+                if self._stopping.is_set() and delay >= 1.0:
+                    log.error("giving up a reply while stopping: %s", exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _finish_silently(self, stream_id: bytes) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.queue, keys.GROUP, stream_id)
+        pipe.xdel(self.queue, stream_id)
+        await self._execute(pipe)
+
+    async def _dead_letter(self, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None) -> None:
+        """Move an entry to the dead-letter stream and tell its caller, if known."""
+        log.warning("dead-lettering %s of model %s: %s", stream_id, self.spec.name, reason)
+        metrics.DEAD_LETTERED.labels(self.spec.name).inc()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(
+            keys.dead_letters(self.spec.name),
+            {keys.PAYLOAD: payload, "reason": reason, "id": stream_id, "worker": self.name},
+            maxlen=10_000,
+            approximate=True,
+        )
+        if job is not None:
+            reply = wire.Reply(job.id, worker=self.name, error_code=Code.INTERNAL.value,
+                               error_message=f"request failed on model {self.spec.name} and was dead-lettered: {reason}")
+            pipe.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
+        pipe.xack(self.queue, keys.GROUP, stream_id)
+        pipe.xdel(self.queue, stream_id)
+        await self._execute(pipe)
+
+    # -- liveness, leases, recovery ----------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                await self._heartbeat()
+                await self._renew_leases()
+            except TRANSIENT as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _renew_leases(self) -> None:
+        """Reset the idle time of entries held long, so a slow batch is not reclaimed."""
+        horizon = time.monotonic() - self.settings.visibility_timeout_s / 3
+        stale = [e for e in self._held.values() if e.leased_at < horizon]
+        if not stale:
+            return
+        ids = [e.stream_id for e in stale]
+        await self.redis.xclaim(self.queue, keys.GROUP, self.name, 0, ids, justid=True)
+        now = time.monotonic()
+        for entry in stale:
+            entry.leased_at = now
+
+    async def _reclaim_loop(self) -> None:
+        interval = max(0.2, self.settings.visibility_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._reclaim()
+            except TRANSIENT as exc:
+                log.warning("reclaim failed: %s", exc)
+
+    async def _reclaim(self) -> None:
+        """Take over entries idle past the visibility timeout (their worker died)."""
+        min_idle = int(self.settings.visibility_timeout_s * 1000)
+        start = "0-0"
+        while len(self.batcher) < self.prefetch and not self._stopping.is_set():
+            try:
+                start_id, claimed, _deleted = await self.redis.xautoclaim(
+                    self.queue, keys.GROUP, self.name, min_idle, start_id=start, count=READ_ENTRIES
+                )
+            except TRANSIENT:
+                raise
+            except Exception as exc:
+                if "NOGROUP" in str(exc):
+                    return
+                raise
+            claimed = [(sid, f) for sid, f in claimed if f is not None]
+            if claimed:
+                metrics.REDELIVERED.labels(self.spec.name).inc(len(claimed))
+                counts = await self._delivery_counts([sid for sid, _ in claimed])
+                keep = []
+                for sid, fields in claimed:
+                    if counts.get(sid, 0) > self.settings.max_deliveries:
+                        payload = fields.get(keys.PAYLOAD.encode(), b"")
+                        try:
+                            job: wire.Job | None = wire.decode_job(payload)
+                        except wire.WireError:
+                            job = None
+                        await self._dead_letter(sid, payload, f"delivered {counts[sid]} times", job)
+                    else:
+                        keep.append((sid, fields))
+                log.info("reclaimed %d entries of model %s", len(keep), self.spec.name)
+                await self._accept(keep)
+            start = start_id.decode() if isinstance(start_id, bytes) else str(start_id)
+            if start == "0-0":
+                return
+
+    async def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in ids:
+            pipe.xpending_range(self.queue, keys.GROUP, min=sid, max=sid, count=1)
+        counts: dict[bytes, int] = {}
+        for sid, rows in zip(ids, await pipe.execute()):
+            counts[sid] = int(rows[0]["times_delivered"]) if rows else 0
+        return counts
+
+
+async def serve(spec: ModelSpec, model: Model, settings: Settings) -> None:
+    """Run a worker until SIGTERM or SIGINT, then drain and exit."""
+    import signal
+
+    worker = Worker(spec, model, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    metrics.start_server(settings.metrics_port)
+    await worker.run()
