@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", help="Redis URL (EMBEDSTREAM_REDIS_URL)")
     common.add_argument("--registry", help="model registry TOML (EMBEDSTREAM_REGISTRY)")
-    serve = sub.add_parser("serve", parents=[common], help="Redis (unless --redis-url), a gateway and a worker per model")
+    serve = sub.add_parser(
+        "serve", parents=[common], help="Redis (unless --redis-url), a gateway and a worker per model"
+    )
     serve.add_argument("--port", type=int, help="gRPC port (EMBEDSTREAM_PORT, default 50051)")
     serve.add_argument("--data-dir", default=".embedstream", help="where the private Redis keeps its AOF")
     serve.add_argument("--threads", type=int, help="torch threads per worker (EMBEDSTREAM_THREADS)")
@@ -90,7 +92,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers import model as model_mod
     from workers.worker import serve
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     registry = registry_mod.load(settings.registry)
     spec = registry.resolve(args.model)
     threads = settings.torch_threads()
@@ -135,9 +137,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.registry:
         env["EMBEDSTREAM_REGISTRY"] = str(Path(settings.registry).resolve())
     base = [sys.executable, "-m", "embedstream"]
-    commands = {"gateway": base + ["gateway"]}
+    commands = {"gateway": [*base, "gateway"]}
     for name in registry.models:
-        commands[f"worker:{name}"] = base + ["worker", "--model", name]
+        commands[f"worker:{name}"] = [*base, "worker", "--model", name]
     supervisor = Supervisor(commands, env)
     try:
         supervisor.run()

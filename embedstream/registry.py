@@ -176,7 +176,7 @@ def resolve_path(path: str, base: Path, name: str) -> str:
         found = importlib.util.find_spec(module)
         if found is None or not found.submodule_search_locations:
             raise ConfigError(f"registry: models.{name}.path: package {module!r} is not installed")
-        return str(Path(list(found.submodule_search_locations)[0]) / sub)
+        return str(Path(next(iter(found.submodule_search_locations))) / sub)
     resolved = Path(path).expanduser()
     if not resolved.is_absolute():
         resolved = base / resolved

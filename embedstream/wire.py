@@ -69,7 +69,7 @@ def encode_job(job: Job) -> bytes:
     }
     if job.normalize is not None:
         body["n"] = job.normalize
-    return msgpack.packb(body, use_bin_type=True)
+    return _pack(body)
 
 
 def decode_job(data: bytes) -> Job:
@@ -111,7 +111,7 @@ def encode_reply(reply: Reply) -> bytes:
             qm=reply.queue_ms,
             im=reply.inference_ms,
         )
-    return msgpack.packb(body, use_bin_type=True)
+    return _pack(body)
 
 
 def decode_reply(data: bytes) -> Reply:
@@ -135,6 +135,11 @@ def decode_reply(data: bytes) -> Reply:
     if len(reply.vectors) != reply.count * reply.dimensions * 4:
         raise WireError("reply vector bytes do not match count x dimensions")
     return reply
+
+
+def _pack(body: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
 
 
 def _unpack(data: bytes) -> dict[str, Any]:

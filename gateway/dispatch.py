@@ -43,6 +43,7 @@ class Dispatcher:
         self.directory = directory
         self.timeout_s = timeout_s
         self._by_model: dict[str, set[str]] = {}
+        self._withdrawals: set[asyncio.Future[None]] = set()
 
     async def embed(self, request: Request, deadline: float, wait_for_room: bool = False) -> wire.Reply:
         """The worker's reply for ``request``; raises an EmbedstreamError otherwise.
@@ -85,7 +86,9 @@ class Dispatcher:
             # Timed out, cancelled or failed: take the entry back so no worker
             # spends time on an answer nobody will read.
             if stream_id is not None:
-                asyncio.ensure_future(self._withdraw(spec.name, stream_id))
+                task = asyncio.ensure_future(self._withdraw(spec.name, stream_id))
+                self._withdrawals.add(task)
+                task.add_done_callback(self._withdrawals.discard)
             raise
         finally:
             self.router.forget(job.id)
@@ -102,9 +105,7 @@ class Dispatcher:
         delay = 0.005
         while True:
             try:
-                stream_id = await asyncio.wait_for(
-                    self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s
-                )
+                stream_id = await asyncio.wait_for(self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s)
             except TRANSIENT as exc:
                 raise Unavailable(f"the queue (Redis) is unreachable: {type(exc).__name__}") from None
             if stream_id is not None:
@@ -123,5 +124,5 @@ class Dispatcher:
     async def _withdraw(self, model: str, stream_id: bytes) -> None:
         try:
             await asyncio.wait_for(self._redis.xdel(keys.queue(model), stream_id), self.timeout_s)  # type: ignore[attr-defined]
-        except (TRANSIENT, TimeoutError):
+        except (*TRANSIENT, TimeoutError):
             pass

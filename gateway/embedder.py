@@ -95,7 +95,9 @@ class Embedder(pb_grpc.EmbedderServicer):
                     left[2].cancel()
 
     @unary("ListModels")
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         out = pb.ListModelsResponse()
         for name, spec in self.registry.models.items():
             state = self.directory.states[name]
@@ -122,7 +124,9 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
     if not reply.ok:
         raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
     if reply.count != len(valid.texts):
-        raise EmbedstreamError.from_code("INTERNAL", f"worker returned {reply.count} vectors for {len(valid.texts)} inputs")
+        raise EmbedstreamError.from_code(
+            "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.texts)} inputs"
+        )
     dim = reply.dimensions
     if request.encoding == pb.VECTOR_ENCODING_PACKED_F32LE:
         raw = reply.vectors
@@ -150,4 +154,4 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
     )
 
 
-__all__ = ["Embedder", "respond", "DeadlineExceeded"]
+__all__ = ["DeadlineExceeded", "Embedder", "respond"]

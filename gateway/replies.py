@@ -95,8 +95,8 @@ class ReplyRouter:
                 continue
             if not got:
                 continue
-            _, entries = got[0]
-            for entry_id, fields in entries:
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = got[0][1]  # type: ignore[index, assignment]
+            for _entry_id, fields in entries:
                 self._deliver(fields.get(keys.PAYLOAD.encode()))
             last_id = entries[-1][0].decode()
             last = last_id

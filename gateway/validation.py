@@ -39,9 +39,7 @@ def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, direc
             raise InvalidArgument(f"inputs[{i}].text: must not be empty or only whitespace")
         size = len(text.encode())
         if size > settings.max_text_bytes:
-            raise InvalidArgument(
-                f"inputs[{i}].text: {size} bytes exceed the limit of {settings.max_text_bytes} bytes"
-            )
+            raise InvalidArgument(f"inputs[{i}].text: {size} bytes exceed the limit of {settings.max_text_bytes} bytes")
         # Each whitespace-separated word is at least one token: a cheap, exact
         # lower bound that refuses most over-long texts without tokenizing.
         if not truncate and max_tokens and len(text.split()) + 2 > max_tokens:

@@ -139,7 +139,9 @@ class SentenceTransformerModel:
         limit = st_cfg.get("max_seq_length") or min(self.tokenizer.model_max_length, positions)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
         self.lower = bool(st_cfg.get("do_lower_case", False))
-        self.pooling = _pooling_mode(_read_json(root / modules[kinds.index("Pooling")]["path"] / "config.json", spec.name))
+        self.pooling = _pooling_mode(
+            _read_json(root / modules[kinds.index("Pooling")]["path"] / "config.json", spec.name)
+        )
         self.dense = [self._load_dense(root / m["path"], spec.name) for m, k in zip(modules, kinds) if k == "Dense"]
         self.normalizes = "Normalize" in kinds
         self._backend = self.tokenizer.backend_tokenizer.__class__.from_str(self.tokenizer.backend_tokenizer.to_str())
@@ -163,7 +165,7 @@ class SentenceTransformerModel:
         ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, tok in enumerate(batch):
-            ids[row, : tok.length] = tok.ids
+            ids[row, : tok.length] = tok.ids or []
             mask[row, : tok.length] = 1
         with torch.inference_mode():
             inputs: dict[str, Any] = {
@@ -178,7 +180,8 @@ class SentenceTransformerModel:
                 vecs = act(linear(vecs))
             want = torch.tensor(normalize, device=vecs.device)[:, None]
             vecs = torch.where(want, torch.nn.functional.normalize(vecs, p=2, dim=1), vecs)
-            return vecs.float().cpu().numpy()
+            out: np.ndarray = vecs.float().cpu().numpy()
+            return out
 
     def _pool(self, hidden: Any, mask: Any) -> Any:
         torch = self._torch

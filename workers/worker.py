@@ -96,7 +96,7 @@ class Worker:
         await self._heartbeat()
 
     async def _heartbeat(self) -> None:
-        info = {
+        info: dict[str | bytes, str | bytes | int | float] = {
             "family": self.model.family,
             "dimensions": self.model.dimensions,
             "max_input_tokens": self.model.max_input_tokens,
@@ -105,7 +105,7 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(keys.workers(self.spec.name), {self.name: now_ms()})
         pipe.zremrangebyscore(keys.workers(self.spec.name), 0, now_ms() - 60_000)
-        pipe.hset(keys.model_info(self.spec.name), mapping=info)
+        pipe.hset(keys.model_info(self.spec.name), mapping=info)  # type: ignore[arg-type]
         await pipe.execute()
 
     async def _until_redis(self, action: Any) -> None:
@@ -143,8 +143,8 @@ class Worker:
                     await self._until_redis(self._setup)
                     continue
                 raise
-            for _stream, entries in got or []:
-                await self._accept(entries)
+            for _stream, entries in got or []:  # type: ignore[str-unpack]
+                await self._accept(entries)  # type: ignore[arg-type]
 
     async def _accept(self, raw: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Decode, drop the expired, tokenize on the prep thread, pool the rest."""
@@ -221,7 +221,9 @@ class Worker:
             t0 = time.perf_counter()
             try:
                 vectors = await loop.run_in_executor(
-                    self._compute, self.model.forward, [it.entry.tokens[it.index] for it in batch],
+                    self._compute,
+                    self.model.forward,
+                    [it.entry.tokens[it.index] for it in batch],
                     [it.entry.normalize for it in batch],
                 )
             except Exception:
@@ -256,7 +258,9 @@ class Worker:
             items = [it for it in batch if it.entry is entry] + self.batcher.drop(entry)
             try:
                 vecs = await loop.run_in_executor(
-                    self._compute, self.model.forward, [entry.tokens[it.index] for it in items],
+                    self._compute,
+                    self.model.forward,
+                    [entry.tokens[it.index] for it in items],
                     [entry.normalize] * len(items),
                 )
                 self._reply_soon(complete(items, vecs, 0.0))
@@ -274,7 +278,7 @@ class Worker:
 
     def _track(self, task: asyncio.Future[None]) -> None:
         self._replies.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._replies.discard)  # type: ignore[arg-type]
+        task.add_done_callback(self._replies.discard)
 
     async def _reply(self, entries: list[Entry]) -> None:
         """Write each reply, then XACK + XDEL, in one pipeline (Redis keeps the order)."""
@@ -337,8 +341,12 @@ class Worker:
             approximate=True,
         )
         if job is not None:
-            reply = wire.Reply(job.id, worker=self.name, error_code=Code.INTERNAL.value,
-                               error_message=f"request failed on model {self.spec.name} and was dead-lettered: {reason}")
+            reply = wire.Reply(
+                job.id,
+                worker=self.name,
+                error_code=Code.INTERNAL.value,
+                error_message=f"request failed on model {self.spec.name} and was dead-lettered: {reason}",
+            )
             pipe.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
         pipe.xack(self.queue, keys.GROUP, stream_id)
         pipe.xdel(self.queue, stream_id)
@@ -361,7 +369,7 @@ class Worker:
         stale = [e for e in self._held.values() if e.leased_at < horizon]
         if not stale:
             return
-        ids = [e.stream_id for e in stale]
+        ids: list[bytes | str | int | memoryview] = [e.stream_id for e in stale]
         await self.redis.xclaim(self.queue, keys.GROUP, self.name, 0, ids, justid=True)
         now = time.monotonic()
         for entry in stale:

@@ -1,0 +1,54 @@
+# embedstream: `make run` serves, `make test` tests. Both set up what they need.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test bench deps redis venv proto lint typecheck unit clean
+
+run: deps
+	$(BIN)/embedstream serve
+
+test: deps lint typecheck
+	$(BIN)/pytest --junitxml=.embedstream/junit.xml $(PYTEST_ARGS)
+
+bench: deps
+	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
+
+deps: venv redis
+
+venv: $(STAMP)
+
+# Plain pip on purpose: it takes torch/torchvision from this machine's disk;
+# uv and poetry would download several GB instead.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@# Debian starts a system redis on 6379; embedstream runs its own, so leave that one alone.
+
+proto: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+	  protos/embedstream/v1/embedder.proto
+
+lint: venv
+	$(BIN)/ruff check embedstream gateway workers tests loadtest
+	$(BIN)/ruff format --check embedstream gateway workers tests loadtest
+
+typecheck: venv
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .embedstream .pytest_cache .mypy_cache .ruff_cache
