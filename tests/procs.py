@@ -1,0 +1,137 @@
+"""Real embedstream processes for tests: gateways and workers started through the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import redis
+
+from embedstream import keys
+from embedstream.v1 import embedder_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Proc:
+    """A child process whose output goes to a log file named after it."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "embedstream", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+
+
+def base_env(redis_url: str, registry: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
+    env.update(
+        EMBEDSTREAM_REDIS_URL=redis_url,
+        EMBEDSTREAM_REGISTRY=str(registry),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start_gateway(env: dict[str, str], log_dir: Path, timeout: float = 30) -> tuple[Proc, int]:
+    """A gateway on a free port; returns it and the port once it listens."""
+    proc = Proc("gateway", ["gateway", "--port", "0"], env, log_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"listening on [^\s:]+:(\d+)", proc.log())
+        if found:
+            return proc, int(found.group(1))
+        if not proc.alive():
+            raise RuntimeError(f"gateway exited:\n{proc.log()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"gateway did not start:\n{proc.log()}")
+
+
+def start_worker(env: dict[str, str], log_dir: Path, model: str, r: redis.Redis, timeout: float = 90) -> Proc:
+    """A worker for ``model``; returns once its heartbeat is in Redis."""
+    proc = Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        members = r.zrange(keys.workers(model), 0, -1)
+        if any(m.decode().endswith(_suffix(proc.pid)) or f"-{proc.pid}-" in m.decode() for m in members):
+            return proc
+        if not proc.alive():
+            raise RuntimeError(f"worker exited:\n{proc.log()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"worker did not start:\n{proc.log()}")
+
+
+def _suffix(pid: int) -> str:
+    return f"-{pid}"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def stub(port: int) -> Iterator[embedder_pb2_grpc.EmbedderStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield embedder_pb2_grpc.EmbedderStub(channel)
+
+
+def entries_added(r: redis.Redis, model: str) -> int:
+    """How many entries were ever XADDed to the model's queue (0 if none)."""
+    try:
+        return int(r.xinfo_stream(keys.queue(model))["entries-added"])
+    except redis.ResponseError:
+        return 0
