@@ -12,17 +12,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
-def connect(url: str, timeout_s: float, block_s: float = 0.0) -> aioredis.Redis:
+def connect(url: str, timeout_s: float, block_s: float = 0.0, max_connections: int = 32) -> aioredis.Redis:
     """A client whose commands fail within ``timeout_s`` (+ ``block_s`` for XREAD BLOCK).
 
     redis-py retries failed commands by default with a backoff of seconds; that
     would turn an outage into a hang, so retries are off and callers decide.
+    The pool is bounded: a burst of calls queues for a connection (up to
+    ``timeout_s``) instead of opening hundreds of sockets.
     """
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s + block_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         decode_responses=False,
         health_check_interval=0,
     )
+    return aioredis.Redis(connection_pool=pool)

@@ -43,7 +43,8 @@ class Dispatcher:
         self.directory = directory
         self.timeout_s = timeout_s
         self._by_model: dict[str, set[str]] = {}
-        self._withdrawals: set[asyncio.Future[None]] = set()
+        self._withdrawals: dict[str, list[bytes]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     async def embed(self, request: Request, deadline: float, wait_for_room: bool = False) -> wire.Reply:
         """The worker's reply for ``request``; raises an EmbedstreamError otherwise.
@@ -86,9 +87,7 @@ class Dispatcher:
             # Timed out, cancelled or failed: take the entry back so no worker
             # spends time on an answer nobody will read.
             if stream_id is not None:
-                task = asyncio.ensure_future(self._withdraw(spec.name, stream_id))
-                self._withdrawals.add(task)
-                task.add_done_callback(self._withdrawals.discard)
+                self._withdraw(spec.name, stream_id)
             raise
         finally:
             self.router.forget(job.id)
@@ -121,8 +120,17 @@ class Dispatcher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    async def _withdraw(self, model: str, stream_id: bytes) -> None:
-        try:
-            await asyncio.wait_for(self._redis.xdel(keys.queue(model), stream_id), self.timeout_s)  # type: ignore[attr-defined]
-        except (*TRANSIENT, TimeoutError):
-            pass
+    def _withdraw(self, model: str, stream_id: bytes) -> None:
+        # Batched: a client leaving a stream withdraws hundreds of entries at
+        # once; one XDEL per model carries them all.
+        self._withdrawals.setdefault(model, []).append(stream_id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_withdrawals())
+
+    async def _flush_withdrawals(self) -> None:
+        while self._withdrawals:
+            model, ids = self._withdrawals.popitem()
+            try:
+                await asyncio.wait_for(self._redis.xdel(keys.queue(model), *ids), self.timeout_s)  # type: ignore[attr-defined]
+            except (*TRANSIENT, TimeoutError):
+                pass  # the worker still skips them once their deadline passes

@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000
 STREAM_TTL_S = 120
+# Create the stream only when missing (XADD MAXLEN 0 leaves it empty; on a live
+# stream it would trim unread replies), then renew its TTL.
+KEEP_ALIVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '0', '*', 'init', '1')
+end
+return redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
 
 
 class ReplyRouter:
@@ -30,6 +38,7 @@ class ReplyRouter:
         self.gateway_id = uuid.uuid4().hex[:12]
         self.stream = keys.replies(self.gateway_id)
         self._redis = connect(redis_url, timeout_s, block_s=BLOCK_MS / 1000)
+        self._keep_alive = self._redis.register_script(KEEP_ALIVE)
         self._waiting: dict[str, asyncio.Future[wire.Reply]] = {}
         self._task: asyncio.Task[None] | None = None
         self.late_replies = 0
@@ -67,14 +76,10 @@ class ReplyRouter:
                 future.set_exception(error)
 
     async def _ensure_stream(self) -> None:
-        # XADD with MAXLEN 0 creates the stream (if Redis lost it) and leaves it empty.
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xadd(self.stream, {"init": b"1"}, maxlen=0)
-        pipe.expire(self.stream, STREAM_TTL_S)
-        await pipe.execute()
+        await self._keep_alive(keys=[self.stream], args=[STREAM_TTL_S])
 
     async def _run(self) -> None:
-        last = "$"
+        last = "0-0"
         delay = 0.05
         renewed = 0.0
         loop = asyncio.get_running_loop()
@@ -83,8 +88,6 @@ class ReplyRouter:
                 if loop.time() - renewed > STREAM_TTL_S / 4:
                     await self._ensure_stream()
                     renewed = loop.time()
-                    if last == "$":
-                        last = "0-0"
                 got = await self._redis.xread({self.stream: last}, count=2048, block=BLOCK_MS)
                 delay = 0.05
             except TRANSIENT as exc:

@@ -38,6 +38,11 @@ latency_ms = 300
 max_batch_size = 1
 max_queue_entries = 3
 
+[models.pair]
+family = "text-dense"
+path = "{MINILM}"
+max_batch_size = 16
+
 [models.orphan]
 family = "debug"
 dimensions = 8

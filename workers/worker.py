@@ -210,7 +210,7 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), wait_s)
                 except TimeoutError:
                     pass
-            batch = self._live(self.batcher.take())
+            batch = await self._live(self.batcher.take())
             self._space.set()
             if not batch:
                 continue
@@ -236,20 +236,33 @@ class Worker:
             metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(elapsed / 1000.0)
             self._reply_soon(complete(batch, vectors, elapsed))
 
-    def _live(self, batch: list[Item]) -> list[Item]:
-        """Drop inputs whose entry expired while waiting: its caller has its answer."""
+    async def _live(self, batch: list[Item]) -> list[Item]:
+        """Drop inputs whose caller is gone: deadline passed, or the gateway withdrew
+        the entry (XDEL on cancel or timeout). One pipelined XRANGE per entry."""
+        entries = list({id(it.entry): it.entry for it in batch}.values())
         now = now_ms()
-        live = []
-        for item in batch:
-            entry = item.entry
-            if entry.expired(now) and entry.stream_id in self._held:
-                self.batcher.drop(entry)
-                del self._held[entry.stream_id]
-                metrics.WORKER_DROPPED.labels(self.spec.name, "expired").inc()
-                self._track(asyncio.ensure_future(self._finish_silently(entry.stream_id)))
-            elif not entry.expired(now):
-                live.append(item)
-        return live
+        gone: dict[int, str] = {e_id: "expired" for e_id, e in ((id(e), e) for e in entries) if e.expired(now)}
+        unchecked = [e for e in entries if id(e) not in gone]
+        if unchecked:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry in unchecked:
+                pipe.xrange(self.queue, entry.stream_id, entry.stream_id)
+            try:
+                found = await pipe.execute()
+            except TRANSIENT:
+                found = [True] * len(unchecked)  # cannot tell: do the work
+            gone.update({id(e): "cancelled" for e, rows in zip(unchecked, found) if not rows})
+        if not gone:
+            return batch
+        for entry in entries:
+            reason = gone.get(id(entry))
+            if reason is None or entry.stream_id not in self._held:
+                continue
+            self.batcher.drop(entry)
+            del self._held[entry.stream_id]
+            metrics.WORKER_DROPPED.labels(self.spec.name, reason).inc()
+            self._track(asyncio.ensure_future(self._finish_silently(entry.stream_id)))
+        return [it for it in batch if id(it.entry) not in gone]
 
     async def _isolate(self, batch: list[Item]) -> None:
         """Rerun a failed batch one entry at a time so one bad input fails alone."""
