@@ -17,7 +17,7 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process bound to 127.0.0.1."""
+    """A redis-server child process bound to 127.0.0.1, logging to its data dir."""
 
     def __init__(self, data_dir: Path, port: int = 0, appendonly: bool = True) -> None:
         self.data_dir = data_dir
@@ -36,28 +36,23 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed; run `make deps` or apt-get install redis-server")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.data_dir),
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--save",
-            "",
-            "--protected-mode",
-            "yes",
-            "--loglevel",
-            "warning",
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = self.data_dir / "redis.log"
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "dir": str(self.data_dir),
+            "appendonly": "yes" if self.appendonly else "no",
+            "save": "",
+            "protected-mode": "yes",
+            "loglevel": "warning",
+            "logfile": str(log),
+        }
+        args = [binary] + [part for key, value in options.items() for part in (f"--{key}", value)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise RuntimeError(f"redis-server exited: {err.strip()}")
             if self.ping():
                 return self
@@ -74,16 +69,19 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        """Terminate and wait."""
+        """SIGTERM (Redis flushes its AOF), then wait."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown save."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -106,6 +106,7 @@ class Dispatcher:
             try:
                 stream_id = await asyncio.wait_for(self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s)
             except TRANSIENT as exc:
+                self.directory.redis_ok = False  # until the next refresh proves otherwise
                 raise Unavailable(f"the queue (Redis) is unreachable: {type(exc).__name__}") from None
             if stream_id is not None:
                 metrics.INPUTS.labels(spec.name).inc(len(job.texts))

@@ -64,7 +64,8 @@ class Proc:
     def kill(self) -> None:
         if self.alive():
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
+        self._log.close()
 
 
 def base_env(redis_url: str, registry: Path, **extra: str) -> dict[str, str]:

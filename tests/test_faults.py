@@ -1,0 +1,194 @@
+"""Failures with real processes: kill -9 of a worker, Redis down or paused, dead letters."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from embedstream import keys, wire
+from embedstream.redis_server import RedisServer
+from embedstream.v1 import embedder_pb2 as pb
+from tests.conftest import Service
+from tests.corpus import texts
+from tests.procs import base_env, start_gateway, start_worker, stub, wait_until
+
+
+def pending_of(r: redis.Redis, model: str, consumer_prefix: str) -> int:
+    for row in r.xinfo_consumers(keys.queue(model), keys.GROUP):
+        if row["name"].decode().startswith(consumer_prefix):
+            return int(row["pending"])
+    return 0
+
+
+def test_two_workers_share_work_and_kill9_loses_nothing(
+    service: Service, r: redis.Redis, reference: object, log_dir: Path
+) -> None:
+    env = dict(service.env, EMBEDSTREAM_VISIBILITY_TIMEOUT_S="2", EMBEDSTREAM_HEARTBEAT_S="0.3")
+    victim = start_worker(env, log_dir, "pair", r)
+    survivor = start_worker(env, log_dir, "pair", r)
+    distinct = texts(800, seed=5, min_words=10, max_words=40)
+    expected = reference.encode(distinct)  # type: ignore[attr-defined]
+    n_requests = len(distinct) // 4
+    responses: list[pb.EmbedResponse] = []
+    failure: list[BaseException] = []
+
+    def requests() -> Iterator[pb.EmbedRequest]:
+        for k in range(n_requests):
+            yield pb.EmbedRequest(
+                model="pair", request_id=str(k), inputs=[pb.Input(text=t) for t in distinct[4 * k : 4 * k + 4]]
+            )
+
+    def consume() -> None:
+        try:
+            with stub(service.port) as s:
+                for resp in s.EmbedStream(requests(), timeout=300):
+                    responses.append(resp)
+        except BaseException as exc:
+            failure.append(exc)
+
+    client = threading.Thread(target=consume)
+    client.start()
+    victim_tag = f"-{victim.pid}-"
+    try:
+        wait_until(
+            lambda: sum(victim_tag in x.metadata.worker for x in responses) >= 5
+            and pending_of(r, "pair", f"{os.uname().nodename}-{victim.pid}-") > 0,
+            timeout=120,
+            what="the victim to answer some requests and hold more",
+        )
+        held = pending_of(r, "pair", f"{os.uname().nodename}-{victim.pid}-")
+        victim.signal(signal.SIGKILL)
+        client.join(300)
+    finally:
+        victim.kill()
+        survivor.stop()
+    assert not failure, failure
+    assert held > 0
+    assert [x.request_id for x in responses] == [str(k) for k in range(n_requests)]
+    workers = {x.metadata.worker for x in responses}
+    assert any(victim_tag in w for w in workers) and any(f"-{survivor.pid}-" in w for w in workers)
+    got = np.array([list(e.values) for x in responses for e in x.embeddings], dtype=np.float32)
+    assert np.abs(got - expected).max() <= 1e-4
+    assert "reclaimed" in survivor.log()
+    assert r.xpending(keys.queue("pair"), keys.GROUP)["pending"] == 0
+
+
+def _embed_ok(port: int) -> bool:
+    try:
+        with stub(port) as s:
+            s.Embed(pb.EmbedRequest(model="debug", inputs=[pb.Input(text="ping")]), timeout=2)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def _expect_unavailable_fast(port: int) -> None:
+    started = time.monotonic()
+    with stub(port) as s, pytest.raises(grpc.RpcError) as err:
+        s.Embed(pb.EmbedRequest(model="debug", inputs=[pb.Input(text="x")]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 2.0
+
+
+def test_redis_paused_or_killed_gives_unavailable_and_recovers(
+    tmp_path: Path, registry_file: Path, log_dir: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    env = base_env(server.url, registry_file, EMBEDSTREAM_REDIS_TIMEOUT_S="1")
+    client = redis.Redis.from_url(server.url)
+    gateway, port = start_gateway(env, log_dir)
+    worker = start_worker(env, log_dir, "debug", client)
+    try:
+        wait_until(lambda: _embed_ok(port), 10, what="first answer")
+        assert server.proc is not None
+        # A silent blackhole: the server holds connections but answers nothing.
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            _expect_unavailable_fast(port)
+            _expect_unavailable_fast(port)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        wait_until(lambda: _embed_ok(port), 15, what="recovery after pause")
+        # Killed outright, then back on the same port with empty memory.
+        server.proc.kill()
+        server.proc.wait()
+        _expect_unavailable_fast(port)
+        def nothing_serving() -> bool:
+            with stub(port) as s:
+                return not any(m.serving for m in s.ListModels(pb.ListModelsRequest(), timeout=5).models)
+
+        wait_until(nothing_serving, 2, what="ListModels to show no model serving")
+        server = RedisServer(tmp_path / "redis", port=server.port, appendonly=False).start()
+        wait_until(lambda: _embed_ok(port), 20, what="recovery after restart")
+        assert gateway.alive() and worker.alive()
+    finally:
+        gateway.stop()
+        worker.stop()
+        server.stop()
+
+
+def test_forged_pickle_entry_is_dead_lettered_not_executed(service: Service, r: redis.Redis, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    before = r.xlen(keys.dead_letters("debug"))
+    r.xadd(keys.queue("debug"), {keys.PAYLOAD: pickle.dumps(Exploit())})
+    wait_until(lambda: r.xlen(keys.dead_letters("debug")) > before, 10, what="dead letter")
+    last = r.xrevrange(keys.dead_letters("debug"), count=1)[0][1]
+    assert b"undecodable" in last[b"reason"]
+    assert not marker.exists()
+    assert service.workers["debug"].alive()
+    with stub(service.port) as s:
+        assert s.Embed(pb.EmbedRequest(model="debug", inputs=[pb.Input(text="still fine")]), timeout=5).embeddings
+
+
+def test_entry_delivered_too_often_is_dead_lettered_and_its_caller_told(
+    service: Service, r: redis.Redis, log_dir: Path
+) -> None:
+    queue, reply_stream = keys.queue("orphan"), keys.replies("test-dead-letter")
+    r.delete(queue, reply_stream)
+    r.xgroup_create(queue, keys.GROUP, id="0", mkstream=True)
+    r.xadd(reply_stream, {"init": "1"})
+    deadline = int(time.time() * 1000) + 60_000
+
+    def job(job_id: str) -> bytes:
+        return wire.encode_job(wire.Job(job_id, reply_stream, deadline, int(time.time() * 1000), ["some text"]))
+
+    poison = r.xadd(queue, {keys.PAYLOAD: job("poison")})
+    healthy = r.xadd(queue, {keys.PAYLOAD: job("healthy")})
+    # A consumer that takes both and dies: the real Redis state a crashed worker leaves.
+    r.xreadgroup(keys.GROUP, "ghost", {queue: ">"})
+    # The poison entry has already been delivered (and killed a worker) 3 times.
+    r.xclaim(queue, keys.GROUP, "ghost", 0, [poison], idle=60_000, retrycount=3)
+    r.xclaim(queue, keys.GROUP, "ghost", 0, [healthy], idle=60_000, retrycount=1)
+    env = dict(service.env, EMBEDSTREAM_VISIBILITY_TIMEOUT_S="1", EMBEDSTREAM_MAX_DELIVERIES="3")
+    worker = start_worker(env, log_dir, "orphan", r)
+    try:
+        wait_until(lambda: r.xlen(reply_stream) >= 3, 15, what="both replies")
+    finally:
+        worker.stop()
+    replies = {}
+    for _, fields in r.xrange(reply_stream):
+        if keys.PAYLOAD.encode() in fields:
+            reply = wire.decode_reply(fields[keys.PAYLOAD.encode()])
+            replies[reply.id] = reply
+    assert replies["healthy"].ok and replies["healthy"].count == 1
+    assert replies["poison"].error_code == "INTERNAL"
+    assert "dead-lettered" in replies["poison"].error_message
+    dead = r.xrange(keys.dead_letters("orphan"))
+    assert len(dead) == 1 and dead[0][1][b"id"] == poison and b"delivered 4 times" in dead[0][1][b"reason"]
+    assert r.xpending(queue, keys.GROUP)["pending"] == 0
+    r.delete(queue, reply_stream, keys.dead_letters("orphan"), keys.workers("orphan"), keys.model_info("orphan"))
