@@ -15,6 +15,4 @@ WORDS = (
 def texts(n: int, seed: int = 0, min_words: int = 3, max_words: int = 12) -> list[str]:
     """``n`` distinct texts (a serial number makes each unique)."""
     rng = random.Random(seed)
-    return [
-        f"{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for i in range(n)
-    ]
+    return [f"{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) for i in range(n)]

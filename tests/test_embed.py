@@ -166,7 +166,12 @@ def test_health_overall_and_per_model(service: Service) -> None:
             for name in ("", "embedstream.v1.Embedder", "all-MiniLM-L6-v2", "orphan")
         }
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-    assert status == {"": serving, "embedstream.v1.Embedder": serving, "all-MiniLM-L6-v2": serving, "orphan": not_serving}
+    assert status == {
+        "": serving,
+        "embedstream.v1.Embedder": serving,
+        "all-MiniLM-L6-v2": serving,
+        "orphan": not_serving,
+    }
 
 
 def test_reflection_lists_services(service: Service) -> None:

@@ -61,8 +61,10 @@ def test_two_workers_share_work_and_kill9_loses_nothing(
     victim_tag = f"-{victim.pid}-"
     try:
         wait_until(
-            lambda: sum(victim_tag in x.metadata.worker for x in responses) >= 5
-            and pending_of(r, "pair", f"{os.uname().nodename}-{victim.pid}-") > 0,
+            lambda: (
+                sum(victim_tag in x.metadata.worker for x in responses) >= 5
+                and pending_of(r, "pair", f"{os.uname().nodename}-{victim.pid}-") > 0
+            ),
             timeout=120,
             what="the victim to answer some requests and hold more",
         )
@@ -123,6 +125,7 @@ def test_redis_paused_or_killed_gives_unavailable_and_recovers(
         server.proc.kill()
         server.proc.wait()
         _expect_unavailable_fast(port)
+
         def nothing_serving() -> bool:
             with stub(port) as s:
                 return not any(m.serving for m in s.ListModels(pb.ListModelsRequest(), timeout=5).models)

@@ -1,0 +1,87 @@
+"""Settings and the model registry: strict, and every error names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedstream import registry
+from embedstream.errors import ConfigError, NotFound
+from embedstream.settings import Settings
+
+
+def test_settings_from_env_and_overrides() -> None:
+    s = Settings.from_env({"EMBEDSTREAM_PORT": "6000", "EMBEDSTREAM_MAX_DEADLINE_S": "2.5"}, port=7000)
+    assert s.port == 7000 and s.max_deadline_s == 2.5
+    assert Settings.from_env({}).port == 50051
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"EMBEDSTREAM_PORT": "abc"}, "EMBEDSTREAM_PORT"),
+        ({"EMBEDSTREAM_PORT": "70000"}, "EMBEDSTREAM_PORT"),
+        ({"EMBEDSTREAM_STREAM_WINDOW": "0"}, "EMBEDSTREAM_STREAM_WINDOW"),
+        ({"EMBEDSTREAM_REDIS_URL": "http://x"}, "EMBEDSTREAM_REDIS_URL"),
+        ({"EMBEDSTREAM_THREADS": "-1"}, "EMBEDSTREAM_THREADS"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        Settings.from_env(env)
+
+
+def test_settings_repr_hides_the_redis_password() -> None:
+    s = Settings.from_env({"EMBEDSTREAM_REDIS_URL": "redis://user:s3cret@host:6379/0"})
+    assert "s3cret" not in repr(s) and "user:***@host:6379" in repr(s)
+
+
+def test_default_thread_count_leaves_a_core() -> None:
+    import os
+
+    assert Settings.from_env({}).torch_threads() == max(1, (os.cpu_count() or 2) - 1)
+    assert Settings.from_env({"EMBEDSTREAM_THREADS": "3"}).torch_threads() == 3
+
+
+def test_builtin_registry_serves_minilm_from_its_package() -> None:
+    reg = registry.builtin()
+    spec = reg.resolve("")
+    assert spec.name == "all-MiniLM-L6-v2" and Path(spec.path, "modules.json").exists()
+    assert reg.resolve("sentence-transformers/all-MiniLM-L6-v2") is spec
+    with pytest.raises(NotFound, match="nope"):
+        reg.resolve("nope")
+
+
+def test_registry_file_relative_paths_and_aliases(tmp_path: Path) -> None:
+    (tmp_path / "models.toml").write_text(
+        'default = "b"\n[models.a]\nfamily = "text-dense"\npath = "weights/a"\naliases = ["alpha"]\n'
+        '[models.b]\nfamily = "debug"\ndimensions = 4\n'
+    )
+    reg = registry.load(str(tmp_path / "models.toml"))
+    assert reg.resolve("").name == "b"
+    assert reg.resolve("alpha").path == str(tmp_path / "weights/a")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[models]\n", "at least one model"),
+        ('[models.a]\nfamily = "sparkly"\npath = "x"\n', "models.a.family"),
+        ('[models.a]\nfamily = "text-dense"\n', "models.a.path"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\ncolour = 1\n', "models.a: unknown key"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\nmax_batch_tokens = -5\n', "models.a.max_batch_tokens"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\ndevice = "tpu"\n', "models.a.device"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\ndtype = "int3"\n', "models.a.dtype"),
+        ('[models.a]\nfamily = "debug"\n', "models.a.dimensions"),
+        ('default = "z"\n[models.a]\nfamily = "debug"\ndimensions = 2\n', "default 'z'"),
+        ('[models.a]\nfamily = "text-dense"\npath = "package:no_such_pkg/x"\n', "no_such_pkg"),
+        ('[models."a b"]\nfamily = "debug"\ndimensions = 2\n', "models.a b"),
+        ("not toml [", "registry"),
+    ],
+)
+def test_bad_registry_names_model_and_key(tmp_path: Path, text: str, where: str) -> None:
+    (tmp_path / "m.toml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        registry.load(str(tmp_path / "m.toml"))
+    assert where in str(err.value)

@@ -1,0 +1,94 @@
+"""The worker's model loader equals sentence-transformers on real and tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embedstream.errors import ConfigError
+from embedstream.registry import ModelSpec
+from tests.conftest import MINILM
+from workers.model import SentenceTransformerModel, debug_vectors
+
+TEXTS = ["hello world", "Ünïcode and emoji 🚀 text", "a " * 300, "Mixed CASE words.", "x"]
+
+
+def tiny_sentence_transformer(folder: Path, pooling: str, dense: bool, normalize: bool) -> str:
+    """A randomly initialised BERT saved as a sentence-transformers folder."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    hf = folder / "_hf"
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(hf)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(hf)
+    transformer = Transformer(str(hf), max_seq_length=48)
+    modules: list[torch.nn.Module] = [transformer, Pooling(32, pooling_mode=pooling)]
+    if dense:
+        modules.append(Dense(32, 16, activation_function=torch.nn.Tanh()))
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder / "st"))
+    return str(folder / "st")
+
+
+def encode_both(path: str) -> tuple[np.ndarray, np.ndarray, SentenceTransformerModel]:
+    from sentence_transformers import SentenceTransformer
+
+    ours = SentenceTransformerModel(ModelSpec(name="m", family="text-dense", path=path), threads=1)
+    tokens = ours.tokenize(TEXTS)
+    got = ours.forward(tokens, [ours.normalizes] * len(TEXTS))
+    return got, SentenceTransformer(path, device="cpu").encode(TEXTS), ours
+
+
+def test_minilm_matches_sentence_transformers() -> None:
+    got, ref, model = encode_both(MINILM)
+    assert (model.dimensions, model.max_input_tokens, model.normalizes) == (384, 256, True)
+    assert np.abs(got - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("pooling", "dense", "normalize"),
+    [("mean", False, True), ("cls", True, True), ("max", False, False), ("lasttoken", True, False)],
+)
+def test_tiny_models_match_sentence_transformers(tmp_path: Path, pooling: str, dense: bool, normalize: bool) -> None:
+    got, ref, model = encode_both(tiny_sentence_transformer(tmp_path, pooling, dense, normalize))
+    assert model.dimensions == (16 if dense else 32)
+    assert model.max_input_tokens == 48
+    assert model.normalizes == normalize
+    assert np.abs(got - ref).max() <= 1e-5
+
+
+def test_truncation_is_flagged() -> None:
+    model = SentenceTransformerModel(ModelSpec(name="m", family="text-dense", path=MINILM), threads=1)
+    short, long = model.tokenize(["short text", "word " * 400])
+    assert not short.truncated and long.truncated and long.length == 256
+
+
+def test_unsupported_module_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "x.models.Quantum"}]')
+    with pytest.raises(ConfigError, match="Transformer"):
+        SentenceTransformerModel(ModelSpec(name="m", family="text-dense", path=str(tmp_path)), threads=1)
+
+
+def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"modules\.json"):
+        SentenceTransformerModel(ModelSpec(name="m", family="text-dense", path=str(tmp_path / "no")), threads=1)
+
+
+def test_debug_vectors_are_deterministic_and_normalized() -> None:
+    a = debug_vectors(["x", "y"], 16, [True, False])
+    assert np.array_equal(a, debug_vectors(["x", "y"], 16, [True, False]))
+    assert abs(np.linalg.norm(a[0]) - 1) < 1e-6 and not np.array_equal(a[0], a[1])

@@ -1,0 +1,54 @@
+"""The queue wire format: round trips, and every malformation is one error type."""
+
+from __future__ import annotations
+
+import pickle
+
+import msgpack
+import numpy as np
+import pytest
+
+from embedstream import wire
+
+
+def test_job_round_trip() -> None:
+    job = wire.Job("id1", "reply", 123, 100, ["a", "b é"], normalize=False, truncate=False)
+    assert wire.decode_job(wire.encode_job(job)) == job
+    plain = wire.Job("id2", "reply", 5, 1, ["x"])
+    assert wire.decode_job(wire.encode_job(plain)).normalize is None
+
+
+def test_reply_round_trip_carries_raw_little_endian_vectors() -> None:
+    vecs = np.arange(6, dtype="<f4").reshape(2, 3)
+    reply = wire.Reply("id", vectors=vecs.tobytes(), dimensions=3, count=2, tokens=9, worker="w")
+    back = wire.decode_reply(wire.encode_reply(reply))
+    assert back.ok and back.tokens == 9 and back.worker == "w"
+    assert np.array_equal(np.frombuffer(back.vectors, dtype="<f4").reshape(2, 3), vecs)
+    err = wire.decode_reply(wire.encode_reply(wire.Reply("id", error_code="INTERNAL", error_message="m")))
+    assert not err.ok and err.error_message == "m"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        pickle.dumps({"v": 1}),
+        msgpack.packb([1, 2]),
+        msgpack.packb({"v": 2, "i": "x"}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": "soon", "q": 1, "t": ["a"]}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": True, "q": 1, "t": ["a"]}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a", 3]}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"], "n": "yes"}),
+    ],
+)
+def test_malformed_jobs_raise_wire_error(payload: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_job(payload)
+
+
+def test_reply_with_wrong_vector_length_is_rejected() -> None:
+    bad = wire.encode_reply(wire.Reply("id", vectors=b"\0" * 8, dimensions=3, count=1))
+    with pytest.raises(wire.WireError):
+        wire.decode_reply(bad)
