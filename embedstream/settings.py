@@ -33,7 +33,7 @@ class Settings:
     port: int = _f(50051, "gRPC port of the gateway; 0 picks a free one")
     max_inputs_per_request: int = _f(256, "Inputs accepted in one EmbedRequest")
     max_text_bytes: int = _f(65536, "UTF-8 bytes accepted in one text input")
-    stream_window: int = _f(1024, "Inputs in flight per EmbedStream before reading the client pauses")
+    stream_window: int = _f(2048, "Inputs in flight per EmbedStream before reading the client pauses")
     max_deadline_s: float = _f(60.0, "Deadline given to calls without one, and the longest honoured")
     redis_timeout_s: float = _f(1.5, "Redis command timeout; a call fails UNAVAILABLE after it")
     worker_liveness_s: float = _f(5.0, "A worker whose heartbeat is older than this counts as gone")
@@ -41,6 +41,7 @@ class Settings:
     visibility_timeout_s: float = _f(30.0, "Idle time after which a dead worker's entries are reclaimed")
     max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")
     heartbeat_s: float = _f(1.0, "Worker heartbeat and lease renewal interval")
+    prefetch_inputs: int = _f(1024, "Inputs a worker reads ahead; a larger pool sorts by length better")
     max_wait_ms: float = _f(2.0, "How long an idle worker waits to fill a batch")
     metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
     log_level: str = _f("INFO", "Python logging level")
@@ -73,6 +74,7 @@ class Settings:
             "visibility_timeout_s",
             "max_deliveries",
             "heartbeat_s",
+            "prefetch_inputs",
         )
         for name in positive:
             if getattr(self, name) <= 0:

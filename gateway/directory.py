@@ -92,6 +92,16 @@ class Directory:
         for listener in self._listeners:
             await listener()
 
+    async def recheck(self, model: str) -> bool:
+        """Ask Redis now whether ``model`` has a live worker; the snapshot may be stale."""
+        cutoff = time.time() * 1000 - self.liveness_s * 1000
+        try:
+            live = await self._redis.zcount(keys.workers(model), cutoff, "+inf")  # type: ignore[attr-defined]
+        except TRANSIENT:
+            return False
+        self.states[model].workers = int(live)
+        return self.redis_ok and int(live) > 0
+
     def serving(self, model: str) -> bool:
         """True when Redis answers and the model has a live worker."""
         return self.redis_ok and self.states[model].workers > 0

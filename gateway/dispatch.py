@@ -55,7 +55,7 @@ class Dispatcher:
         spec = request.spec
         if not self.directory.redis_ok:
             raise Unavailable("the queue (Redis) is unreachable; retry shortly")
-        if not self.directory.serving(spec.name):
+        if not self.directory.serving(spec.name) and not await self.directory.recheck(spec.name):
             raise Unavailable(f"no live worker serves model {spec.name!r}; retry shortly")
         job = wire.Job(
             id=uuid.uuid4().hex,

@@ -45,7 +45,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.queue = keys.queue(spec.name)
         self.batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size)
-        self.prefetch = max(4 * spec.max_batch_size, 256)
+        self.prefetch = max(settings.prefetch_inputs, spec.max_batch_size)
         self._held: dict[bytes, Entry] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
