@@ -35,10 +35,10 @@ def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, direc
         if kind != "text":
             raise InvalidArgument(f"inputs[{i}]: set text")
         text = item.text
-        if not text.strip():
+        if not text or text.isspace():
             raise InvalidArgument(f"inputs[{i}].text: must not be empty or only whitespace")
-        size = len(text.encode())
-        if size > settings.max_text_bytes:
+        # A code point is at most 4 UTF-8 bytes: only long texts need encoding to measure.
+        if len(text) * 4 > settings.max_text_bytes and (size := len(text.encode())) > settings.max_text_bytes:
             raise InvalidArgument(f"inputs[{i}].text: {size} bytes exceed the limit of {settings.max_text_bytes} bytes")
         # Each whitespace-separated word is at least one token: a cheap, exact
         # lower bound that refuses most over-long texts without tokenizing.

@@ -181,6 +181,8 @@ def main() -> int:
     registry_path.write_text(
         f'[models.minilm]\nfamily = "text-dense"\npath = "{base.path}"\ndevice = "{args.device}"\n'
         f'dtype = "{args.dtype}"\n\n[models.debug]\nfamily = "debug"\ndimensions = 384\n'
+        # The debug model costs nothing per batch: give it accelerator-sized batches.
+        "max_batch_size = 512\nmax_batch_tokens = 262144\n"
     )
     spec = registry.load(str(registry_path)).resolve("minilm")
     results: dict[str, float | str] = {

@@ -195,3 +195,27 @@ def test_entry_delivered_too_often_is_dead_lettered_and_its_caller_told(
     assert len(dead) == 1 and dead[0][1][b"id"] == poison and b"delivered 4 times" in dead[0][1][b"reason"]
     assert r.xpending(queue, keys.GROUP)["pending"] == 0
     r.delete(queue, reply_stream, keys.dead_letters("orphan"), keys.workers("orphan"), keys.model_info("orphan"))
+
+
+def test_poison_input_fails_alone_and_is_dead_lettered(service: Service, r: redis.Redis) -> None:
+    from workers.model import DEBUG_RAISE
+
+    before = r.xlen(keys.dead_letters("slow"))
+    with stub(service.port) as s:
+        # "slow" runs one input per batch after 300 ms: queue several so they batch together.
+        good = [
+            s.Embed.future(pb.EmbedRequest(model="debug", inputs=[pb.Input(text=f"ok {i}")]), timeout=30)
+            for i in range(3)
+        ]
+        mixed = s.Embed.future(
+            pb.EmbedRequest(model="debug", inputs=[pb.Input(text="fine"), pb.Input(text=f"x {DEBUG_RAISE}")]),
+            timeout=30,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            mixed.result()
+        assert all(len(f.result().embeddings) == 1 for f in good)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "dead-lettered" in err.value.details()
+    assert r.xlen(keys.dead_letters("debug")) >= 1
+    assert r.xlen(keys.dead_letters("slow")) == before
+    assert service.workers["debug"].alive()

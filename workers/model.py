@@ -60,8 +60,15 @@ def load(spec: ModelSpec, threads: int) -> Model:
     return SentenceTransformerModel(spec, threads)
 
 
+#: A debug-model input containing this raises inside forward: a poison input for tests.
+DEBUG_RAISE = "__embedstream_debug_raise__"
+
+
 class DebugModel:
-    """Deterministic vectors from a hash of each text; no compute, optional latency."""
+    """Deterministic vectors from a hash of each text; no compute, optional latency.
+
+    Test-only: an input containing :data:`DEBUG_RAISE` makes the batch fail.
+    """
 
     family = "debug"
 
@@ -84,6 +91,8 @@ class DebugModel:
         """Hash each text into a vector; sleep ``latency_ms`` once per batch."""
         if self.latency_s:
             time.sleep(self.latency_s)
+        if any(DEBUG_RAISE in t.text for t in batch):
+            raise RuntimeError("debug model asked to fail")
         return debug_vectors([t.text for t in batch], self.dimensions, normalize)
 
 
