@@ -86,15 +86,16 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     _need_redis(settings)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    registry = registry_mod.load(settings.registry)
+    spec = registry.resolve(args.model)
+    # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
     from transformers.utils import logging as hf_logging
 
     from workers import model as model_mod
     from workers.worker import serve
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    registry = registry_mod.load(settings.registry)
-    spec = registry.resolve(args.model)
     threads = settings.torch_threads()
     log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
     model = model_mod.load(spec, threads)

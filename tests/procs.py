@@ -74,7 +74,6 @@ def base_env(redis_url: str, registry: Path, **extra: str) -> dict[str, str]:
         EMBEDSTREAM_REDIS_URL=redis_url,
         EMBEDSTREAM_REGISTRY=str(registry),
         HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -69,3 +69,27 @@ def test_complete_checks_the_vector_count() -> None:
     b.add(entry([3, 3]), 2)
     with pytest.raises(RuntimeError, match="2"):
         complete(b.take(), np.zeros((1, 2), dtype=np.float32), 1.0)
+
+
+def test_cpu_padding_bound_splits_mixed_lengths_and_accelerators_merge_them() -> None:
+    lengths = [10, 12, 11, 250, 9]
+    cpu = Batcher(max_batch_tokens=100_000, max_batch_size=32)
+    cpu.add(entry(lengths), 2)
+    assert sorted(it.length for it in cpu.take()) == [9, 10, 11, 12]
+    assert [it.length for it in cpu.take()] == [250]
+    gpu = Batcher(max_batch_tokens=100_000, max_batch_size=32, padding_factor=0.0)
+    gpu.add(entry(lengths), 2)
+    assert len(gpu.take()) == 5
+
+
+def test_large_pool_drains_in_arrival_fair_order() -> None:
+    b = Batcher(max_batch_tokens=4096, max_batch_size=64)
+    lengths = [(i * 7919) % 200 + 3 for i in range(20_000)]
+    b.add(entry(lengths, "big"), 2)
+    taken = 0
+    first_batch = b.take()
+    assert any(it.index == 0 for it in first_batch)
+    taken += len(first_batch)
+    while len(b):
+        taken += len(b.take())
+    assert taken == 20_000

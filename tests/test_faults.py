@@ -219,3 +219,26 @@ def test_poison_input_fails_alone_and_is_dead_lettered(service: Service, r: redi
     assert r.xlen(keys.dead_letters("debug")) >= 1
     assert r.xlen(keys.dead_letters("slow")) == before
     assert service.workers["debug"].alive()
+
+
+def test_a_slow_healthy_batch_is_not_stolen(service: Service, r: redis.Redis, log_dir: Path) -> None:
+    # Each batch takes 2.5 s, far past the 1 s visibility timeout: only lease
+    # renewal keeps the other worker from reclaiming (and redoing) the work.
+    env = dict(service.env, EMBEDSTREAM_VISIBILITY_TIMEOUT_S="1", EMBEDSTREAM_HEARTBEAT_S="0.2")
+    first = start_worker(env, log_dir, "lease", r)
+    second = start_worker(env, log_dir, "lease", r)
+    try:
+        with stub(service.port) as s:
+            calls = [
+                s.Embed.future(
+                    pb.EmbedRequest(model="lease", request_id=str(i), inputs=[pb.Input(text=f"t{i}")]), timeout=60
+                )
+                for i in range(4)
+            ]
+            answers = [c.result() for c in calls]
+    finally:
+        first.stop()
+        second.stop()
+    assert [a.request_id for a in answers] == ["0", "1", "2", "3"]
+    assert "reclaimed" not in first.log() and "reclaimed" not in second.log()
+    assert r.xpending(keys.queue("lease"), keys.GROUP)["pending"] == 0

@@ -141,6 +141,13 @@ class SentenceTransformerModel:
         st_cfg = _read_json_optional(tdir / "sentence_bert_config.json")
         self.name = spec.name
         self.device = torch.device(spec.device)
+        if self.device.type == "cuda":
+            # cuDNN's attention builds an execution plan per new (batch, length)
+            # shape, ~50 ms each on an H200: with batches of every shape that
+            # made MiniLM 10x slower. Flash / memory-efficient kernels need none.
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        # Few distinct widths keep accelerator kernels warm; CPU pays per token.
+        self._width_multiple = 1 if self.device.type == "cpu" else 8
         self.tokenizer = AutoTokenizer.from_pretrained(str(tdir))
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec.dtype]
         self.model = AutoModel.from_pretrained(str(tdir), dtype=dtype).to(self.device).eval()
@@ -170,7 +177,7 @@ class SentenceTransformerModel:
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
         """Pad to the longest in the batch, run the encoder, pool, dense, normalize."""
         torch = self._torch
-        width = max(t.length for t in batch)
+        width = -(-max(t.length for t in batch) // self._width_multiple) * self._width_multiple
         ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, tok in enumerate(batch):

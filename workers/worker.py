@@ -22,7 +22,7 @@ from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
-from workers.batcher import Batcher, Entry, Item, complete
+from workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
 from workers.model import Model
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ class Worker:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.queue = keys.queue(spec.name)
-        self.batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size)
+        padding = PADDING_FACTOR if spec.device == "cpu" else 0.0
+        self.batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
         self.prefetch = max(settings.prefetch_inputs, spec.max_batch_size)
         self._held: dict[bytes, Entry] = {}
         self._wake = asyncio.Event()
