@@ -1,0 +1,330 @@
+"""Python client SDK: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+Importable without torch: it needs grpcio and numpy only. Vectors come back as
+float32 numpy arrays in input order. Calls retry ``UNAVAILABLE`` and
+``RESOURCE_EXHAUSTED`` with capped exponential backoff and jitter; a stream that
+breaks is reopened and re-sends only the requests not yet answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from embedstream.v1 import embedder_pb2 as pb
+from embedstream.v1 import embedder_pb2_grpc as pb_grpc
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+MAX_INPUTS = 256
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How often and how patiently to retry UNAVAILABLE / RESOURCE_EXHAUSTED."""
+
+    attempts: int = 6
+    initial_s: float = 0.05
+    max_s: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        """Backoff before each retry: exponential, capped, with full jitter."""
+        for n in range(self.attempts - 1):
+            yield random.uniform(0, min(self.max_s, self.initial_s * 2**n))
+
+
+def _request(
+    texts: Sequence[str], model: str, normalize: bool | None, truncate: bool | None, rid: str
+) -> pb.EmbedRequest:
+    req = pb.EmbedRequest(
+        model=model,
+        request_id=rid,
+        inputs=[pb.Input(text=t) for t in texts],
+        encoding=pb.VECTOR_ENCODING_PACKED_F32LE,
+    )
+    if normalize is not None:
+        req.normalize = normalize
+    if truncate is not None:
+        req.truncate = truncate
+    return req
+
+
+def vectors(resp: pb.EmbedResponse) -> np.ndarray:
+    """The response's vectors as a (n, dimensions) float32 array."""
+    if resp.embeddings and resp.embeddings[0].packed:
+        raw = b"".join(e.packed for e in resp.embeddings)
+        return np.frombuffer(raw, dtype="<f4").reshape(len(resp.embeddings), resp.dimensions).astype(np.float32)
+    return np.array([list(e.values) for e in resp.embeddings], dtype=np.float32).reshape(-1, resp.dimensions)
+
+
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+class Client:
+    """A blocking client for one gateway address (or a comma-separated list)."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        model: str = "",
+        timeout: float = 60.0,
+        retry: Retry | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        self._channel = channel or grpc.insecure_channel(_target(target), options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.EmbedderStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> np.ndarray:
+        """Vectors for ``texts`` as one (len(texts), dimensions) array; any length."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
+        name = model if model is not None else self.model
+
+        def call(chunk: list[str]) -> pb.EmbedResponse:
+            request = _request(chunk, name, normalize, truncate, "")
+            response: pb.EmbedResponse = self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
+            return response
+
+        parts = [call(chunk) for chunk in _chunks(texts, MAX_INPUTS)]
+        return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def embed_stream(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 64,
+        window: int = 2048,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield one array per ``batch_size`` texts, in order, reading ``texts`` lazily.
+
+        At most ``window`` texts are sent and unanswered at any time, so memory
+        stays bounded for any corpus size. A broken stream is reopened and the
+        unanswered requests are sent again.
+        """
+        name = model if model is not None else self.model
+        source = enumerate(_chunks(texts, min(batch_size, MAX_INPUTS)))
+        pending = _Pending(window, source, (name, normalize, truncate))
+        delays = self.retry.delays()
+        while True:
+            try:
+                for resp in self._stub.EmbedStream(_feed(pending)):
+                    k, _ = pending.pop()
+                    if resp.request_id != str(k):
+                        raise RuntimeError(f"stream answered {resp.request_id!r} where {k} was due")
+                    yield vectors(resp)
+                    delays = self.retry.delays()
+                if not pending.items:
+                    return
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        """The served models."""
+        resp = self._with_retry(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
+        return list(resp.models)
+
+    def _with_retry(self, call: Callable[[], T]) -> T:
+        delays = self.retry.delays()
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                delay = next(delays, None) if exc.code() in RETRYABLE else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+
+class _Pending:
+    """Requests sent on a stream and not yet answered.
+
+    gRPC pulls requests on its own thread while the caller consumes answers, and
+    a broken stream's sender may still be pulling when the next attempt starts:
+    pulling from the source, recording the request and switching attempts all
+    happen under one lock, so no chunk is taken by a dead attempt and lost.
+    """
+
+    def __init__(
+        self, window: int, source: Iterator[tuple[int, list[str]]], args: tuple[str, bool | None, bool | None]
+    ):
+        self.window = window
+        self.items: collections.deque[tuple[int, pb.EmbedRequest]] = collections.deque()
+        self.texts = 0
+        self.attempt = 0
+        self._source = source
+        self._args = args
+        self._cond = threading.Condition()
+
+    def restart(self) -> tuple[int, list[pb.EmbedRequest]]:
+        """Begin a new attempt; returns its number and the requests to send again."""
+        with self._cond:
+            self.attempt += 1
+            self._cond.notify_all()
+            return self.attempt, [req for _, req in self.items]
+
+    def pull(self, attempt: int) -> pb.EmbedRequest | None:
+        """The next new request for ``attempt``, once the window has room; None when done."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.attempt != attempt or self.texts < self.window)
+            if self.attempt != attempt:
+                return None
+            item = next(self._source, None)
+            if item is None:
+                return None
+            k, chunk = item
+            req = _request(chunk, *self._args, rid=str(k))
+            self.items.append((k, req))
+            self.texts += len(chunk)
+            return req
+
+    def pop(self) -> tuple[int, pb.EmbedRequest]:
+        """Mark the oldest request answered."""
+        with self._cond:
+            k, req = self.items.popleft()
+            self.texts -= len(req.inputs)
+            self._cond.notify_all()
+            return k, req
+
+
+def _feed(pending: _Pending) -> Iterator[pb.EmbedRequest]:
+    """One stream attempt's requests: the unanswered ones again, then new ones."""
+    attempt, resend = pending.restart()
+    yield from resend
+    while (req := pending.pull(attempt)) is not None:
+        yield req
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`."""
+
+    def __init__(
+        self, target: str = "localhost:50051", *, model: str = "", timeout: float = 60.0, retry: Retry | None = None
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        self._channel = grpc.aio.insecure_channel(_target(target), options=_CHANNEL_OPTIONS)
+        self._stub = pb_grpc.EmbedderStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> np.ndarray:
+        """Vectors for ``texts``; chunks of 256 run concurrently."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
+        name = model if model is not None else self.model
+
+        async def call(chunk: list[str]) -> pb.EmbedResponse:
+            request = _request(chunk, name, normalize, truncate, "")
+            response: pb.EmbedResponse = await self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
+            return response
+
+        parts = await asyncio.gather(*(call(chunk) for chunk in _chunks(texts, MAX_INPUTS)))
+        return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    async def embed_stream(
+        self, texts: Iterable[str], *, batch_size: int = 64, window: int = 2048, model: str | None = None
+    ) -> AsyncIterator[np.ndarray]:
+        """Yield one array per ``batch_size`` texts, in order; at most ``window`` texts in flight."""
+        name = model if model is not None else self.model
+        credit = asyncio.Semaphore(max(1, window // max(1, batch_size)))
+
+        async def requests() -> AsyncIterator[pb.EmbedRequest]:
+            for k, chunk in enumerate(_chunks(texts, min(batch_size, MAX_INPUTS))):
+                await credit.acquire()
+                yield _request(chunk, name, None, None, str(k))
+
+        call = self._stub.EmbedStream(requests())
+        async for resp in call:
+            credit.release()
+            yield vectors(resp)
+
+    async def list_models(self) -> list[pb.ModelInfo]:
+        """The served models."""
+        resp = await self._with_retry(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
+        return list(resp.models)
+
+    async def _with_retry(self, call: Callable[[], Any]) -> Any:
+        delays = self.retry.delays()
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                delay = next(delays, None) if exc.code() in RETRYABLE else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.lb_policy_name", "round_robin"),
+]
+
+
+def _target(target: str) -> str:
+    # Several addresses become one round-robin channel over all gateways.
+    if "," in target:
+        return "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:", "dns:")) else target
+    return target
+
+
+__all__ = ["AsyncClient", "Client", "Retry", "vectors"]
