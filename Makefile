@@ -40,7 +40,7 @@ redis:
 proto: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-	  protos/embedstream/v1/embedder.proto
+	  protos/embedstream/v1/embedder.proto protos/embedstream/v1/jobs.proto
 
 lint: venv
 	$(BIN)/ruff check embedstream gateway workers tests loadtest

@@ -39,6 +39,36 @@ def model_info(model: str) -> str:
     return f"{PREFIX}:{model_tag(model)}:info"
 
 
+def bulk(model: str) -> str:
+    """The stream of async-job chunks for ``model``; read only when interactive work is done."""
+    return f"{PREFIX}:{model_tag(model)}:bulk"
+
+
+def job_tag(job_id: str) -> str:
+    """The hash tag shared by every key of one job."""
+    return "{job:" + job_id + "}"
+
+
+def job_meta(job_id: str) -> str:
+    """Hash: state, model, counts, times, chunk size of one job."""
+    return f"{PREFIX}:{job_tag(job_id)}:meta"
+
+
+def job_results(job_id: str) -> str:
+    """Hash: chunk index -> b"V" + float32 vectors, or b"E" + error message."""
+    return f"{PREFIX}:{job_tag(job_id)}:results"
+
+
+def job_errors(job_id: str) -> str:
+    """List: the first few error messages of failed chunks."""
+    return f"{PREFIX}:{job_tag(job_id)}:errors"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    """String: the job id an idempotency key already created, for one tenant."""
+    return f"{PREFIX}:" + "{t:" + tenant + "}:idem:" + key
+
+
 def replies(gateway_id: str) -> str:
     """The reply stream of one gateway process, read by that process only."""
     return f"{PREFIX}:" + "{gw:" + gateway_id + "}:replies"

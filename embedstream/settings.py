@@ -37,6 +37,11 @@ class Settings:
     max_deadline_s: float = _f(60.0, "Deadline given to calls without one, and the longest honoured")
     redis_timeout_s: float = _f(1.5, "Redis command timeout; a call fails UNAVAILABLE after it")
     worker_liveness_s: float = _f(5.0, "A worker whose heartbeat is older than this counts as gone")
+    job_ttl_s: int = _f(86400, "How long a job and its results are kept when the job names no TTL")
+    max_job_ttl_s: int = _f(7 * 86400, "The longest TTL a job may ask for")
+    max_job_inline_inputs: int = _f(10000, "Inputs accepted inline by one SubmitJob (UploadJob has no such cap)")
+    max_job_inputs: int = _f(10_000_000, "Inputs accepted by one job")
+    max_bulk_entries: int = _f(200_000, "Job chunks (64 inputs each) queued per model before new jobs are refused")
     threads: int = _f(0, "Torch intra-op threads per worker; 0 leaves one core for gateway and Redis")
     visibility_timeout_s: float = _f(30.0, "Idle time after which a dead worker's entries are reclaimed")
     max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")
@@ -75,6 +80,11 @@ class Settings:
             "max_deliveries",
             "heartbeat_s",
             "prefetch_inputs",
+            "job_ttl_s",
+            "max_job_ttl_s",
+            "max_job_inline_inputs",
+            "max_job_inputs",
+            "max_bulk_entries",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -31,6 +31,9 @@ class Job:
     texts: list[str]
     normalize: bool | None = None
     truncate: bool = True
+    #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
+    job_id: str = ""
+    chunk: int = -1
 
 
 @dataclass(slots=True)
@@ -69,6 +72,9 @@ def encode_job(job: Job) -> bytes:
     }
     if job.normalize is not None:
         body["n"] = job.normalize
+    if job.job_id:
+        body["j"] = job.job_id
+        body["k"] = job.chunk
     return _pack(body)
 
 
@@ -90,6 +96,8 @@ def decode_job(data: bytes) -> Job:
             texts=texts,
             normalize=normalize,
             truncate=_typed(body.get("u", True), bool, "u"),
+            job_id=_typed(body.get("j", ""), str, "j"),
+            chunk=_typed(body.get("k", -1), int, "k"),
         )
     except KeyError as exc:
         raise WireError(f"job lacks field {exc.args[0]!r}") from None

@@ -15,15 +15,17 @@ from embedstream.connections import connect
 from embedstream.errors import Unavailable
 from embedstream.registry import Registry
 from embedstream.settings import Settings
-from embedstream.v1 import embedder_pb2, embedder_pb2_grpc
+from embedstream.v1 import embedder_pb2, embedder_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from gateway.directory import Directory
 from gateway.dispatch import Dispatcher
 from gateway.embedder import Embedder
+from gateway.jobs import Jobs
 from gateway.replies import ReplyRouter
 
 log = logging.getLogger(__name__)
 
 SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+JOBS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -54,8 +56,12 @@ class Gateway:
         embedder_pb2_grpc.add_EmbedderServicer_to_server(
             Embedder(self.settings, self.registry, self.directory, self.dispatcher), self.server
         )
+        jobs_pb2_grpc.add_JobsServicer_to_server(
+            Jobs(self.settings, self.registry, self.directory, self.redis), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        names = (SERVICE, JOBS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self.server)
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
@@ -84,6 +90,7 @@ class Gateway:
         overall = SERVING if self.directory.redis_ok else NOT_SERVING
         await self.health.set("", overall)
         await self.health.set(SERVICE, overall)
+        await self.health.set(JOBS_SERVICE, overall)
         for name in self.registry.models:
             serving = self.directory.serving(name)
             await self.health.set(name, SERVING if serving else NOT_SERVING)

@@ -54,7 +54,7 @@ def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> 
     model.forward(warm, [True] * len(warm))
     started = time.perf_counter()
     tokens = model.tokenize(texts)
-    entry = Entry(b"raw", Job("raw", "", 2**62, 0, texts), b"", tokens, True)
+    entry = Entry(b"raw", Job("raw", "", 2**62, 0, texts), "", b"", tokens, True)
     batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size, PADDING_FACTOR if spec.device == "cpu" else 0.0)
     batcher.add(entry, model.dimensions)
     while len(batcher):

@@ -49,6 +49,12 @@ dimensions = 8
 latency_ms = 2500
 max_batch_size = 1
 
+[models.jobslow]
+family = "debug"
+dimensions = 8
+latency_ms = 50
+max_batch_size = 8
+
 [models.orphan]
 family = "debug"
 dimensions = 8
@@ -96,7 +102,7 @@ class Service:
 def service(redis_server: RedisServer, r: redis.Redis, registry_file: Path, log_dir: Path) -> Iterator[Service]:
     env = base_env(redis_server.url, registry_file, EMBEDSTREAM_THREADS="1", EMBEDSTREAM_VISIBILITY_TIMEOUT_S="5")
     gateway, port = start_gateway(env, log_dir)
-    workers = {name: start_worker(env, log_dir, name, r) for name in ("all-MiniLM-L6-v2", "debug", "slow")}
+    workers = {name: start_worker(env, log_dir, name, r) for name in ("all-MiniLM-L6-v2", "debug", "slow", "jobslow")}
     yield Service(port, env, gateway, workers)
     for proc in [gateway, *workers.values()]:
         proc.stop()

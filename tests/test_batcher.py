@@ -12,7 +12,7 @@ from workers.model import Tokens
 
 def entry(lengths: list[int], name: str = "e") -> Entry:
     toks = [Tokens([0] * n, n, False, f"{name}{i}") for i, n in enumerate(lengths)]
-    return Entry(name.encode(), Job(name, "r", 10**15, 0, [t.text for t in toks]), b"", toks, True)
+    return Entry(name.encode(), Job(name, "r", 10**15, 0, [t.text for t in toks]), "q", b"", toks, True)
 
 
 def test_batches_respect_token_budget_and_size() -> None:

@@ -24,7 +24,7 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
             f"--grpc_python_out={tmp_path}",
             f"--mypy_out={tmp_path}",
             f"--mypy_grpc_out={tmp_path}",
-            str(ROOT / "protos/embedstream/v1/embedder.proto"),
+            *[str(p) for p in sorted((ROOT / "protos/embedstream/v1").glob("*.proto"))],
         ],
         check=True,
         env=env,

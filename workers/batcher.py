@@ -37,9 +37,13 @@ class Entry:
 
     stream_id: bytes
     job: Job
+    #: The stream the entry came from: the model's interactive queue or its bulk stream.
+    stream: str
     payload: bytes
     tokens: list[Tokens]
     normalize: bool
+    #: Set for async-job chunks; they are recorded in the job, not replied to.
+    bulk: bool = False
     vectors: np.ndarray | None = None
     remaining: int = 0
     started_ms: float = 0.0

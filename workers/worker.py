@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream import keys, metrics, wire
+from embedstream import jobstore, keys, metrics, wire
 from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
@@ -44,10 +44,14 @@ class Worker:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.queue = keys.queue(spec.name)
+        self.bulk_queue = keys.bulk(spec.name)
         padding = PADDING_FACTOR if spec.device == "cpu" else 0.0
+        # Interactive work and async-job chunks wait in separate pools; a batch
+        # is cut from the job pool only when no interactive input waits.
         self.batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
+        self.bulk = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
         self.prefetch = max(settings.prefetch_inputs, spec.max_batch_size)
-        self._held: dict[bytes, Entry] = {}
+        self._held: dict[tuple[str, bytes], Entry] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -55,6 +59,7 @@ class Worker:
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
+        self._record = self.redis.register_script(jobstore.RECORD)
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish every input already taken."""
@@ -89,11 +94,12 @@ class Worker:
         self._wake.set()
 
     async def _setup(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.queue, keys.GROUP, id="0", mkstream=True)
-        except Exception as exc:  # BUSYGROUP: another worker made it first
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in (self.queue, self.bulk_queue):
+            try:
+                await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+            except Exception as exc:  # BUSYGROUP: another worker made it first
+                if "BUSYGROUP" not in str(exc):
+                    raise
         await self._heartbeat()
 
     async def _heartbeat(self) -> None:
@@ -125,14 +131,17 @@ class Worker:
     async def _read_loop(self) -> None:
         delay = 0.05
         while not self._stopping.is_set():
-            if len(self.batcher) >= self.prefetch:
+            streams: dict[Any, Any] = {}
+            if len(self.batcher) < self.prefetch:
+                streams[self.queue] = ">"
+            if len(self.bulk) < self.prefetch:
+                streams[self.bulk_queue] = ">"
+            if not streams:
                 self._space.clear()
                 await self._space.wait()
                 continue
             try:
-                got = await self.redis.xreadgroup(
-                    keys.GROUP, self.name, {self.queue: ">"}, count=READ_ENTRIES, block=1000
-                )
+                got = await self.redis.xreadgroup(keys.GROUP, self.name, streams, count=READ_ENTRIES, block=1000)
                 delay = 0.05
             except TRANSIENT as exc:
                 log.warning("read failed (%s); retrying", exc)
@@ -144,25 +153,25 @@ class Worker:
                     await self._until_redis(self._setup)
                     continue
                 raise
-            for _stream, entries in got or []:  # type: ignore[str-unpack]
-                await self._accept(entries)  # type: ignore[arg-type]
+            for stream, entries in got or []:  # type: ignore[str-unpack]
+                await self._accept(entries, stream.decode())  # type: ignore[arg-type, union-attr]
 
-    async def _accept(self, raw: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _accept(self, raw: list[tuple[bytes, dict[bytes, bytes]]], stream: str) -> None:
         """Decode, drop the expired, tokenize on the prep thread, pool the rest."""
         fresh: list[tuple[bytes, bytes, wire.Job]] = []
         now = now_ms()
         for stream_id, fields in raw:
-            if stream_id in self._held:  # a redelivery of work we still hold
+            if (stream, stream_id) in self._held:  # a redelivery of work we still hold
                 continue
             payload = fields.get(keys.PAYLOAD.encode(), b"") if fields else b""
             try:
                 job = wire.decode_job(payload)
             except wire.WireError as exc:
-                await self._dead_letter(stream_id, payload, f"undecodable: {exc}", None)
+                await self._dead_letter(stream, stream_id, payload, f"undecodable: {exc}", None)
                 continue
             if now > job.deadline_ms:
                 metrics.WORKER_DROPPED.labels(self.spec.name, "expired").inc()
-                await self._finish_silently(stream_id)
+                await self._finish_silently(stream, stream_id)
                 continue
             fresh.append((stream_id, payload, job))
         if not fresh:
@@ -175,8 +184,8 @@ class Worker:
             toks = tokens[start : start + len(job.texts)]
             start += len(job.texts)
             normalize = self.model.normalizes if job.normalize is None else job.normalize
-            entry = Entry(stream_id, job, payload, toks, normalize)
-            self._held[stream_id] = entry
+            entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
+            self._held[(stream, stream_id)] = entry
             too_long = [i for i, t in enumerate(toks) if t.truncated and not job.truncate]
             if too_long:
                 i = too_long[0]
@@ -187,23 +196,27 @@ class Worker:
                 )
                 self._reply_soon([entry])
                 continue
-            self.batcher.add(entry, self.model.dimensions)
-        metrics.WORKER_QUEUED.labels(self.spec.name).set(len(self.batcher))
+            self._pool(entry).add(entry, self.model.dimensions)
+        metrics.WORKER_QUEUED.labels(self.spec.name).set(len(self.batcher) + len(self.bulk))
         self._wake.set()
 
     # -- batching and compute ----------------------------------------------
+
+    def _pool(self, entry: Entry) -> Batcher:
+        return self.bulk if entry.bulk else self.batcher
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         wait_s = self.settings.max_wait_ms / 1000.0
         while True:
-            if not len(self.batcher):
+            pool = self.batcher if len(self.batcher) else self.bulk
+            if not len(pool):
                 if self._stopping.is_set():
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if wait_s and not self.batcher.full() and not self._stopping.is_set():
+            if wait_s and not pool.full() and not self._stopping.is_set():
                 # The model is idle and the pool holds less than a batch: give
                 # inputs that are already on their way a moment to join.
                 self._wake.clear()
@@ -211,7 +224,7 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), wait_s)
                 except TimeoutError:
                     pass
-            batch = await self._live(self.batcher.take())
+            batch = await self._live(pool.take())
             self._space.set()
             if not batch:
                 continue
@@ -238,8 +251,9 @@ class Worker:
             self._reply_soon(complete(batch, vectors, elapsed))
 
     async def _live(self, batch: list[Item]) -> list[Item]:
-        """Drop inputs whose caller is gone: deadline passed, or the gateway withdrew
-        the entry (XDEL on cancel or timeout). One pipelined XRANGE per entry."""
+        """Drop inputs whose caller is gone: deadline passed, the gateway withdrew
+        the entry (XDEL on cancel or timeout), or its job was cancelled or expired.
+        One pipelined XRANGE (or HGET of the job's state) per entry."""
         entries = list({id(it.entry): it.entry for it in batch}.values())
         now = now_ms()
         gone: dict[int, str] = {e_id: "expired" for e_id, e in ((id(e), e) for e in entries) if e.expired(now)}
@@ -247,29 +261,33 @@ class Worker:
         if unchecked:
             pipe = self.redis.pipeline(transaction=False)
             for entry in unchecked:
-                pipe.xrange(self.queue, entry.stream_id, entry.stream_id)
+                if entry.bulk:
+                    pipe.hget(keys.job_meta(entry.job.job_id), "state")
+                else:
+                    pipe.xrange(entry.stream, entry.stream_id, entry.stream_id)
             try:
                 found = await pipe.execute()
             except TRANSIENT:
-                found = [True] * len(unchecked)  # cannot tell: do the work
-            gone.update({id(e): "cancelled" for e, rows in zip(unchecked, found) if not rows})
+                found = [b"1"] * len(unchecked)  # cannot tell: do the work
+            cancelled = str(jobstore.CANCELLED).encode()
+            gone.update({id(e): "cancelled" for e, rows in zip(unchecked, found) if not rows or rows == cancelled})
         if not gone:
             return batch
         for entry in entries:
             reason = gone.get(id(entry))
-            if reason is None or entry.stream_id not in self._held:
+            if reason is None or (entry.stream, entry.stream_id) not in self._held:
                 continue
-            self.batcher.drop(entry)
-            del self._held[entry.stream_id]
+            self._pool(entry).drop(entry)
+            del self._held[(entry.stream, entry.stream_id)]
             metrics.WORKER_DROPPED.labels(self.spec.name, reason).inc()
-            self._track(asyncio.ensure_future(self._finish_silently(entry.stream_id)))
+            self._track(asyncio.ensure_future(self._finish_silently(entry.stream, entry.stream_id)))
         return [it for it in batch if id(it.entry) not in gone]
 
     async def _isolate(self, batch: list[Item]) -> None:
         """Rerun a failed batch one entry at a time so one bad input fails alone."""
         loop = asyncio.get_running_loop()
         for entry in {id(it.entry): it.entry for it in batch}.values():
-            items = [it for it in batch if it.entry is entry] + self.batcher.drop(entry)
+            items = [it for it in batch if it.entry is entry] + self._pool(entry).drop(entry)
             try:
                 vecs = await loop.run_in_executor(
                     self._compute,
@@ -281,8 +299,8 @@ class Worker:
             except Exception as exc:
                 log.warning("model %s failed on entry %s: %s", self.spec.name, entry.stream_id, exc)
                 entry.error = (Code.INTERNAL.value, f"model {self.spec.name} failed on this request")
-                del self._held[entry.stream_id]
-                await self._dead_letter(entry.stream_id, entry.payload, f"model error: {exc}", entry.job)
+                del self._held[(entry.stream, entry.stream_id)]
+                await self._dead_letter(entry.stream, entry.stream_id, entry.payload, f"model error: {exc}", entry.job)
 
     # -- replying ----------------------------------------------------------
 
@@ -295,16 +313,36 @@ class Worker:
         task.add_done_callback(self._replies.discard)
 
     async def _reply(self, entries: list[Entry]) -> None:
-        """Write each reply, then XACK + XDEL, in one pipeline (Redis keeps the order)."""
+        """Write each reply (or job result), then XACK + XDEL, in one pipeline (Redis keeps the order)."""
         pipe = self.redis.pipeline(transaction=False)
         for entry in entries:
-            pipe.xadd(entry.job.reply_to, {keys.PAYLOAD: wire.encode_reply(self._answer(entry))}, nomkstream=True)
-            pipe.xack(self.queue, keys.GROUP, entry.stream_id)
-            pipe.xdel(self.queue, entry.stream_id)
+            if entry.bulk:
+                await self._record_chunk(pipe, entry)
+            else:
+                reply = wire.encode_reply(self._answer(entry))
+                pipe.xadd(entry.job.reply_to, {keys.PAYLOAD: reply}, nomkstream=True)
+            pipe.xack(entry.stream, keys.GROUP, entry.stream_id)
+            pipe.xdel(entry.stream, entry.stream_id)
         await self._execute(pipe)
         for entry in entries:
-            self._held.pop(entry.stream_id, None)
+            self._held.pop((entry.stream, entry.stream_id), None)
         metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(entries))
+
+    async def _record_chunk(self, pipe: Any, entry: Entry, error: str = "") -> None:
+        """Store a job chunk's vectors (or failure) in the job; the script counts it once."""
+        job = entry.job
+        message = error or (entry.error[1] if entry.error else "")
+        if message:
+            value, failed, dims = jobstore.failure(len(job.texts), message), 1, 0
+        else:
+            assert entry.vectors is not None
+            value, failed, dims = b"V" + entry.vectors.astype("<f4", copy=False).tobytes(), 0, entry.vectors.shape[1]
+        # On a pipeline this only queues EVALSHA (redis-py loads the script first).
+        await self._record(
+            keys=[keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
+            args=[job.chunk, value, len(job.texts), failed, dims, int(now_ms()), message],
+            client=pipe,
+        )
 
     def _answer(self, entry: Entry) -> wire.Reply:
         if entry.error:
@@ -337,13 +375,15 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _finish_silently(self, stream_id: bytes) -> None:
+    async def _finish_silently(self, stream: str, stream_id: bytes) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.queue, keys.GROUP, stream_id)
-        pipe.xdel(self.queue, stream_id)
+        pipe.xack(stream, keys.GROUP, stream_id)
+        pipe.xdel(stream, stream_id)
         await self._execute(pipe)
 
-    async def _dead_letter(self, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None) -> None:
+    async def _dead_letter(
+        self, stream: str, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None
+    ) -> None:
         """Move an entry to the dead-letter stream and tell its caller, if known."""
         log.warning("dead-lettering %s of model %s: %s", stream_id, self.spec.name, reason)
         metrics.DEAD_LETTERED.labels(self.spec.name).inc()
@@ -354,7 +394,10 @@ class Worker:
             maxlen=10_000,
             approximate=True,
         )
-        if job is not None:
+        if job is not None and job.job_id:
+            entry = Entry(stream_id, job, stream, payload, [], False, bulk=True)
+            await self._record_chunk(pipe, entry, f"dead-lettered: {reason}")
+        elif job is not None:
             reply = wire.Reply(
                 job.id,
                 worker=self.name,
@@ -362,8 +405,8 @@ class Worker:
                 error_message=f"request failed on model {self.spec.name} and was dead-lettered: {reason}",
             )
             pipe.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
-        pipe.xack(self.queue, keys.GROUP, stream_id)
-        pipe.xdel(self.queue, stream_id)
+        pipe.xack(stream, keys.GROUP, stream_id)
+        pipe.xdel(stream, stream_id)
         await self._execute(pipe)
 
     # -- liveness, leases, recovery ----------------------------------------
@@ -383,8 +426,9 @@ class Worker:
         stale = [e for e in self._held.values() if e.leased_at < horizon]
         if not stale:
             return
-        ids: list[bytes | str | int | memoryview] = [e.stream_id for e in stale]
-        await self.redis.xclaim(self.queue, keys.GROUP, self.name, 0, ids, justid=True)
+        for stream in {e.stream for e in stale}:
+            ids: list[bytes | str | int | memoryview] = [e.stream_id for e in stale if e.stream == stream]
+            await self.redis.xclaim(stream, keys.GROUP, self.name, 0, ids, justid=True)
         now = time.monotonic()
         for entry in stale:
             entry.leased_at = now
@@ -400,12 +444,16 @@ class Worker:
 
     async def _reclaim(self) -> None:
         """Take over entries idle past the visibility timeout (their worker died)."""
+        await self._reclaim_stream(self.queue, self.batcher)
+        await self._reclaim_stream(self.bulk_queue, self.bulk)
+
+    async def _reclaim_stream(self, stream: str, pool: Batcher) -> None:
         min_idle = int(self.settings.visibility_timeout_s * 1000)
         start = "0-0"
-        while len(self.batcher) < self.prefetch and not self._stopping.is_set():
+        while len(pool) < self.prefetch and not self._stopping.is_set():
             try:
                 start_id, claimed, _deleted = await self.redis.xautoclaim(
-                    self.queue, keys.GROUP, self.name, min_idle, start_id=start, count=READ_ENTRIES
+                    stream, keys.GROUP, self.name, min_idle, start_id=start, count=READ_ENTRIES
                 )
             except TRANSIENT:
                 raise
@@ -416,7 +464,7 @@ class Worker:
             claimed = [(sid, f) for sid, f in claimed if f is not None]
             if claimed:
                 metrics.REDELIVERED.labels(self.spec.name).inc(len(claimed))
-                counts = await self._delivery_counts([sid for sid, _ in claimed])
+                counts = await self._delivery_counts(stream, [sid for sid, _ in claimed])
                 keep = []
                 for sid, fields in claimed:
                     if counts.get(sid, 0) > self.settings.max_deliveries:
@@ -425,19 +473,19 @@ class Worker:
                             job: wire.Job | None = wire.decode_job(payload)
                         except wire.WireError:
                             job = None
-                        await self._dead_letter(sid, payload, f"delivered {counts[sid]} times", job)
+                        await self._dead_letter(stream, sid, payload, f"delivered {counts[sid]} times", job)
                     else:
                         keep.append((sid, fields))
                 log.info("reclaimed %d entries of model %s", len(keep), self.spec.name)
-                await self._accept(keep)
+                await self._accept(keep, stream)
             start = start_id.decode() if isinstance(start_id, bytes) else str(start_id)
             if start == "0-0":
                 return
 
-    async def _delivery_counts(self, ids: list[bytes]) -> dict[bytes, int]:
+    async def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
         pipe = self.redis.pipeline(transaction=False)
         for sid in ids:
-            pipe.xpending_range(self.queue, keys.GROUP, min=sid, max=sid, count=1)
+            pipe.xpending_range(stream, keys.GROUP, min=sid, max=sid, count=1)
         counts: dict[bytes, int] = {}
         for sid, rows in zip(ids, await pipe.execute()):
             counts[sid] = int(rows[0]["times_delivered"]) if rows else 0

@@ -1,0 +1,305 @@
+"""The ``embedstream.v1.Jobs`` service: async jobs that any gateway can answer for.
+
+Everything about a job lives in Redis (``embedstream.jobstore``); this process
+holds nothing a restart would lose. Uploads stream straight into the model's
+bulk stream in chunks, so a gateway never buffers a corpus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from embedstream import jobstore, keys, wire
+from embedstream.connections import TRANSIENT
+from embedstream.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from embedstream.registry import ModelSpec, Registry
+from embedstream.settings import Settings
+from embedstream.v1 import embedder_pb2 as epb
+from embedstream.v1 import jobs_pb2 as pb
+from embedstream.v1 import jobs_pb2_grpc as pb_grpc
+from gateway.directory import Directory
+from gateway.status import streaming, unary
+from gateway.validation import validate_inputs
+
+#: Until authentication arrives every caller is this tenant.
+TENANT = "default"
+POLL_S = 0.2
+
+
+def now_ms() -> int:
+    """Unix milliseconds."""
+    return int(time.time() * 1000)
+
+
+class Jobs(pb_grpc.JobsServicer):
+    """Create, inspect, follow, read and cancel jobs."""
+
+    def __init__(self, settings: Settings, registry: Registry, directory: Directory, redis: Any) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.directory = directory
+        self.redis = redis
+        self._complete = redis.register_script(jobstore.COMPLETE)
+        self._cancel = redis.register_script(jobstore.CANCEL)
+
+    # -- creating ----------------------------------------------------------
+
+    @unary("SubmitJob")
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        n = len(request.inputs)
+        if n == 0:
+            raise InvalidArgument("inputs: at least one input is required")
+        if n > self.settings.max_job_inline_inputs:
+            raise InvalidArgument(
+                f"inputs: {n} inputs exceed the {self.settings.max_job_inline_inputs} a SubmitJob takes inline; "
+                "use UploadJob"
+            )
+        model, truncate = self._check_spec(request.spec)
+        texts = validate_inputs(request.inputs, model, self.settings, self.directory, truncate)
+        await self._room_for(model, -(-n // jobstore.CHUNK))
+        job_id, existing = await self._create(request.spec, model)
+        if not existing:
+            await self._enqueue(job_id, model, request.spec, texts, 0)
+            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, now_ms()]))
+        return await self._job(job_id)
+
+    @unary("UploadJob")
+    async def UploadJob(
+        self, request_iterator: AsyncIterator[pb.UploadJobRequest], context: grpc.aio.ServicerContext
+    ) -> pb.Job:
+        stream = request_iterator.__aiter__()
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("header: an upload starts with a header message") from None
+        if first.WhichOneof("part") != "header":
+            raise InvalidArgument("header: an upload starts with a header message")
+        spec = first.header
+        model, truncate = self._check_spec(spec)
+        await self._room_for(model, 1)
+        job_id, existing = await self._create(spec, model)
+        if existing:
+            async for _ in stream:  # the job exists: read and drop the repeated upload
+                pass
+            return await self._job(job_id)
+        total = 0
+        buffered: list[str] = []
+        try:
+            async for message in stream:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument(f"chunk after input {total}: only one header is allowed")
+                texts = validate_inputs(
+                    message.chunk.inputs, model, self.settings, self.directory, truncate, start=total
+                )
+                total += len(texts)
+                if total > self.settings.max_job_inputs:
+                    raise InvalidArgument(f"inputs: a job takes at most {self.settings.max_job_inputs} inputs")
+                buffered.extend(texts)
+                whole = len(buffered) // jobstore.CHUNK * jobstore.CHUNK
+                if whole:
+                    await self._enqueue(
+                        job_id, model, spec, buffered[:whole], (total - len(buffered)) // jobstore.CHUNK
+                    )
+                    del buffered[:whole]
+            if total == 0:
+                raise InvalidArgument("inputs: the upload held no inputs")
+            if buffered:
+                await self._enqueue(job_id, model, spec, buffered, (total - len(buffered)) // jobstore.CHUNK)
+            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, now_ms()]))
+        except BaseException:
+            # An unfinished upload is no job: forget it; workers drop its chunks.
+            await self._forget(job_id, spec)
+            raise
+        return await self._job(job_id)
+
+    def _check_spec(self, spec: pb.JobSpec) -> tuple[ModelSpec, bool]:
+        model = self.registry.resolve(spec.model)
+        if spec.ttl_seconds > self.settings.max_job_ttl_s:
+            raise InvalidArgument(
+                f"spec.ttl_seconds: {spec.ttl_seconds} exceeds the limit of {self.settings.max_job_ttl_s}"
+            )
+        if len(spec.idempotency_key) > 256:
+            raise InvalidArgument("spec.idempotency_key: at most 256 characters")
+        return model, spec.truncate if spec.HasField("truncate") else True
+
+    async def _room_for(self, model: ModelSpec, chunks: int) -> None:
+        depth = int(await self._redis(self.redis.xlen(keys.bulk(model.name))))
+        if depth + chunks > self.settings.max_bulk_entries:
+            raise ResourceExhausted(
+                f"model {model.name!r} has {depth} job chunks queued, its limit is {self.settings.max_bulk_entries}; "
+                "retry later"
+            )
+
+    async def _create(self, spec: pb.JobSpec, model: ModelSpec) -> tuple[str, bool]:
+        """A new job's record (state UPLOADING), or the job an idempotency key already made."""
+        job_id = uuid.uuid4().hex
+        ttl_ms = (spec.ttl_seconds or self.settings.job_ttl_s) * 1000
+        created = now_ms()
+        expires = created + ttl_ms
+        if spec.idempotency_key:
+            idem = keys.idempotency(TENANT, spec.idempotency_key)
+            if not await self._redis(self.redis.set(idem, job_id, nx=True, px=ttl_ms)):
+                existing = await self._redis(self.redis.get(idem))
+                if existing is not None and await self._redis(self.redis.exists(keys.job_meta(existing.decode()))):
+                    return existing.decode(), True
+                await self._redis(self.redis.set(idem, job_id, px=ttl_ms))
+        meta = keys.job_meta(job_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            meta,
+            mapping={
+                "model": model.name,
+                "state": jobstore.UPLOADING,
+                "total": -1,
+                "done": 0,
+                "failed": 0,
+                "created": created,
+                "finished": 0,
+                "expires": expires,
+                "chunk": jobstore.CHUNK,
+                "dimensions": 0,
+            },
+        )
+        pipe.pexpireat(meta, expires)
+        await self._redis(pipe.execute())
+        return job_id, False
+
+    async def _enqueue(self, job_id: str, model: ModelSpec, spec: pb.JobSpec, texts: Sequence[str], first: int) -> None:
+        meta = await self._redis(self.redis.hmget(keys.job_meta(job_id), "expires"))
+        expires = int(meta[0] or 0)
+        normalize = spec.normalize if spec.HasField("normalize") else None
+        truncate = spec.truncate if spec.HasField("truncate") else True
+        pipe = self.redis.pipeline(transaction=False)
+        for k in range(0, len(texts), jobstore.CHUNK):
+            job = wire.Job(
+                id=f"{job_id}:{first + k // jobstore.CHUNK}",
+                reply_to="",
+                deadline_ms=expires,
+                enqueued_ms=now_ms(),
+                texts=list(texts[k : k + jobstore.CHUNK]),
+                normalize=normalize,
+                truncate=truncate,
+                job_id=job_id,
+                chunk=first + k // jobstore.CHUNK,
+            )
+            pipe.xadd(keys.bulk(model.name), {keys.PAYLOAD: wire.encode_job(job)})
+        await self._redis(pipe.execute())
+
+    async def _forget(self, job_id: str, spec: pb.JobSpec) -> None:
+        try:
+            names = [keys.job_meta(job_id), keys.job_results(job_id), keys.job_errors(job_id)]
+            if spec.idempotency_key:
+                names.append(keys.idempotency(TENANT, spec.idempotency_key))
+            await asyncio.wait_for(self.redis.delete(*names), self.settings.redis_timeout_s)
+        except (*TRANSIENT, TimeoutError):
+            pass  # expires with its TTL
+
+    # -- reading -----------------------------------------------------------
+
+    async def _meta(self, job_id: str) -> dict[str, Any]:
+        if not job_id:
+            raise InvalidArgument("id: a job id is required")
+        raw = await self._redis(self.redis.hgetall(keys.job_meta(job_id)))
+        meta = jobstore.decode_meta(raw)
+        if not meta or meta.get("state") == jobstore.UPLOADING:
+            raise NotFound(f"job {job_id!r} does not exist or has expired")
+        return meta
+
+    async def _job(self, job_id: str, meta: dict[str, Any] | None = None) -> pb.Job:
+        meta = meta or await self._meta(job_id)
+        errors = await self._redis(self.redis.lrange(keys.job_errors(job_id), 0, jobstore.MAX_ERRORS))
+        return pb.Job(
+            id=job_id,
+            model=meta["model"],
+            state=meta["state"],
+            inputs_total=max(0, meta["total"]),
+            inputs_done=meta["done"],
+            inputs_failed=meta["failed"],
+            errors=[e.decode() for e in errors],
+            created_at_ms=meta["created"],
+            finished_at_ms=meta["finished"],
+            expires_at_ms=meta["expires"],
+            dimensions=meta["dimensions"],
+        )
+
+    @unary("GetJob")
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return await self._job(request.id)
+
+    @streaming("WatchJob")
+    async def WatchJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Job]:
+        last = None
+        while True:
+            meta = await self._meta(request.id)
+            seen = (meta["state"], meta["done"], meta["failed"], meta["total"])
+            if seen != last:
+                last = seen
+                yield await self._job(request.id, meta)
+            if meta["state"] in jobstore.TERMINAL:
+                return
+            await asyncio.sleep(POLL_S)
+
+    @streaming("GetJobResults")
+    async def GetJobResults(
+        self, request: pb.GetJobResultsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JobResult]:
+        meta = await self._meta(request.id)
+        size = int(meta["chunk"])
+        index = request.offset
+        end = None if not request.limit else request.offset + request.limit
+        results = keys.job_results(request.id)
+        while end is None or index < end:
+            total = meta["total"]
+            if 0 <= total <= index:
+                return
+            value = await self._redis(self.redis.hget(results, index // size))
+            if value is None:
+                if meta["state"] in jobstore.TERMINAL:
+                    if meta["state"] == jobstore.CANCELLED:
+                        return  # the rest will never be computed
+                await asyncio.sleep(POLL_S)
+                meta = await self._meta(request.id)
+                continue
+            for result in _results(value, index // size * size, index, meta["dimensions"], request.encoding):
+                if end is not None and result.index >= end:
+                    return
+                yield result
+                index = result.index + 1
+
+    @unary("CancelJob")
+    async def CancelJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        await self._meta(request.id)
+        await self._redis(self._cancel(keys=[keys.job_meta(request.id)], args=[now_ms()]))
+        return await self._job(request.id)
+
+    async def _redis(self, awaitable: Any) -> Any:
+        try:
+            return await asyncio.wait_for(awaitable, self.settings.redis_timeout_s)
+        except (*TRANSIENT, TimeoutError) as exc:
+            raise Unavailable(f"the job store (Redis) is unreachable: {type(exc).__name__}") from None
+
+
+def _results(value: bytes, chunk_start: int, first: int, dims: int, encoding: int) -> list[pb.JobResult]:
+    """The JobResults of one stored chunk (b"V" + vectors or :func:`jobstore.failure`), from input ``first`` on."""
+    if value[:1] == b"E":
+        count, _, message = value[1:].decode().partition(":")
+        return [pb.JobResult(index=i, error=message) for i in range(first, chunk_start + int(count))]
+    raw = value[1:]
+    step = dims * 4
+    out = []
+    for i in range(first - chunk_start, len(raw) // step):
+        vec = raw[i * step : (i + 1) * step]
+        if encoding == epb.VECTOR_ENCODING_PACKED_F32LE:
+            embedding = epb.Embedding(packed=vec)
+        else:
+            import numpy as np
+
+            embedding = epb.Embedding(values=np.frombuffer(vec, dtype="<f4").tolist())
+        out.append(pb.JobResult(index=chunk_start + i, embedding=embedding))
+    return out
