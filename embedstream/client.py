@@ -21,8 +21,11 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from embedstream.progress import Progress
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
+from embedstream.v1 import jobs_pb2 as jpb
+from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 MAX_INPUTS = 256
@@ -90,6 +93,7 @@ class Client:
         self.retry = retry or Retry()
         self._channel = channel or grpc.insecure_channel(_target(target), options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.EmbedderStub(self._channel)
+        self._jobs = jpb_grpc.JobsStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -160,6 +164,61 @@ class Client:
                     raise
                 time.sleep(delay)
 
+    def submit_job(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> JobHandle:
+        """Create an async job from texts held in memory (up to the server's inline limit)."""
+        request = jpb.SubmitJobRequest(
+            spec=self._spec(model, idempotency_key, ttl_seconds, normalize, truncate),
+            inputs=[pb.Input(text=t) for t in texts],
+        )
+        job = self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout))
+        return JobHandle(self, job)
+
+    def upload_job(
+        self,
+        texts: Iterable[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        chunk_size: int = 1000,
+    ) -> JobHandle:
+        """Create an async job from any iterable, read lazily and streamed in chunks."""
+        spec = self._spec(model, idempotency_key, ttl_seconds, normalize, truncate)
+
+        def messages() -> Iterator[jpb.UploadJobRequest]:
+            yield jpb.UploadJobRequest(header=spec)
+            for chunk in _chunks(texts, chunk_size):
+                yield jpb.UploadJobRequest(chunk=jpb.InputChunk(inputs=[pb.Input(text=t) for t in chunk]))
+
+        job = self._jobs.UploadJob(messages(), timeout=max(self.timeout, 3600))
+        return JobHandle(self, job)
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job (from any client or gateway)."""
+        job = self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
+        return JobHandle(self, job)
+
+    def _spec(
+        self, model: str | None, key: str, ttl: int, normalize: bool | None, truncate: bool | None
+    ) -> jpb.JobSpec:
+        spec = jpb.JobSpec(model=model if model is not None else self.model, idempotency_key=key, ttl_seconds=ttl)
+        if normalize is not None:
+            spec.normalize = normalize
+        if truncate is not None:
+            spec.truncate = truncate
+        return spec
+
     def list_models(self) -> list[pb.ModelInfo]:
         """The served models."""
         resp = self._with_retry(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
@@ -175,6 +234,75 @@ class Client:
                 if delay is None:
                     raise
                 time.sleep(delay)
+
+
+class JobHandle:
+    """An async job: its last known state, waiting with progress, results, cancel."""
+
+    TERMINAL = (jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED, jpb.JOB_STATE_CANCELLED)
+
+    def __init__(self, client: Client, job: jpb.Job) -> None:
+        self.client = client
+        self.job = job
+
+    @property
+    def id(self) -> str:
+        """The job id; any gateway answers for it until the job expires."""
+        return self.job.id
+
+    def refresh(self) -> jpb.Job:
+        """Fetch the current state."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = self.client._with_retry(lambda: self.client._jobs.GetJob(request, timeout=self.client.timeout))
+        return self.job
+
+    def wait(self, progress: bool = False, timeout: float | None = None) -> jpb.Job:
+        """Block until the job ends, following WatchJob (reconnecting if a gateway goes away)."""
+        bar = Progress(self.job.inputs_total or None, f"job {self.id[:8]}", enabled=progress)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self.job.state not in self.TERMINAL:
+                remaining = None if deadline is None else max(0.1, deadline - time.monotonic())
+                try:
+                    for job in self.client._jobs.WatchJob(jpb.GetJobRequest(id=self.id), timeout=remaining):
+                        self.job = job
+                        bar.update(job.inputs_done + job.inputs_failed, job.inputs_total or None)
+                except grpc.RpcError as exc:
+                    if exc.code() not in RETRYABLE:
+                        raise
+                    time.sleep(0.2)
+                    self.refresh()
+            return self.job
+        finally:
+            bar.close()
+
+    def results(self, offset: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
+
+        A failed input raises ``RuntimeError`` naming its index and cause.
+        """
+        delays = self.client.retry.delays()
+        while True:
+            request = jpb.GetJobResultsRequest(id=self.id, offset=offset, encoding=pb.VECTOR_ENCODING_PACKED_F32LE)
+            try:
+                for result in self.client._jobs.GetJobResults(request):
+                    if result.error:
+                        raise RuntimeError(f"job {self.id} input {result.index} failed: {result.error}")
+                    yield result.index, np.frombuffer(result.embedding.packed, dtype="<f4")
+                    offset = result.index + 1
+                    delays = self.client.retry.delays()
+                return
+            except grpc.RpcError as exc:
+                delay = next(delays, None) if exc.code() in RETRYABLE else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    def cancel(self) -> jpb.Job:
+        """Stop remaining work; finished results stay readable."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = self.client._with_retry(lambda: self.client._jobs.CancelJob(request, timeout=self.client.timeout))
+        return self.job
 
 
 class _Pending:
@@ -327,4 +455,4 @@ def _target(target: str) -> str:
     return target
 
 
-__all__ = ["AsyncClient", "Client", "Retry", "vectors"]
+__all__ = ["AsyncClient", "Client", "JobHandle", "Retry", "vectors"]

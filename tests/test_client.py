@@ -14,6 +14,7 @@ import pytest
 
 from embedstream.client import AsyncClient, Client, Retry
 from embedstream.redis_server import free_port
+from embedstream.v1 import jobs_pb2 as jpb
 from tests.conftest import Service
 from tests.corpus import texts
 from tests.procs import Proc
@@ -113,3 +114,32 @@ def test_stream_survives_a_gateway_restart(service: Service, log_dir: Path) -> N
     finally:
         gateway.stop()
     assert seen == 4000
+
+
+def test_job_handles_upload_wait_with_progress_and_results(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = texts(5000, seed=25)
+    with Client(f"127.0.0.1:{service.port}", model="debug") as client:
+        handle = client.upload_job(iter(corpus), chunk_size=700)
+        done = handle.wait(progress=True, timeout=120)
+        pairs = list(client.job(handle.id).results())
+        tail = list(handle.results(offset=4990))
+        small = client.submit_job(corpus[:10], idempotency_key="client-test")
+        again = client.submit_job(corpus[:10], idempotency_key="client-test")
+    assert done.state == jpb.JOB_STATE_SUCCEEDED and done.inputs_done == 5000
+    assert [i for i, _ in pairs] == list(range(5000))
+    assert np.abs(np.stack([v for _, v in pairs]) - debug_vectors(corpus, 64, [True] * 5000)).max() <= 1e-6
+    assert [i for i, _ in tail] == list(range(4990, 5000))
+    assert small.id == again.id
+    err = capsys.readouterr().err
+    assert "5000/5000" in err and "items/s" in err
+
+
+def test_job_handle_cancel(service: Service) -> None:
+    with Client(f"127.0.0.1:{service.port}", model="jobslow") as client:
+        handle = client.submit_job([f"t{i}" for i in range(64 * 30)])
+        cancelled = handle.cancel()
+        final = handle.wait(timeout=10)
+    assert cancelled.state == final.state == jpb.JOB_STATE_CANCELLED
+    assert final.inputs_done < 64 * 30
