@@ -17,6 +17,7 @@ test: deps lint typecheck
 
 bench: deps
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
+	$(BIN)/python loadtest/priority.py
 
 deps: venv redis
 

@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(
-            redis_url=args.redis_url,
+            redis_url=getattr(args, "redis_url", None),
             port=getattr(args, "port", None),
-            registry=args.registry,
+            registry=getattr(args, "registry", None),
             threads=getattr(args, "threads", None),
         )
         logging.basicConfig(
@@ -63,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", parents=[common], help="run one worker for one model")
     worker.add_argument("--model", default="", help="model name from the registry (default: the default model)")
     worker.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")
+    embed = sub.add_parser("embed-file", help="embed every record of a file (resumable, with a progress bar)")
+    embed.add_argument("input", help=".txt (a line each), .jsonl, .csv or .parquet")
+    embed.add_argument("--output", "-o", required=True, help=".npy, .parquet (id + vector) or .jsonl")
+    embed.add_argument("--model", default="", help="model name (default: the server's default model)")
+    embed.add_argument("--field", default="text", help="the text field of .jsonl/.csv/.parquet records")
+    embed.add_argument("--id-field", default="", help="field to use as id in .parquet/.jsonl output (default: row)")
+    embed.add_argument("--job", action="store_true", help="submit as an async job and collect its results")
+    embed.add_argument("--batch-size", type=int, default=64, help="texts per streamed request")
+    embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
+    embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     check = sub.add_parser("check", parents=[common], help="exit 0 when the gateway reports SERVING")
     check.add_argument("--port", type=int, help="gateway port")
     check.add_argument("--service", default="", help="health service name (a model name checks that model)")
@@ -101,6 +111,27 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     model = model_mod.load(spec, threads)
     _run_async(serve(spec, model, settings))
     return 0
+
+
+def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
+    from embedstream.embed_file import Options, run
+
+    opts = Options(
+        input=Path(args.input),
+        output=Path(args.output),
+        target=args.target or f"127.0.0.1:{settings.port}",
+        model=args.model,
+        field=args.field,
+        id_field=args.id_field,
+        job=args.job,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    try:
+        return run(opts)
+    except (ValueError, OSError) as exc:
+        print(f"embedstream embed-file: {exc}", file=sys.stderr)
+        return 2
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,4 +235,4 @@ def _run_async(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-COMMANDS = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check": _check}
+COMMANDS = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check": _check, "embed-file": _embed_file}

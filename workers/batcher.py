@@ -116,8 +116,10 @@ class Batcher:
         """True when the pool already holds at least one whole batch."""
         return len(self._pool) >= self.max_batch_size or self.padded_tokens() >= self.max_batch_tokens
 
-    def take(self) -> list[Item]:
-        """Remove and return the next batch; empty only when the pool is."""
+    def take(self, max_tokens: int = 0, max_size: int = 0) -> list[Item]:
+        """Remove and return the next batch (within the given smaller limits, if any)."""
+        max_tokens = min(max_tokens or self.max_batch_tokens, self.max_batch_tokens)
+        max_size = min(max_size or self.max_batch_size, self.max_batch_size)
         pool = self._sorted()
         if not pool:
             return []
@@ -126,7 +128,7 @@ class Batcher:
         first = self._ages[0][1]
         lo = hi = bisect.bisect_left(pool, _key(first), key=_key)
         real = first.length
-        while hi - lo + 1 < self.max_batch_size:
+        while hi - lo + 1 < max_size:
             below = pool[hi].length - pool[lo - 1].length if lo > 0 else None
             above = pool[hi + 1].length - pool[lo].length if hi + 1 < len(pool) else None
             if below is None and above is None:
@@ -135,7 +137,7 @@ class Batcher:
             candidate = pool[hi + 1] if grow_up else pool[lo - 1]
             width = candidate.length if grow_up else pool[hi].length
             count = hi - lo + 2
-            if count * width > self.max_batch_tokens or (
+            if count * width > max_tokens or (
                 self.padding_factor and count * width > self.padding_factor * (real + candidate.length) + PADDING_SLACK
             ):
                 break

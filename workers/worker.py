@@ -28,6 +28,11 @@ from workers.model import Model
 log = logging.getLogger(__name__)
 
 READ_ENTRIES = 64
+#: While interactive calls arrive (seen within this many seconds), job chunks run
+#: in batches cut to a fraction of the budget, so a call never waits behind a
+#: long bulk batch: a forward pass cannot be interrupted once started.
+INTERACTIVE_RECENT_S = 2.0
+BULK_SHARE = {"cpu": 16, "accelerator": 4}
 
 
 def now_ms() -> float:
@@ -51,6 +56,9 @@ class Worker:
         self.batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
         self.bulk = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
         self.prefetch = max(settings.prefetch_inputs, spec.max_batch_size)
+        share = BULK_SHARE["cpu" if spec.device == "cpu" else "accelerator"]
+        self._bulk_limits = (max(64, spec.max_batch_tokens // share), max(1, spec.max_batch_size // share))
+        self._interactive_seen = -INTERACTIVE_RECENT_S
         self._held: dict[tuple[str, bytes], Entry] = {}
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -176,6 +184,8 @@ class Worker:
             fresh.append((stream_id, payload, job))
         if not fresh:
             return
+        if stream == self.queue:
+            self._interactive_seen = time.monotonic()
         texts = [t for _, _, job in fresh for t in job.texts]
         loop = asyncio.get_running_loop()
         tokens = await loop.run_in_executor(self._prep, self.model.tokenize, texts)
@@ -224,7 +234,10 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), wait_s)
                 except TimeoutError:
                     pass
-            batch = await self._live(pool.take())
+            limits = (0, 0)
+            if pool is self.bulk and time.monotonic() - self._interactive_seen < INTERACTIVE_RECENT_S:
+                limits = self._bulk_limits
+            batch = await self._live(pool.take(*limits))
             self._space.set()
             if not batch:
                 continue
