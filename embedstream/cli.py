@@ -127,11 +127,16 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
+    import grpc
+
     try:
         return run(opts)
     except (ValueError, OSError) as exc:
         print(f"embedstream embed-file: {exc}", file=sys.stderr)
         return 2
+    except grpc.RpcError as exc:
+        print(f"embedstream embed-file: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:

@@ -76,16 +76,22 @@ def texts(path: Path, field: str) -> Iterator[str]:
         value = record.get(field)
         if not isinstance(value, str):
             raise ValueError(f"{path}: record {n} has no text field {field!r}")
+        if not value.strip():
+            raise ValueError(f"{path}: record {n} (line {n + 1} of a .txt) has empty text; the service refuses it")
         yield value
 
 
 def count(path: Path, field: str) -> int:
-    """Records in the input, for the progress bar (parquet reads only its footer)."""
+    """Records in the input, for the progress bar; also checks every record has its text
+    before anything is sent (parquet: its schema and footer only)."""
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    return sum(1 for _ in records(path, field))
+        meta = pq.ParquetFile(path)
+        if field not in meta.schema_arrow.names:
+            raise ValueError(f"{path}: no text field {field!r} (columns: {meta.schema_arrow.names})")
+        return int(meta.metadata.num_rows)
+    return sum(1 for _ in texts(path, field))
 
 
 class Partial:

@@ -107,3 +107,10 @@ def test_bad_inputs_exit_2_with_the_reason(service: Service, tmp_path: Path) -> 
     (tmp_path / "in.jsonl").write_text('{"title": "no text field"}\n')
     result = embed_file(service, str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.npy"))
     assert result.returncode == 2 and "text field 'text'" in result.stderr
+    (tmp_path / "in.txt").write_text("fine\n\nalso fine\n")
+    result = embed_file(service, str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.npy"))
+    assert result.returncode == 2 and "record 1 (line 2" in result.stderr
+    result = embed_file(
+        service, str(tmp_path / "in.txt").replace("in.txt", "missing.txt"), "-o", str(tmp_path / "o.npy")
+    )
+    assert result.returncode == 2 and "missing.txt" in result.stderr
