@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test bench deps redis venv proto lint typecheck unit clean
+.PHONY: run test bench deps redis node venv proto lint typecheck unit clean
 
 run: deps
 	$(BIN)/embedstream serve
 
-test: deps lint typecheck
+test: deps node lint typecheck
 	$(BIN)/pytest --junitxml=.embedstream/junit.xml $(PYTEST_ARGS)
 
 bench: deps
@@ -38,6 +38,16 @@ redis:
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@# Debian starts a system redis on 6379; embedstream runs its own, so leave that one alone.
 
+# The Node.js example client is tested in `make test`.
+node: examples/node/node_modules/.installed
+
+examples/node/node_modules/.installed: examples/node/package-lock.json
+	@command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 proto: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
@@ -51,4 +61,4 @@ typecheck: venv
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .embedstream .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .embedstream .pytest_cache .mypy_cache .ruff_cache examples/node/node_modules
