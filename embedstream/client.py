@@ -375,6 +375,7 @@ class AsyncClient:
         self.retry = retry or Retry()
         self._channel = grpc.aio.insecure_channel(_target(target), options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.EmbedderStub(self._channel)
+        self._jobs = jpb_grpc.JobsStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -424,6 +425,44 @@ class AsyncClient:
             credit.release()
             yield vectors(resp)
 
+    async def submit_job(
+        self, texts: Sequence[str], *, model: str | None = None, idempotency_key: str = "", ttl_seconds: int = 0
+    ) -> AsyncJobHandle:
+        """Create an async job from texts held in memory."""
+        spec = jpb.JobSpec(
+            model=model if model is not None else self.model, idempotency_key=idempotency_key, ttl_seconds=ttl_seconds
+        )
+        request = jpb.SubmitJobRequest(spec=spec, inputs=[pb.Input(text=t) for t in texts])
+        job = await self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout))
+        return AsyncJobHandle(self, job)
+
+    async def upload_job(
+        self,
+        texts: Iterable[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        chunk_size: int = 1000,
+    ) -> AsyncJobHandle:
+        """Create an async job from any iterable, streamed in chunks."""
+        spec = jpb.JobSpec(
+            model=model if model is not None else self.model, idempotency_key=idempotency_key, ttl_seconds=ttl_seconds
+        )
+
+        async def messages() -> AsyncIterator[jpb.UploadJobRequest]:
+            yield jpb.UploadJobRequest(header=spec)
+            for chunk in _chunks(texts, chunk_size):
+                yield jpb.UploadJobRequest(chunk=jpb.InputChunk(inputs=[pb.Input(text=t) for t in chunk]))
+
+        job = await self._jobs.UploadJob(messages(), timeout=max(self.timeout, 3600))
+        return AsyncJobHandle(self, job)
+
+    async def job(self, job_id: str) -> AsyncJobHandle:
+        """A handle on an existing job."""
+        job = await self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
+        return AsyncJobHandle(self, job)
+
     async def list_models(self) -> list[pb.ModelInfo]:
         """The served models."""
         resp = await self._with_retry(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
@@ -441,6 +480,46 @@ class AsyncClient:
                 await asyncio.sleep(delay)
 
 
+class AsyncJobHandle:
+    """The asyncio twin of :class:`JobHandle`."""
+
+    def __init__(self, client: AsyncClient, job: jpb.Job) -> None:
+        self.client = client
+        self.job = job
+
+    @property
+    def id(self) -> str:
+        """The job id."""
+        return self.job.id
+
+    async def wait(self, progress: bool = False) -> jpb.Job:
+        """Follow WatchJob until the job ends."""
+        bar = Progress(self.job.inputs_total or None, f"job {self.id[:8]}", enabled=progress)
+        try:
+            async for job in self.client._jobs.WatchJob(jpb.GetJobRequest(id=self.id)):
+                self.job = job
+                bar.update(job.inputs_done + job.inputs_failed, job.inputs_total or None)
+            return self.job
+        finally:
+            bar.close()
+
+    async def results(self, offset: int = 0) -> AsyncIterator[tuple[int, np.ndarray]]:
+        """(index, vector) in input order from ``offset``."""
+        request = jpb.GetJobResultsRequest(id=self.id, offset=offset, encoding=pb.VECTOR_ENCODING_PACKED_F32LE)
+        async for result in self.client._jobs.GetJobResults(request):
+            if result.error:
+                raise RuntimeError(f"job {self.id} input {result.index} failed: {result.error}")
+            yield result.index, np.frombuffer(result.embedding.packed, dtype="<f4")
+
+    async def cancel(self) -> jpb.Job:
+        """Stop remaining work."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = await self.client._with_retry(
+            lambda: self.client._jobs.CancelJob(request, timeout=self.client.timeout)
+        )
+        return self.job
+
+
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -455,4 +534,4 @@ def _target(target: str) -> str:
     return target
 
 
-__all__ = ["AsyncClient", "Client", "JobHandle", "Retry", "vectors"]
+__all__ = ["AsyncClient", "AsyncJobHandle", "Client", "JobHandle", "Retry", "vectors"]

@@ -143,3 +143,29 @@ def test_job_handle_cancel(service: Service) -> None:
         final = handle.wait(timeout=10)
     assert cancelled.state == final.state == jpb.JOB_STATE_CANCELLED
     assert final.inputs_done < 64 * 30
+
+
+def test_async_job_handles(service: Service) -> None:
+    corpus = texts(700, seed=26)
+
+    async def run() -> tuple[jpb.Job, list[tuple[int, np.ndarray]], jpb.Job]:
+        async with AsyncClient(f"127.0.0.1:{service.port}", model="debug") as client:
+            handle = await client.upload_job(iter(corpus), chunk_size=300)
+            done = await handle.wait()
+            pairs = [p async for p in (await client.job(handle.id)).results(offset=100)]
+            slow = await client.submit_job(["x"] * 64 * 20, model="jobslow")
+            return done, pairs, await slow.cancel()
+
+    done, pairs, cancelled = asyncio.run(run())
+    assert done.state == jpb.JOB_STATE_SUCCEEDED and done.inputs_done == 700
+    assert [i for i, _ in pairs] == list(range(100, 700))
+    assert np.abs(np.stack([v for _, v in pairs]) - debug_vectors(corpus[100:], 64, [True] * 600)).max() <= 1e-6
+    assert cancelled.state == jpb.JOB_STATE_CANCELLED
+
+
+def test_client_imports_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, embedstream.client; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
