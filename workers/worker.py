@@ -24,6 +24,7 @@ from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
 from workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
 from workers.model import Model
+from workers.outbox import Outbox, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,6 @@ READ_ENTRIES = 64
 #: long bulk batch: a forward pass cannot be interrupted once started.
 INTERACTIVE_RECENT_S = 2.0
 BULK_SHARE = {"cpu": 16, "accelerator": 4}
-
-
-def now_ms() -> float:
-    """Wall-clock milliseconds, the unit of deadlines across processes."""
-    return time.time() * 1000.0
 
 
 class Worker:
@@ -67,7 +63,7 @@ class Worker:
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
-        self._record = self.redis.register_script(jobstore.RECORD)
+        self.outbox = Outbox(self.redis, spec.name, self.name, self._stopping)
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish every input already taken."""
@@ -139,15 +135,15 @@ class Worker:
     async def _read_loop(self) -> None:
         delay = 0.05
         while not self._stopping.is_set():
-            streams: dict[Any, Any] = {}
-            if len(self.batcher) < self.prefetch:
-                streams[self.queue] = ">"
-            if len(self.bulk) < self.prefetch:
-                streams[self.bulk_queue] = ">"
-            if not streams:
+            if len(self.batcher) >= self.prefetch:
+                # Blocking on the bulk stream alone would leave interactive work
+                # unread for a whole block once the pool drains: wait for room.
                 self._space.clear()
                 await self._space.wait()
                 continue
+            streams: dict[Any, Any] = {self.queue: ">"}
+            if len(self.bulk) < self.prefetch:
+                streams[self.bulk_queue] = ">"
             try:
                 got = await self.redis.xreadgroup(keys.GROUP, self.name, streams, count=READ_ENTRIES, block=1000)
                 delay = 0.05
@@ -326,101 +322,18 @@ class Worker:
         task.add_done_callback(self._replies.discard)
 
     async def _reply(self, entries: list[Entry]) -> None:
-        """Write each reply (or job result), then XACK + XDEL, in one pipeline (Redis keeps the order)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for entry in entries:
-            if entry.bulk:
-                await self._record_chunk(pipe, entry)
-            else:
-                reply = wire.encode_reply(self._answer(entry))
-                pipe.xadd(entry.job.reply_to, {keys.PAYLOAD: reply}, nomkstream=True)
-            pipe.xack(entry.stream, keys.GROUP, entry.stream_id)
-            pipe.xdel(entry.stream, entry.stream_id)
-        await self._execute(pipe)
+        await self.outbox.deliver(entries)
         for entry in entries:
             self._held.pop((entry.stream, entry.stream_id), None)
         metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(entries))
 
-    async def _record_chunk(self, pipe: Any, entry: Entry, error: str = "") -> None:
-        """Store a job chunk's vectors (or failure) in the job; the script counts it once."""
-        job = entry.job
-        message = error or (entry.error[1] if entry.error else "")
-        if message:
-            value, failed, dims = jobstore.failure(len(job.texts), message), 1, 0
-        else:
-            assert entry.vectors is not None
-            value, failed, dims = b"V" + entry.vectors.astype("<f4", copy=False).tobytes(), 0, entry.vectors.shape[1]
-        # On a pipeline this only queues EVALSHA (redis-py loads the script first).
-        await self._record(
-            keys=[keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
-            args=[job.chunk, value, len(job.texts), failed, dims, int(now_ms()), message],
-            client=pipe,
-        )
-
-    def _answer(self, entry: Entry) -> wire.Reply:
-        if entry.error:
-            return wire.Reply(entry.job.id, worker=self.name, error_code=entry.error[0], error_message=entry.error[1])
-        assert entry.vectors is not None
-        return wire.Reply(
-            entry.job.id,
-            vectors=entry.vectors.astype("<f4", copy=False).tobytes(),
-            dimensions=entry.vectors.shape[1],
-            count=entry.vectors.shape[0],
-            tokens=sum(t.length for t in entry.tokens),
-            truncated=sum(t.truncated for t in entry.tokens),
-            queue_ms=max(0.0, entry.started_ms - entry.job.enqueued_ms),
-            inference_ms=entry.inference_ms,
-            worker=self.name,
-        )
-
-    async def _execute(self, pipe: Any) -> None:
-        # A reply that cannot be written is retried until Redis is back; the
-        # entry stays pending (and reclaimable) until then, so nothing is lost.
-        delay = 0.05
-        while True:
-            try:
-                await pipe.execute()
-                return
-            except TRANSIENT as exc:
-                if self._stopping.is_set() and delay >= 1.0:
-                    log.error("giving up a reply while stopping: %s", exc)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
     async def _finish_silently(self, stream: str, stream_id: bytes) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(stream, keys.GROUP, stream_id)
-        pipe.xdel(stream, stream_id)
-        await self._execute(pipe)
+        await self.outbox.finish_silently(stream, stream_id)
 
     async def _dead_letter(
         self, stream: str, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None
     ) -> None:
-        """Move an entry to the dead-letter stream and tell its caller, if known."""
-        log.warning("dead-lettering %s of model %s: %s", stream_id, self.spec.name, reason)
-        metrics.DEAD_LETTERED.labels(self.spec.name).inc()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(
-            keys.dead_letters(self.spec.name),
-            {keys.PAYLOAD: payload, "reason": reason, "id": stream_id, "worker": self.name},
-            maxlen=10_000,
-            approximate=True,
-        )
-        if job is not None and job.job_id:
-            entry = Entry(stream_id, job, stream, payload, [], False, bulk=True)
-            await self._record_chunk(pipe, entry, f"dead-lettered: {reason}")
-        elif job is not None:
-            reply = wire.Reply(
-                job.id,
-                worker=self.name,
-                error_code=Code.INTERNAL.value,
-                error_message=f"request failed on model {self.spec.name} and was dead-lettered: {reason}",
-            )
-            pipe.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
-        pipe.xack(stream, keys.GROUP, stream_id)
-        pipe.xdel(stream, stream_id)
-        await self._execute(pipe)
+        await self.outbox.dead_letter(stream, stream_id, payload, reason, job)
 
     # -- liveness, leases, recovery ----------------------------------------
 

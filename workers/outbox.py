@@ -1,0 +1,133 @@
+"""Everything a worker writes back to Redis: replies, job results, acks, dead letters.
+
+Each write ends with XACK + XDEL of the entry in the same pipeline, after the
+reply or result: Redis runs a pipeline in order, so an entry is never
+acknowledged before its answer is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from embedstream import jobstore, keys, metrics, wire
+from embedstream.connections import TRANSIENT
+from embedstream.errors import Code
+from workers.batcher import Entry
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> float:
+    """Wall-clock milliseconds, the unit of deadlines across processes."""
+    return time.time() * 1000.0
+
+
+class Outbox:
+    """Writes for one worker of one model."""
+
+    def __init__(self, redis: Any, model: str, worker: str, stopping: asyncio.Event) -> None:
+        self.redis = redis
+        self.model = model
+        self.worker = worker
+        self.stopping = stopping
+        self._record = redis.register_script(jobstore.RECORD)
+
+    async def deliver(self, entries: list[Entry]) -> None:
+        """Write each reply (or job result), then XACK + XDEL, in one pipeline (Redis keeps the order)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in entries:
+            if entry.bulk:
+                await self.record_chunk(pipe, entry)
+            else:
+                reply = wire.encode_reply(self.answer(entry))
+                pipe.xadd(entry.job.reply_to, {keys.PAYLOAD: reply}, nomkstream=True)
+            pipe.xack(entry.stream, keys.GROUP, entry.stream_id)
+            pipe.xdel(entry.stream, entry.stream_id)
+        await self.execute(pipe)
+
+    async def record_chunk(self, pipe: Any, entry: Entry, error: str = "") -> None:
+        """Store a job chunk's vectors (or failure) in the job; the script counts it once."""
+        job = entry.job
+        message = error or (entry.error[1] if entry.error else "")
+        if message:
+            value, failed, dims = jobstore.failure(len(job.texts), message), 1, 0
+        else:
+            assert entry.vectors is not None
+            value, failed, dims = b"V" + entry.vectors.astype("<f4", copy=False).tobytes(), 0, entry.vectors.shape[1]
+        # On a pipeline this only queues EVALSHA (redis-py loads the script first).
+        await self._record(
+            keys=[keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
+            args=[job.chunk, value, len(job.texts), failed, dims, int(now_ms()), message],
+            client=pipe,
+        )
+
+    def answer(self, entry: Entry) -> wire.Reply:
+        """The reply message for a finished (or failed) interactive entry."""
+        if entry.error:
+            return wire.Reply(entry.job.id, worker=self.worker, error_code=entry.error[0], error_message=entry.error[1])
+        assert entry.vectors is not None
+        return wire.Reply(
+            entry.job.id,
+            vectors=entry.vectors.astype("<f4", copy=False).tobytes(),
+            dimensions=entry.vectors.shape[1],
+            count=entry.vectors.shape[0],
+            tokens=sum(t.length for t in entry.tokens),
+            truncated=sum(t.truncated for t in entry.tokens),
+            queue_ms=max(0.0, entry.started_ms - entry.job.enqueued_ms),
+            inference_ms=entry.inference_ms,
+            worker=self.worker,
+        )
+
+    async def execute(self, pipe: Any) -> None:
+        """Run a pipeline, retrying while Redis is unreachable."""
+        # A reply that cannot be written is retried until Redis is back; the
+        # entry stays pending (and reclaimable) until then, so nothing is lost.
+        delay = 0.05
+        while True:
+            try:
+                await pipe.execute()
+                return
+            except TRANSIENT as exc:
+                if self.stopping.is_set() and delay >= 1.0:
+                    log.error("giving up a reply while stopping: %s", exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def finish_silently(self, stream: str, stream_id: bytes) -> None:
+        """Acknowledge and delete an entry nobody waits for any more."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(stream, keys.GROUP, stream_id)
+        pipe.xdel(stream, stream_id)
+        await self.execute(pipe)
+
+    async def dead_letter(
+        self, stream: str, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None
+    ) -> None:
+        """Move an entry to the dead-letter stream and tell its caller, if known."""
+        log.warning("dead-lettering %s of model %s: %s", stream_id, self.model, reason)
+        metrics.DEAD_LETTERED.labels(self.model).inc()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(
+            keys.dead_letters(self.model),
+            {keys.PAYLOAD: payload, "reason": reason, "id": stream_id, "worker": self.worker},
+            maxlen=10_000,
+            approximate=True,
+        )
+        if job is not None and job.job_id:
+            entry = Entry(stream_id, job, stream, payload, [], False, bulk=True)
+            await self.record_chunk(pipe, entry, f"dead-lettered: {reason}")
+        elif job is not None:
+            reply = wire.Reply(
+                job.id,
+                worker=self.worker,
+                error_code=Code.INTERNAL.value,
+                error_message=f"request failed on model {self.model} and was dead-lettered: {reason}",
+            )
+            pipe.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
+        pipe.xack(stream, keys.GROUP, stream_id)
+        pipe.xdel(stream, stream_id)
+        await self.execute(pipe)
