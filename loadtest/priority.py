@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,9 +63,14 @@ def main() -> int:
             latencies(stub, probes[:10])
             idle = latencies(stub, probes)
             corpus = mixed_texts(args.job_texts, seed=5)
-            job = jobs.SubmitJob(
-                jpb.SubmitJobRequest(spec=jpb.JobSpec(model="minilm"), inputs=[pb.Input(text=t) for t in corpus])
-            )
+
+            def upload() -> Iterator[jpb.UploadJobRequest]:
+                yield jpb.UploadJobRequest(header=jpb.JobSpec(model="minilm"))
+                for k in range(0, len(corpus), 1000):
+                    chunk = [pb.Input(text=t) for t in corpus[k : k + 1000]]
+                    yield jpb.UploadJobRequest(chunk=jpb.InputChunk(inputs=chunk))
+
+            job = jobs.UploadJob(upload())
             while jobs.GetJob(jpb.GetJobRequest(id=job.id)).state == jpb.JOB_STATE_QUEUED:
                 time.sleep(0.05)
             start_done, started = jobs.GetJob(jpb.GetJobRequest(id=job.id)).inputs_done, time.perf_counter()
