@@ -44,6 +44,7 @@ class Settings:
     max_bulk_entries: int = _f(200_000, "Job chunks (64 inputs each) queued per model before new jobs are refused")
     threads: int = _f(0, "Torch intra-op threads per worker; 0 leaves one core for gateway and Redis")
     visibility_timeout_s: float = _f(30.0, "Idle time after which a dead worker's entries are reclaimed")
+    consumer_gc_s: float = _f(3600.0, "A consumer idle this long with nothing pending is removed from its group")
     max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")
     heartbeat_s: float = _f(1.0, "Worker heartbeat and lease renewal interval")
     prefetch_inputs: int = _f(1024, "Inputs a worker reads ahead; a larger pool sorts by length better")
@@ -78,6 +79,7 @@ class Settings:
             "worker_liveness_s",
             "visibility_timeout_s",
             "max_deliveries",
+            "consumer_gc_s",
             "heartbeat_s",
             "prefetch_inputs",
             "job_ttl_s",

@@ -242,3 +242,23 @@ def test_a_slow_healthy_batch_is_not_stolen(service: Service, r: redis.Redis, lo
     assert [a.request_id for a in answers] == ["0", "1", "2", "3"]
     assert "reclaimed" not in first.log() and "reclaimed" not in second.log()
     assert r.xpending(keys.queue("lease"), keys.GROUP)["pending"] == 0
+
+
+def test_idle_consumers_of_dead_workers_are_forgotten(service: Service, r: redis.Redis, log_dir: Path) -> None:
+    queue = keys.queue("orphan")
+    r.delete(queue)
+    r.xgroup_create(queue, keys.GROUP, id="0", mkstream=True)
+    r.xgroup_createconsumer(queue, keys.GROUP, "gone-worker")  # a consumer with nothing pending
+    assert {c["name"] for c in r.xinfo_consumers(queue, keys.GROUP)} == {b"gone-worker"}
+    env = dict(service.env, EMBEDSTREAM_VISIBILITY_TIMEOUT_S="1", EMBEDSTREAM_CONSUMER_GC_S="0.5")
+    worker = start_worker(env, log_dir, "orphan", r)
+    try:
+        wait_until(
+            lambda: "gone-worker" not in {c["name"].decode() for c in r.xinfo_consumers(queue, keys.GROUP)},
+            10,
+            what="the idle consumer to be removed",
+        )
+        assert "forgot idle consumer gone-worker" in worker.log()
+    finally:
+        worker.stop()
+    r.delete(queue, keys.workers("orphan"), keys.model_info("orphan"), keys.bulk("orphan"))

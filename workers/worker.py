@@ -372,6 +372,30 @@ class Worker:
         """Take over entries idle past the visibility timeout (their worker died)."""
         await self._reclaim_stream(self.queue, self.batcher)
         await self._reclaim_stream(self.bulk_queue, self.bulk)
+        await self._forget_dead_consumers()
+
+    async def _forget_dead_consumers(self) -> None:
+        """Remove consumers that left nothing pending and stayed silent: every worker
+        restart adds a consumer name, and the group would otherwise grow forever.
+        One with pending entries stays until reclaiming empties it, and a worker with
+        a live heartbeat is never touched: DELCONSUMER would drop entries it had
+        just read from the pending list, and with them the chance to reclaim them."""
+        horizon_ms = self.settings.consumer_gc_s * 1000
+        cutoff = now_ms() - self.settings.worker_liveness_s * 1000
+        members = await self.redis.zrangebyscore(keys.workers(self.spec.name), cutoff, "+inf")
+        live = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        for stream in (self.queue, self.bulk_queue):
+            try:
+                consumers = await self.redis.xinfo_consumers(stream, keys.GROUP)
+            except TRANSIENT:
+                raise
+            except Exception:  # NOGROUP while Redis recovers: nothing to forget
+                continue
+            for row in consumers:
+                name = row["name"].decode() if isinstance(row["name"], bytes) else str(row["name"])
+                if name not in live and int(row["pending"]) == 0 and int(row["idle"]) > horizon_ms:
+                    await self.redis.xgroup_delconsumer(stream, keys.GROUP, name)
+                    log.info("forgot idle consumer %s of %s", name, stream)
 
     async def _reclaim_stream(self, stream: str, pool: Batcher) -> None:
         min_idle = int(self.settings.visibility_timeout_s * 1000)
