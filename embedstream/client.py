@@ -62,6 +62,16 @@ def _request(
     return req
 
 
+def _job_spec(model: str, key: str, ttl: int, normalize: bool | None, truncate: bool | None) -> jpb.JobSpec:
+    """The JobSpec both clients send; unset options stay unset (the model's defaults)."""
+    spec = jpb.JobSpec(model=model, idempotency_key=key, ttl_seconds=ttl)
+    if normalize is not None:
+        spec.normalize = normalize
+    if truncate is not None:
+        spec.truncate = truncate
+    return spec
+
+
 def vectors(resp: pb.EmbedResponse) -> np.ndarray:
     """The response's vectors as a (n, dimensions) float32 array."""
     if resp.embeddings and resp.embeddings[0].packed:
@@ -176,7 +186,9 @@ class Client:
     ) -> JobHandle:
         """Create an async job from texts held in memory (up to the server's inline limit)."""
         request = jpb.SubmitJobRequest(
-            spec=self._spec(model, idempotency_key, ttl_seconds, normalize, truncate),
+            spec=_job_spec(
+                model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+            ),
             inputs=[pb.Input(text=t) for t in texts],
         )
         job = self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout))
@@ -194,7 +206,7 @@ class Client:
         chunk_size: int = 1000,
     ) -> JobHandle:
         """Create an async job from any iterable, read lazily and streamed in chunks."""
-        spec = self._spec(model, idempotency_key, ttl_seconds, normalize, truncate)
+        spec = _job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate)
 
         def messages() -> Iterator[jpb.UploadJobRequest]:
             yield jpb.UploadJobRequest(header=spec)
@@ -208,16 +220,6 @@ class Client:
         """A handle on an existing job (from any client or gateway)."""
         job = self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
         return JobHandle(self, job)
-
-    def _spec(
-        self, model: str | None, key: str, ttl: int, normalize: bool | None, truncate: bool | None
-    ) -> jpb.JobSpec:
-        spec = jpb.JobSpec(model=model if model is not None else self.model, idempotency_key=key, ttl_seconds=ttl)
-        if normalize is not None:
-            spec.normalize = normalize
-        if truncate is not None:
-            spec.truncate = truncate
-        return spec
 
     def list_models(self) -> list[pb.ModelInfo]:
         """The served models."""
@@ -429,9 +431,7 @@ class AsyncClient:
         self, texts: Sequence[str], *, model: str | None = None, idempotency_key: str = "", ttl_seconds: int = 0
     ) -> AsyncJobHandle:
         """Create an async job from texts held in memory."""
-        spec = jpb.JobSpec(
-            model=model if model is not None else self.model, idempotency_key=idempotency_key, ttl_seconds=ttl_seconds
-        )
+        spec = _job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, None, None)
         request = jpb.SubmitJobRequest(spec=spec, inputs=[pb.Input(text=t) for t in texts])
         job = await self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout))
         return AsyncJobHandle(self, job)
@@ -446,9 +446,7 @@ class AsyncClient:
         chunk_size: int = 1000,
     ) -> AsyncJobHandle:
         """Create an async job from any iterable, streamed in chunks."""
-        spec = jpb.JobSpec(
-            model=model if model is not None else self.model, idempotency_key=idempotency_key, ttl_seconds=ttl_seconds
-        )
+        spec = _job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, None, None)
 
         async def messages() -> AsyncIterator[jpb.UploadJobRequest]:
             yield jpb.UploadJobRequest(header=spec)

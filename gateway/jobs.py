@@ -63,9 +63,9 @@ class Jobs(pb_grpc.JobsServicer):
         model, truncate = self._check_spec(request.spec)
         texts = validate_inputs(request.inputs, model, self.settings, self.directory, truncate)
         await self._room_for(model, -(-n // jobstore.CHUNK))
-        job_id, existing = await self._create(request.spec, model)
-        if not existing:
-            await self._enqueue(job_id, model, request.spec, texts, 0)
+        job_id, expires = await self._create(request.spec, model)
+        if expires is not None:
+            await self._enqueue(job_id, model, request.spec, texts, 0, expires)
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, now_ms()]))
         return await self._job(job_id)
 
@@ -83,8 +83,8 @@ class Jobs(pb_grpc.JobsServicer):
         spec = first.header
         model, truncate = self._check_spec(spec)
         await self._room_for(model, 1)
-        job_id, existing = await self._create(spec, model)
-        if existing:
+        job_id, expires = await self._create(spec, model)
+        if expires is None:
             async for _ in stream:  # the job exists: read and drop the repeated upload
                 pass
             return await self._job(job_id)
@@ -103,14 +103,14 @@ class Jobs(pb_grpc.JobsServicer):
                 buffered.extend(texts)
                 whole = len(buffered) // jobstore.CHUNK * jobstore.CHUNK
                 if whole:
-                    await self._enqueue(
-                        job_id, model, spec, buffered[:whole], (total - len(buffered)) // jobstore.CHUNK
-                    )
+                    chunk_index = (total - len(buffered)) // jobstore.CHUNK
+                    await self._enqueue(job_id, model, spec, buffered[:whole], chunk_index, expires)
                     del buffered[:whole]
             if total == 0:
                 raise InvalidArgument("inputs: the upload held no inputs")
             if buffered:
-                await self._enqueue(job_id, model, spec, buffered, (total - len(buffered)) // jobstore.CHUNK)
+                chunk_index = (total - len(buffered)) // jobstore.CHUNK
+                await self._enqueue(job_id, model, spec, buffered, chunk_index, expires)
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, now_ms()]))
         except BaseException:
             # An unfinished upload is no job: forget it; workers drop its chunks.
@@ -136,8 +136,9 @@ class Jobs(pb_grpc.JobsServicer):
                 "retry later"
             )
 
-    async def _create(self, spec: pb.JobSpec, model: ModelSpec) -> tuple[str, bool]:
-        """A new job's record (state UPLOADING), or the job an idempotency key already made."""
+    async def _create(self, spec: pb.JobSpec, model: ModelSpec) -> tuple[str, int | None]:
+        """A new job's record (state UPLOADING) and its expiry (unix ms), or the job an
+        idempotency key already made and None."""
         job_id = uuid.uuid4().hex
         ttl_ms = (spec.ttl_seconds or self.settings.job_ttl_s) * 1000
         created = now_ms()
@@ -147,7 +148,7 @@ class Jobs(pb_grpc.JobsServicer):
             if not await self._redis(self.redis.set(idem, job_id, nx=True, px=ttl_ms)):
                 existing = await self._redis(self.redis.get(idem))
                 if existing is not None and await self._redis(self.redis.exists(keys.job_meta(existing.decode()))):
-                    return existing.decode(), True
+                    return existing.decode(), None
                 await self._redis(self.redis.set(idem, job_id, px=ttl_ms))
         meta = keys.job_meta(job_id)
         pipe = self.redis.pipeline(transaction=False)
@@ -168,11 +169,12 @@ class Jobs(pb_grpc.JobsServicer):
         )
         pipe.pexpireat(meta, expires)
         await self._redis(pipe.execute())
-        return job_id, False
+        return job_id, expires
 
-    async def _enqueue(self, job_id: str, model: ModelSpec, spec: pb.JobSpec, texts: Sequence[str], first: int) -> None:
-        meta = await self._redis(self.redis.hmget(keys.job_meta(job_id), "expires"))
-        expires = int(meta[0] or 0)
+    async def _enqueue(
+        self, job_id: str, model: ModelSpec, spec: pb.JobSpec, texts: Sequence[str], first: int, expires: int
+    ) -> None:
+        """XADD ``texts`` as chunk entries ``first``, ``first + 1``, ... of the job."""
         normalize = spec.normalize if spec.HasField("normalize") else None
         truncate = spec.truncate if spec.HasField("truncate") else True
         pipe = self.redis.pipeline(transaction=False)
