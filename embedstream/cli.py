@@ -108,7 +108,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     threads = settings.torch_threads()
     log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
-    model = model_mod.load(spec, threads)
+    model = model_mod.load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
     _run_async(serve(spec, model, settings))
     return 0
 

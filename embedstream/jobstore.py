@@ -85,6 +85,10 @@ return state
 """
 
 
+#: A stored chunk that succeeded: this prefix, then the worker's reply (``wire.encode_reply``).
+RESULT = b"R"
+
+
 def failure(inputs: int, message: str) -> bytes:
     """The stored value of a chunk whose inputs all failed."""
     return f"E{inputs}:{message}".encode()

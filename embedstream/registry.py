@@ -11,7 +11,17 @@ Example::
     aliases = ["minilm"]
     max_batch_tokens = 2048
 
-Without a file, the built-in registry serves all-MiniLM-L6-v2 alone.
+    [models.e5-small]
+    family = "text-dense"
+    path = "/models/e5-small-v2"          # hf:intfloat/e5-small-v2 where the machine has internet
+    prompts = { query = "query: ", document = "passage: " }
+    matryoshka_dimensions = [256, 128]
+    version = "2024-01"
+
+Families: text-dense, image-text (open_clip or transformers CLIP/SigLIP),
+sparse (SPLADE), multi-vector (ColBERT-style), rerank (cross-encoders), and the
+test-only debug family. The README documents every key. Without a file, the
+built-in registry serves all-MiniLM-L6-v2 alone.
 """
 
 from __future__ import annotations
@@ -23,8 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from embedstream.errors import ConfigError, NotFound
+from embedstream.vectors import OUTPUT_TYPES
 
-FAMILIES = ("text-dense", "debug")
+FAMILIES = ("text-dense", "image-text", "sparse", "multi-vector", "rerank", "debug")
+#: Families whose vectors are dense rows, so Matryoshka and every output type apply.
+DENSE_FAMILIES = ("text-dense", "image-text", "multi-vector", "debug")
+POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
+BACKENDS = ("", "open_clip", "transformers")
+HUB_SCHEME = "hf:"
 DEVICES_PREFIXES = ("cpu", "cuda", "mps")
 DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -47,7 +63,47 @@ class ModelSpec:
     max_input_tokens: int = 0
     dimensions: int = 0
     latency_ms: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    #: Named prompts: prepended to text inputs that ask for them.
+    prompts: dict[str, str] = field(default_factory=dict)
+    #: The prompt used when a request names none and gives no input_type.
+    default_prompt: str = ""
+    #: The prompts INPUT_TYPE_QUERY / INPUT_TYPE_DOCUMENT select.
+    query_prompt: str = ""
+    document_prompt: str = ""
+    matryoshka_dimensions: tuple[int, ...] = ()
+    #: int8/uint8 quantize [-r, r] into 256 buckets.
+    quantization_range: float = 1.0
+    #: For a plain transformers folder (no modules.json): pooling and normalization.
+    pooling: str = ""
+    normalize: bool = True
+    #: image-text: "open_clip" or "transformers"; empty = detect from the folder.
+    backend: str = ""
+
+    @property
+    def images(self) -> bool:
+        """Takes image inputs."""
+        return self.family == "image-text"
+
+    @property
+    def dense(self) -> bool:
+        """Vectors are dense rows: Matryoshka and every output type apply."""
+        return self.family in DENSE_FAMILIES
+
+    @property
+    def output_types(self) -> tuple[str, ...]:
+        """Output types requests may ask for."""
+        return OUTPUT_TYPES if self.dense else ("float32",)
+
+    def prompt_for(self, input_type: str, prompt: str) -> str:
+        """The prompt name a request selects (explicit, by input type, or the default); "" = none."""
+        if prompt:
+            return prompt
+        if input_type == "query":
+            return self.query_prompt
+        if input_type == "document":
+            return self.document_prompt
+        return self.default_prompt
 
 
 # Measured on MiniLM: on CPU small sorted batches win (2048 padded tokens / 32
@@ -131,7 +187,7 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
     where = f"registry: models.{name}"
     if not name or any(c in name for c in "{}: \t"):
         raise ConfigError(f"{where}: a model name may not be empty or contain braces, colons or spaces")
-    known = set(ModelSpec.__slots__) - {"name", "extra"}
+    known = set(ModelSpec.__slots__) - {"name"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -161,6 +217,7 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
     if not isinstance(latency, int | float) or latency < 0:
         raise ConfigError(f"{where}.latency_ms must be a non-negative number")
     kwargs.update(device=device, dtype=dtype, aliases=tuple(aliases), latency_ms=float(latency))
+    kwargs.update(_options(where, family, raw))
     tokens, size = BATCH_DEFAULTS["cpu" if device == "cpu" else "accelerator"]
     kwargs.setdefault("max_batch_tokens", tokens)
     kwargs.setdefault("max_batch_size", size)
@@ -176,8 +233,54 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
     return ModelSpec(**kwargs)
 
 
+def _options(where: str, family: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The per-family options: version, prompts, Matryoshka sizes, quantization, pooling, backend."""
+    out: dict[str, Any] = {}
+    for key in ("version", "default_prompt", "query_prompt", "document_prompt", "pooling", "backend"):
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise ConfigError(f"{where}.{key} must be a string")
+            out[key] = raw[key]
+    prompts = raw.get("prompts", {})
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ConfigError(f'{where}.prompts must be a table of name = "prefix"')
+    if prompts and family == "rerank":
+        raise ConfigError(f"{where}.prompts: rerank models take no prompts")
+    out["prompts"] = dict(prompts)
+    for key in ("default_prompt", "query_prompt", "document_prompt"):
+        if out.get(key) and out[key] not in prompts:
+            raise ConfigError(f"{where}.{key}: {out[key]!r} is not one of its prompts {sorted(prompts)}")
+    # input_type picks the prompts named "query" / "document" unless told otherwise.
+    out.setdefault("query_prompt", "query" if "query" in prompts else "")
+    out.setdefault("document_prompt", "document" if "document" in prompts else "")
+    sizes = raw.get("matryoshka_dimensions", [])
+    if not isinstance(sizes, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in sizes):
+        raise ConfigError(f"{where}.matryoshka_dimensions must be a list of positive integers")
+    if sizes and family not in DENSE_FAMILIES:
+        raise ConfigError(f"{where}.matryoshka_dimensions: {family} models have no dense vectors to cut")
+    out["matryoshka_dimensions"] = tuple(sorted(set(sizes), reverse=True))
+    value_range = raw.get("quantization_range", 1.0)
+    if not isinstance(value_range, int | float) or isinstance(value_range, bool) or value_range <= 0:
+        raise ConfigError(f"{where}.quantization_range must be a positive number")
+    out["quantization_range"] = float(value_range)
+    if out.get("pooling", "") not in ("", *POOLINGS):
+        raise ConfigError(f"{where}.pooling must be one of {list(POOLINGS)}, not {out['pooling']!r}")
+    if out.get("backend", "") not in BACKENDS:
+        raise ConfigError(f"{where}.backend must be open_clip or transformers, not {out['backend']!r}")
+    if "normalize" in raw:
+        if not isinstance(raw["normalize"], bool):
+            raise ConfigError(f"{where}.normalize must be true or false")
+        out["normalize"] = raw["normalize"]
+    return out
+
+
 def resolve_path(path: str, base: Path, name: str) -> str:
-    """A local folder for ``path``: ``package:mod/sub`` finds an installed package's data."""
+    """A local folder for ``path``: ``package:mod/sub`` finds an installed package's data;
+    ``hf:org/name`` stays a hub id (it loads only where the machine has internet)."""
+    if path.startswith(HUB_SCHEME):
+        if not path[len(HUB_SCHEME) :]:
+            raise ConfigError(f"registry: models.{name}.path: hf: needs a hub id, like hf:org/name")
+        return path
     if path.startswith(PACKAGE_SCHEME):
         module, _, sub = path[len(PACKAGE_SCHEME) :].partition("/")
         found = importlib.util.find_spec(module)

@@ -33,6 +33,8 @@ class Settings:
     port: int = _f(50051, "gRPC port of the gateway; 0 picks a free one")
     max_inputs_per_request: int = _f(256, "Inputs accepted in one EmbedRequest")
     max_text_bytes: int = _f(65536, "UTF-8 bytes accepted in one text input")
+    max_image_bytes: int = _f(8 * 1024 * 1024, "Encoded bytes accepted in one image input")
+    max_image_pixels: int = _f(25_000_000, "Pixels (width x height) accepted in one image input")
     stream_window: int = _f(2048, "Inputs in flight per EmbedStream before reading the client pauses")
     max_deadline_s: float = _f(60.0, "Deadline given to calls without one, and the longest honoured")
     redis_timeout_s: float = _f(1.5, "Redis command timeout; a call fails UNAVAILABLE after it")
@@ -73,6 +75,8 @@ class Settings:
         positive = (
             "max_inputs_per_request",
             "max_text_bytes",
+            "max_image_bytes",
+            "max_image_pixels",
             "stream_window",
             "max_deadline_s",
             "redis_timeout_s",

@@ -2,8 +2,9 @@
 
 Two pairs of functions turn jobs and replies into bytes and back; every
 decoding failure becomes one error type, :class:`WireError`. Vectors travel as
-raw little-endian float32 bytes, never as lists of floats. Pickle is never used,
-so a forged entry can at worst fail to decode.
+raw bytes in the request's output type (``embedstream.vectors``), never as
+lists of floats. Pickle is never used, so a forged entry can at worst fail to
+decode.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+
+from embedstream.vectors import OUTPUT_TYPES, row_bytes
 
 VERSION = 1
 
@@ -28,12 +31,24 @@ class Job:
     reply_to: str
     deadline_ms: int
     enqueued_ms: int
-    texts: list[str]
+    #: Texts (str) and encoded images (bytes), in request order.
+    inputs: list[str | bytes]
     normalize: bool | None = None
     truncate: bool = True
     #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
     job_id: str = ""
     chunk: int = -1
+    #: "query", "document" or "": what the inputs are for.
+    input_type: str = ""
+    #: A prompt name the model declares, prepended to text inputs ("" = none).
+    prompt: str = ""
+    #: Matryoshka size (0 = all dimensions).
+    dimensions: int = 0
+    output_type: str = "float32"
+    #: Rerank: the query every input (a document) is scored against.
+    query: str = ""
+    #: Sparse: also send each index's token string.
+    return_tokens: bool = False
 
 
 @dataclass(slots=True)
@@ -41,9 +56,18 @@ class Reply:
     """A worker's answer to one job: vectors, or an error code and message."""
 
     id: str
+    #: Dense: count x dimensions values; multi-vector: sum(rows) x dimensions;
+    #: sparse: the float32 weights of every input's non-zero indices.
     vectors: bytes = b""
     dimensions: int = 0
     count: int = 0
+    output_type: str = "float32"
+    #: Multi-vector: vectors per input.
+    rows: list[int] | None = None
+    #: Sparse: uint32 indices (aligned with ``vectors``), non-zeros per input, tokens.
+    indices: bytes = b""
+    nnz: list[int] | None = None
+    token_strings: list[str] | None = None
     tokens: int = 0
     truncated: int = 0
     queue_ms: float = 0.0
@@ -67,7 +91,7 @@ def encode_job(job: Job) -> bytes:
         "r": job.reply_to,
         "d": job.deadline_ms,
         "q": job.enqueued_ms,
-        "t": job.texts,
+        "t": job.inputs,
         "u": job.truncate,
     }
     if job.normalize is not None:
@@ -75,6 +99,16 @@ def encode_job(job: Job) -> bytes:
     if job.job_id:
         body["j"] = job.job_id
         body["k"] = job.chunk
+    optional = {
+        "it": job.input_type,
+        "pn": job.prompt,
+        "dm": job.dimensions,
+        "qy": job.query,
+        "rt": job.return_tokens,
+    }
+    body.update((k, v) for k, v in optional.items() if v)
+    if job.output_type != "float32":
+        body["ot"] = job.output_type
     return _pack(body)
 
 
@@ -82,22 +116,31 @@ def decode_job(data: bytes) -> Job:
     """Parse a job payload; any malformation raises :class:`WireError`."""
     body = _unpack(data)
     try:
-        texts = body["t"]
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise WireError("job texts must be a list of strings")
+        inputs = body["t"]
+        if not isinstance(inputs, list) or not all(isinstance(t, str | bytes) for t in inputs):
+            raise WireError("job inputs must be a list of strings and byte strings")
         normalize = body.get("n")
         if normalize is not None and not isinstance(normalize, bool):
             raise WireError("job normalize must be a bool")
+        output_type = _typed(body.get("ot", "float32"), str, "ot")
+        if output_type not in OUTPUT_TYPES:
+            raise WireError(f"unknown output type {output_type!r}")
         return Job(
             id=_typed(body["i"], str, "i"),
             reply_to=_typed(body["r"], str, "r"),
             deadline_ms=_typed(body["d"], int, "d"),
             enqueued_ms=_typed(body["q"], int, "q"),
-            texts=texts,
+            inputs=inputs,
             normalize=normalize,
             truncate=_typed(body.get("u", True), bool, "u"),
             job_id=_typed(body.get("j", ""), str, "j"),
             chunk=_typed(body.get("k", -1), int, "k"),
+            input_type=_typed(body.get("it", ""), str, "it"),
+            prompt=_typed(body.get("pn", ""), str, "pn"),
+            dimensions=_typed(body.get("dm", 0), int, "dm"),
+            output_type=output_type,
+            query=_typed(body.get("qy", ""), str, "qy"),
+            return_tokens=_typed(body.get("rt", False), bool, "rt"),
         )
     except KeyError as exc:
         raise WireError(f"job lacks field {exc.args[0]!r}") from None
@@ -119,6 +162,15 @@ def encode_reply(reply: Reply) -> bytes:
             qm=reply.queue_ms,
             im=reply.inference_ms,
         )
+        if reply.output_type != "float32":
+            body["ot"] = reply.output_type
+        if reply.rows is not None:
+            body["rw"] = reply.rows
+        if reply.nnz is not None:
+            body["ix"] = reply.indices
+            body["nz"] = reply.nnz
+        if reply.token_strings is not None:
+            body["ts"] = reply.token_strings
     return _pack(body)
 
 
@@ -138,11 +190,45 @@ def decode_reply(data: bytes) -> Reply:
         reply.truncated = int(body.get("tr", 0))
         reply.queue_ms = float(body.get("qm", 0.0))
         reply.inference_ms = float(body.get("im", 0.0))
+        reply.output_type = _typed(body.get("ot", "float32"), str, "ot")
+        reply.rows = _int_list(body.get("rw"), "rw")
+        reply.nnz = _int_list(body.get("nz"), "nz")
+        reply.indices = _typed(body.get("ix", b""), bytes, "ix")
+        strings = body.get("ts")
+        if strings is not None and (not isinstance(strings, list) or not all(isinstance(t, str) for t in strings)):
+            raise WireError("field 'ts' must be a list of strings")
+        reply.token_strings = strings
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
-    if len(reply.vectors) != reply.count * reply.dimensions * 4:
-        raise WireError("reply vector bytes do not match count x dimensions")
+    _check_sizes(reply)
     return reply
+
+
+def _check_sizes(reply: Reply) -> None:
+    if reply.output_type not in OUTPUT_TYPES:
+        raise WireError(f"unknown output type {reply.output_type!r}")
+    if reply.nnz is not None:
+        total = sum(reply.nnz)
+        if len(reply.nnz) != reply.count or len(reply.indices) != 4 * total or len(reply.vectors) != 4 * total:
+            raise WireError("reply sparse sizes do not match")
+        if reply.token_strings is not None and len(reply.token_strings) != total:
+            raise WireError("reply token strings do not match the indices")
+        return
+    rows = reply.count
+    if reply.rows is not None:
+        if len(reply.rows) != reply.count:
+            raise WireError("reply rows do not match count")
+        rows = sum(reply.rows)
+    if len(reply.vectors) != rows * row_bytes(reply.output_type, reply.dimensions):
+        raise WireError("reply vector bytes do not match count x dimensions")
+
+
+def _int_list(value: Any, key: str) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise WireError(f"field {key!r} must be a list of non-negative integers")
+    return value
 
 
 def _pack(body: dict[str, Any]) -> bytes:

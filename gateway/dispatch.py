@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from embedstream import keys, metrics, wire
 from embedstream.connections import TRANSIENT
@@ -23,14 +24,46 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4]
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Options:
+    """A validated request's options, as its queue entries carry them (``wire.Job``)."""
+
+    normalize: bool | None = None
+    truncate: bool = True
+    input_type: str = ""
+    prompt: str = ""
+    dimensions: int = 0
+    output_type: str = "float32"
+    return_tokens: bool = False
+    query: str = ""
+
+    def job(self, id: str, reply_to: str, deadline_ms: int, inputs: list[str | bytes], **chunk: Any) -> wire.Job:
+        """The queue entry for ``inputs`` with these options."""
+        return wire.Job(
+            id=id,
+            reply_to=reply_to,
+            deadline_ms=deadline_ms,
+            enqueued_ms=int(time.time() * 1000),
+            inputs=inputs,
+            normalize=self.normalize,
+            truncate=self.truncate,
+            input_type=self.input_type,
+            prompt=self.prompt,
+            dimensions=self.dimensions,
+            output_type=self.output_type,
+            query=self.query,
+            return_tokens=self.return_tokens,
+            **chunk,
+        )
+
+
 @dataclass(slots=True)
 class Request:
     """A validated request, ready to enqueue."""
 
     spec: ModelSpec
-    texts: list[str]
-    normalize: bool | None
-    truncate: bool
+    inputs: list[str | bytes]
+    options: Options = field(default_factory=Options)
 
 
 class Dispatcher:
@@ -57,15 +90,7 @@ class Dispatcher:
             raise Unavailable("the queue (Redis) is unreachable; retry shortly")
         if not self.directory.serving(spec.name) and not await self.directory.recheck(spec.name):
             raise Unavailable(f"no live worker serves model {spec.name!r}; retry shortly")
-        job = wire.Job(
-            id=uuid.uuid4().hex,
-            reply_to=self.router.stream,
-            deadline_ms=int(deadline * 1000),
-            enqueued_ms=int(time.time() * 1000),
-            texts=request.texts,
-            normalize=request.normalize,
-            truncate=request.truncate,
-        )
+        job = request.options.job(uuid.uuid4().hex, self.router.stream, int(deadline * 1000), request.inputs)
         future = self.router.expect(job.id)
         waiting = self._by_model.setdefault(spec.name, set())
         waiting.add(job.id)
@@ -109,7 +134,7 @@ class Dispatcher:
                 self.directory.redis_ok = False  # until the next refresh proves otherwise
                 raise Unavailable(f"the queue (Redis) is unreachable: {type(exc).__name__}") from None
             if stream_id is not None:
-                metrics.INPUTS.labels(spec.name).inc(len(job.texts))
+                metrics.INPUTS.labels(spec.name).inc(len(job.inputs))
                 return bytes(stream_id)
             if not wait_for_room:
                 metrics.ADMISSION_REJECTED.labels(spec.name).inc()

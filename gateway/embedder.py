@@ -1,11 +1,12 @@
-"""The ``embedstream.v1.Embedder`` service: Embed, EmbedStream, ListModels."""
+"""The ``embedstream.v1.Embedder`` service: Embed, EmbedStream, Rerank, RerankStream, ListModels."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -17,11 +18,23 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from gateway.directory import Directory
 from gateway.dispatch import Dispatcher, Request
+from gateway.shape import embeddings
 from gateway.status import streaming, unary
-from gateway.validation import validate
+from gateway.validation import OUTPUT_TYPES, validate, validate_rerank, verify_images
 from gateway.window import Window
 
-FAMILIES = {"text-dense": pb.MODEL_FAMILY_TEXT_DENSE, "debug": pb.MODEL_FAMILY_DEBUG}
+FAMILIES = {
+    "text-dense": pb.MODEL_FAMILY_TEXT_DENSE,
+    "image-text": pb.MODEL_FAMILY_IMAGE_TEXT,
+    "sparse": pb.MODEL_FAMILY_SPARSE,
+    "multi-vector": pb.MODEL_FAMILY_MULTI_VECTOR,
+    "rerank": pb.MODEL_FAMILY_RERANK,
+    "debug": pb.MODEL_FAMILY_DEBUG,
+}
+OUTPUT_TYPE_VALUES = {name: value for value, name in OUTPUT_TYPES.items()}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class Embedder(pb_grpc.EmbedderServicer):
@@ -38,10 +51,19 @@ class Embedder(pb_grpc.EmbedderServicer):
         limit = self.settings.max_deadline_s
         return time.time() + (limit if remaining is None else min(remaining, limit))
 
+    async def _checked(self, request: pb.EmbedRequest) -> Request:
+        valid = validate(request, self.registry, self.settings, self.directory)
+        if valid.spec.images:
+            await verify_images(valid.inputs, self.settings)
+        return valid
+
+    async def _checked_rerank(self, request: pb.RerankRequest) -> Request:
+        return validate_rerank(request, self.registry, self.settings, self.directory)
+
     @unary("Embed")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         received = time.perf_counter()
-        valid = validate(request, self.registry, self.settings, self.directory)
+        valid = await self._checked(request)
         reply = await self.dispatcher.embed(valid, self._deadline(context))
         return respond(request, valid, reply, received)
 
@@ -49,10 +71,35 @@ class Embedder(pb_grpc.EmbedderServicer):
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
+        async for response in self._stream(request_iterator, context, self._checked, respond):
+            yield response
+
+    @unary("Rerank")
+    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        received = time.perf_counter()
+        valid = await self._checked_rerank(request)
+        reply = await self.dispatcher.embed(valid, self._deadline(context))
+        return respond_rerank(request, valid, reply, received)
+
+    @streaming("RerankStream")
+    async def RerankStream(
+        self, request_iterator: AsyncIterator[pb.RerankRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RerankResponse]:
+        async for response in self._stream(request_iterator, context, self._checked_rerank, respond_rerank):
+            yield response
+
+    async def _stream(
+        self,
+        request_iterator: AsyncIterator[Req],
+        context: grpc.aio.ServicerContext,
+        check: Callable[[Req], Awaitable[Request]],
+        shape: Callable[[Req, Request, wire.Reply, float], Resp],
+    ) -> AsyncIterator[Resp]:
+        """The one bidi driver: read ahead within a credit window, answer in order, drop work when the client leaves."""
         window = Window(self.settings.stream_window)
         # Holds at most `stream_window` inputs' worth of entries: the pump
         # blocks on the window before adding, so this queue is bounded too.
-        pending: asyncio.Queue[tuple[pb.EmbedRequest, Request, asyncio.Task[wire.Reply], float] | BaseException | None]
+        pending: asyncio.Queue[tuple[Req, Request, asyncio.Task[wire.Reply], float] | BaseException | None]
         pending = asyncio.Queue()
         stream_deadline = context.time_remaining()
         stream_end = None if stream_deadline is None else time.time() + stream_deadline
@@ -61,8 +108,8 @@ class Embedder(pb_grpc.EmbedderServicer):
             try:
                 async for request in request_iterator:
                     received = time.perf_counter()
-                    valid = validate(request, self.registry, self.settings, self.directory)
-                    await window.acquire(len(valid.texts))
+                    valid = await check(request)
+                    await window.acquire(len(valid.inputs))
                     deadline = time.time() + self.settings.max_deadline_s
                     if stream_end is not None:
                         deadline = min(deadline, stream_end)
@@ -84,8 +131,8 @@ class Embedder(pb_grpc.EmbedderServicer):
                 try:
                     reply = await task
                 finally:
-                    window.release(len(valid.texts))
-                yield respond(request, valid, reply, received)
+                    window.release(len(valid.inputs))
+                yield shape(request, valid, reply, received)
         finally:
             # The client left, or the stream failed: drop all queued work.
             pump_task.cancel()
@@ -114,44 +161,80 @@ class Embedder(pb_grpc.EmbedderServicer):
                     is_default=name == self.registry.default,
                     max_inputs_per_request=self.settings.max_inputs_per_request,
                     normalizes=state.normalizes,
+                    version=spec.version,
+                    device=spec.device,
+                    dtype=spec.dtype,
+                    capabilities=pb.Capabilities(
+                        text=True,
+                        image=spec.images,
+                        matryoshka_dimensions=list(spec.matryoshka_dimensions),
+                        prompts=sorted(spec.prompts),
+                        output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
+                        query_prompt=spec.query_prompt,
+                        document_prompt=spec.document_prompt,
+                    ),
                 )
             )
         return out
 
 
-def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, received: float) -> pb.EmbedResponse:
-    """Shape a worker's reply as the response to ``request``."""
-    if not reply.ok:
-        raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
-    if reply.count != len(valid.texts):
-        raise EmbedstreamError.from_code(
-            "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.texts)} inputs"
-        )
-    dim = reply.dimensions
-    if request.encoding == pb.VECTOR_ENCODING_PACKED_F32LE:
-        raw = reply.vectors
-        step = dim * 4
-        embeddings = [pb.Embedding(packed=raw[i : i + step]) for i in range(0, len(raw), step)]
-    else:
-        import numpy as np
-
-        rows = np.frombuffer(reply.vectors, dtype="<f4").reshape(reply.count, dim).tolist()
-        embeddings = [pb.Embedding(values=row) for row in rows]
-    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
-    return pb.EmbedResponse(
-        request_id=request.request_id or uuid.uuid4().hex,
-        model=valid.spec.name,
-        embeddings=embeddings,
-        dimensions=dim,
-        metadata=pb.ResponseMetadata(
-            tokens=reply.tokens,
-            queue_ms=reply.queue_ms,
-            inference_ms=reply.inference_ms,
-            total_ms=(time.perf_counter() - received) * 1000.0,
-            worker=reply.worker,
-            truncated_inputs=reply.truncated,
-        ),
+def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
+    return pb.ResponseMetadata(
+        tokens=reply.tokens,
+        queue_ms=reply.queue_ms,
+        inference_ms=reply.inference_ms,
+        total_ms=(time.perf_counter() - received) * 1000.0,
+        worker=reply.worker,
+        truncated_inputs=reply.truncated,
     )
 
 
-__all__ = ["DeadlineExceeded", "Embedder", "respond"]
+def _checked_reply(valid: Request, reply: wire.Reply) -> None:
+    if not reply.ok:
+        raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
+    if reply.count != len(valid.inputs):
+        raise EmbedstreamError.from_code(
+            "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.inputs)} inputs"
+        )
+
+
+def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, received: float) -> pb.EmbedResponse:
+    """Shape a worker's reply as the response to ``request``."""
+    _checked_reply(valid, reply)
+    out = pb.EmbedResponse(
+        request_id=request.request_id or uuid.uuid4().hex,
+        model=valid.spec.name,
+        embeddings=embeddings(reply, request.encoding),
+        dimensions=reply.dimensions,
+        output_type=OUTPUT_TYPE_VALUES[reply.output_type],
+    )
+    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
+    out.metadata.CopyFrom(_metadata(reply, received))
+    return out
+
+
+def respond_rerank(request: pb.RerankRequest, valid: Request, reply: wire.Reply, received: float) -> pb.RerankResponse:
+    """The documents best first (top_n of them), with their scores."""
+    _checked_reply(valid, reply)
+    import numpy as np
+
+    scores = np.frombuffer(reply.vectors, dtype="<f4")
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    if request.top_n:
+        order = order[: request.top_n]
+    results = [
+        pb.RerankResult(
+            index=i, score=float(scores[i]), document=request.documents[i] if request.return_documents else ""
+        )
+        for i in order
+    ]
+    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
+    return pb.RerankResponse(
+        request_id=request.request_id or uuid.uuid4().hex,
+        model=valid.spec.name,
+        results=results,
+        metadata=_metadata(reply, received),
+    )
+
+
+__all__ = ["DeadlineExceeded", "Embedder", "respond", "respond_rerank"]

@@ -17,15 +17,16 @@ import grpc
 
 from embedstream import jobstore, keys, wire
 from embedstream.connections import TRANSIENT
-from embedstream.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from embedstream.errors import InternalError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
-from embedstream.v1 import embedder_pb2 as epb
 from embedstream.v1 import jobs_pb2 as pb
 from embedstream.v1 import jobs_pb2_grpc as pb_grpc
 from gateway.directory import Directory
+from gateway.dispatch import Options
+from gateway.shape import embeddings
 from gateway.status import streaming, unary
-from gateway.validation import validate_inputs
+from gateway.validation import check_options, validate_inputs, verify_images
 
 #: Until authentication arrives every caller is this tenant.
 TENANT = "default"
@@ -60,12 +61,13 @@ class Jobs(pb_grpc.JobsServicer):
                 f"inputs: {n} inputs exceed the {self.settings.max_job_inline_inputs} a SubmitJob takes inline; "
                 "use UploadJob"
             )
-        model, truncate = self._check_spec(request.spec)
-        texts = validate_inputs(request.inputs, model, self.settings, self.directory, truncate)
+        model, options = self._check_spec(request.spec)
+        inputs = validate_inputs(request.inputs, model, self.settings, self.directory, options.truncate)
+        await verify_images(inputs, self.settings)
         await self._room_for(model, -(-n // jobstore.CHUNK))
         job_id, expires = await self._create(request.spec, model)
         if expires is not None:
-            await self._enqueue(job_id, model, request.spec, texts, 0, expires)
+            await self._enqueue(job_id, model, options, inputs, 0, expires)
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, now_ms()]))
         return await self._job(job_id)
 
@@ -81,7 +83,7 @@ class Jobs(pb_grpc.JobsServicer):
         if first.WhichOneof("part") != "header":
             raise InvalidArgument("header: an upload starts with a header message")
         spec = first.header
-        model, truncate = self._check_spec(spec)
+        model, options = self._check_spec(spec)
         await self._room_for(model, 1)
         job_id, expires = await self._create(spec, model)
         if expires is None:
@@ -89,14 +91,15 @@ class Jobs(pb_grpc.JobsServicer):
                 pass
             return await self._job(job_id)
         total = 0
-        buffered: list[str] = []
+        buffered: list[str | bytes] = []
         try:
             async for message in stream:
                 if message.WhichOneof("part") != "chunk":
                     raise InvalidArgument(f"chunk after input {total}: only one header is allowed")
                 texts = validate_inputs(
-                    message.chunk.inputs, model, self.settings, self.directory, truncate, start=total
+                    message.chunk.inputs, model, self.settings, self.directory, options.truncate, start=total
                 )
+                await verify_images(texts, self.settings, start=total)
                 total += len(texts)
                 if total > self.settings.max_job_inputs:
                     raise InvalidArgument(f"inputs: a job takes at most {self.settings.max_job_inputs} inputs")
@@ -104,13 +107,13 @@ class Jobs(pb_grpc.JobsServicer):
                 whole = len(buffered) // jobstore.CHUNK * jobstore.CHUNK
                 if whole:
                     chunk_index = (total - len(buffered)) // jobstore.CHUNK
-                    await self._enqueue(job_id, model, spec, buffered[:whole], chunk_index, expires)
+                    await self._enqueue(job_id, model, options, buffered[:whole], chunk_index, expires)
                     del buffered[:whole]
             if total == 0:
                 raise InvalidArgument("inputs: the upload held no inputs")
             if buffered:
                 chunk_index = (total - len(buffered)) // jobstore.CHUNK
-                await self._enqueue(job_id, model, spec, buffered, chunk_index, expires)
+                await self._enqueue(job_id, model, options, buffered, chunk_index, expires)
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, now_ms()]))
         except BaseException:
             # An unfinished upload is no job: forget it; workers drop its chunks.
@@ -118,15 +121,17 @@ class Jobs(pb_grpc.JobsServicer):
             raise
         return await self._job(job_id)
 
-    def _check_spec(self, spec: pb.JobSpec) -> tuple[ModelSpec, bool]:
+    def _check_spec(self, spec: pb.JobSpec) -> tuple[ModelSpec, Options]:
         model = self.registry.resolve(spec.model)
+        if model.family == "rerank":
+            raise InvalidArgument(f"spec.model: {model.name!r} is a rerank model; call Rerank or RerankStream")
         if spec.ttl_seconds > self.settings.max_job_ttl_s:
             raise InvalidArgument(
                 f"spec.ttl_seconds: {spec.ttl_seconds} exceeds the limit of {self.settings.max_job_ttl_s}"
             )
         if len(spec.idempotency_key) > 256:
             raise InvalidArgument("spec.idempotency_key: at most 256 characters")
-        return model, spec.truncate if spec.HasField("truncate") else True
+        return model, check_options(spec, model, self.directory, "spec.")
 
     async def _room_for(self, model: ModelSpec, chunks: int) -> None:
         depth = int(await self._redis(self.redis.xlen(keys.bulk(model.name))))
@@ -172,23 +177,14 @@ class Jobs(pb_grpc.JobsServicer):
         return job_id, expires
 
     async def _enqueue(
-        self, job_id: str, model: ModelSpec, spec: pb.JobSpec, texts: Sequence[str], first: int, expires: int
+        self, job_id: str, model: ModelSpec, options: Options, inputs: Sequence[str | bytes], first: int, expires: int
     ) -> None:
-        """XADD ``texts`` as chunk entries ``first``, ``first + 1``, ... of the job."""
-        normalize = spec.normalize if spec.HasField("normalize") else None
-        truncate = spec.truncate if spec.HasField("truncate") else True
+        """XADD ``inputs`` as chunk entries ``first``, ``first + 1``, ... of the job."""
         pipe = self.redis.pipeline(transaction=False)
-        for k in range(0, len(texts), jobstore.CHUNK):
-            job = wire.Job(
-                id=f"{job_id}:{first + k // jobstore.CHUNK}",
-                reply_to="",
-                deadline_ms=expires,
-                enqueued_ms=now_ms(),
-                texts=list(texts[k : k + jobstore.CHUNK]),
-                normalize=normalize,
-                truncate=truncate,
-                job_id=job_id,
-                chunk=first + k // jobstore.CHUNK,
+        for k in range(0, len(inputs), jobstore.CHUNK):
+            chunk = first + k // jobstore.CHUNK
+            job = options.job(
+                f"{job_id}:{chunk}", "", expires, list(inputs[k : k + jobstore.CHUNK]), job_id=job_id, chunk=chunk
             )
             pipe.xadd(keys.bulk(model.name), {keys.PAYLOAD: wire.encode_job(job)})
         await self._redis(pipe.execute())
@@ -268,7 +264,7 @@ class Jobs(pb_grpc.JobsServicer):
                 await asyncio.sleep(POLL_S)
                 meta = await self._meta(request.id)
                 continue
-            for result in _results(value, index // size * size, index, meta["dimensions"], request.encoding):
+            for result in _results(value, index // size * size, index, request.encoding):
                 if end is not None and result.index >= end:
                     return
                 yield result
@@ -287,21 +283,16 @@ class Jobs(pb_grpc.JobsServicer):
             raise Unavailable(f"the job store (Redis) is unreachable: {type(exc).__name__}") from None
 
 
-def _results(value: bytes, chunk_start: int, first: int, dims: int, encoding: int) -> list[pb.JobResult]:
-    """The JobResults of one stored chunk (b"V" + vectors or :func:`jobstore.failure`), from input ``first`` on."""
+def _results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[pb.JobResult]:
+    """The JobResults of one stored chunk (a reply or :func:`jobstore.failure`), from input ``first`` on."""
     if value[:1] == b"E":
         count, _, message = value[1:].decode().partition(":")
         return [pb.JobResult(index=i, error=message) for i in range(first, chunk_start + int(count))]
-    raw = value[1:]
-    step = dims * 4
-    out = []
-    for i in range(first - chunk_start, len(raw) // step):
-        vec = raw[i * step : (i + 1) * step]
-        if encoding == epb.VECTOR_ENCODING_PACKED_F32LE:
-            embedding = epb.Embedding(packed=vec)
-        else:
-            import numpy as np
-
-            embedding = epb.Embedding(values=np.frombuffer(vec, dtype="<f4").tolist())
-        out.append(pb.JobResult(index=chunk_start + i, embedding=embedding))
-    return out
+    if value[:1] != jobstore.RESULT:
+        raise InternalError(f"a stored result of an unknown kind ({value[:1]!r})")
+    try:
+        reply = wire.decode_reply(value[1:])
+    except wire.WireError as exc:
+        raise InternalError(f"a stored result is corrupt: {exc}") from None
+    items = embeddings(reply, encoding, first - chunk_start)
+    return [pb.JobResult(index=first + i, embedding=e) for i, e in enumerate(items)]

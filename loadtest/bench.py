@@ -56,7 +56,7 @@ def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> 
     tokens = model.tokenize(texts)
     entry = Entry(b"raw", Job("raw", "", 2**62, 0, texts), "", b"", tokens, True)
     batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size, PADDING_FACTOR if spec.device == "cpu" else 0.0)
-    batcher.add(entry, model.dimensions)
+    batcher.add(entry)
     while len(batcher):
         batch = batcher.take()
         complete(batch, model.forward([tokens[it.index] for it in batch], [True] * len(batch)), 0.0)

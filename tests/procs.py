@@ -98,6 +98,19 @@ def start_gateway(env: dict[str, str], log_dir: Path, timeout: float = 30) -> tu
 def start_worker(env: dict[str, str], log_dir: Path, model: str, r: redis.Redis, timeout: float = 90) -> Proc:
     """A worker for ``model``; returns once its heartbeat is in Redis."""
     proc = Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir)
+    return wait_worker(proc, model, r, timeout)
+
+
+def start_workers(
+    env: dict[str, str], log_dir: Path, models: list[str], r: redis.Redis, timeout: float = 180
+) -> dict[str, Proc]:
+    """Workers for ``models``, started together; returns once every heartbeat is in Redis."""
+    procs = {model: Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir) for model in models}
+    return {model: wait_worker(proc, model, r, timeout) for model, proc in procs.items()}
+
+
+def wait_worker(proc: Proc, model: str, r: redis.Redis, timeout: float) -> Proc:
+    """``proc`` once its heartbeat for ``model`` is in Redis."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         members = r.zrange(keys.workers(model), 0, -1)

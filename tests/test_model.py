@@ -11,7 +11,8 @@ import torch
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
 from tests.conftest import MINILM
-from workers.model import SentenceTransformerModel, debug_vectors
+from workers.model import debug_vectors
+from workers.text import SentenceTransformerModel
 
 TEXTS = ["hello world", "Ünïcode and emoji 🚀 text", "a " * 300, "Mixed CASE words.", "x"]
 
@@ -84,7 +85,7 @@ def test_unsupported_module_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"modules\.json"):
+    with pytest.raises(ConfigError, match="is not a folder"):
         SentenceTransformerModel(ModelSpec(name="m", family="text-dense", path=str(tmp_path / "no")), threads=1)
 
 

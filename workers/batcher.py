@@ -18,9 +18,9 @@ import bisect
 import heapq
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Any
 
 from embedstream.wire import Job
 from workers.model import Tokens
@@ -44,7 +44,8 @@ class Entry:
     normalize: bool
     #: Set for async-job chunks; they are recorded in the job, not replied to.
     bulk: bool = False
-    vectors: np.ndarray | None = None
+    #: One model output per input (a vector row, a token matrix, a sparse pair).
+    results: list[Any] = field(default_factory=list)
     remaining: int = 0
     started_ms: float = 0.0
     inference_ms: float = 0.0
@@ -91,10 +92,10 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._pool)
 
-    def add(self, entry: Entry, dimensions: int) -> None:
+    def add(self, entry: Entry) -> None:
         """Queue every input of ``entry``."""
         entry.remaining = len(entry.tokens)
-        entry.vectors = np.empty((len(entry.tokens), dimensions), dtype=np.float32)
+        entry.results = [None] * len(entry.tokens)
         for i, tok in enumerate(entry.tokens):
             item = Item(entry, i, tok.length, next(_seq))
             self._pool.append(item)
@@ -166,16 +167,15 @@ class Batcher:
         return {item.entry for item in self._pool}
 
 
-def complete(batch: list[Item], vectors: np.ndarray, inference_ms: float) -> list[Entry]:
-    """Store a batch's vectors in their entries; return the entries now finished."""
-    if vectors.shape[0] != len(batch):
-        raise RuntimeError(f"model returned {vectors.shape[0]} vectors for a batch of {len(batch)}")
+def complete(batch: list[Item], outputs: Sequence[Any], inference_ms: float) -> list[Entry]:
+    """Store a batch's outputs in their entries; return the entries now finished."""
+    if len(outputs) != len(batch):
+        raise RuntimeError(f"model returned {len(outputs)} outputs for a batch of {len(batch)}")
     done: list[Entry] = []
     seen: set[int] = set()
-    for item, vec in zip(batch, vectors):
+    for item, output in zip(batch, outputs):
         entry = item.entry
-        assert entry.vectors is not None
-        entry.vectors[item.index] = vec
+        entry.results[item.index] = output
         entry.remaining -= 1
         if id(entry) not in seen:
             seen.add(id(entry))

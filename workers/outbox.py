@@ -15,6 +15,8 @@ from typing import Any
 from embedstream import jobstore, keys, metrics, wire
 from embedstream.connections import TRANSIENT
 from embedstream.errors import Code
+from embedstream.registry import ModelSpec
+from workers import finish
 from workers.batcher import Entry
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,11 @@ def now_ms() -> float:
 class Outbox:
     """Writes for one worker of one model."""
 
-    def __init__(self, redis: Any, model: str, worker: str, stopping: asyncio.Event) -> None:
+    def __init__(self, redis: Any, spec: ModelSpec, model: Any, worker: str, stopping: asyncio.Event) -> None:
         self.redis = redis
-        self.model = model
+        self.model = spec.name
+        self.spec = spec
+        self.runner = model
         self.worker = worker
         self.stopping = stopping
         self._record = redis.register_script(jobstore.RECORD)
@@ -53,33 +57,20 @@ class Outbox:
         job = entry.job
         message = error or (entry.error[1] if entry.error else "")
         if message:
-            value, failed, dims = jobstore.failure(len(job.texts), message), 1, 0
+            value, failed, dims = jobstore.failure(len(job.inputs), message), 1, 0
         else:
-            assert entry.vectors is not None
-            value, failed, dims = b"V" + entry.vectors.astype("<f4", copy=False).tobytes(), 0, entry.vectors.shape[1]
+            answer = self.answer(entry)
+            value, failed, dims = jobstore.RESULT + wire.encode_reply(answer), 0, answer.dimensions
         # On a pipeline this only queues EVALSHA (redis-py loads the script first).
         await self._record(
             keys=[keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
-            args=[job.chunk, value, len(job.texts), failed, dims, int(now_ms()), message],
+            args=[job.chunk, value, len(job.inputs), failed, dims, int(now_ms()), message],
             client=pipe,
         )
 
     def answer(self, entry: Entry) -> wire.Reply:
-        """The reply message for a finished (or failed) interactive entry."""
-        if entry.error:
-            return wire.Reply(entry.job.id, worker=self.worker, error_code=entry.error[0], error_message=entry.error[1])
-        assert entry.vectors is not None
-        return wire.Reply(
-            entry.job.id,
-            vectors=entry.vectors.astype("<f4", copy=False).tobytes(),
-            dimensions=entry.vectors.shape[1],
-            count=entry.vectors.shape[0],
-            tokens=sum(t.length for t in entry.tokens),
-            truncated=sum(t.truncated for t in entry.tokens),
-            queue_ms=max(0.0, entry.started_ms - entry.job.enqueued_ms),
-            inference_ms=entry.inference_ms,
-            worker=self.worker,
-        )
+        """The reply message for a finished (or failed) entry."""
+        return finish.reply(entry, self.runner, self.spec.quantization_range, self.worker)
 
     async def execute(self, pipe: Any) -> None:
         """Run a pipeline, retrying while Redis is unreachable."""

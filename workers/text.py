@@ -1,110 +1,24 @@
-"""Models a worker runs, behind one small interface: tokenize, then forward.
+"""Transformer encoders run with plain transformers + torch, and the text-dense family.
 
-:class:`SentenceTransformerModel` loads a local sentence-transformers folder
-(``modules.json``: Transformer, Pooling, optional Dense, optional Normalize)
-with plain transformers + torch and reproduces ``SentenceTransformer.encode``.
-:class:`DebugModel` (test-only, never in the default registry) gives vectors
-from a hash of the text at zero compute cost: the pipeline's own ceiling.
+:class:`Encoder` is what every transformer-based family shares: a fast
+tokenizer cloned with truncation and no padding (so tokenizing is a stage of its
+own), the model on its device and dtype, and padding of a sorted batch to its
+longest input. :class:`SentenceTransformerModel` reproduces
+``SentenceTransformer.encode`` from a sentence-transformers folder
+(``modules.json``: Transformer, Pooling, optional Dense, optional Normalize), or
+runs a plain transformers folder with the registry's pooling.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Tokens:
-    """One text after tokenization: ids for the model, real length, whether cut."""
-
-    ids: list[int] | None
-    length: int
-    truncated: bool
-    text: str
-
-
-class Model(Protocol):
-    """What the batcher needs from any model family."""
-
-    name: str
-    family: str
-    dimensions: int
-    max_input_tokens: int
-    normalizes: bool
-
-    def tokenize(self, texts: list[str]) -> list[Tokens]:
-        """Tokenize with truncation at ``max_input_tokens``; runs on the prep thread."""
-        ...
-
-    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
-        """Vectors (len(batch), dimensions) float32; runs on the model thread."""
-        ...
-
-
-def load(spec: ModelSpec, threads: int) -> Model:
-    """Load the model a registry entry names."""
-    if spec.family == "debug":
-        return DebugModel(spec)
-    return SentenceTransformerModel(spec, threads)
-
-
-#: A debug-model input containing this raises inside forward: a poison input for tests.
-DEBUG_RAISE = "__embedstream_debug_raise__"
-
-
-class DebugModel:
-    """Deterministic vectors from a hash of each text; no compute, optional latency.
-
-    Test-only: an input containing :data:`DEBUG_RAISE` makes the batch fail.
-    """
-
-    family = "debug"
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.name = spec.name
-        self.dimensions = spec.dimensions
-        self.max_input_tokens = spec.max_input_tokens
-        self.normalizes = True
-        self.latency_s = spec.latency_ms / 1000.0
-
-    def tokenize(self, texts: list[str]) -> list[Tokens]:
-        """Count whitespace words (+2 special tokens) as the token length."""
-        out = []
-        for text in texts:
-            n = len(text.split()) + 2
-            out.append(Tokens(None, min(n, self.max_input_tokens), n > self.max_input_tokens, text))
-        return out
-
-    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
-        """Hash each text into a vector; sleep ``latency_ms`` once per batch."""
-        if self.latency_s:
-            time.sleep(self.latency_s)
-        if any(DEBUG_RAISE in t.text for t in batch):
-            raise RuntimeError("debug model asked to fail")
-        return debug_vectors([t.text for t in batch], self.dimensions, normalize)
-
-
-def debug_vectors(texts: list[str], dimensions: int, normalize: list[bool]) -> np.ndarray:
-    """The debug model's vectors; tests use this to check what came back."""
-    raw = b"".join(hashlib.shake_128(t.encode()).digest(dimensions) for t in texts)
-    vecs = np.frombuffer(raw, dtype=np.int8).reshape(len(texts), dimensions).astype(np.float32)
-    vecs /= 128.0
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    scale = np.where(np.asarray(normalize)[:, None], 1.0 / np.maximum(norms, 1e-12), 1.0)
-    return (vecs * scale).astype(np.float32)
-
+from workers.model import Source, Tokens, not_text, read_json, read_json_optional, weights
 
 _POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls",
@@ -116,82 +30,158 @@ _POOLING_FLAGS = {
 _ACTIVATIONS = ("Identity", "Tanh", "ReLU", "GELU", "Sigmoid")
 
 
-class SentenceTransformerModel:
-    """A sentence-transformers folder run with transformers + torch directly."""
+def torch_dtype(torch: Any, name: str) -> Any:
+    """The torch dtype a registry dtype names."""
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
-    family = "text-dense"
 
-    def __init__(self, spec: ModelSpec, threads: int) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+def init_torch(spec: ModelSpec, threads: int) -> tuple[Any, Any]:
+    """torch with the worker's thread count, and the spec's device."""
+    import torch
 
-        torch.set_num_threads(threads)
-        self._torch = torch
-        root = Path(spec.path)
-        modules = _read_json(root / "modules.json", spec.name)
-        kinds = [str(m["type"]).rsplit(".", 1)[-1] for m in modules]
-        if not kinds or kinds[0] != "Transformer":
-            raise ConfigError(f"model {spec.name}: modules.json must start with a Transformer, got {kinds}")
-        allowed = {"Transformer", "Pooling", "Dense", "Normalize"}
-        if set(kinds) - allowed:
-            raise ConfigError(f"model {spec.name}: unsupported module(s) {sorted(set(kinds) - allowed)}")
-        if "Pooling" not in kinds:
-            raise ConfigError(f"model {spec.name}: modules.json has no Pooling module")
-        tdir = root / modules[0]["path"]
-        st_cfg = _read_json_optional(tdir / "sentence_bert_config.json")
+    torch.set_num_threads(threads)
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        # cuDNN's attention builds an execution plan per new (batch, length)
+        # shape, ~50 ms each on an H200: with batches of every shape that
+        # made MiniLM 10x slower. Flash / memory-efficient kernels need none.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return torch, device
+
+
+class Encoder:
+    """A transformers model and its fast tokenizer, ready for sorted, padded batches."""
+
+    family = ""
+    output = "dense"
+
+    def __init__(self, spec: ModelSpec, threads: int, folder: str, auto: str = "AutoModel") -> None:
+        import transformers
+
+        self._torch, self.device = init_torch(spec, threads)
         self.name = spec.name
-        self.device = torch.device(spec.device)
-        if self.device.type == "cuda":
-            # cuDNN's attention builds an execution plan per new (batch, length)
-            # shape, ~50 ms each on an H200: with batches of every shape that
-            # made MiniLM 10x slower. Flash / memory-efficient kernels need none.
-            torch.backends.cuda.enable_cudnn_sdp(False)
         # Few distinct widths keep accelerator kernels warm; CPU pays per token.
         self._width_multiple = 1 if self.device.type == "cpu" else 8
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tdir))
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[spec.dtype]
-        self.model = AutoModel.from_pretrained(str(tdir), dtype=dtype).to(self.device).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        dtype = torch_dtype(self._torch, spec.dtype)
+        self.model = getattr(transformers, auto).from_pretrained(folder, dtype=dtype).to(self.device).eval()
+        st_cfg = read_json_optional(Path(folder) / "sentence_bert_config.json") if Path(folder).is_dir() else {}
         positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 10**9
         limit = st_cfg.get("max_seq_length") or min(self.tokenizer.model_max_length, positions)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
         self.lower = bool(st_cfg.get("do_lower_case", False))
-        self.pooling = _pooling_mode(
-            _read_json(root / modules[kinds.index("Pooling")]["path"] / "config.json", spec.name)
-        )
-        self.dense = [self._load_dense(root / m["path"], spec.name) for m, k in zip(modules, kinds) if k == "Dense"]
-        self.normalizes = "Normalize" in kinds
-        self._backend = self.tokenizer.backend_tokenizer.__class__.from_str(self.tokenizer.backend_tokenizer.to_str())
+        backend = self.tokenizer.backend_tokenizer
+        self._backend = backend.__class__.from_str(backend.to_str())
         self._backend.enable_truncation(self.max_input_tokens)
         self._backend.no_padding()
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._type_ids = "token_type_ids" in self.tokenizer.model_input_names
-        self.dimensions = self._probe_dimensions()
 
-    def tokenize(self, texts: list[str]) -> list[Tokens]:
-        """Fast-tokenizer ids, cut at max_input_tokens; ``overflowing`` marks a cut."""
-        if self.lower:
-            texts = [t.lower() for t in texts]
-        encodings = self._backend.encode_batch(texts)
-        return [Tokens(e.ids, len(e.ids), bool(e.overflowing), t) for e, t in zip(encodings, texts)]
+    def tokenize(self, sources: list[Source]) -> list[Tokens]:
+        """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens; ``overflowing`` marks a cut."""
+        out: list[Tokens | None] = [None] * len(sources)
+        texts: list[Any] = []
+        where: list[int] = []
+        for i, source in enumerate(sources):
+            if isinstance(source, bytes):
+                out[i] = not_text(source, self.name)
+                continue
+            if self.lower:
+                source = source.lower() if isinstance(source, str) else (source[0].lower(), source[1].lower())
+            texts.append(source)
+            where.append(i)
+        for i, text, enc in zip(where, texts, self._backend.encode_batch(texts) if texts else []):
+            pair = isinstance(text, tuple)
+            out[i] = Tokens(
+                enc.ids,
+                len(enc.ids),
+                bool(enc.overflowing),
+                text if not pair else text[1],
+                type_ids=enc.type_ids if pair else None,
+            )
+        return [t for t in out if t is not None]
 
-    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
-        """Pad to the longest in the batch, run the encoder, pool, dense, normalize."""
+    def encode(self, batch: list[Tokens], task: str = "last_hidden_state") -> tuple[Any, Any]:
+        """Run the model on the padded batch: (its ``task`` output, the attention mask)."""
         torch = self._torch
         width = -(-max(t.length for t in batch) // self._width_multiple) * self._width_multiple
         ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
         for row, tok in enumerate(batch):
             ids[row, : tok.length] = tok.ids or []
             mask[row, : tok.length] = 1
+            if tok.type_ids is not None:
+                types[row, : tok.length] = tok.type_ids
+        inputs: dict[str, Any] = {
+            "input_ids": torch.from_numpy(ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+        }
+        if self._type_ids:
+            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
+        return getattr(self.model(**inputs), task), inputs["attention_mask"]
+
+    def load_dense(self, folder: Path) -> tuple[Any, Any]:
+        """A sentence-transformers Dense module (linear + activation) on the model's device."""
+        torch = self._torch
+        cfg = read_json(folder / "config.json", self.name)
+        act_name = str(cfg.get("activation_function", "Identity")).rsplit(".", 1)[-1]
+        if act_name not in _ACTIVATIONS:
+            raise ConfigError(f"model {self.name}: Dense activation {act_name!r} is not supported")
+        linear = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
+        if (folder / "model.safetensors").exists():
+            from safetensors.torch import load_file
+
+            state = load_file(str(folder / "model.safetensors"))
+        else:
+            state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+        linear = linear.to(self.device, dtype=next(self.model.parameters()).dtype).eval()
+        return linear, getattr(torch.nn, act_name)()
+
+
+def modules_of(root: Path, name: str, allowed: set[str]) -> list[tuple[str, Path]]:
+    """The (kind, folder) of each module in a sentence-transformers ``modules.json``; [] without one."""
+    if not (root / "modules.json").exists():
+        return []
+    modules = read_json(root / "modules.json", name)
+    found = [(str(m["type"]).rsplit(".", 1)[-1], root / m["path"]) for m in modules]
+    kinds = [k for k, _ in found]
+    if not kinds or kinds[0] not in ("Transformer", "MLMTransformer"):
+        raise ConfigError(f"model {name}: modules.json must start with a Transformer, got {kinds}")
+    if set(kinds) - allowed:
+        raise ConfigError(f"model {name}: unsupported module(s) {sorted(set(kinds) - allowed)}")
+    return found
+
+
+class SentenceTransformerModel(Encoder):
+    """A sentence-transformers (or plain transformers) folder giving one vector per text."""
+
+    family = "text-dense"
+
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        root = Path(weights(spec))
+        modules = modules_of(root, spec.name, {"Transformer", "Pooling", "Dense", "Normalize"})
+        kinds = [k for k, _ in modules]
+        if modules and "Pooling" not in kinds:
+            raise ConfigError(f"model {spec.name}: modules.json has no Pooling module")
+        super().__init__(spec, threads, str(modules[0][1]) if modules else weights(spec))
+        if modules:
+            self.pooling = _pooling_mode(read_json(modules[kinds.index("Pooling")][1] / "config.json", spec.name))
+            self.dense = [self.load_dense(folder) for kind, folder in modules if kind == "Dense"]
+            self.normalizes = "Normalize" in kinds
+        else:  # a plain transformers folder: the registry says how to pool
+            self.pooling = spec.pooling or "mean"
+            self.dense = []
+            self.normalizes = spec.normalize
+        self.dimensions = self._probe_dimensions()
+
+    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
+        """Pad to the longest in the batch, run the encoder, pool, dense, normalize."""
+        torch = self._torch
         with torch.inference_mode():
-            inputs: dict[str, Any] = {
-                "input_ids": torch.from_numpy(ids).to(self.device),
-                "attention_mask": torch.from_numpy(mask).to(self.device),
-            }
-            if self._type_ids:
-                inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
-            hidden = self.model(**inputs).last_hidden_state
-            vecs = self._pool(hidden, inputs["attention_mask"])
+            hidden, mask = self.encode(batch)
+            vecs = self._pool(hidden, mask)
             for linear, act in self.dense:
                 vecs = act(linear(vecs))
             want = torch.tensor(normalize, device=vecs.device)[:, None]
@@ -215,23 +205,6 @@ class SentenceTransformerModel:
             return summed / counts.sqrt()
         return summed / counts
 
-    def _load_dense(self, folder: Path, name: str) -> tuple[Any, Any]:
-        torch = self._torch
-        cfg = _read_json(folder / "config.json", name)
-        act_name = str(cfg.get("activation_function", "Identity")).rsplit(".", 1)[-1]
-        if act_name not in _ACTIVATIONS:
-            raise ConfigError(f"model {name}: Dense activation {act_name!r} is not supported")
-        linear = torch.nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg.get("bias", True))
-        if (folder / "model.safetensors").exists():
-            from safetensors.torch import load_file
-
-            state = load_file(str(folder / "model.safetensors"))
-        else:
-            state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
-        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
-        linear = linear.to(self.device, dtype=next(self.model.parameters()).dtype).eval()
-        return linear, getattr(torch.nn, act_name)()
-
     def _probe_dimensions(self) -> int:
         probe = Tokens([self._pad_id, self._pad_id], 2, False, "")
         return int(self.forward([probe], [False]).shape[1])
@@ -248,16 +221,3 @@ def _pooling_mode(cfg: dict[str, Any]) -> str:
     if mode not in set(_POOLING_FLAGS.values()):
         raise ConfigError(f"pooling mode {mode!r} is not supported")
     return mode
-
-
-def _read_json(path: Path, name: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"model {name}: cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"model {name}: {path} is not JSON: {exc}") from None
-
-
-def _read_json_optional(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}

@@ -23,7 +23,7 @@ from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
 from workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
-from workers.model import Model
+from workers.model import Model, Source, Tokens
 from workers.outbox import Outbox, now_ms
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Worker:
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
-        self.outbox = Outbox(self.redis, spec.name, self.name, self._stopping)
+        self.outbox = Outbox(self.redis, spec, model, self.name, self._stopping)
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish every input already taken."""
@@ -109,6 +109,7 @@ class Worker:
     async def _heartbeat(self) -> None:
         info: dict[str | bytes, str | bytes | int | float] = {
             "family": self.model.family,
+            "output": self.model.output,
             "dimensions": self.model.dimensions,
             "max_input_tokens": self.model.max_input_tokens,
             "normalizes": int(self.model.normalizes),
@@ -182,29 +183,50 @@ class Worker:
             return
         if stream == self.queue:
             self._interactive_seen = time.monotonic()
-        texts = [t for _, _, job in fresh for t in job.texts]
+        sources = [source for _, _, job in fresh for source in self._sources(job)]
         loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self._prep, self.model.tokenize, texts)
+        tokens = await loop.run_in_executor(self._prep, self.model.tokenize, sources)
         start = 0
         for stream_id, payload, job in fresh:
-            toks = tokens[start : start + len(job.texts)]
-            start += len(job.texts)
+            toks = tokens[start : start + len(job.inputs)]
+            start += len(job.inputs)
+            for tok in toks:
+                tok.task = job.input_type or "document"
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             self._held[(stream, stream_id)] = entry
-            too_long = [i for i, t in enumerate(toks) if t.truncated and not job.truncate]
-            if too_long:
-                i = too_long[0]
-                entry.error = (
+            entry.error = self._refusal(job, toks)
+            if entry.error:
+                self._reply_soon([entry])
+                continue
+            self._pool(entry).add(entry)
+        metrics.WORKER_QUEUED.labels(self.spec.name).set(len(self.batcher) + len(self.bulk))
+        self._wake.set()
+
+    def _sources(self, job: wire.Job) -> list[Source]:
+        """What the model prepares for each input: the prompt prepended to texts;
+        (query, document) pairs for rerankers."""
+        if self.model.output == "score":
+            return [(job.query, doc) if isinstance(doc, str) else doc for doc in job.inputs]
+        prefix = self.spec.prompts.get(job.prompt, "")
+        return [prefix + item if isinstance(item, str) and prefix else item for item in job.inputs]
+
+    def _refusal(self, job: wire.Job, toks: list[Tokens]) -> tuple[str, str] | None:
+        """Why an entry cannot run (checked again here: entries may come from anywhere)."""
+        if job.prompt and job.prompt not in self.spec.prompts:
+            return Code.INVALID_ARGUMENT.value, f"prompt_name: model {self.spec.name} has no prompt {job.prompt!r}"
+        if self.model.output == "score" and not job.query:
+            return Code.INVALID_ARGUMENT.value, f"query: model {self.spec.name} is a rerank model and needs a query"
+        for i, tok in enumerate(toks):
+            if tok.error:
+                return Code.INVALID_ARGUMENT.value, f"inputs[{i}]: {tok.error}"
+            if tok.truncated and not job.truncate:
+                return (
                     Code.INVALID_ARGUMENT.value,
                     f"inputs[{i}].text is longer than the {self.model.max_input_tokens} tokens model "
                     f"{self.spec.name} accepts; shorten it or set truncate=true",
                 )
-                self._reply_soon([entry])
-                continue
-            self._pool(entry).add(entry, self.model.dimensions)
-        metrics.WORKER_QUEUED.labels(self.spec.name).set(len(self.batcher) + len(self.bulk))
-        self._wake.set()
+        return None
 
     # -- batching and compute ----------------------------------------------
 

@@ -33,7 +33,12 @@ class _VectorEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Vector
     """`Embedding.values`: a packed repeated float, readable by every client."""
     VECTOR_ENCODING_PACKED_F32LE: _VectorEncoding.ValueType  # 1
     """`Embedding.packed`: raw little-endian float32 bytes, dimensions * 4 long;
-    the fastest form to produce and to parse.
+    the fastest form to produce and to parse. Only for OUTPUT_TYPE_FLOAT32.
+    """
+    VECTOR_ENCODING_PACKED: _VectorEncoding.ValueType  # 2
+    """`Embedding.packed`: raw bytes in the output type's layout: little-endian
+    float32 or float16, one byte per int8/uint8 value, or the packed bits of
+    binary/ubinary (8 dimensions per byte, first dimension in the high bit).
     """
 
 class VectorEncoding(_VectorEncoding, metaclass=_VectorEncodingEnumTypeWrapper):
@@ -43,9 +48,74 @@ VECTOR_ENCODING_FLOAT_LIST: VectorEncoding.ValueType  # 0
 """`Embedding.values`: a packed repeated float, readable by every client."""
 VECTOR_ENCODING_PACKED_F32LE: VectorEncoding.ValueType  # 1
 """`Embedding.packed`: raw little-endian float32 bytes, dimensions * 4 long;
-the fastest form to produce and to parse.
+the fastest form to produce and to parse. Only for OUTPUT_TYPE_FLOAT32.
+"""
+VECTOR_ENCODING_PACKED: VectorEncoding.ValueType  # 2
+"""`Embedding.packed`: raw bytes in the output type's layout: little-endian
+float32 or float16, one byte per int8/uint8 value, or the packed bits of
+binary/ubinary (8 dimensions per byte, first dimension in the high bit).
 """
 Global___VectorEncoding: _TypeAlias = VectorEncoding  # noqa: Y015
+
+class _OutputType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutputTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTPUT_TYPE_FLOAT32: _OutputType.ValueType  # 0
+    OUTPUT_TYPE_FLOAT16: _OutputType.ValueType  # 1
+    OUTPUT_TYPE_INT8: _OutputType.ValueType  # 2
+    """clip(floor((x + r) / (2r / 255)), 0, 255) - 128 per value, r the model's
+    quantization_range (default 1.0, which covers normalized vectors).
+    """
+    OUTPUT_TYPE_UINT8: _OutputType.ValueType  # 3
+    """clip(floor((x + r) / (2r / 255)), 0, 255) per value."""
+    OUTPUT_TYPE_BINARY: _OutputType.ValueType  # 4
+    """1 bit per dimension (x > 0), packed 8 per byte, each byte minus 128 as int8."""
+    OUTPUT_TYPE_UBINARY: _OutputType.ValueType  # 5
+    """1 bit per dimension (x > 0), packed 8 per byte, as uint8."""
+
+class OutputType(_OutputType, metaclass=_OutputTypeEnumTypeWrapper):
+    """The number type of returned vectors (names as in Cohere's embed API).
+    Quantization happens after normalization and Matryoshka truncation; the
+    README documents the scheme.
+    """
+
+OUTPUT_TYPE_FLOAT32: OutputType.ValueType  # 0
+OUTPUT_TYPE_FLOAT16: OutputType.ValueType  # 1
+OUTPUT_TYPE_INT8: OutputType.ValueType  # 2
+"""clip(floor((x + r) / (2r / 255)), 0, 255) - 128 per value, r the model's
+quantization_range (default 1.0, which covers normalized vectors).
+"""
+OUTPUT_TYPE_UINT8: OutputType.ValueType  # 3
+"""clip(floor((x + r) / (2r / 255)), 0, 255) per value."""
+OUTPUT_TYPE_BINARY: OutputType.ValueType  # 4
+"""1 bit per dimension (x > 0), packed 8 per byte, each byte minus 128 as int8."""
+OUTPUT_TYPE_UBINARY: OutputType.ValueType  # 5
+"""1 bit per dimension (x > 0), packed 8 per byte, as uint8."""
+Global___OutputType: _TypeAlias = OutputType  # noqa: Y015
+
+class _InputType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InputTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InputType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INPUT_TYPE_UNSPECIFIED: _InputType.ValueType  # 0
+    INPUT_TYPE_QUERY: _InputType.ValueType  # 1
+    INPUT_TYPE_DOCUMENT: _InputType.ValueType  # 2
+
+class InputType(_InputType, metaclass=_InputTypeEnumTypeWrapper):
+    """What the input is for; selects the model's query or document prompt
+    (E5 `query: `/`passage: `, a BGE instruction, Nomic `search_query: `) and,
+    for multi-vector models, query or document encoding.
+    """
+
+INPUT_TYPE_UNSPECIFIED: InputType.ValueType  # 0
+INPUT_TYPE_QUERY: InputType.ValueType  # 1
+INPUT_TYPE_DOCUMENT: InputType.ValueType  # 2
+Global___InputType: _TypeAlias = InputType  # noqa: Y015
 
 class _ModelFamily:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -56,6 +126,14 @@ class _ModelFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelFami
     MODEL_FAMILY_UNSPECIFIED: _ModelFamily.ValueType  # 0
     MODEL_FAMILY_TEXT_DENSE: _ModelFamily.ValueType  # 1
     """One dense vector per text (sentence-transformers style)."""
+    MODEL_FAMILY_IMAGE_TEXT: _ModelFamily.ValueType  # 2
+    """Images and texts into one space (CLIP, SigLIP)."""
+    MODEL_FAMILY_SPARSE: _ModelFamily.ValueType  # 3
+    """A sparse vector over the vocabulary per text (SPLADE)."""
+    MODEL_FAMILY_MULTI_VECTOR: _ModelFamily.ValueType  # 4
+    """A vector per token (ColBERT-style late interaction)."""
+    MODEL_FAMILY_RERANK: _ModelFamily.ValueType  # 5
+    """Scores (query, document) pairs; served by Rerank (cross-encoders)."""
     MODEL_FAMILY_DEBUG: _ModelFamily.ValueType  # 15
     """Test-only model: vectors derived from a hash of the input, no compute."""
 
@@ -65,6 +143,14 @@ class ModelFamily(_ModelFamily, metaclass=_ModelFamilyEnumTypeWrapper):
 MODEL_FAMILY_UNSPECIFIED: ModelFamily.ValueType  # 0
 MODEL_FAMILY_TEXT_DENSE: ModelFamily.ValueType  # 1
 """One dense vector per text (sentence-transformers style)."""
+MODEL_FAMILY_IMAGE_TEXT: ModelFamily.ValueType  # 2
+"""Images and texts into one space (CLIP, SigLIP)."""
+MODEL_FAMILY_SPARSE: ModelFamily.ValueType  # 3
+"""A sparse vector over the vocabulary per text (SPLADE)."""
+MODEL_FAMILY_MULTI_VECTOR: ModelFamily.ValueType  # 4
+"""A vector per token (ColBERT-style late interaction)."""
+MODEL_FAMILY_RERANK: ModelFamily.ValueType  # 5
+"""Scores (query, document) pairs; served by Rerank (cross-encoders)."""
 MODEL_FAMILY_DEBUG: ModelFamily.ValueType  # 15
 """Test-only model: vectors derived from a hash of the input, no compute."""
 Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015
@@ -105,6 +191,11 @@ class EmbedRequest(_message.Message):
     NORMALIZE_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
+    INPUT_TYPE_FIELD_NUMBER: _builtins.int
+    PROMPT_NAME_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
+    RETURN_TOKENS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias from ListModels; empty means the default model."""
     request_id: _builtins.str
@@ -119,6 +210,20 @@ class EmbedRequest(_message.Message):
     """
     encoding: Global___VectorEncoding.ValueType
     """Layout of the returned vectors."""
+    input_type: Global___InputType.ValueType
+    """Selects the model's prompt for queries or documents; see ListModels."""
+    prompt_name: _builtins.str
+    """A prompt the model declares (ListModels `prompts`), prepended to every
+    text input; overrides input_type's prompt.
+    """
+    dimensions: _builtins.int
+    """Matryoshka: cut vectors to this many dimensions (then re-normalize when
+    normalizing). Only sizes the model declares; unset means all.
+    """
+    output_type: Global___OutputType.ValueType
+    """Number type of the vectors; dense and multi-vector models only."""
+    return_tokens: _builtins.bool
+    """Sparse models: also return the token string of each dimension."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]:
         """One or more inputs, embedded in order."""
@@ -132,15 +237,24 @@ class EmbedRequest(_message.Message):
         normalize: _builtins.bool | None = ...,
         truncate: _builtins.bool | None = ...,
         encoding: Global___VectorEncoding.ValueType = ...,
+        input_type: Global___InputType.ValueType = ...,
+        prompt_name: _builtins.str = ...,
+        dimensions: _builtins.int | None = ...,
+        output_type: Global___OutputType.ValueType = ...,
+        return_tokens: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_truncate", b"_truncate", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_truncate", b"_truncate", "encoding", b"encoding", "inputs", b"inputs", "model", b"model", "normalize", b"normalize", "request_id", b"request_id", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
     _WhichOneofReturnType__normalize: _TypeAlias = _typing.Literal["normalize"]  # noqa: Y015
     _WhichOneofArgType__normalize: _TypeAlias = _typing.Literal["_normalize", b"_normalize"]  # noqa: Y015
     _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
     _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__normalize) -> _WhichOneofReturnType__normalize | None: ...
     @_typing.overload
@@ -154,27 +268,82 @@ class Embedding(_message.Message):
 
     VALUES_FIELD_NUMBER: _builtins.int
     PACKED_FIELD_NUMBER: _builtins.int
+    INT_VALUES_FIELD_NUMBER: _builtins.int
+    SPARSE_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
     packed: _builtins.bytes
-    """The vector as little-endian float32 bytes, when encoding is
-    VECTOR_ENCODING_PACKED_F32LE.
+    """The vector as raw bytes, when encoding is VECTOR_ENCODING_PACKED_F32LE or
+    VECTOR_ENCODING_PACKED. Multi-vector: `rows` vectors, row-major.
     """
+    rows: _builtins.int
+    """Multi-vector models: the number of vectors (one per kept token)."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """The vector, when encoding is VECTOR_ENCODING_FLOAT_LIST."""
+        """The vector, when encoding is VECTOR_ENCODING_FLOAT_LIST and the output
+        type is float32 or float16. Multi-vector: `rows` vectors, row-major.
+        """
+
+    @_builtins.property
+    def int_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The vector, when encoding is VECTOR_ENCODING_FLOAT_LIST and the output
+        type is int8, uint8, binary or ubinary (binary types: one value per
+        packed byte). Multi-vector: `rows` vectors, row-major.
+        """
+
+    @_builtins.property
+    def sparse(self) -> Global___SparseVector:
+        """Sparse models: the non-zero dimensions instead of a dense vector."""
 
     def __init__(
         self,
         *,
         values: _abc.Iterable[_builtins.float] | None = ...,
         packed: _builtins.bytes = ...,
+        int_values: _abc.Iterable[_builtins.int] | None = ...,
+        sparse: Global___SparseVector | None = ...,
+        rows: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sparse", b"sparse"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["packed", b"packed", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["int_values", b"int_values", "packed", b"packed", "rows", b"rows", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Embedding: _TypeAlias = Embedding  # noqa: Y015
+
+@_typing.final
+class SparseVector(_message.Message):
+    """A sparse vector: `indices[i]` (a vocabulary id) has weight `values[i]`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICES_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ascending."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token of each index, when the request set return_tokens."""
+
+    def __init__(
+        self,
+        *,
+        indices: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        tokens: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indices", b"indices", "tokens", b"tokens", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SparseVector: _TypeAlias = SparseVector  # noqa: Y015
 
 @_typing.final
 class ResponseMetadata(_message.Message):
@@ -227,11 +396,13 @@ class EmbedResponse(_message.Message):
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     """The model's canonical name (aliases resolved)."""
     dimensions: _builtins.int
-    """Vector length."""
+    """Vector length (after Matryoshka truncation); sparse: the vocabulary size."""
+    output_type: Global___OutputType.ValueType
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
         """One per input, in input order."""
@@ -246,10 +417,11 @@ class EmbedResponse(_message.Message):
         embeddings: _abc.Iterable[Global___Embedding] | None = ...,
         dimensions: _builtins.int = ...,
         metadata: Global___ResponseMetadata | None = ...,
+        output_type: Global___OutputType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "embeddings", b"embeddings", "metadata", b"metadata", "model", b"model", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "embeddings", b"embeddings", "metadata", b"metadata", "model", b"model", "output_type", b"output_type", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,6 +457,10 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
     NORMALIZES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     family: Global___ModelFamily.ValueType
     dimensions: _builtins.int
@@ -302,9 +478,18 @@ class ModelInfo(_message.Message):
     """Inputs accepted per request."""
     normalizes: _builtins.bool
     """Vectors are L2-normalized unless a request says otherwise."""
+    version: _builtins.str
+    """The registry's version string for this model."""
+    device: _builtins.str
+    """Where and how it runs: "cpu" or "cuda:N", and float32/float16/bfloat16."""
+    dtype: _builtins.str
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names that resolve to this model."""
+
+    @_builtins.property
+    def capabilities(self) -> Global___Capabilities:
+        """What requests to it may ask for."""
 
     def __init__(
         self,
@@ -320,14 +505,66 @@ class ModelInfo(_message.Message):
         is_default: _builtins.bool = ...,
         max_inputs_per_request: _builtins.int = ...,
         normalizes: _builtins.bool = ...,
+        version: _builtins.str = ...,
+        device: _builtins.str = ...,
+        dtype: _builtins.str = ...,
+        capabilities: Global___Capabilities | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "dimensions", b"dimensions", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "queue_depth", b"queue_depth", "serving", b"serving", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "device", b"device", "dimensions", b"dimensions", "dtype", b"dtype", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "queue_depth", b"queue_depth", "serving", b"serving", "version", b"version", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class Capabilities(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    MATRYOSHKA_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TYPES_FIELD_NUMBER: _builtins.int
+    QUERY_PROMPT_FIELD_NUMBER: _builtins.int
+    DOCUMENT_PROMPT_FIELD_NUMBER: _builtins.int
+    text: _builtins.bool
+    """Input kinds it takes."""
+    image: _builtins.bool
+    query_prompt: _builtins.str
+    """The prompt INPUT_TYPE_QUERY / INPUT_TYPE_DOCUMENT select, if any."""
+    document_prompt: _builtins.str
+    @_builtins.property
+    def matryoshka_dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Sizes EmbedRequest.dimensions may name (Matryoshka); empty: none."""
+
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prompt names EmbedRequest.prompt_name may name."""
+
+    @_builtins.property
+    def output_types(self) -> _containers.RepeatedScalarFieldContainer[Global___OutputType.ValueType]:
+        """Output types EmbedRequest.output_type may name."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.bool = ...,
+        image: _builtins.bool = ...,
+        matryoshka_dimensions: _abc.Iterable[_builtins.int] | None = ...,
+        prompts: _abc.Iterable[_builtins.str] | None = ...,
+        output_types: _abc.Iterable[Global___OutputType.ValueType] | None = ...,
+        query_prompt: _builtins.str = ...,
+        document_prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_prompt", b"document_prompt", "image", b"image", "matryoshka_dimensions", b"matryoshka_dimensions", "output_types", b"output_types", "prompts", b"prompts", "query_prompt", b"query_prompt", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Capabilities: _TypeAlias = Capabilities  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
@@ -348,3 +585,112 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class RerankRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    TOP_N_FIELD_NUMBER: _builtins.int
+    RETURN_DOCUMENTS_FIELD_NUMBER: _builtins.int
+    TRUNCATE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A rerank model's name or alias."""
+    query: _builtins.str
+    top_n: _builtins.int
+    """Return only the best `top_n`; 0 means all."""
+    return_documents: _builtins.bool
+    """Echo each document's text in its result."""
+    truncate: _builtins.bool
+    """Cut (query, document) pairs longer than the model's max input tokens.
+    Unset means true.
+    """
+    request_id: _builtins.str
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts to score against the query."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        query: _builtins.str = ...,
+        documents: _abc.Iterable[_builtins.str] | None = ...,
+        top_n: _builtins.int = ...,
+        return_documents: _builtins.bool = ...,
+        truncate: _builtins.bool | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "truncate", b"truncate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "documents", b"documents", "model", b"model", "query", b"query", "request_id", b"request_id", "return_documents", b"return_documents", "top_n", b"top_n", "truncate", b"truncate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
+
+Global___RerankRequest: _TypeAlias = RerankRequest  # noqa: Y015
+
+@_typing.final
+class RerankResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The document's position in the request."""
+    score: _builtins.float
+    """The model's relevance score (its own activation applied, as
+    sentence-transformers' CrossEncoder.predict gives it).
+    """
+    document: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        score: _builtins.float = ...,
+        document: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "index", b"index", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerankResult: _TypeAlias = RerankResult  # noqa: Y015
+
+@_typing.final
+class RerankResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    model: _builtins.str
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RerankResult]:
+        """Best first."""
+
+    @_builtins.property
+    def metadata(self) -> Global___ResponseMetadata: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        results: _abc.Iterable[Global___RerankResult] | None = ...,
+        metadata: Global___ResponseMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "model", b"model", "request_id", b"request_id", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerankResponse: _TypeAlias = RerankResponse  # noqa: Y015

@@ -50,6 +50,16 @@ class EmbedderStub:
                 request_serializer=embedstream_dot_v1_dot_embedder__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=embedstream_dot_v1_dot_embedder__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/embedstream.v1.Embedder/Rerank',
+                request_serializer=embedstream_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+                response_deserializer=embedstream_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.RerankStream = channel.stream_stream(
+                '/embedstream.v1.Embedder/RerankStream',
+                request_serializer=embedstream_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+                response_deserializer=embedstream_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -72,7 +82,23 @@ class EmbedderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists the served models and whether a live worker serves each.
+        """Lists the served models, their capabilities and whether a live worker
+        serves each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rerank(self, request, context):
+        """Scores documents against a query with a rerank (cross-encoder) model and
+        returns them best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RerankStream(self, request_iterator, context):
+        """Answers a stream of rerank requests, one response per request, in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +121,16 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=embedstream_dot_v1_dot_embedder__pb2.ListModelsRequest.FromString,
                     response_serializer=embedstream_dot_v1_dot_embedder__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=embedstream_dot_v1_dot_embedder__pb2.RerankRequest.FromString,
+                    response_serializer=embedstream_dot_v1_dot_embedder__pb2.RerankResponse.SerializeToString,
+            ),
+            'RerankStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RerankStream,
+                    request_deserializer=embedstream_dot_v1_dot_embedder__pb2.RerankRequest.FromString,
+                    response_serializer=embedstream_dot_v1_dot_embedder__pb2.RerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +215,60 @@ class Embedder:
             '/embedstream.v1.Embedder/ListModels',
             embedstream_dot_v1_dot_embedder__pb2.ListModelsRequest.SerializeToString,
             embedstream_dot_v1_dot_embedder__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedstream.v1.Embedder/Rerank',
+            embedstream_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+            embedstream_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerankStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/embedstream.v1.Embedder/RerankStream',
+            embedstream_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
+            embedstream_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

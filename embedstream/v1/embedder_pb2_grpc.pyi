@@ -44,7 +44,15 @@ class EmbedderStub:
     carrying the same request_id, in request order.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.ListModelsRequest, _embedder_pb2.ListModelsResponse]
-    """Lists the served models and whether a live worker serves each."""
+    """Lists the served models, their capabilities and whether a live worker
+    serves each.
+    """
+    Rerank: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]
+    """Scores documents against a query with a rerank (cross-encoder) model and
+    returns them best first.
+    """
+    RerankStream: _grpc.StreamStreamMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]
+    """Answers a stream of rerank requests, one response per request, in order."""
 
 @_typing.type_check_only
 class EmbedderAsyncStub(EmbedderStub):
@@ -58,7 +66,15 @@ class EmbedderAsyncStub(EmbedderStub):
     carrying the same request_id, in request order.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_embedder_pb2.ListModelsRequest, _embedder_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Lists the served models and whether a live worker serves each."""
+    """Lists the served models, their capabilities and whether a live worker
+    serves each.
+    """
+    Rerank: _aio.UnaryUnaryMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]  # type: ignore[assignment]
+    """Scores documents against a query with a rerank (cross-encoder) model and
+    returns them best first.
+    """
+    RerankStream: _aio.StreamStreamMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]  # type: ignore[assignment]
+    """Answers a stream of rerank requests, one response per request, in order."""
 
 class EmbedderServicer(metaclass=_abc_1.ABCMeta):
     """Turns text (and, for image+text models, images) into vectors."""
@@ -87,6 +103,26 @@ class EmbedderServicer(metaclass=_abc_1.ABCMeta):
         request: _embedder_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_embedder_pb2.ListModelsResponse, _abc.Awaitable[_embedder_pb2.ListModelsResponse]]:
-        """Lists the served models and whether a live worker serves each."""
+        """Lists the served models, their capabilities and whether a live worker
+        serves each.
+        """
+
+    @_abc_1.abstractmethod
+    def Rerank(
+        self,
+        request: _embedder_pb2.RerankRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedder_pb2.RerankResponse, _abc.Awaitable[_embedder_pb2.RerankResponse]]:
+        """Scores documents against a query with a rerank (cross-encoder) model and
+        returns them best first.
+        """
+
+    @_abc_1.abstractmethod
+    def RerankStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_embedder_pb2.RerankRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_embedder_pb2.RerankResponse], _abc.AsyncIterator[_embedder_pb2.RerankResponse]]:
+        """Answers a stream of rerank requests, one response per request, in order."""
 
 def add_EmbedderServicer_to_server(servicer: EmbedderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

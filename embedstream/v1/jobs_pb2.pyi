@@ -52,6 +52,11 @@ class JobSpec(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     NORMALIZE_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
+    INPUT_TYPE_FIELD_NUMBER: _builtins.int
+    PROMPT_NAME_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
+    RETURN_TOKENS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias; empty means the default model."""
     idempotency_key: _builtins.str
@@ -60,6 +65,12 @@ class JobSpec(_message.Message):
     """How long the job and its results are kept after creation; 0 = the default."""
     normalize: _builtins.bool
     truncate: _builtins.bool
+    input_type: _embedder_pb2.InputType.ValueType
+    """As in EmbedRequest."""
+    prompt_name: _builtins.str
+    dimensions: _builtins.int
+    output_type: _embedder_pb2.OutputType.ValueType
+    return_tokens: _builtins.bool
     def __init__(
         self,
         *,
@@ -68,15 +79,24 @@ class JobSpec(_message.Message):
         ttl_seconds: _builtins.int = ...,
         normalize: _builtins.bool | None = ...,
         truncate: _builtins.bool | None = ...,
+        input_type: _embedder_pb2.InputType.ValueType = ...,
+        prompt_name: _builtins.str = ...,
+        dimensions: _builtins.int | None = ...,
+        output_type: _embedder_pb2.OutputType.ValueType = ...,
+        return_tokens: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_truncate", b"_truncate", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_normalize", b"_normalize", "_truncate", b"_truncate", "idempotency_key", b"idempotency_key", "model", b"model", "normalize", b"normalize", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
     _WhichOneofReturnType__normalize: _TypeAlias = _typing.Literal["normalize"]  # noqa: Y015
     _WhichOneofArgType__normalize: _TypeAlias = _typing.Literal["_normalize", b"_normalize"]  # noqa: Y015
     _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
     _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__normalize) -> _WhichOneofReturnType__normalize | None: ...
     @_typing.overload

@@ -1,0 +1,64 @@
+"""A worker's reply as protobuf Embeddings, in the encoding the caller asked for.
+
+Shared by Embed, EmbedStream and GetJobResults. The reply already holds the
+final bytes (cut, normalized, quantized by the worker); shaping only slices
+them, or turns them into number lists for VECTOR_ENCODING_FLOAT_LIST.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedstream import vectors, wire
+from embedstream.v1 import embedder_pb2 as pb
+
+PACKED = (pb.VECTOR_ENCODING_PACKED_F32LE, pb.VECTOR_ENCODING_PACKED)
+
+
+def embeddings(reply: wire.Reply, encoding: int, first: int = 0) -> list[pb.Embedding]:
+    """One Embedding per input of ``reply``, from input ``first`` on."""
+    if reply.nnz is not None:
+        return _sparse(reply, first)
+    width = vectors.row_bytes(reply.output_type, reply.dimensions)
+    raw = reply.vectors
+    if reply.rows is None:
+        if encoding in PACKED:
+            return [pb.Embedding(packed=raw[i * width : (i + 1) * width]) for i in range(first, reply.count)]
+        rows = vectors.unpack(raw, reply.output_type, reply.dimensions)[first:]
+        if reply.output_type.startswith("float"):
+            return [pb.Embedding(values=row) for row in rows.astype(np.float32, copy=False).tolist()]
+        return [pb.Embedding(int_values=row) for row in rows.astype(np.int32).tolist()]
+    out = []
+    offset = sum(reply.rows[:first]) * width
+    for n in reply.rows[first:]:
+        data = raw[offset : offset + n * width]
+        offset += n * width
+        if encoding in PACKED:
+            out.append(pb.Embedding(packed=data, rows=n))
+        else:
+            matrix = vectors.unpack(data, reply.output_type, reply.dimensions)
+            embedding = _listed(matrix, reply.output_type)
+            embedding.rows = n
+            out.append(embedding)
+    return out
+
+
+def _listed(matrix: np.ndarray, output_type: str) -> pb.Embedding:
+    if output_type.startswith("float"):
+        return pb.Embedding(values=matrix.astype(np.float32, copy=False).ravel().tolist())
+    return pb.Embedding(int_values=matrix.astype(np.int32).ravel().tolist())
+
+
+def _sparse(reply: wire.Reply, first: int) -> list[pb.Embedding]:
+    assert reply.nnz is not None
+    indices = np.frombuffer(reply.indices, dtype="<u4")
+    weights = np.frombuffer(reply.vectors, dtype="<f4")
+    starts = np.concatenate([[0], np.cumsum(reply.nnz)]).astype(int)
+    out = []
+    for i in range(first, reply.count):
+        lo, hi = starts[i], starts[i + 1]
+        sparse = pb.SparseVector(indices=indices[lo:hi].tolist(), values=weights[lo:hi].tolist())
+        if reply.token_strings is not None:
+            sparse.tokens.extend(reply.token_strings[lo:hi])
+        out.append(pb.Embedding(sparse=sparse))
+    return out

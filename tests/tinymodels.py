@@ -1,0 +1,195 @@
+"""Tiny randomly initialised models of every family, saved the way users' real models are.
+
+Each builder saves a model to a folder with its own library (open_clip,
+transformers ``save_pretrained``, sentence-transformers ``save``); the service
+then loads it through the same loading code a real model takes. The MiniLM
+package's real WordPiece tokenizer and open_clip's real CLIP BPE vocabulary keep
+tokenization realistic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tests.conftest import MINILM
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def open_clip_model(folder: Path) -> Path:
+    """An open_clip model folder (``open_clip_config.json`` + safetensors)."""
+    import open_clip  # type: ignore[import-untyped]
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    preprocess = {"size": 32, "mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic", "resize_mode": "shortest"}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_OPEN_CLIP, "preprocess_cfg": preprocess})
+    )
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{folder}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def _clip_tokenizer(length: int) -> Any:
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    spec = importlib.util.find_spec("open_clip")
+    assert spec is not None and spec.submodule_search_locations
+    bpe = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+    merges = [tuple(x.split()) for x in gzip.open(bpe).read().decode().split("\n")[1 : 49152 - 256 - 2 + 1]]
+    vocab = list(bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges, model_max_length=length)
+
+
+def hf_clip_model(folder: Path) -> Path:
+    """A transformers CLIPModel folder with its processor (real CLIP BPE vocabulary)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
+
+    tok = _clip_tokenizer(16)
+    cfg = CLIPConfig(
+        projection_dim=16,
+        text_config=CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+    )
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def siglip_model(folder: Path) -> Path:
+    """A transformers SiglipModel folder (MiniLM's WordPiece tokenizer, 16 text positions)."""
+    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    cfg = SiglipConfig(
+        text_config={
+            "vocab_size": 30522,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+    )
+    torch.manual_seed(0)
+    SiglipModel(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(MINILM, model_max_length=16).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def _bert_config(**kw: Any) -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **kw,
+    )
+
+
+def bert(folder: Path, head: str) -> Path:
+    """A tiny BERT: 'dense' (BertModel), 'splade' (BertForMaskedLM), 'xenc' (one-label classifier)."""
+    from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    if head == "splade":
+        model: Any = BertForMaskedLM(_bert_config())
+        # Random MLM logits are ~N(0, 0.1): shift the bias so ~0.1% stay > 0 (a sparse output).
+        with torch.no_grad():
+            model.cls.predictions.bias.fill_(-0.35)
+    elif head == "xenc":
+        model = BertForSequenceClassification(_bert_config(num_labels=1))
+    else:
+        model = BertModel(_bert_config())
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(folder)
+    return folder
+
+
+def sentence_transformer(folder: Path) -> Path:
+    """A sentence-transformers folder: tiny BERT, mean pooling, Normalize."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    hf = bert(folder.parent / f"{folder.name}-hf", "dense")
+    t = Transformer(str(hf), max_seq_length=128)
+    modules = [t, Pooling(t.get_embedding_dimension(), pooling_mode="mean"), Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+    return folder
+
+
+def colbert(folder: Path) -> Path:
+    """A sentence-transformers MultiVectorEncoder folder (Dense to 128, punctuation skiplist)."""
+    import string
+
+    from sentence_transformers import MultiVectorEncoder
+
+    hf = bert(folder.parent / f"{folder.name}-hf", "dense")
+    torch.manual_seed(0)
+    model = MultiVectorEncoder(str(hf), device="cpu")
+    for module in model:
+        if type(module).__name__ == "MultiVectorMask":
+            module.skiplist_words = list(string.punctuation)
+    model.save(str(folder))
+    return folder
+
+
+def build_all(root: Path) -> dict[str, Path]:
+    """Every tiny model under ``root``, by family key."""
+    return {
+        "st": sentence_transformer(root / "st"),
+        "open_clip": open_clip_model(root / "open_clip"),
+        "hf_clip": hf_clip_model(root / "hf_clip"),
+        "siglip": siglip_model(root / "siglip"),
+        "splade": bert(root / "splade", "splade"),
+        "colbert": colbert(root / "colbert"),
+        "rerank": bert(root / "rerank", "xenc"),
+    }

@@ -1,0 +1,206 @@
+"""Image+text models (CLIP, SigLIP): images and texts into one space.
+
+Two loaders share one behaviour: :class:`OpenClipModel` runs open_clip models
+(``local-dir:`` folders holding ``open_clip_config.json`` and weights, or a hub
+id), :class:`HFClipModel` runs transformers' CLIPModel and SiglipModel folders.
+Images are decoded (size-checked again, EXIF orientation applied) and
+preprocessed on the prep thread, so the model thread only runs the towers.
+Texts and images of one batch each go through their own tower; the vectors are
+returned in input order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedstream import images
+from embedstream.registry import HUB_SCHEME, ModelSpec
+from workers.model import Source, Tokens, weights
+from workers.text import init_torch, torch_dtype
+
+#: Batch cost of an image when the vision tower does not say (tokens).
+IMAGE_COST = 256
+
+
+def load_image_text(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Any:
+    """The right loader for an image-text folder: open_clip or transformers."""
+    backend = spec.backend
+    if not backend:
+        folder = Path(weights(spec))
+        backend = "open_clip" if (folder / "open_clip_config.json").exists() else "transformers"
+    if backend == "open_clip":
+        return OpenClipModel(spec, threads, image_limits)
+    return HFClipModel(spec, threads, image_limits)
+
+
+class _TwoTowers:
+    """What both loaders share: image preparation and the split forward pass."""
+
+    family = "image-text"
+    output = "dense"
+    normalizes = True
+    name: str
+    dimensions: int
+    max_input_tokens: int
+    image_cost: int
+
+    def __init__(self, spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> None:
+        self._torch, self.device = init_torch(spec, threads)
+        self.dtype = torch_dtype(self._torch, spec.dtype)
+        self.name = spec.name
+        self.image_limits = image_limits
+
+    def tokenize(self, sources: list[Source]) -> list[Tokens]:
+        """Token ids for texts; decoded, preprocessed pixels for images."""
+        out = []
+        for source in sources:
+            if isinstance(source, bytes):
+                try:
+                    image = images.decode(source, *self.image_limits)
+                    pixels = self.preprocess(image)
+                except images.ImageError as exc:
+                    out.append(Tokens(None, 1, False, "", error=f"image refused: {exc}"))
+                    continue
+                out.append(Tokens(None, self.image_cost, False, "", pixels=pixels))
+            elif isinstance(source, str):
+                out.append(self.tokenize_text(source))
+            else:
+                out.append(Tokens(None, 1, False, "", error=f"model {self.name} takes texts and images"))
+        return out
+
+    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
+        """Each input through its tower, normalized where asked, in input order."""
+        torch = self._torch
+        texts = [i for i, t in enumerate(batch) if t.pixels is None]
+        pics = [i for i, t in enumerate(batch) if t.pixels is not None]
+        out = np.empty((len(batch), self.dimensions), dtype=np.float32)
+        with torch.inference_mode():
+            for rows, encode in ((texts, self.encode_texts), (pics, self.encode_images)):
+                if not rows:
+                    continue
+                vecs = encode([batch[i] for i in rows]).float()
+                want = torch.tensor([normalize[i] for i in rows], device=vecs.device)[:, None]
+                vecs = torch.where(want, torch.nn.functional.normalize(vecs, p=2, dim=-1), vecs)
+                out[rows] = vecs.cpu().numpy()
+        return out
+
+    def encode_images(self, batch: list[Tokens]) -> Any:
+        """Image vectors of preprocessed pixels."""
+        raise NotImplementedError
+
+    def encode_texts(self, batch: list[Tokens]) -> Any:
+        """Text vectors of token ids."""
+        raise NotImplementedError
+
+    def preprocess(self, image: Any) -> Any:
+        """The model's pixel tensor (C, H, W) for an RGB image."""
+        raise NotImplementedError
+
+    def tokenize_text(self, text: str) -> Tokens:
+        """Token ids of one text, cut to the context length."""
+        raise NotImplementedError
+
+
+class OpenClipModel(_TwoTowers):
+    """An open_clip model, loaded the way ``open_clip.create_model_and_transforms`` loads it."""
+
+    def __init__(self, spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> None:
+        import open_clip  # type: ignore[import-untyped]
+
+        super().__init__(spec, threads, image_limits)
+        ref = "hf-hub:" + spec.path[len(HUB_SCHEME) :] if spec.path.startswith(HUB_SCHEME) else f"local-dir:{spec.path}"
+        model, _, self._preprocess = open_clip.create_model_and_transforms(ref, device=self.device)
+        self.model = model.to(self.dtype).eval()
+        self.tokenizer = open_clip.get_tokenizer(ref)
+        self.context = int(getattr(self.tokenizer, "context_length", 77))
+        self.max_input_tokens = self.context
+        self._bpe = isinstance(self.tokenizer, open_clip.tokenizer.SimpleTokenizer)
+        grid = getattr(self.model.visual, "grid_size", None)
+        self.image_cost = int(grid[0] * grid[1] + 1) if grid else IMAGE_COST
+        self.dimensions = int(self.encode_texts([self.tokenize_text("a")]).shape[-1])
+
+    def preprocess(self, image: Any) -> Any:
+        """open_clip's own eval transform."""
+        return self._preprocess(image)
+
+    def tokenize_text(self, text: str) -> Tokens:
+        """open_clip's tokenizer (always the full context, as open_clip runs it)."""
+        ids = self.tokenizer([text])[0]
+        real = int((ids != 0).sum())
+        # SimpleTokenizer cuts silently; count its BPE tokens (+ start and end) to tell.
+        truncated = self._bpe and len(self.tokenizer.encode(text)) + 2 > self.context
+        return Tokens(ids.tolist(), real, bool(truncated), text)
+
+    def encode_texts(self, batch: list[Tokens]) -> Any:
+        """open_clip ``encode_text`` on the full-context ids."""
+        ids = self._torch.tensor([t.ids for t in batch], dtype=self._torch.long, device=self.device)
+        return self.model.encode_text(ids)
+
+    def encode_images(self, batch: list[Tokens]) -> Any:
+        """open_clip ``encode_image``."""
+        pixels = self._torch.stack([t.pixels for t in batch]).to(self.device, self.dtype)
+        return self.model.encode_image(pixels)
+
+
+class HFClipModel(_TwoTowers):
+    """A transformers CLIPModel or SiglipModel folder."""
+
+    def __init__(self, spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> None:
+        import transformers
+
+        super().__init__(spec, threads, image_limits)
+        folder = weights(spec)
+        self.model = transformers.AutoModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        self.processor = transformers.AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
+        # SigLIP pools the last position and was trained on texts padded to the
+        # full length: it must see them that way. CLIP pools the end token.
+        self.siglip = str(self.model.config.model_type).startswith("siglip")
+        text_cfg = self.model.config.text_config
+        limit = int(getattr(text_cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
+        self.max_input_tokens = int(spec.max_input_tokens or limit)
+        backend = self.tokenizer.backend_tokenizer
+        self._backend = backend.__class__.from_str(backend.to_str())
+        self._backend.enable_truncation(self.max_input_tokens)
+        self._backend.no_padding()
+        self._pad_id = int(self.tokenizer.pad_token_id or 0)
+        vision = self.model.config.vision_config
+        self.image_cost = int((vision.image_size // vision.patch_size) ** 2 + 1)
+        self.dimensions = int(self.encode_texts([self.tokenize_text("a")]).shape[-1])
+
+    def preprocess(self, image: Any) -> Any:
+        """The folder's image processor."""
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def tokenize_text(self, text: str) -> Tokens:
+        """Fast-tokenizer ids cut at the text tower's positions."""
+        enc = self._backend.encode(text)
+        return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
+
+    def encode_texts(self, batch: list[Tokens]) -> Any:
+        """``get_text_features``: SigLIP on ids padded to full length, CLIP with a mask."""
+        torch = self._torch
+        width = self.max_input_tokens if self.siglip else max(t.length for t in batch)
+        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, tok in enumerate(batch):
+            ids[row, : tok.length] = torch.tensor(tok.ids)
+            mask[row, : tok.length] = 1
+        inputs = {"input_ids": ids.to(self.device)}
+        if not self.siglip:
+            inputs["attention_mask"] = mask.to(self.device)
+        return _features(self.model.get_text_features(**inputs))
+
+    def encode_images(self, batch: list[Tokens]) -> Any:
+        """``get_image_features``."""
+        pixels = self._torch.stack([t.pixels for t in batch]).to(self.device, self.dtype)
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+
+def _features(out: Any) -> Any:
+    # transformers 5 returns a model output (pooler_output = the projected
+    # features) where 4.x returned the tensor itself.
+    return getattr(out, "pooler_output", out)

@@ -1,0 +1,52 @@
+"""Turns a finished entry's model outputs into its reply: the 'finish' step.
+
+Dense rows and token matrices get the request's Matryoshka cut,
+re-normalization and output type here, on the worker, so the reply carries the
+final bytes and the gateway only slices them. Sparse outputs travel as indices
+and weights; rerank scores as one float32 per document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embedstream import vectors, wire
+from workers.batcher import Entry
+
+
+def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Reply:
+    """The reply to a finished (or failed) entry."""
+    job = entry.job
+    if entry.error:
+        return wire.Reply(job.id, worker=worker, error_code=entry.error[0], error_message=entry.error[1])
+    out = wire.Reply(
+        job.id,
+        count=len(entry.results),
+        tokens=sum(t.length for t in entry.tokens),
+        truncated=sum(t.truncated for t in entry.tokens),
+        queue_ms=max(0.0, entry.started_ms - job.enqueued_ms),
+        inference_ms=entry.inference_ms,
+        worker=worker,
+    )
+    kind = model.output
+    if kind == "sparse":
+        pairs: list[tuple[np.ndarray, np.ndarray]] = entry.results
+        out.dimensions = model.dimensions
+        out.nnz = [len(idx) for idx, _ in pairs]
+        out.indices = b"".join(idx.astype("<u4", copy=False).tobytes() for idx, _ in pairs)
+        out.vectors = b"".join(val.astype("<f4", copy=False).tobytes() for _, val in pairs)
+        if job.return_tokens:
+            out.token_strings = [s for idx, _ in pairs for s in model.token_strings(idx)]
+        return out
+    if kind == "multi":
+        matrices: list[np.ndarray] = entry.results
+        out.rows = [m.shape[0] for m in matrices]
+        stacked = np.concatenate(matrices) if matrices else np.zeros((0, model.dimensions), np.float32)
+    else:
+        stacked = np.stack(entry.results)
+    out.dimensions = min(job.dimensions or stacked.shape[1], stacked.shape[1])
+    out.output_type = job.output_type
+    out.vectors = vectors.finish(stacked, job.dimensions, entry.normalize, job.output_type, value_range)
+    return out

@@ -1,0 +1,175 @@
+"""The models a worker runs, behind one small interface: tokenize, then forward.
+
+Every family turns a list of sources (a text, an encoded image, or a
+(query, document) pair for rerankers) into :class:`Tokens` on the prep thread,
+and a batch of Tokens into outputs on the model thread. What ``forward``
+returns depends on the family's ``output``:
+
+* ``dense``: an array (batch, dimensions), one vector per input;
+* ``multi``: a list with one (tokens, dimensions) array per input;
+* ``sparse``: a list with one (indices, weights) pair per input;
+* ``score``: an array (batch, 1) of relevance scores.
+
+The families live in their own modules; :func:`load` picks one from the registry.
+:class:`DebugModel` (test-only, never in the default registry) gives vectors
+from a hash of the text at zero compute cost: the pipeline's own ceiling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedstream.errors import ConfigError
+from embedstream.registry import HUB_SCHEME, ModelSpec
+
+#: What one input is before tokenization.
+Source = str | bytes | tuple[str, str]
+
+
+@dataclass(slots=True)
+class Tokens:
+    """One input after preparation: ids (or pixels) for the model, its cost, whether cut."""
+
+    ids: list[int] | None
+    length: int
+    truncated: bool
+    text: str
+    #: A preprocessed image tensor, for image inputs.
+    pixels: Any = None
+    #: Segment ids of a (query, document) pair.
+    type_ids: list[int] | None = None
+    #: Why this input cannot be embedded (a bad image); the entry fails with it.
+    error: str = ""
+    #: "query" or "document": multi-vector models encode the two differently.
+    task: str = ""
+
+
+class Model(Protocol):
+    """What the batcher needs from any model family."""
+
+    name: str
+    family: str
+    output: str
+    dimensions: int
+    max_input_tokens: int
+    normalizes: bool
+
+    def tokenize(self, sources: list[Source]) -> list[Tokens]:
+        """Prepare inputs (tokenize, decode images), cut at ``max_input_tokens``; runs on the prep thread."""
+        ...
+
+    def forward(self, batch: list[Tokens], normalize: list[bool]) -> Any:
+        """The batch's outputs (see the module docstring); runs on the model thread."""
+        ...
+
+
+def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000)) -> Model:
+    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused."""
+    if spec.family == "debug":
+        return DebugModel(spec)
+    if spec.family == "image-text":
+        from workers.clip import load_image_text
+
+        model: Model = load_image_text(spec, threads, image_limits)
+        return model
+    if spec.family == "sparse":
+        from workers.sparse import SpladeModel
+
+        return SpladeModel(spec, threads)
+    if spec.family == "multi-vector":
+        from workers.colbert import ColbertModel
+
+        return ColbertModel(spec, threads)
+    if spec.family == "rerank":
+        from workers.rerank import CrossEncoderModel
+
+        return CrossEncoderModel(spec, threads)
+    from workers.text import SentenceTransformerModel
+
+    return SentenceTransformerModel(spec, threads)
+
+
+def weights(spec: ModelSpec) -> str:
+    """What ``from_pretrained`` takes for the spec's path: a folder (that must exist), or a hub id."""
+    if spec.path.startswith(HUB_SCHEME):
+        return spec.path[len(HUB_SCHEME) :]
+    if not Path(spec.path).is_dir():
+        raise ConfigError(f"model {spec.name}: {spec.path} is not a folder")
+    return spec.path
+
+
+def read_json(path: Path, name: str) -> Any:
+    """A JSON file of a model folder; errors name the model."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"model {name}: cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model {name}: {path} is not JSON: {exc}") from None
+
+
+def read_json_optional(path: Path) -> dict[str, Any]:
+    """A JSON file that may be missing ({} then)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def not_text(source: Source, model: str) -> Tokens:
+    """Tokens carrying the error for an input a text model cannot take."""
+    return Tokens(None, 1, False, "", error=f"model {model} takes text only")
+
+
+#: A debug-model input containing this raises inside forward: a poison input for tests.
+DEBUG_RAISE = "__embedstream_debug_raise__"
+
+
+class DebugModel:
+    """Deterministic vectors from a hash of each text; no compute, optional latency.
+
+    Test-only: an input containing :data:`DEBUG_RAISE` makes the batch fail.
+    """
+
+    family = "debug"
+    output = "dense"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.name = spec.name
+        self.dimensions = spec.dimensions
+        self.max_input_tokens = spec.max_input_tokens
+        self.normalizes = True
+        self.latency_s = spec.latency_ms / 1000.0
+
+    def tokenize(self, sources: list[Source]) -> list[Tokens]:
+        """Count whitespace words (+2 special tokens) as the token length."""
+        out = []
+        for text in sources:
+            if not isinstance(text, str):
+                out.append(not_text(text, self.name))
+                continue
+            n = len(text.split()) + 2
+            out.append(Tokens(None, min(n, self.max_input_tokens), n > self.max_input_tokens, text))
+        return out
+
+    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
+        """Hash each text into a vector; sleep ``latency_ms`` once per batch."""
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if any(DEBUG_RAISE in t.text for t in batch):
+            raise RuntimeError("debug model asked to fail")
+        return debug_vectors([t.text for t in batch], self.dimensions, normalize)
+
+
+def debug_vectors(texts: list[str], dimensions: int, normalize: list[bool]) -> np.ndarray:
+    """The debug model's vectors; tests use this to check what came back."""
+    raw = b"".join(hashlib.shake_128(t.encode()).digest(dimensions) for t in texts)
+    vecs = np.frombuffer(raw, dtype=np.int8).reshape(len(texts), dimensions).astype(np.float32)
+    vecs /= 128.0
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    scale = np.where(np.asarray(normalize)[:, None], 1.0 / np.maximum(norms, 1e-12), 1.0)
+    return (vecs * scale).astype(np.float32)
