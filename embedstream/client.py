@@ -46,20 +46,46 @@ class Retry:
             yield random.uniform(0, min(self.max_s, self.initial_s * 2**n))
 
 
+#: What ``input_type=`` takes in :meth:`Client.embed`.
+INPUT_TYPES = {"": pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
+
+
 def _request(
-    texts: Sequence[str], model: str, normalize: bool | None, truncate: bool | None, rid: str
+    texts: Sequence[str | bytes],
+    model: str,
+    normalize: bool | None,
+    truncate: bool | None,
+    rid: str,
+    options: dict[str, Any] | None = None,
 ) -> pb.EmbedRequest:
+    """An EmbedRequest for float32 vectors: str items are texts, bytes items encoded images."""
+    opts = dict(options or {})
+    if opts.get("input_type", "") not in INPUT_TYPES:
+        raise ValueError(f"input_type must be one of {sorted(INPUT_TYPES)}")
     req = pb.EmbedRequest(
         model=model,
         request_id=rid,
-        inputs=[pb.Input(text=t) for t in texts],
+        inputs=[pb.Input(image=t) if isinstance(t, bytes) else pb.Input(text=t) for t in texts],
         encoding=pb.VECTOR_ENCODING_PACKED_F32LE,
+        input_type=INPUT_TYPES[opts.get("input_type", "")],
+        prompt_name=opts.get("prompt_name", ""),
     )
     if normalize is not None:
         req.normalize = normalize
     if truncate is not None:
         req.truncate = truncate
+    if opts.get("dimensions") is not None:
+        req.dimensions = opts["dimensions"]
     return req
+
+
+def _rerank_request(query: str, documents: Sequence[str], model: str, top_n: int) -> pb.RerankRequest:
+    return pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n)
+
+
+def ranking(resp: pb.RerankResponse) -> list[tuple[int, float]]:
+    """(document index, score) pairs, best first."""
+    return [(r.index, r.score) for r in resp.results]
 
 
 def _job_spec(model: str, key: str, ttl: int, normalize: bool | None, truncate: bool | None) -> jpb.JobSpec:
@@ -80,7 +106,7 @@ def vectors(resp: pb.EmbedResponse) -> np.ndarray:
     return np.array([list(e.values) for e in resp.embeddings], dtype=np.float32).reshape(-1, resp.dimensions)
 
 
-def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+def _chunks(texts: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(texts)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
@@ -117,19 +143,28 @@ class Client:
 
     def embed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str | bytes],
         *,
         model: str | None = None,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
     ) -> np.ndarray:
-        """Vectors for ``texts`` as one (len(texts), dimensions) array; any length."""
-        if isinstance(texts, str):
+        """Vectors for ``texts`` (str) and images (encoded bytes) as one (n, dimensions) array; any length.
+
+        ``input_type`` ("query"/"document") or ``prompt_name`` pick the model's prompt;
+        ``dimensions`` a Matryoshka size it declares. Other output types, sparse and
+        multi-vector responses: call :attr:`stub` with an EmbedRequest.
+        """
+        if isinstance(texts, str | bytes):
             raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
         name = model if model is not None else self.model
+        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions}
 
-        def call(chunk: list[str]) -> pb.EmbedResponse:
-            request = _request(chunk, name, normalize, truncate, "")
+        def call(chunk: list[str | bytes]) -> pb.EmbedResponse:
+            request = _request(chunk, name, normalize, truncate, "", options)
             response: pb.EmbedResponse = self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
             return response
 
@@ -220,6 +255,19 @@ class Client:
         """A handle on an existing job (from any client or gateway)."""
         job = self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
         return JobHandle(self, job)
+
+    def rerank(
+        self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
+    ) -> list[tuple[int, float]]:
+        """(document index, score) pairs from a rerank model, best first."""
+        request = _rerank_request(query, documents, model if model is not None else self.model, top_n)
+        response: pb.RerankResponse = self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout))
+        return ranking(response)
+
+    @property
+    def stub(self) -> pb_grpc.EmbedderStub:
+        """The generated Embedder stub on this client's channel, for every option of the API."""
+        return self._stub
 
     def list_models(self) -> list[pb.ModelInfo]:
         """The served models."""
@@ -391,19 +439,23 @@ class AsyncClient:
 
     async def embed(
         self,
-        texts: Sequence[str],
+        texts: Sequence[str | bytes],
         *,
         model: str | None = None,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
     ) -> np.ndarray:
-        """Vectors for ``texts``; chunks of 256 run concurrently."""
-        if isinstance(texts, str):
+        """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
+        if isinstance(texts, str | bytes):
             raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
         name = model if model is not None else self.model
+        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions}
 
-        async def call(chunk: list[str]) -> pb.EmbedResponse:
-            request = _request(chunk, name, normalize, truncate, "")
+        async def call(chunk: list[str | bytes]) -> pb.EmbedResponse:
+            request = _request(chunk, name, normalize, truncate, "", options)
             response: pb.EmbedResponse = await self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
             return response
 
@@ -460,6 +512,14 @@ class AsyncClient:
         """A handle on an existing job."""
         job = await self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
         return AsyncJobHandle(self, job)
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
+    ) -> list[tuple[int, float]]:
+        """(document index, score) pairs from a rerank model, best first."""
+        request = _rerank_request(query, documents, model if model is not None else self.model, top_n)
+        response = await self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout))
+        return ranking(response)
 
     async def list_models(self) -> list[pb.ModelInfo]:
         """The served models."""

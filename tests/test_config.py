@@ -78,6 +78,18 @@ def test_registry_file_relative_paths_and_aliases(tmp_path: Path) -> None:
         ('[models.a]\nfamily = "text-dense"\npath = "package:no_such_pkg/x"\n', "no_such_pkg"),
         ('[models."a b"]\nfamily = "debug"\ndimensions = 2\n', "models.a b"),
         ("not toml [", "registry"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\nmatryoshka_dimensions = [0]\n', "a.matryoshka_dimensions"),
+        ('[models.a]\nfamily = "sparse"\npath = "x"\nmatryoshka_dimensions = [8]\n', "a.matryoshka_dimensions"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\nprompts = { q = 1 }\n', "models.a.prompts"),
+        ('[models.a]\nfamily = "rerank"\npath = "x"\nprompts = { q = "q: " }\n', "models.a.prompts"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\ndefault_prompt = "q"\n', "models.a.default_prompt"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\nquery_prompt = "q"\n', "models.a.query_prompt"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\nquantization_range = 0\n', "a.quantization_range"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\npooling = "median"\n', "models.a.pooling"),
+        ('[models.a]\nfamily = "image-text"\npath = "x"\nbackend = "onnx"\n', "models.a.backend"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\nnormalize = "yes"\n', "models.a.normalize"),
+        ('[models.a]\nfamily = "text-dense"\npath = "x"\nversion = 3\n', "models.a.version"),
+        ('[models.a]\nfamily = "text-dense"\npath = "hf:"\n', "models.a.path"),
     ],
 )
 def test_bad_registry_names_model_and_key(tmp_path: Path, text: str, where: str) -> None:
@@ -85,3 +97,23 @@ def test_bad_registry_names_model_and_key(tmp_path: Path, text: str, where: str)
     with pytest.raises(ConfigError) as err:
         registry.load(str(tmp_path / "m.toml"))
     assert where in str(err.value)
+
+
+def test_registry_family_options(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_text(
+        '[models.e5]\nfamily = "text-dense"\npath = "hf:intfloat/e5-small-v2"\nversion = "v2"\n'
+        'prompts = { query = "query: ", document = "passage: ", sts = "" }\ndefault_prompt = "sts"\n'
+        "matryoshka_dimensions = [128, 256, 128]\nquantization_range = 0.25\n"
+        '[models.rr]\nfamily = "rerank"\npath = "rr"\n'
+    )
+    reg = registry.load(str(tmp_path / "m.toml"))
+    e5, rr = reg.resolve("e5"), reg.resolve("rr")
+    assert e5.path == "hf:intfloat/e5-small-v2" and e5.version == "v2"
+    assert e5.matryoshka_dimensions == (256, 128) and e5.quantization_range == 0.25
+    assert (e5.prompt_for("query", ""), e5.prompt_for("document", ""), e5.prompt_for("", "")) == (
+        "query",
+        "document",
+        "sts",
+    )
+    assert e5.prompt_for("query", "sts") == "sts" and len(e5.output_types) == 6
+    assert rr.output_types == ("float32",) and not rr.dense and not rr.images
