@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,13 +66,17 @@ def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> 
     return len(texts) / elapsed
 
 
-def stream_throughput(port: int, model: str, texts: list[str], per_request: int = PER_REQUEST) -> float:
+def stream_throughput(port: int, model: str, texts: Sequence[str | bytes], per_request: int = PER_REQUEST) -> float:
+    """Inputs/s through one EmbedStream (str items are texts, bytes items encoded images)."""
+
     def requests() -> Iterator[pb.EmbedRequest]:
         for k in range(0, len(texts), per_request):
             yield pb.EmbedRequest(
                 model=model,
                 request_id=str(k),
-                inputs=[pb.Input(text=t) for t in texts[k : k + per_request]],
+                inputs=[
+                    pb.Input(image=t) if isinstance(t, bytes) else pb.Input(text=t) for t in texts[k : k + per_request]
+                ],
                 encoding=pb.VECTOR_ENCODING_PACKED_F32LE,
             )
 
@@ -133,6 +137,13 @@ def concurrent_throughput(
     if errors:
         raise RuntimeError(f"{len(errors)} calls failed, first: {errors[0]}")
     return len(texts) / elapsed
+
+
+def save(path: str | None, results: dict[str, float | str]) -> int:
+    """Write the figures as JSON where asked; the exit code."""
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2))
+    return 0
 
 
 class Service:
@@ -256,9 +267,7 @@ def main() -> int:
             say("unary_all_cores_p99_ms", p99, "ms")
     finally:
         service.close()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+    return save(args.json, results)
 
 
 if __name__ == "__main__":
