@@ -93,3 +93,12 @@ def test_debug_vectors_are_deterministic_and_normalized() -> None:
     a = debug_vectors(["x", "y"], 16, [True, False])
     assert np.array_equal(a, debug_vectors(["x", "y"], 16, [True, False]))
     assert abs(np.linalg.norm(a[0]) - 1) < 1e-6 and not np.array_equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("family", ["text-dense", "image-text", "sparse", "multi-vector", "rerank"])
+def test_a_hub_id_without_internet_is_a_config_error_naming_the_model(family: str) -> None:
+    from workers.model import load
+
+    spec = ModelSpec(name="hubbed", family=family, path="hf:nobody-here/no-such-model")
+    with pytest.raises(ConfigError, match=r"model hubbed: cannot load hf:nobody-here/no-such-model \(HF_HUB_OFFLINE"):
+        load(spec, threads=1)

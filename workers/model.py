@@ -71,7 +71,24 @@ class Model(Protocol):
 
 
 def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000)) -> Model:
-    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused."""
+    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused.
+
+    A folder the loaders cannot read, or a hub id without internet, is a :class:`ConfigError` naming the model.
+    """
+    try:
+        return _load(spec, threads, image_limits)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        offline = (
+            " (HF_HUB_OFFLINE=1: hub ids need internet and HF_HUB_OFFLINE=0)"
+            if spec.path.startswith(HUB_SCHEME)
+            else ""
+        )
+        raise ConfigError(f"model {spec.name}: cannot load {spec.path}{offline}: {exc}") from None
+
+
+def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model:
     if spec.family == "debug":
         return DebugModel(spec)
     if spec.family == "image-text":
