@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+import numpy as np
 
 from embedstream import metrics, wire
 from embedstream.errors import DeadlineExceeded, EmbedstreamError
@@ -216,8 +217,6 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
 def respond_rerank(request: pb.RerankRequest, valid: Request, reply: wire.Reply, received: float) -> pb.RerankResponse:
     """The documents best first (top_n of them), with their scores."""
     _checked_reply(valid, reply)
-    import numpy as np
-
     scores = np.frombuffer(reply.vectors, dtype="<f4")
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
     if request.top_n:

@@ -2,10 +2,11 @@
 
 Options (input type, prompt, Matryoshka dimensions, output type, ...) are
 checked against what the model's family and registry entry support, the same
-way for Embed, EmbedStream, Rerank and jobs. Images are checked in two steps:
-:func:`validate_inputs` reads their headers (format, bytes, pixels: cheap, so a
-decompression bomb never costs a decode), then :func:`verify_images` decodes
-them once on a thread to refuse truncated or corrupt data.
+way for Embed, EmbedStream, Rerank and jobs. :func:`validate_inputs` only lets
+images through to image models; :func:`verify_images` then checks each one off
+the event loop, header first (format, bytes, pixels: cheap, so a decompression
+bomb never costs a decode), then one cheap decode that refuses truncated or
+corrupt data.
 """
 
 from __future__ import annotations
@@ -128,11 +129,7 @@ def validate_inputs(
                 raise InvalidArgument(
                     f"{field}[{i}].image: model {spec.name!r} is a {spec.family} model and takes text only"
                 )
-            try:
-                images.open_checked(item.image, settings.max_image_bytes, settings.max_image_pixels).close()
-            except images.ImageError as exc:
-                raise InvalidArgument(f"{field}[{i}].image: {exc}") from None
-            out.append(item.image)
+            out.append(item.image)  # checked by verify_images before anything is queued
         elif kind == "text":
             out.append(check_text(item.text, f"{field}[{i}].text", spec, settings, directory, truncate))
         else:

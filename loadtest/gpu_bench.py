@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import os
 import platform
 import sys
@@ -29,26 +28,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 
 from embedstream import registry  # noqa: E402
 from loadtest.bench import Service, raw_throughput, save, stream_throughput  # noqa: E402
 from loadtest.corpus import mixed_texts  # noqa: E402
 
 
-def photos(n: int, seed: int = 5) -> list[bytes]:
-    """``n`` distinct JPEGs of camera-like sizes (decode cost is part of the image path)."""
-    from PIL import Image
+def photos(n: int) -> list[bytes]:
+    """``n`` distinct 640x480 JPEGs (decode cost is part of the image path)."""
+    from tests.images import picture
 
-    rng = np.random.default_rng(seed)
-    out = []
-    base = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    for k in range(n):
-        pixels = np.roll(base, k * 7, axis=1)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="JPEG", quality=85)
-        out.append(buf.getvalue())
-    return out
+    return [picture(k, (640, 480), "JPEG", quality=85) for k in range(n)]
 
 
 def raw_images(spec: registry.ModelSpec, threads: int, images: list[bytes]) -> float:

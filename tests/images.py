@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
 
@@ -22,17 +24,24 @@ def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
-def jpeg(width: int = 64, height: int = 48) -> bytes:
-    """An ordinary JPEG with some detail in it."""
-    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+def picture(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG", **save: Any) -> bytes:
+    """An ordinary image of random pixels (distinct per seed), encoded as ``fmt``."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
     out = io.BytesIO()
-    image.save(out, format="JPEG", quality=90)
+    Image.fromarray(pixels).save(out, format=fmt, **save)
     return out.getvalue()
+
+
+def rotated_jpeg(size: tuple[int, int] = (40, 24)) -> bytes:
+    """A JPEG whose EXIF says: rotate 90 degrees clockwise to display."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return picture(7, size, "JPEG", exif=exif.tobytes(), quality=95)
 
 
 def truncated_jpeg() -> bytes:
     """The first half of a JPEG: its header reads fine, its data ends early."""
-    data = jpeg(256, 256)
+    data = picture(0, (256, 256), "JPEG", quality=90)
     return data[: len(data) // 2]
 
 

@@ -10,7 +10,6 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -23,6 +22,7 @@ from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from tests import tinymodels
+from tests.images import picture, rotated_jpeg
 from tests.procs import Proc, base_env, entries_added, start_gateway, start_workers, wait_until
 
 PROMPTS = {"query": "query: ", "document": "passage: ", "classify": "classify this: "}
@@ -113,20 +113,6 @@ def texts(items: list[str]) -> list[pb.Input]:
 
 def values(resp: pb.EmbedResponse) -> np.ndarray:
     return np.array([list(e.values) for e in resp.embeddings], dtype=np.float32)
-
-
-def picture(seed: int, size: tuple[int, int] = (48, 40), fmt: str = "PNG", **save: Any) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format=fmt, **save)
-    return out.getvalue()
-
-
-def rotated_jpeg() -> bytes:
-    """A JPEG whose EXIF says: rotate 90 degrees clockwise to display."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return picture(7, (40, 24), "JPEG", exif=exif.tobytes(), quality=95)
 
 
 def test_list_models_shows_every_family_with_capabilities(stub: pb_grpc.EmbedderStub) -> None:

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
-from PIL import Image
 
 from embedstream import images
-from tests.images import SVG, gif, jpeg, png_bomb, truncated_jpeg
+from tests.images import SVG, gif, picture, png_bomb, rotated_jpeg, truncated_jpeg
 
 LIMITS = (8 << 20, 25_000_000)
 
 
+def jpeg() -> bytes:
+    return picture(1, (64, 48), "JPEG")
+
+
 def test_ordinary_images_pass_and_decode_upright() -> None:
     assert images.verify(jpeg(), *LIMITS) == ("JPEG", 64, 48)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees to display
-    out = io.BytesIO()
-    Image.new("RGB", (40, 20)).save(out, format="JPEG", exif=exif.tobytes())
-    assert images.decode(out.getvalue(), *LIMITS).size == (20, 40)
+    assert images.decode(rotated_jpeg((40, 20)), *LIMITS).size == (20, 40)
 
 
 def test_a_decompression_bomb_is_refused_from_its_header_alone() -> None:

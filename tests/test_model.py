@@ -6,43 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from tests import tinymodels
 from tests.conftest import MINILM
 from workers.model import debug_vectors
 from workers.text import SentenceTransformerModel
 
 TEXTS = ["hello world", "Ünïcode and emoji 🚀 text", "a " * 300, "Mixed CASE words.", "x"]
-
-
-def tiny_sentence_transformer(folder: Path, pooling: str, dense: bool, normalize: bool) -> str:
-    """A randomly initialised BERT saved as a sentence-transformers folder."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    hf = folder / "_hf"
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(hf)
-    AutoTokenizer.from_pretrained(MINILM).save_pretrained(hf)
-    transformer = Transformer(str(hf), max_seq_length=48)
-    modules: list[torch.nn.Module] = [transformer, Pooling(32, pooling_mode=pooling)]
-    if dense:
-        modules.append(Dense(32, 16, activation_function=torch.nn.Tanh()))
-    if normalize:
-        modules.append(Normalize())
-    SentenceTransformer(modules=modules, device="cpu").save(str(folder / "st"))
-    return str(folder / "st")
 
 
 def encode_both(path: str) -> tuple[np.ndarray, np.ndarray, SentenceTransformerModel]:
@@ -65,7 +37,8 @@ def test_minilm_matches_sentence_transformers() -> None:
     [("mean", False, True), ("cls", True, True), ("max", False, False), ("lasttoken", True, False)],
 )
 def test_tiny_models_match_sentence_transformers(tmp_path: Path, pooling: str, dense: bool, normalize: bool) -> None:
-    got, ref, model = encode_both(tiny_sentence_transformer(tmp_path, pooling, dense, normalize))
+    folder = tinymodels.sentence_transformer(tmp_path / "st", pooling, dense, normalize, max_seq_length=48)
+    got, ref, model = encode_both(str(folder))
     assert model.dimensions == (16 if dense else 32)
     assert model.max_input_tokens == 48
     assert model.normalizes == normalize

@@ -154,14 +154,20 @@ def bert(folder: Path, head: str) -> Path:
     return folder
 
 
-def sentence_transformer(folder: Path) -> Path:
-    """A sentence-transformers folder: tiny BERT, mean pooling, Normalize."""
+def sentence_transformer(
+    folder: Path, pooling: str = "mean", dense: bool = False, normalize: bool = True, max_seq_length: int = 128
+) -> Path:
+    """A sentence-transformers folder: tiny BERT, the given pooling, optional Dense (to 16, tanh) and Normalize."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     hf = bert(folder.parent / f"{folder.name}-hf", "dense")
-    t = Transformer(str(hf), max_seq_length=128)
-    modules = [t, Pooling(t.get_embedding_dimension(), pooling_mode="mean"), Normalize()]
+    transformer = Transformer(str(hf), max_seq_length=max_seq_length)
+    modules: list[torch.nn.Module] = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
+    if dense:
+        modules.append(Dense(32, 16, activation_function=torch.nn.Tanh()))
+    if normalize:
+        modules.append(Normalize())
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))
     return folder
 

@@ -19,7 +19,7 @@ import numpy as np
 from embedstream import images
 from embedstream.registry import HUB_SCHEME, ModelSpec
 from workers.model import Source, Tokens, weights
-from workers.text import init_torch, torch_dtype
+from workers.text import cut_tokenizer, init_torch, torch_dtype
 
 #: Batch cost of an image when the vision tower does not say (tokens).
 IMAGE_COST = 256
@@ -162,10 +162,7 @@ class HFClipModel(_TwoTowers):
         text_cfg = self.model.config.text_config
         limit = int(getattr(text_cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
-        backend = self.tokenizer.backend_tokenizer
-        self._backend = backend.__class__.from_str(backend.to_str())
-        self._backend.enable_truncation(self.max_input_tokens)
-        self._backend.no_padding()
+        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens)
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         vision = self.model.config.vision_config
         self.image_cost = int((vision.image_size // vision.patch_size) ** 2 + 1)

@@ -15,7 +15,7 @@ import numpy as np
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-from workers.model import Tokens, read_json, read_json_optional, weights
+from workers.model import Tokens, read_json, weights
 from workers.text import Encoder, modules_of
 
 
@@ -28,11 +28,9 @@ class ColbertModel(Encoder):
     def __init__(self, spec: ModelSpec, threads: int) -> None:
         root = Path(weights(spec))
         modules = modules_of(root, spec.name, {"Transformer", "Dense", "MultiVectorMask", "Normalize"})
-        folder = modules[0][1] if modules else root
-        st_cfg = read_json_optional(folder / "sentence_bert_config.json") if folder.is_dir() else {}
-        if st_cfg.get("query_expansion"):
+        super().__init__(spec, threads, str(modules[0][1] if modules else root))
+        if self.st_config.get("query_expansion"):
             raise ConfigError(f"model {spec.name}: query expansion is not supported yet")
-        super().__init__(spec, threads, str(folder))
         self.dense = [self.load_dense(f) for kind, f in modules if kind == "Dense"]
         self.normalizes = any(kind == "Normalize" for kind, _ in modules) if modules else spec.normalize
         skip_words: list[str] = []

@@ -47,7 +47,7 @@ class Tokens:
     type_ids: list[int] | None = None
     #: Why this input cannot be embedded (a bad image); the entry fails with it.
     error: str = ""
-    #: "query" or "document": multi-vector models encode the two differently.
+    #: "query", "document" or "" (counts as a document): multi-vector models encode the two differently.
     task: str = ""
 
 
@@ -137,7 +137,7 @@ def read_json_optional(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def not_text(source: Source, model: str) -> Tokens:
+def not_text(model: str) -> Tokens:
     """Tokens carrying the error for an input a text model cannot take."""
     return Tokens(None, 1, False, "", error=f"model {model} takes text only")
 
@@ -167,7 +167,7 @@ class DebugModel:
         out = []
         for text in sources:
             if not isinstance(text, str):
-                out.append(not_text(text, self.name))
+                out.append(not_text(self.name))
                 continue
             n = len(text.split()) + 2
             out.append(Tokens(None, min(n, self.max_input_tokens), n > self.max_input_tokens, text))

@@ -35,6 +35,16 @@ def torch_dtype(torch: Any, name: str) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def cut_tokenizer(tokenizer: Any, max_tokens: int) -> Any:
+    """A copy of a fast tokenizer's backend that truncates at ``max_tokens`` and never pads:
+    the batcher pads each sorted batch to its own longest input."""
+    backend = tokenizer.backend_tokenizer
+    cut = backend.__class__.from_str(backend.to_str())
+    cut.enable_truncation(max_tokens)
+    cut.no_padding()
+    return cut
+
+
 def init_torch(spec: ModelSpec, threads: int) -> tuple[Any, Any]:
     """torch with the worker's thread count, and the spec's device."""
     import torch
@@ -65,15 +75,13 @@ class Encoder:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         dtype = torch_dtype(self._torch, spec.dtype)
         self.model = getattr(transformers, auto).from_pretrained(folder, dtype=dtype).to(self.device).eval()
-        st_cfg = read_json_optional(Path(folder) / "sentence_bert_config.json") if Path(folder).is_dir() else {}
+        #: The folder's sentence-transformers Transformer config ({} for a plain folder).
+        self.st_config = read_json_optional(Path(folder) / "sentence_bert_config.json") if Path(folder).is_dir() else {}
         positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 10**9
-        limit = st_cfg.get("max_seq_length") or min(self.tokenizer.model_max_length, positions)
+        limit = self.st_config.get("max_seq_length") or min(self.tokenizer.model_max_length, positions)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
-        self.lower = bool(st_cfg.get("do_lower_case", False))
-        backend = self.tokenizer.backend_tokenizer
-        self._backend = backend.__class__.from_str(backend.to_str())
-        self._backend.enable_truncation(self.max_input_tokens)
-        self._backend.no_padding()
+        self.lower = bool(self.st_config.get("do_lower_case", False))
+        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens)
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._type_ids = "token_type_ids" in self.tokenizer.model_input_names
 
@@ -84,7 +92,7 @@ class Encoder:
         where: list[int] = []
         for i, source in enumerate(sources):
             if isinstance(source, bytes):
-                out[i] = not_text(source, self.name)
+                out[i] = not_text(self.name)
                 continue
             if self.lower:
                 source = source.lower() if isinstance(source, str) else (source[0].lower(), source[1].lower())

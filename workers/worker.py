@@ -191,7 +191,7 @@ class Worker:
             toks = tokens[start : start + len(job.inputs)]
             start += len(job.inputs)
             for tok in toks:
-                tok.task = job.input_type or "document"
+                tok.task = job.input_type
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             self._held[(stream, stream_id)] = entry
