@@ -96,14 +96,14 @@ class Jobs(pb_grpc.JobsServicer):
             async for message in stream:
                 if message.WhichOneof("part") != "chunk":
                     raise InvalidArgument(f"chunk after input {total}: only one header is allowed")
-                texts = validate_inputs(
+                items = validate_inputs(
                     message.chunk.inputs, model, self.settings, self.directory, options.truncate, start=total
                 )
-                await verify_images(texts, self.settings, start=total)
-                total += len(texts)
+                await verify_images(items, self.settings, start=total)
+                total += len(items)
                 if total > self.settings.max_job_inputs:
                     raise InvalidArgument(f"inputs: a job takes at most {self.settings.max_job_inputs} inputs")
-                buffered.extend(texts)
+                buffered.extend(items)
                 whole = len(buffered) // jobstore.CHUNK * jobstore.CHUNK
                 if whole:
                     chunk_index = (total - len(buffered)) // jobstore.CHUNK
