@@ -36,17 +36,33 @@ def test_two_workers_share_work_and_kill9_loses_nothing(
     env = dict(service.env, EMBEDSTREAM_VISIBILITY_TIMEOUT_S="2", EMBEDSTREAM_HEARTBEAT_S="0.3")
     victim = start_worker(env, log_dir, "pair", r)
     survivor = start_worker(env, log_dir, "pair", r)
-    distinct = texts(800, seed=5, min_words=10, max_words=40)
+    distinct = texts(400, seed=5, min_words=10, max_words=40)
     expected = reference.encode(distinct)  # type: ignore[attr-defined]
-    n_requests = len(distinct) // 4
+    per_request = 4
+    killed = threading.Event()
+    tail = 60  # requests sent after the kill, so the survivor must also take new work
     responses: list[pb.EmbedResponse] = []
     failure: list[BaseException] = []
+    sent: list[int] = []
+
+    def chunk(k: int) -> list[str]:
+        start = (k * per_request) % len(distinct)
+        return distinct[start : start + per_request]
 
     def requests() -> Iterator[pb.EmbedRequest]:
-        for k in range(n_requests):
-            yield pb.EmbedRequest(
-                model="pair", request_id=str(k), inputs=[pb.Input(text=t) for t in distinct[4 * k : 4 * k + 4]]
-            )
+        # The stream keeps flowing until the victim is killed (however slow or fast this machine is),
+        # then sends a fixed tail.
+        k = 0
+        after = 0
+        while after < tail:
+            if killed.is_set():
+                after += 1
+            elif k - len(responses) > 64:
+                time.sleep(0.01)  # keep a bounded window in flight while waiting for the kill
+                continue
+            sent.append(k)
+            yield pb.EmbedRequest(model="pair", request_id=str(k), inputs=[pb.Input(text=t) for t in chunk(k)])
+            k += 1
 
     def consume() -> None:
         try:
@@ -70,17 +86,21 @@ def test_two_workers_share_work_and_kill9_loses_nothing(
         )
         held = pending_of(r, "pair", f"{os.uname().nodename}-{victim.pid}-")
         victim.signal(signal.SIGKILL)
+        killed.set()
         client.join(300)
     finally:
+        killed.set()
         victim.kill()
         survivor.stop()
     assert not failure, failure
     assert held > 0
-    assert [x.request_id for x in responses] == [str(k) for k in range(n_requests)]
+    assert [x.request_id for x in responses] == [str(k) for k in sent]
     workers = {x.metadata.worker for x in responses}
     assert any(victim_tag in w for w in workers) and any(f"-{survivor.pid}-" in w for w in workers)
-    got = np.array([list(e.values) for x in responses for e in x.embeddings], dtype=np.float32)
-    assert np.abs(got - expected).max() <= 1e-4
+    for x in responses:
+        want = expected[[(int(x.request_id) * per_request + i) % len(distinct) for i in range(per_request)]]
+        got = np.array([list(e.values) for e in x.embeddings], dtype=np.float32)
+        assert np.abs(got - want).max() <= 1e-4, x.request_id
     assert "reclaimed" in survivor.log()
     assert r.xpending(keys.queue("pair"), keys.GROUP)["pending"] == 0
 
