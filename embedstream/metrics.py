@@ -32,6 +32,10 @@ BATCH_TOKENS = Histogram(
 INFERENCE_SECONDS = Histogram("embedstream_inference_seconds", "Forward pass time per batch", ["model"])
 REDELIVERED = Counter("embedstream_redelivered_total", "Entries reclaimed from a dead or stalled worker", ["model"])
 DEAD_LETTERED = Counter("embedstream_dead_lettered_total", "Entries moved to the dead-letter stream", ["model"])
+DEAD_LETTERS_TRIMMED = Counter(
+    "embedstream_dead_letters_trimmed_total", "Old dead letters trimmed by max_dead_letters", ["model"]
+)
+NON_FINITE = Counter("embedstream_non_finite_total", "Requests failed because the model returned NaN or Inf", ["model"])
 
 
 def start_server(port: int) -> None:
