@@ -19,10 +19,11 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process bound to 127.0.0.1, logging to its data dir."""
 
-    def __init__(self, data_dir: Path, port: int = 0, appendonly: bool = True) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, appendonly: bool = True, appendfsync: str = "everysec") -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,6 +43,7 @@ class RedisServer:
             "bind": "127.0.0.1",
             "dir": str(self.data_dir),
             "appendonly": "yes" if self.appendonly else "no",
+            "appendfsync": self.appendfsync,
             "save": "",
             "protected-mode": "yes",
             "loglevel": "warning",

@@ -71,13 +71,20 @@ class Gateway:
         await self.server.start()
         log.info("gateway %s listening on %s:%d", self.router.gateway_id, self.settings.host, self.port)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Report NOT_SERVING, let calls finish for ``grace`` seconds, then close."""
+    async def stop(self, delay: float | None = None, grace: float | None = None) -> None:
+        """Report NOT_SERVING, keep serving ``delay`` seconds (load balancers and
+        clients move away), then refuse new calls and let those in flight finish
+        for ``grace`` seconds before closing. Defaults come from the settings."""
+        delay = self.settings.shutdown_delay_s if delay is None else delay
+        grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        log.info("gateway %s draining: NOT_SERVING for %.1f s, then %.1f s grace", self.router.gateway_id, delay, grace)
+        await asyncio.sleep(delay)
         await self.server.stop(grace)
         await self.directory.stop()
         await self.router.stop()
         await self.redis.aclose()
+        log.info("gateway %s stopped", self.router.gateway_id)
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -108,6 +115,7 @@ async def serve(settings: Settings, registry: Registry, ready: asyncio.Event | N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics.init_gateway(list(registry.models))
     metrics.start_server(settings.metrics_port)
     gateway = Gateway(settings, registry)
     await gateway.start()

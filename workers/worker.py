@@ -44,12 +44,17 @@ EXIT_HUNG = 75
 # Renew the lease of entries this worker still owns, atomically: an entry another
 # worker reclaimed while this one was stalled (SIGSTOP, a long GC, a VM pause) is
 # left alone and reported lost, so a resumed worker never steals it back.
+# ARGV: group, consumer, delivery count to set (-1: keep it), ids.
 RENEW = """
 local kept = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
   if row and row[2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    if tonumber(ARGV[3]) >= 0 then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', ARGV[3], 'JUSTID')
+    else
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    end
     kept[#kept + 1] = ARGV[i]
   end
 end
@@ -75,7 +80,10 @@ class Worker:
         # Redelivered entries run alone, one entry at a time, in a pool of their own.
         self.isolated = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
         self._suspects: deque[Entry] = deque()
-        self._forward_since: float | None = None
+        #: (monotonic start, paused seconds at start) of the forward pass running now.
+        self._forward_since: tuple[float, float] | None = None
+        #: Seconds this process was stopped (SIGSTOP, a VM pause): not the model's time.
+        self._paused_s = 0.0
         self.prefetch = max(settings.prefetch_inputs, spec.max_batch_size)
         share = BULK_SHARE["cpu" if spec.device == "cpu" else "accelerator"]
         self._bulk_limits = (max(64, spec.max_batch_tokens // share), max(1, spec.max_batch_size // share))
@@ -230,6 +238,7 @@ class Worker:
                 self._reply_soon([entry])
             elif entry.suspect:
                 self._suspects.append(entry)
+                await self._charge(entry, running=False)
             else:
                 self._pool(entry).add(entry)
         metrics.WORKER_QUEUED.labels(self.spec.name).set(
@@ -269,10 +278,12 @@ class Worker:
             return self.isolated
         return self.bulk if entry.bulk else self.batcher
 
-    def _next_pool(self) -> Batcher:
+    async def _next_pool(self) -> Batcher:
         """Suspects first (one entry at a time), then interactive work, then job chunks."""
         if not len(self.isolated) and self._suspects:
-            self.isolated.add(self._suspects.popleft())
+            entry = self._suspects.popleft()
+            await self._charge(entry, running=True)
+            self.isolated.add(entry)
         if len(self.isolated):
             return self.isolated
         return self.batcher if len(self.batcher) else self.bulk
@@ -280,7 +291,7 @@ class Worker:
     async def _batch_loop(self) -> None:
         wait_s = self.settings.max_wait_ms / 1000.0
         while not self._stopping.is_set():
-            pool = self._next_pool()
+            pool = await self._next_pool()
             if not len(pool):
                 self._wake.clear()
                 await self._wake.wait()
@@ -324,7 +335,7 @@ class Worker:
         """Run the model on the model thread; the heartbeat watches how long it takes."""
 
         def run() -> Any:
-            self._forward_since = time.monotonic()
+            self._forward_since = (time.monotonic(), self._paused_s)
             try:
                 return self.model.forward(
                     [it.entry.tokens[it.index] for it in batch], [it.entry.normalize for it in batch]
@@ -410,8 +421,16 @@ class Worker:
 
     async def _reply(self, entries: list[Entry]) -> None:
         # An entry whose lease was lost (another worker reclaimed it while this one
-        # stalled) is that worker's to answer now.
+        # stalled) is that worker's to answer now. One held past the visibility
+        # timeout (this process was paused) is checked before answering.
         entries = [e for e in entries if (e.stream, e.stream_id) in self._held]
+        lapsed = time.monotonic() - self.settings.visibility_timeout_s
+        if any(e.leased_at < lapsed for e in entries):
+            try:
+                await self._keep_leases([e for e in entries if e.leased_at < lapsed])
+            except TRANSIENT:
+                pass  # cannot tell: answer; the gateway drops a second answer
+            entries = [e for e in entries if (e.stream, e.stream_id) in self._held]
         if not entries:
             return
         await self.outbox.deliver(entries)
@@ -430,17 +449,21 @@ class Worker:
     # -- liveness, leases, recovery ----------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        beat = self.settings.heartbeat_s
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            since = self._forward_since
-            if since is not None and time.monotonic() - since > self.settings.batch_timeout_s:
+            await asyncio.sleep(beat)
+            now = time.monotonic()
+            if now - last > 3 * beat:
+                self._paused_s += now - last - beat
+            last = now
+            if self._hung():
                 # A hung model cannot be interrupted from Python. Exiting stops the
                 # heartbeat and the leases, so the batch's entries are reclaimed
                 # (and, redelivered, run alone; a poison one is dead-lettered).
                 log.critical(
-                    "model %s: a forward pass has run %.0f s (batch_timeout_s %.0f); exiting",
+                    "model %s: a forward pass has run over batch_timeout_s (%.1f s); exiting",
                     self.spec.name,
-                    time.monotonic() - since,
                     self.settings.batch_timeout_s,
                 )
                 logging.shutdown()
@@ -451,17 +474,29 @@ class Worker:
             except TRANSIENT as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    def _hung(self) -> bool:
+        """The forward pass running now has taken longer than ``batch_timeout_s``,
+        not counting time the whole process was stopped."""
+        running = self._forward_since
+        if running is None:
+            return False
+        started, paused_before = running
+        return time.monotonic() - started - (self._paused_s - paused_before) > self.settings.batch_timeout_s
+
     async def _renew_leases(self) -> None:
         """Reset the idle time of entries held long, so a slow batch is not reclaimed;
         drop those another worker took over meanwhile."""
         horizon = time.monotonic() - self.settings.visibility_timeout_s / 3
         stale = [e for e in self._held.values() if e.leased_at < horizon]
-        if not stale:
-            return
+        if stale:
+            await self._keep_leases(stale)
+
+    async def _keep_leases(self, stale: list[Entry]) -> None:
+        """Renew the entries still owned; forget the ones another worker took over."""
         now = time.monotonic()
         for stream in {e.stream for e in stale}:
             mine = [e for e in stale if e.stream == stream]
-            kept = set(await self._renew(keys=[stream], args=[keys.GROUP, self.name, *(e.stream_id for e in mine)]))
+            kept = set(await self._renew(keys=[stream], args=[keys.GROUP, self.name, -1, *(e.stream_id for e in mine)]))
             for entry in mine:
                 if entry.stream_id in kept:
                     entry.leased_at = now
@@ -471,6 +506,17 @@ class Worker:
                     if entry in self._suspects:
                         self._suspects.remove(entry)
                     metrics.WORKER_DROPPED.labels(self.spec.name, "lease_lost").inc()
+
+    async def _charge(self, entry: Entry, running: bool) -> None:
+        """Make Redis's delivery count of a redelivered entry count only the times it
+        ran: while it waits behind another suspect its last delivery is not charged,
+        so when that other one kills the worker, this one is not a step closer to the
+        dead-letter stream. Charged again just before it runs alone."""
+        count = entry.deliveries if running else entry.deliveries - 1
+        try:
+            await self._renew(keys=[entry.stream], args=[keys.GROUP, self.name, count, entry.stream_id])
+        except TRANSIENT as exc:
+            log.warning("could not set the delivery count of %s: %s", entry.stream_id, exc)
 
     async def _hand_back(self) -> None:
         """Give the entries still pending on this worker back to the group at once:
@@ -594,5 +640,6 @@ async def serve(spec: ModelSpec, model: Model, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+    metrics.init_worker(spec.name)
     metrics.start_server(settings.metrics_port)
     await worker.run()
