@@ -16,6 +16,7 @@ from embedstream.errors import Unavailable
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2, embedder_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from gateway.decoding import DecodeGuard
 from gateway.directory import Directory
 from gateway.dispatch import Dispatcher
 from gateway.embedder import Embedder
@@ -42,11 +43,12 @@ class Gateway:
         self.dispatcher = Dispatcher(self.redis, self.router, self.directory, settings.redis_timeout_s)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
+            interceptors=[DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         self.port = 0
         self._was_serving: dict[str, bool] = {}
