@@ -52,7 +52,7 @@ def _type_name(deserializer: Callable[[bytes], Any]) -> str:
     return descriptor.full_name if descriptor is not None else "message"
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):
+class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps each method handler so a message that does not parse is INVALID_ARGUMENT."""
 
     async def intercept_service(
