@@ -103,6 +103,9 @@ def test_worker_kill9_mid_batch(cluster: Cluster) -> None:
     recovery = time.monotonic() - killed
     load.finish()
     assert held > 0 and load.answered_by(survivor.pid) > 0
+    # The declared bound: the visibility timeout plus one reclaim scan (a quarter of it), with
+    # a second of slack for this 2-core machine's scheduling.
+    assert recovery < 1.25 * 1.5 + 1.0
     score("worker kill -9 mid-batch", cluster, ledger.counts(), recovery, held=held, requests=len(ledger.sent))
 
 
@@ -184,9 +187,9 @@ def test_gateway_kill9_with_jobs_and_streams_in_flight(cluster: Cluster) -> None
     score("gateway kill -9 with jobs and a stream in flight", cluster, counts, recovery, jobs=len(handles))
 
 
-def _embed(port: int, text: str, timeout: float = 5) -> pb.EmbedResponse:
+def _embed(port: int, text: str, timeout: float = 5, model: str = "fault") -> pb.EmbedResponse:
     with stub(port) as s:
-        return s.Embed(pb.EmbedRequest(model="fault", inputs=[pb.Input(text=text)]), timeout=timeout)
+        return s.Embed(pb.EmbedRequest(model=model, inputs=[pb.Input(text=text)]), timeout=timeout)
 
 
 def _unavailable_within(port: int, limit: float) -> float:
@@ -495,3 +498,45 @@ def test_sigterm_rolling_restart_under_load(cluster: Cluster) -> None:
         calls=len(ledger.sent),
         client_errors=len(errors),
     )
+
+
+def test_gateway_sigterm_reports_not_serving_first_then_drains(cluster: Cluster) -> None:
+    gateway, port = cluster.gateway(EMBEDSTREAM_SHUTDOWN_DELAY_S="3")
+    cluster.worker("backlog")
+    with stub(port) as s:
+        slow = s.Embed.future(pb.EmbedRequest(model="backlog", inputs=[pb.Input(text="in flight")]), timeout=20)
+        gateway.signal(signal.SIGTERM)
+        wait_until(lambda: not _serving(port), 2, what="NOT_SERVING right after SIGTERM")
+        # Still answering during the delay: clients and load balancers move away first.
+        assert _embed(port, "during the delay", model="backlog").embeddings
+        assert slow.result().embeddings  # the call in flight finishes
+    assert gateway.proc.wait(30) == 0
+
+
+def test_calls_without_a_deadline_get_the_servers_maximum(cluster: Cluster) -> None:
+    _, port = cluster.gateway(EMBEDSTREAM_MAX_DEADLINE_S="1")
+    cluster.worker("deep", EMBEDSTREAM_MAX_DEADLINE_S="1")
+    with stub(port) as s:
+        # A backlog of 4 s: 40 requests of 4 inputs, 4 run per 100 ms batch, then a call with no deadline at all.
+        queued = [s.Embed.future(pb.EmbedRequest(model="deep", inputs=[pb.Input(text=f"q{k}")] * 4)) for k in range(15)]
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            s.Embed(pb.EmbedRequest(model="deep", inputs=[pb.Input(text="no deadline")] * 4))
+        took = time.monotonic() - started
+        for f in queued:
+            f.exception()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.8 < took < 2.0
+
+
+def test_dead_letters_are_capped_and_what_the_cap_trims_is_counted(cluster: Cluster) -> None:
+    port = metrics_port()
+    cluster.worker("fault", EMBEDSTREAM_MAX_DEAD_LETTERS="2", EMBEDSTREAM_METRICS_PORT=str(port))
+    for k in range(5):
+        cluster.r.xadd(keys.queue("fault"), {keys.PAYLOAD: b"\x80\x04not msgpack %d" % k})
+    wait_until(
+        lambda: scrape(port).get('embedstream_dead_lettered_total{model="fault"}', 0) == 5, 15, what="5 dead letters"
+    )
+    assert cluster.r.xlen(keys.dead_letters("fault")) == 2
+    assert scrape(port)['embedstream_dead_letters_trimmed_total{model="fault"}'] == 3
+    assert cluster.r.xlen(keys.queue("fault")) == 0 and cluster.pending() == 0
