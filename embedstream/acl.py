@@ -3,7 +3,8 @@
 The command lists come from reading every Redis call of the role, including the
 commands its Lua scripts run (scripts run with the caller's permissions) and
 what redis-py sends on its own (SCRIPT EXISTS/LOAD before EVALSHA; SELECT for a
-database other than 0). ``embedstream redis-acl`` prints them as ``ACL SETUSER``
+database other than 0; on Redis 8, CLIENT MAINT_NOTIFICATIONS, whose refusal it
+ignores). ``embedstream redis-acl`` prints them as ``ACL SETUSER``
 lines; the README shows that output, and tests run a gateway and a worker as
 these users (a test fails when the README and this module differ).
 """

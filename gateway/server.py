@@ -42,13 +42,14 @@ class Gateway:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
+        # Bad keys or certificates stop the process before anything connects.
+        self.keyring = Keyring(settings)
+        self.credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         self.redis = connect(settings.redis_url, settings.redis_timeout_s)
         self.router = ReplyRouter(settings.redis_url, settings.redis_timeout_s)
         self.directory = Directory(self.redis, registry, settings.worker_liveness_s)
         self.dispatcher = Dispatcher(self.redis, self.router, self.directory, settings.redis_timeout_s)
         self.health = health.aio.HealthServicer()
-        self.keyring = Keyring(settings)
-        self.credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         self.server = grpc.aio.server(
             interceptors=[Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s))],
             options=[
