@@ -4,7 +4,8 @@ Importable without torch: it needs grpcio and numpy only. Vectors come back as
 float32 numpy arrays in input order. ``api_key`` (default: ``EMBEDSTREAM_API_KEY``)
 is sent as ``authorization: Bearer <key>`` on every call; ``tls=TLS(...)``
 speaks TLS, with a client certificate for gateways that require one. Calls retry ``UNAVAILABLE`` and
-``RESOURCE_EXHAUSTED`` with capped exponential backoff and jitter; a stream that
+``RESOURCE_EXHAUSTED`` with capped exponential backoff and jitter, waiting at least
+as long as a rate-limited call's ``retry-after-ms`` says; a stream that
 breaks is reopened and re-sends only the requests not yet answered.
 """
 
@@ -100,6 +101,14 @@ def _job_spec(model: str, key: str, ttl: int, normalize: bool | None, truncate: 
     if truncate is not None:
         spec.truncate = truncate
     return spec
+
+
+def retry_after(exc: grpc.RpcError) -> float:
+    """The gateway's retry hint in seconds (trailing ``retry-after-ms`` of a rate-limited call), or 0."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms" and str(value).isdigit():
+            return int(value) / 1000
+    return 0.0
 
 
 def vectors(resp: pb.EmbedResponse) -> np.ndarray:
@@ -220,7 +229,7 @@ class Client:
                 delay = next(delays, None)
                 if delay is None:
                     raise
-                time.sleep(delay)
+                time.sleep(max(delay, retry_after(exc)))
 
     def submit_job(
         self,
@@ -296,7 +305,7 @@ class Client:
                 delay = next(delays, None) if exc.code() in RETRYABLE else None
                 if delay is None:
                     raise
-                time.sleep(delay)
+                time.sleep(max(delay, retry_after(exc)))
 
 
 class JobHandle:
@@ -359,7 +368,7 @@ class JobHandle:
                 delay = next(delays, None) if exc.code() in RETRYABLE else None
                 if delay is None:
                     raise
-                time.sleep(delay)
+                time.sleep(max(delay, retry_after(exc)))
 
     def cancel(self) -> jpb.Job:
         """Stop remaining work; finished results stay readable."""
@@ -563,7 +572,7 @@ class AsyncClient:
                 delay = next(delays, None) if exc.code() in RETRYABLE else None
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(max(delay, retry_after(exc)))
 
 
 class AsyncJobHandle:

@@ -56,7 +56,7 @@ dimensions = 16
 """
 #: Input text that must never reach a log.
 SENTINEL = "zebra-sentinel-7f3a: private words"
-LIMITS = {"limited": " rate=5 burst=20", "trickle": " rate=50 burst=10"}
+LIMITS = {"limited": " rate=5 burst=20", "trickle": " rate=50 burst=10", "hinted": " rate=20 burst=10"}
 TENANTS = ("acme", "globex", "revoked", *LIMITS)
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
@@ -442,6 +442,13 @@ def test_a_stream_over_its_rate_slows_down_instead_of_failing(secure: Secure) ->
         answers = list(stub.EmbedStream(iter(requests), metadata=bearer(secure.keys["trickle"]), timeout=30))
     assert [a.request_id for a in answers] == ["0", "1", "2", "3"]
     assert time.monotonic() - started >= 0.55  # 30 inputs past the burst at 50 inputs/s
+
+
+def test_the_client_retries_a_rate_limited_call_after_its_hint(secure: Secure) -> None:
+    hasty = Retry(attempts=2, initial_s=0.001, max_s=0.001)  # alone, far too soon for 20 inputs/s
+    with Client(f"127.0.0.1:{secure.port}", model="debug", api_key=secure.keys["hinted"], retry=hasty) as client:
+        client.embed(["spend"] * 10)  # the whole burst of 10
+        assert client.embed(["wait"] * 10).shape == (10, 64)  # refused, then retried after retry-after-ms
 
 
 def test_gcra_admits_a_burst_then_waits_and_lets_a_large_request_through_a_full_bucket(red: Redis) -> None:
