@@ -284,6 +284,7 @@ class Supervisor:
         """Start every child; restart any that dies; return after a signal."""
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, self._reload)
         for name in self.commands:
             self._spawn(name)
         while not self._stop:
@@ -314,6 +315,12 @@ class Supervisor:
 
     def _signal(self, signum: int, frame: object) -> None:
         self._stop = True
+
+    def _reload(self, signum: int, frame: object) -> None:
+        # SIGHUP rereads the gateway's API key file; the workers have nothing to reload.
+        gateway = self.children.get("gateway")
+        if gateway is not None and gateway.poll() is None:
+            gateway.send_signal(signal.SIGHUP)
 
 
 def _run_async(coro: object) -> None:

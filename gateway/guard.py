@@ -61,8 +61,10 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 entry = self.keyring.authenticate(bearer(details.invocation_metadata))
             except EmbedstreamError as exc:
                 return _refusal(handler, details.method, exc)
-        tenant = entry.tenant if entry else DEFAULT_TENANT
-        return _Call(tenant, self.keyring.limit(entry), self.limiter).wrap(handler)
+        limit = self.keyring.limit(entry)
+        if entry is None and limit.rate <= 0:
+            return handler  # auth and limits off: the default tenant, nothing to charge
+        return _Call(entry.tenant if entry else DEFAULT_TENANT, limit, self.limiter).wrap(handler)
 
 
 class _Call:
@@ -89,7 +91,10 @@ class _Call:
         except EmbedstreamError as exc:
             await context.abort(grpc.StatusCode[exc.code.value], exc.message, trailing(exc))
 
-    async def _metered(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _metered(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        return requests if self.limit.rate <= 0 else self._throttled(requests, context)
+
+    async def _throttled(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for request in requests:
             await self.limiter.throttle(self.tenant, self.limit, cost(request), context.time_remaining())
             yield request
