@@ -20,7 +20,7 @@ _COMMON = ("evalsha", "script|exists", "script|load", "select")
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # Admission and job scripts (XLEN, XADD, HGET, HSET, HMGET, EXISTS, EXPIRE),
     # the rate-limit script (TIME, GET, SET), the reply stream, the job store,
-    # idempotency keys and the worker directory.
+    # idempotency keys and the worker directory (with the oldest entry, for queue lag).
     "gateway": (
         (f"{keys.PREFIX}:*",),
         (
@@ -40,13 +40,15 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "xadd",
             "xdel",
             "xlen",
+            "xrange",
             "xread",
             "xtrim",
             "zcount",
         ),
     ),
     # The model's streams and consumer group, heartbeats, replies to gateways,
-    # job results (the RECORD script: HGET, HSETNX, HINCRBY, LLEN, RPUSH, ...).
+    # job results (the RECORD script: HGET, HSETNX, HINCRBY, LLEN, RPUSH, ...),
+    # lease renewal (XPENDING, XCLAIM) and capped dead letters (XADD, XLEN) in scripts.
     # Never a tenant's keys (idempotency, rate limits).
     "worker": (
         (f"{keys.PREFIX}:{{m:*}}:*", f"{keys.PREFIX}:{{job:*}}:*", f"{keys.PREFIX}:{{gw:*}}:replies"),
@@ -68,6 +70,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "xgroup|create",
             "xgroup|delconsumer",
             "xinfo|consumers",
+            "xlen",
             "xpending",
             "xrange",
             "xreadgroup",

@@ -271,6 +271,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+#: How long ``serve`` waits for each child after SIGTERM: the gateway's default
+#: shutdown delay and grace, with room to spare.
+STOP_WAIT_S = 40
+
+
 class Supervisor:
     """Keeps child processes running until SIGINT/SIGTERM, then stops them in order."""
 
@@ -302,9 +307,9 @@ class Supervisor:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in ordered:
             try:
-                proc.wait(15)
+                proc.wait(STOP_WAIT_S)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in 15 s; killing it", name)
+                log.warning("%s did not stop in %d s; killing it", name, STOP_WAIT_S)
                 proc.kill()
                 proc.wait()
 

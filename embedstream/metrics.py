@@ -22,6 +22,7 @@ RATE_LIMITED = Counter(
     "embedstream_rate_limited_total", "Calls refused (or stream messages delayed past their deadline)", ["tenant"]
 )
 QUEUE_DEPTH = Gauge("embedstream_queue_depth", "Entries in a model's stream", ["model"])
+QUEUE_LAG = Gauge("embedstream_queue_lag_seconds", "Age of the oldest unfinished entry in a model's stream", ["model"])
 LIVE_WORKERS = Gauge("embedstream_live_workers", "Workers with a recent heartbeat", ["model"])
 
 WORKER_QUEUED = Gauge("embedstream_worker_pool_inputs", "Inputs read and waiting for a batch", ["model"])
@@ -36,6 +37,45 @@ BATCH_TOKENS = Histogram(
 INFERENCE_SECONDS = Histogram("embedstream_inference_seconds", "Forward pass time per batch", ["model"])
 REDELIVERED = Counter("embedstream_redelivered_total", "Entries reclaimed from a dead or stalled worker", ["model"])
 DEAD_LETTERED = Counter("embedstream_dead_lettered_total", "Entries moved to the dead-letter stream", ["model"])
+DEAD_LETTERS_TRIMMED = Counter(
+    "embedstream_dead_letters_trimmed_total", "Old dead letters trimmed by max_dead_letters", ["model"]
+)
+NON_FINITE = Counter("embedstream_non_finite_total", "Requests failed because the model returned NaN or Inf", ["model"])
+
+
+#: Why a worker drops an entry before the model sees it.
+DROP_REASONS = ("expired", "cancelled", "lease_lost")
+
+
+def init_gateway(models: list[str]) -> None:
+    """Create every per-model gateway series at zero, so dashboards and alerts see them before the first event."""
+    for model in models:
+        for metric in (INPUTS, INFLIGHT, LATENCY, ADMISSION_REJECTED, QUEUE_DEPTH, QUEUE_LAG, LIVE_WORKERS):
+            metric.labels(model)
+
+
+def init_tenants(tenants: list[str]) -> None:
+    """Create each tenant's rate-limit series at zero."""
+    for tenant in tenants:
+        RATE_LIMITED.labels(tenant)
+
+
+def init_worker(model: str) -> None:
+    """Create every series of a worker's model at zero."""
+    for metric in (
+        WORKER_QUEUED,
+        WORKER_REPLIES,
+        BATCH_SIZE,
+        BATCH_TOKENS,
+        INFERENCE_SECONDS,
+        REDELIVERED,
+        DEAD_LETTERED,
+        DEAD_LETTERS_TRIMMED,
+        NON_FINITE,
+    ):
+        metric.labels(model)
+    for reason in DROP_REASONS:
+        WORKER_DROPPED.labels(model, reason)
 
 
 def start_server(port: int) -> None:

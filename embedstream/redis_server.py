@@ -24,11 +24,17 @@ class RedisServer:
     """
 
     def __init__(
-        self, data_dir: Path, port: int = 0, appendonly: bool = True, options: Mapping[str, str] | None = None
+        self,
+        data_dir: Path,
+        port: int = 0,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        options: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.options = dict(options or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -49,6 +55,7 @@ class RedisServer:
             "bind": "127.0.0.1",
             "dir": str(self.data_dir),
             "appendonly": "yes" if self.appendonly else "no",
+            "appendfsync": self.appendfsync,
             "save": "",
             "protected-mode": "yes",
             "loglevel": "warning",

@@ -63,6 +63,8 @@ class ModelSpec:
     max_input_tokens: int = 0
     dimensions: int = 0
     latency_ms: float = 0.0
+    #: debug family only: inputs carrying a trigger word raise, exit, return NaN or hang.
+    triggers: bool = False
     version: str = ""
     #: Named prompts: prepended to text inputs that ask for them.
     prompts: dict[str, str] = field(default_factory=dict)
@@ -217,6 +219,10 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
     if not isinstance(latency, int | float) or latency < 0:
         raise ConfigError(f"{where}.latency_ms must be a non-negative number")
     kwargs.update(device=device, dtype=dtype, aliases=tuple(aliases), latency_ms=float(latency))
+    triggers = raw.get("triggers", False)
+    if not isinstance(triggers, bool) or (triggers and family != "debug"):
+        raise ConfigError(f"{where}.triggers must be true or false, and only the debug family has them")
+    kwargs["triggers"] = triggers
     kwargs.update(_options(where, family, raw))
     tokens, size = BATCH_DEFAULTS["cpu" if device == "cpu" else "accelerator"]
     kwargs.setdefault("max_batch_tokens", tokens)

@@ -49,6 +49,10 @@ class Settings:
     consumer_gc_s: float = _f(3600.0, "A consumer idle this long with nothing pending is removed from its group")
     max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")
     heartbeat_s: float = _f(1.0, "Worker heartbeat and lease renewal interval")
+    batch_timeout_s: float = _f(300.0, "A forward pass this long means a hung model: the worker exits")
+    max_dead_letters: int = _f(10000, "Entries kept per dead-letter stream; older ones are trimmed, counted")
+    shutdown_delay_s: float = _f(1.0, "SIGTERM: a gateway reports NOT_SERVING this long before closing")
+    shutdown_grace_s: float = _f(25.0, "SIGTERM: how long a gateway lets calls in flight finish")
     prefetch_inputs: int = _f(1024, "Inputs a worker reads ahead; a larger pool sorts by length better")
     max_wait_ms: float = _f(2.0, "How long an idle worker waits to fill a batch")
     metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
@@ -98,6 +102,8 @@ class Settings:
             "max_job_inline_inputs",
             "max_job_inputs",
             "max_bulk_entries",
+            "batch_timeout_s",
+            "max_dead_letters",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -105,10 +111,9 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be 0..65535")
-        if self.threads < 0 or self.max_wait_ms < 0:
-            raise ConfigError(f"{ENV_PREFIX}THREADS and {ENV_PREFIX}MAX_WAIT_MS must be >= 0")
-        if self.rate_limit < 0 or self.rate_burst < 0:
-            raise ConfigError(f"{ENV_PREFIX}RATE_LIMIT and {ENV_PREFIX}RATE_BURST must be >= 0")
+        for name in ("threads", "max_wait_ms", "shutdown_delay_s", "shutdown_grace_s", "rate_limit", "rate_burst"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError(f"{ENV_PREFIX}TLS_CERT and {ENV_PREFIX}TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:

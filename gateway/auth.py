@@ -65,6 +65,10 @@ class Keyring:
     def __len__(self) -> int:
         return len(self._by_digest)
 
+    def tenants(self) -> list[str]:
+        """The tenants of the accepted keys (``default`` while auth is off)."""
+        return sorted({e.tenant for e in self._by_digest.values()}) if self.enabled else [DEFAULT_TENANT]
+
     def authenticate(self, key: str) -> Entry:
         """The entry of ``key``, or Unauthenticated (the message never holds the key)."""
         if time.monotonic() - self._checked >= CHECK_EVERY_S:

@@ -70,6 +70,7 @@ class Directory:
             pipe.zcount(keys.workers(name), now_ms - self.liveness_s * 1000, "+inf")
             pipe.xlen(keys.queue(name))
             pipe.hgetall(keys.model_info(name))
+            pipe.xrange(keys.queue(name), count=1)
         try:
             results = await pipe.execute()
             self.redis_ok = True
@@ -80,7 +81,7 @@ class Directory:
             results = None
         if results is not None:
             for i, name in enumerate(names):
-                live, depth, info = results[3 * i : 3 * i + 3]
+                live, depth, info, oldest = results[4 * i : 4 * i + 4]
                 state = self.states[name]
                 state.workers, state.queue_depth = int(live), int(depth)
                 if info:
@@ -89,6 +90,9 @@ class Directory:
                     state.normalizes = info.get(b"normalizes") == b"1"
                 metrics.QUEUE_DEPTH.labels(name).set(state.queue_depth)
                 metrics.LIVE_WORKERS.labels(name).set(state.workers)
+                # Finished entries are deleted, so the oldest left is the oldest unfinished.
+                oldest_ms = int(oldest[0][0].split(b"-")[0]) if oldest else now_ms
+                metrics.QUEUE_LAG.labels(name).set(max(0.0, (now_ms - oldest_ms) / 1000.0))
         for listener in self._listeners:
             await listener()
 

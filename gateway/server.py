@@ -20,6 +20,7 @@ from embedstream.settings import Settings
 from embedstream.tls import server_credentials
 from embedstream.v1 import embedder_pb2, embedder_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from gateway.auth import Keyring
+from gateway.decoding import DecodeGuard
 from gateway.directory import Directory
 from gateway.dispatch import Dispatcher
 from gateway.embedder import Embedder
@@ -51,7 +52,9 @@ class Gateway:
         self.dispatcher = Dispatcher(self.redis, self.router, self.directory, settings.redis_timeout_s)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s))],
+            # The guard is outermost: a call without a valid key is refused before
+            # its request is even decoded.
+            interceptors=[Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s)), DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -80,6 +83,7 @@ class Gateway:
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
         self._warn_if_exposed()
+        metrics.init_tenants(self.keyring.tenants())
         _on_sighup(self.keyring.reload)
         self.directory.on_change(self._publish_health)
         await self.router.start()
@@ -112,13 +116,20 @@ class Gateway:
                 self.settings.host,
             )
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Report NOT_SERVING, let calls finish for ``grace`` seconds, then close."""
+    async def stop(self, delay: float | None = None, grace: float | None = None) -> None:
+        """Report NOT_SERVING, keep serving ``delay`` seconds (load balancers and
+        clients move away), then refuse new calls and let those in flight finish
+        for ``grace`` seconds before closing. Defaults come from the settings."""
+        delay = self.settings.shutdown_delay_s if delay is None else delay
+        grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        log.info("gateway %s draining: NOT_SERVING for %.1f s, then %.1f s grace", self.router.gateway_id, delay, grace)
+        await asyncio.sleep(delay)
         await self.server.stop(grace)
         await self.directory.stop()
         await self.router.stop()
         await self.redis.aclose()
+        log.info("gateway %s stopped", self.router.gateway_id)
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -167,6 +178,7 @@ async def serve(settings: Settings, registry: Registry, ready: asyncio.Event | N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    metrics.init_gateway(list(registry.models))
     metrics.start_server(settings.metrics_port)
     gateway = Gateway(settings, registry)
     await gateway.start()

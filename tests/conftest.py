@@ -30,6 +30,7 @@ aliases = ["minilm"]
 [models.debug]
 family = "debug"
 dimensions = 64
+triggers = true
 
 [models.slow]
 family = "debug"

@@ -75,14 +75,15 @@ def base_env(redis_url: str, registry: Path, **extra: str) -> dict[str, str]:
         EMBEDSTREAM_REGISTRY=str(registry),
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
+        EMBEDSTREAM_SHUTDOWN_DELAY_S="0.2",
     )
     env.update(extra)
     return env
 
 
-def start_gateway(env: dict[str, str], log_dir: Path, timeout: float = 30) -> tuple[Proc, int]:
-    """A gateway on a free port; returns it and the port once it listens."""
-    proc = Proc("gateway", ["gateway", "--port", "0"], env, log_dir)
+def start_gateway(env: dict[str, str], log_dir: Path, timeout: float = 30, port: int = 0) -> tuple[Proc, int]:
+    """A gateway on ``port`` (0: a free one); returns it and the port once it listens."""
+    proc = Proc("gateway", ["gateway", "--port", str(port)], env, log_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = re.search(r"listening on [^\s:]+:(\d+)", proc.log())

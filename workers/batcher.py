@@ -51,6 +51,14 @@ class Entry:
     inference_ms: float = 0.0
     leased_at: float = field(default_factory=time.monotonic)
     error: tuple[str, str] | None = None
+    #: Times Redis has delivered the entry (1 when first read); > 1 means a worker
+    #: died or stalled holding it, so it may be what killed that worker.
+    deliveries: int = 1
+
+    @property
+    def suspect(self) -> bool:
+        """Redelivered: it runs alone, so a poison input cannot take other requests down with it."""
+        return self.deliveries > 1
 
     def expired(self, now_ms: float) -> bool:
         """True once the caller's deadline passed: the gateway already answered."""

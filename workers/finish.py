@@ -16,6 +16,15 @@ from embedstream import vectors, wire
 from workers.batcher import Entry
 
 
+def nonfinite(kind: str, outputs: Any) -> list[int]:
+    """Rows of a batch's outputs holding NaN or Inf: they must never leave the worker."""
+    if kind in ("dense", "score"):
+        return [int(i) for i in np.flatnonzero(~np.isfinite(np.asarray(outputs)).all(axis=1))]
+    if kind == "multi":
+        return [i for i, m in enumerate(outputs) if not np.isfinite(m).all()]
+    return [i for i, (_, weights) in enumerate(outputs) if not np.isfinite(weights).all()]
+
+
 def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Reply:
     """The reply to a finished (or failed) entry."""
     job = entry.job

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,14 +143,21 @@ def not_text(model: str) -> Tokens:
     return Tokens(None, 1, False, "", error=f"model {model} takes text only")
 
 
-#: A debug-model input containing this raises inside forward: a poison input for tests.
+#: Trigger words of the debug model (registry ``triggers = true``): an input
+#: containing one makes forward raise, kill the process, return NaN, or hang.
+#: They are fault-injection tools for tests and never active by default.
 DEBUG_RAISE = "__embedstream_debug_raise__"
+DEBUG_EXIT = "__embedstream_debug_exit__"
+DEBUG_NAN = "__embedstream_debug_nan__"
+DEBUG_HANG = "__embedstream_debug_hang__"
+#: Exit status of a worker killed by :data:`DEBUG_EXIT`.
+DEBUG_EXIT_STATUS = 86
 
 
 class DebugModel:
     """Deterministic vectors from a hash of each text; no compute, optional latency.
 
-    Test-only: an input containing :data:`DEBUG_RAISE` makes the batch fail.
+    Test-only. With ``triggers`` on, inputs carrying a trigger word inject faults.
     """
 
     family = "debug"
@@ -161,6 +169,7 @@ class DebugModel:
         self.max_input_tokens = spec.max_input_tokens
         self.normalizes = True
         self.latency_s = spec.latency_ms / 1000.0
+        self.triggers = spec.triggers
 
     def tokenize(self, sources: list[Source]) -> list[Tokens]:
         """Count whitespace words (+2 special tokens) as the token length."""
@@ -177,9 +186,25 @@ class DebugModel:
         """Hash each text into a vector; sleep ``latency_ms`` once per batch."""
         if self.latency_s:
             time.sleep(self.latency_s)
-        if any(DEBUG_RAISE in t.text for t in batch):
+        texts = [t.text for t in batch]
+        vecs = debug_vectors(texts, self.dimensions, normalize)
+        if self.triggers:
+            self._inject(texts, vecs)
+        return vecs
+
+    @staticmethod
+    def _inject(texts: list[str], vecs: np.ndarray) -> None:
+        joined = "\n".join(texts)
+        if DEBUG_EXIT in joined:
+            os._exit(DEBUG_EXIT_STATUS)  # a crash: no cleanup, no reply, no ack
+        if DEBUG_HANG in joined:
+            while True:
+                time.sleep(3600)
+        if DEBUG_RAISE in joined:
             raise RuntimeError("debug model asked to fail")
-        return debug_vectors([t.text for t in batch], self.dimensions, normalize)
+        for i, text in enumerate(texts):
+            if DEBUG_NAN in text:
+                vecs[i, 0] = np.nan
 
 
 def debug_vectors(texts: list[str], dimensions: int, normalize: list[bool]) -> np.ndarray:

@@ -22,6 +22,14 @@ from workers.batcher import Entry
 log = logging.getLogger(__name__)
 
 
+# Dead letters are kept to a fixed number; whatever the cap trims is counted.
+DEAD_LETTER = """
+local before = redis.call('XLEN', KEYS[1])
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'p', ARGV[2], 'reason', ARGV[3], 'id', ARGV[4], 'worker', ARGV[5])
+return before + 1 - redis.call('XLEN', KEYS[1])
+"""
+
+
 def now_ms() -> float:
     """Wall-clock milliseconds, the unit of deadlines across processes."""
     return time.time() * 1000.0
@@ -30,7 +38,9 @@ def now_ms() -> float:
 class Outbox:
     """Writes for one worker of one model."""
 
-    def __init__(self, redis: Any, spec: ModelSpec, model: Any, worker: str, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, redis: Any, spec: ModelSpec, model: Any, worker: str, stopping: asyncio.Event, max_dead_letters: int
+    ) -> None:
         self.redis = redis
         self.model = spec.name
         self.spec = spec
@@ -38,6 +48,8 @@ class Outbox:
         self.worker = worker
         self.stopping = stopping
         self._record = redis.register_script(jobstore.RECORD)
+        self._dead = redis.register_script(DEAD_LETTER)
+        self.max_dead_letters = max_dead_letters
 
     async def deliver(self, entries: list[Entry]) -> None:
         """Write each reply (or job result), then XACK + XDEL, in one pipeline (Redis keeps the order)."""
@@ -72,19 +84,18 @@ class Outbox:
         """The reply message for a finished (or failed) entry."""
         return finish.reply(entry, self.runner, self.spec.quantization_range, self.worker)
 
-    async def execute(self, pipe: Any) -> None:
-        """Run a pipeline, retrying while Redis is unreachable."""
+    async def execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline, retrying while Redis is unreachable; its results."""
         # A reply that cannot be written is retried until Redis is back; the
         # entry stays pending (and reclaimable) until then, so nothing is lost.
         delay = 0.05
         while True:
             try:
-                await pipe.execute()
-                return
+                return list(await pipe.execute())
             except TRANSIENT as exc:
                 if self.stopping.is_set() and delay >= 1.0:
                     log.error("giving up a reply while stopping: %s", exc)
-                    return
+                    return []
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -102,11 +113,10 @@ class Outbox:
         log.warning("dead-lettering %s of model %s: %s", stream_id, self.model, reason)
         metrics.DEAD_LETTERED.labels(self.model).inc()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(
-            keys.dead_letters(self.model),
-            {keys.PAYLOAD: payload, "reason": reason, "id": stream_id, "worker": self.worker},
-            maxlen=10_000,
-            approximate=True,
+        await self._dead(
+            keys=[keys.dead_letters(self.model)],
+            args=[self.max_dead_letters, payload, reason, stream_id, self.worker],
+            client=pipe,
         )
         if job is not None and job.job_id:
             entry = Entry(stream_id, job, stream, payload, [], False, bulk=True)
@@ -121,4 +131,6 @@ class Outbox:
             pipe.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
         pipe.xack(stream, keys.GROUP, stream_id)
         pipe.xdel(stream, stream_id)
-        await self.execute(pipe)
+        results = await self.execute(pipe)
+        if results and int(results[0]):
+            metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(int(results[0]))

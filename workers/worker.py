@@ -14,14 +14,18 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 from embedstream import jobstore, keys, metrics, wire
 from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
+from workers import finish
 from workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
 from workers.model import Model, Source, Tokens
 from workers.outbox import Outbox, now_ms
@@ -34,6 +38,28 @@ READ_ENTRIES = 64
 #: long bulk batch: a forward pass cannot be interrupted once started.
 INTERACTIVE_RECENT_S = 2.0
 BULK_SHARE = {"cpu": 16, "accelerator": 4}
+#: Exit status of a worker whose forward pass outlived ``batch_timeout_s``.
+EXIT_HUNG = 75
+
+# Renew the lease of entries this worker still owns, atomically: an entry another
+# worker reclaimed while this one was stalled (SIGSTOP, a long GC, a VM pause) is
+# left alone and reported lost, so a resumed worker never steals it back.
+# ARGV: group, consumer, delivery count to set (-1: keep it), ids.
+RENEW = """
+local kept = {}
+for i = 4, #ARGV do
+  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if row and row[2] == ARGV[2] then
+    if tonumber(ARGV[3]) >= 0 then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', ARGV[3], 'JUSTID')
+    else
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    end
+    kept[#kept + 1] = ARGV[i]
+  end
+end
+return kept
+"""
 
 
 class Worker:
@@ -51,6 +77,13 @@ class Worker:
         # is cut from the job pool only when no interactive input waits.
         self.batcher = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
         self.bulk = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
+        # Redelivered entries run alone, one entry at a time, in a pool of their own.
+        self.isolated = Batcher(spec.max_batch_tokens, spec.max_batch_size, padding)
+        self._suspects: deque[Entry] = deque()
+        #: (monotonic start, paused seconds at start) of the forward pass running now.
+        self._forward_since: tuple[float, float] | None = None
+        #: Seconds this process was stopped (SIGSTOP, a VM pause): not the model's time.
+        self._paused_s = 0.0
         self.prefetch = max(settings.prefetch_inputs, spec.max_batch_size)
         share = BULK_SHARE["cpu" if spec.device == "cpu" else "accelerator"]
         self._bulk_limits = (max(64, spec.max_batch_tokens // share), max(1, spec.max_batch_size // share))
@@ -63,10 +96,11 @@ class Worker:
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
-        self.outbox = Outbox(self.redis, spec, model, self.name, self._stopping)
+        self.outbox = Outbox(self.redis, spec, model, self.name, self._stopping, settings.max_dead_letters)
+        self._renew = self.redis.register_script(RENEW)
 
     async def run(self) -> None:
-        """Serve until :meth:`stop`; then finish every input already taken."""
+        """Serve until :meth:`stop`; then finish the batch in the model and hand the rest back."""
         await self._until_redis(self._setup)
         log.info("worker %s serving model %s from %s", self.name, self.spec.name, self.queue)
         reader = asyncio.create_task(self._read_loop(), name="read")
@@ -85,15 +119,16 @@ class Worker:
                 await asyncio.gather(*self._replies, return_exceptions=True)
             try:
                 await self.redis.zrem(keys.workers(self.spec.name), self.name)
-            except TRANSIENT:
-                pass
+                await self._hand_back()
+            except TRANSIENT as exc:
+                log.warning("could not hand back pending entries (%s); they are reclaimed after the timeout", exc)
             await self.redis.aclose()
             self._prep.shutdown(wait=False)
             self._compute.shutdown(wait=True)
             log.info("worker %s stopped", self.name)
 
     def stop(self) -> None:
-        """Stop reading; the batch loop drains what it holds, then run() returns."""
+        """Stop reading; the batch in the model finishes, then run() hands back the rest and returns."""
         self._stopping.set()
         self._wake.set()
 
@@ -161,7 +196,9 @@ class Worker:
             for stream, entries in got or []:  # type: ignore[str-unpack]
                 await self._accept(entries, stream.decode())  # type: ignore[arg-type, union-attr]
 
-    async def _accept(self, raw: list[tuple[bytes, dict[bytes, bytes]]], stream: str) -> None:
+    async def _accept(
+        self, raw: list[tuple[bytes, dict[bytes, bytes]]], stream: str, deliveries: dict[bytes, int] | None = None
+    ) -> None:
         """Decode, drop the expired, tokenize on the prep thread, pool the rest."""
         fresh: list[tuple[bytes, bytes, wire.Job]] = []
         now = now_ms()
@@ -194,13 +231,19 @@ class Worker:
                 tok.task = job.input_type
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
+            entry.deliveries = (deliveries or {}).get(stream_id, 1)
             self._held[(stream, stream_id)] = entry
             entry.error = self._refusal(job, toks)
             if entry.error:
                 self._reply_soon([entry])
-                continue
-            self._pool(entry).add(entry)
-        metrics.WORKER_QUEUED.labels(self.spec.name).set(len(self.batcher) + len(self.bulk))
+            elif entry.suspect:
+                self._suspects.append(entry)
+                await self._charge(entry, running=False)
+            else:
+                self._pool(entry).add(entry)
+        metrics.WORKER_QUEUED.labels(self.spec.name).set(
+            len(self.batcher) + len(self.bulk) + self._backlog(self.isolated)
+        )
         self._wake.set()
 
     def _sources(self, job: wire.Job) -> list[Source]:
@@ -231,20 +274,29 @@ class Worker:
     # -- batching and compute ----------------------------------------------
 
     def _pool(self, entry: Entry) -> Batcher:
+        if entry.suspect:
+            return self.isolated
         return self.bulk if entry.bulk else self.batcher
 
+    async def _next_pool(self) -> Batcher:
+        """Suspects first (one entry at a time), then interactive work, then job chunks."""
+        if not len(self.isolated) and self._suspects:
+            entry = self._suspects.popleft()
+            await self._charge(entry, running=True)
+            self.isolated.add(entry)
+        if len(self.isolated):
+            return self.isolated
+        return self.batcher if len(self.batcher) else self.bulk
+
     async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         wait_s = self.settings.max_wait_ms / 1000.0
-        while True:
-            pool = self.batcher if len(self.batcher) else self.bulk
+        while not self._stopping.is_set():
+            pool = await self._next_pool()
             if not len(pool):
-                if self._stopping.is_set():
-                    return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if wait_s and not pool.full() and not self._stopping.is_set():
+            if wait_s and pool is not self.isolated and not pool.full():
                 # The model is idle and the pool holds less than a batch: give
                 # inputs that are already on their way a moment to join.
                 self._wake.clear()
@@ -252,6 +304,8 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), wait_s)
                 except TimeoutError:
                     pass
+                if self._stopping.is_set():
+                    return
             limits = (0, 0)
             if pool is self.bulk and time.monotonic() - self._interactive_seen < INTERACTIVE_RECENT_S:
                 limits = self._bulk_limits
@@ -265,12 +319,7 @@ class Worker:
                     item.entry.started_ms = started
             t0 = time.perf_counter()
             try:
-                vectors = await loop.run_in_executor(
-                    self._compute,
-                    self.model.forward,
-                    [it.entry.tokens[it.index] for it in batch],
-                    [it.entry.normalize for it in batch],
-                )
+                vectors = await self._forward(batch)
             except Exception:
                 log.exception("model %s failed on a batch of %d", self.spec.name, len(batch))
                 await self._isolate(batch)
@@ -279,7 +328,39 @@ class Worker:
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(batch))
             metrics.BATCH_TOKENS.labels(self.spec.name).observe(sum(it.length for it in batch))
             metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(elapsed / 1000.0)
+            batch, vectors = await self._refuse_nonfinite(batch, vectors)
             self._reply_soon(complete(batch, vectors, elapsed))
+
+    async def _forward(self, batch: list[Item]) -> Any:
+        """Run the model on the model thread; the heartbeat watches how long it takes."""
+
+        def run() -> Any:
+            self._forward_since = (time.monotonic(), self._paused_s)
+            try:
+                return self.model.forward(
+                    [it.entry.tokens[it.index] for it in batch], [it.entry.normalize for it in batch]
+                )
+            finally:
+                self._forward_since = None
+
+        return await asyncio.get_running_loop().run_in_executor(self._compute, run)
+
+    async def _refuse_nonfinite(self, batch: list[Item], outputs: Any) -> tuple[list[Item], Any]:
+        """Fail (and dead-letter) the entries whose outputs hold NaN or Inf; keep the rest."""
+        rows = finish.nonfinite(self.model.output, outputs)
+        if not rows:
+            return batch, outputs
+        bad = {id(batch[i].entry): batch[i] for i in rows}
+        for item in bad.values():
+            entry = item.entry
+            metrics.NON_FINITE.labels(self.spec.name).inc()
+            self._pool(entry).drop(entry)
+            if self._held.pop((entry.stream, entry.stream_id), None) is not None:
+                reason = f"model output for inputs[{item.index}] holds NaN or Inf"
+                await self._dead_letter(entry.stream, entry.stream_id, entry.payload, reason, entry.job)
+        keep = [i for i, it in enumerate(batch) if id(it.entry) not in bad]
+        kept = outputs[keep] if isinstance(outputs, np.ndarray) else [outputs[i] for i in keep]
+        return [batch[i] for i in keep], kept
 
     async def _live(self, batch: list[Item]) -> list[Item]:
         """Drop inputs whose caller is gone: deadline passed, the gateway withdrew
@@ -316,16 +397,11 @@ class Worker:
 
     async def _isolate(self, batch: list[Item]) -> None:
         """Rerun a failed batch one entry at a time so one bad input fails alone."""
-        loop = asyncio.get_running_loop()
         for entry in {id(it.entry): it.entry for it in batch}.values():
             items = [it for it in batch if it.entry is entry] + self._pool(entry).drop(entry)
             try:
-                vecs = await loop.run_in_executor(
-                    self._compute,
-                    self.model.forward,
-                    [entry.tokens[it.index] for it in items],
-                    [entry.normalize] * len(items),
-                )
+                vecs = await self._forward(items)
+                items, vecs = await self._refuse_nonfinite(items, vecs)
                 self._reply_soon(complete(items, vecs, 0.0))
             except Exception as exc:
                 log.warning("model %s failed on entry %s: %s", self.spec.name, entry.stream_id, exc)
@@ -344,6 +420,19 @@ class Worker:
         task.add_done_callback(self._replies.discard)
 
     async def _reply(self, entries: list[Entry]) -> None:
+        # An entry whose lease was lost (another worker reclaimed it while this one
+        # stalled) is that worker's to answer now. One held past the visibility
+        # timeout (this process was paused) is checked before answering.
+        entries = [e for e in entries if (e.stream, e.stream_id) in self._held]
+        lapsed = time.monotonic() - self.settings.visibility_timeout_s
+        if any(e.leased_at < lapsed for e in entries):
+            try:
+                await self._keep_leases([e for e in entries if e.leased_at < lapsed])
+            except TRANSIENT:
+                pass  # cannot tell: answer; the gateway drops a second answer
+            entries = [e for e in entries if (e.stream, e.stream_id) in self._held]
+        if not entries:
+            return
         await self.outbox.deliver(entries)
         for entry in entries:
             self._held.pop((entry.stream, entry.stream_id), None)
@@ -360,26 +449,101 @@ class Worker:
     # -- liveness, leases, recovery ----------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        beat = self.settings.heartbeat_s
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
+            await asyncio.sleep(beat)
+            now = time.monotonic()
+            if now - last > 3 * beat:
+                self._paused_s += now - last - beat
+            last = now
+            if self._hung():
+                # A hung model cannot be interrupted from Python. Exiting stops the
+                # heartbeat and the leases, so the batch's entries are reclaimed
+                # (and, redelivered, run alone; a poison one is dead-lettered).
+                log.critical(
+                    "model %s: a forward pass has run over batch_timeout_s (%.1f s); exiting",
+                    self.spec.name,
+                    self.settings.batch_timeout_s,
+                )
+                logging.shutdown()
+                os._exit(EXIT_HUNG)
             try:
                 await self._heartbeat()
                 await self._renew_leases()
             except TRANSIENT as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    def _hung(self) -> bool:
+        """The forward pass running now has taken longer than ``batch_timeout_s``,
+        not counting time the whole process was stopped."""
+        running = self._forward_since
+        if running is None:
+            return False
+        started, paused_before = running
+        return time.monotonic() - started - (self._paused_s - paused_before) > self.settings.batch_timeout_s
+
     async def _renew_leases(self) -> None:
-        """Reset the idle time of entries held long, so a slow batch is not reclaimed."""
+        """Reset the idle time of entries held long, so a slow batch is not reclaimed;
+        drop those another worker took over meanwhile."""
         horizon = time.monotonic() - self.settings.visibility_timeout_s / 3
         stale = [e for e in self._held.values() if e.leased_at < horizon]
-        if not stale:
-            return
-        for stream in {e.stream for e in stale}:
-            ids: list[bytes | str | int | memoryview] = [e.stream_id for e in stale if e.stream == stream]
-            await self.redis.xclaim(stream, keys.GROUP, self.name, 0, ids, justid=True)
+        if stale:
+            await self._keep_leases(stale)
+
+    async def _keep_leases(self, stale: list[Entry]) -> None:
+        """Renew the entries still owned; forget the ones another worker took over."""
         now = time.monotonic()
-        for entry in stale:
-            entry.leased_at = now
+        for stream in {e.stream for e in stale}:
+            mine = [e for e in stale if e.stream == stream]
+            kept = set(await self._renew(keys=[stream], args=[keys.GROUP, self.name, -1, *(e.stream_id for e in mine)]))
+            for entry in mine:
+                if entry.stream_id in kept:
+                    entry.leased_at = now
+                elif self._held.pop((entry.stream, entry.stream_id), None) is not None:
+                    log.warning("lost the lease of %s (reclaimed by another worker); dropping it", entry.stream_id)
+                    self._pool(entry).drop(entry)
+                    if entry in self._suspects:
+                        self._suspects.remove(entry)
+                    metrics.WORKER_DROPPED.labels(self.spec.name, "lease_lost").inc()
+
+    async def _charge(self, entry: Entry, running: bool) -> None:
+        """Make Redis's delivery count of a redelivered entry count only the times it
+        ran: while it waits behind another suspect its last delivery is not charged,
+        so when that other one kills the worker, this one is not a step closer to the
+        dead-letter stream. Charged again just before it runs alone."""
+        count = entry.deliveries if running else entry.deliveries - 1
+        try:
+            await self._renew(keys=[entry.stream], args=[keys.GROUP, self.name, count, entry.stream_id])
+        except TRANSIENT as exc:
+            log.warning("could not set the delivery count of %s: %s", entry.stream_id, exc)
+
+    async def _hand_back(self) -> None:
+        """Give the entries still pending on this worker back to the group at once:
+        idle as if timed out, so another worker's next reclaim takes them, and with
+        their delivery count restored, so a restart never counts against them."""
+        visibility_ms = int(self.settings.visibility_timeout_s * 1000)
+        handed = 0
+        for stream in (self.queue, self.bulk_queue):
+            rows = await self.redis.xpending_range(stream, keys.GROUP, "-", "+", 100_000, consumername=self.name)
+            if not rows:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for row in rows:
+                pipe.xclaim(
+                    stream,
+                    keys.GROUP,
+                    self.name,
+                    0,
+                    [row["message_id"]],
+                    idle=visibility_ms,
+                    retrycount=max(0, int(row["times_delivered"]) - 1),
+                    justid=True,
+                )
+            await pipe.execute()
+            handed += len(rows)
+        if handed:
+            log.info("handed back %d pending entries of model %s", handed, self.spec.name)
 
     async def _reclaim_loop(self) -> None:
         interval = max(0.2, self.settings.visibility_timeout_s / 4)
@@ -422,7 +586,7 @@ class Worker:
     async def _reclaim_stream(self, stream: str, pool: Batcher) -> None:
         min_idle = int(self.settings.visibility_timeout_s * 1000)
         start = "0-0"
-        while len(pool) < self.prefetch and not self._stopping.is_set():
+        while self._backlog(pool) < self.prefetch and not self._stopping.is_set():
             try:
                 start_id, claimed, _deleted = await self.redis.xautoclaim(
                     stream, keys.GROUP, self.name, min_idle, start_id=start, count=READ_ENTRIES
@@ -449,10 +613,14 @@ class Worker:
                     else:
                         keep.append((sid, fields))
                 log.info("reclaimed %d entries of model %s", len(keep), self.spec.name)
-                await self._accept(keep, stream)
+                await self._accept(keep, stream, counts)
             start = start_id.decode() if isinstance(start_id, bytes) else str(start_id)
             if start == "0-0":
                 return
+
+    def _backlog(self, pool: Batcher) -> int:
+        """Inputs waiting in ``pool``, plus the redelivered ones waiting to run alone."""
+        return len(pool) + len(self.isolated) + sum(len(e.tokens) for e in self._suspects)
 
     async def _delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -472,5 +640,6 @@ async def serve(spec: ModelSpec, model: Model, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+    metrics.init_worker(spec.name)
     metrics.start_server(settings.metrics_port)
     await worker.run()

@@ -1,0 +1,497 @@
+"""Fault-injection scenarios: real processes, a real Redis, one scorecard line each.
+
+Every scenario asserts lost = duplicated = mixed_up = non_finite = 0, nothing left
+pending and no key left behind forever (see harness.score).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from embedstream import keys
+from embedstream.client import Client, Retry
+from embedstream.v1 import embedder_pb2 as pb
+from embedstream.v1 import embedder_pb2_grpc
+from tests.faults.harness import Cluster, Ledger, expected, metrics_port, score, scrape
+from tests.procs import stub, wait_until
+from workers.model import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
+
+
+def corpus(n: int, tag: str) -> list[str]:
+    return [f"{tag} text {i} " + "word " * (i % 7) for i in range(n)]
+
+
+class StreamLoad:
+    """One EmbedStream that keeps sending 2-text requests until :meth:`finish`, then a
+    fixed tail; at most ``window`` requests unanswered. Records into a ledger."""
+
+    def __init__(self, port: int, ledger: Ledger, tag: str, window: int = 32, tail: int = 40) -> None:
+        self.port = port
+        self.ledger = ledger
+        self.tag = tag
+        self.window = window
+        self.tail = tail
+        self.answered = 0
+        self.workers: list[str] = []
+        self.error: grpc.RpcError | None = None
+        self._finish = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _requests(self) -> Iterator[pb.EmbedRequest]:
+        k = after = 0
+        while after < self.tail:
+            if self._finish.is_set():
+                after += 1
+            elif k - self.answered >= self.window:
+                time.sleep(0.005)
+                continue
+            rid = f"{self.tag}-{k}"
+            yield self.ledger.send(rid, [f"{rid} a", f"{rid} b " + "x " * (k % 9)])
+            k += 1
+
+    def _run(self) -> None:
+        try:
+            with stub(self.port) as s:
+                for resp in s.EmbedStream(self._requests(), timeout=120):
+                    self.ledger.answer(resp.request_id, resp)
+                    self.workers.append(resp.metadata.worker)
+                    self.answered += 1
+        except grpc.RpcError as exc:
+            self.error = exc
+
+    def answered_by(self, pid: int) -> int:
+        return sum(f"-{pid}-" in w for w in self.workers)
+
+    def finish(self, timeout: float = 60) -> None:
+        self._finish.set()
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream did not finish"
+        assert self.error is None, self.error
+
+
+def consumer_pending(cluster: Cluster, pid: int, model: str = "fault") -> int:
+    for row in cluster.r.xinfo_consumers(keys.queue(model), keys.GROUP):
+        if f"-{pid}-" in row["name"].decode():
+            return int(row["pending"])
+    return 0
+
+
+def test_worker_kill9_mid_batch(cluster: Cluster) -> None:
+    _, port = cluster.gateway()
+    victim, survivor = cluster.worker(), cluster.worker()
+    ledger = Ledger()
+    load = StreamLoad(port, ledger, "k9")
+    wait_until(
+        lambda: load.answered_by(victim.pid) >= 10 and consumer_pending(cluster, victim.pid) > 0,
+        30,
+        what="the victim to hold work",
+    )
+    held = consumer_pending(cluster, victim.pid)
+    victim.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: consumer_pending(cluster, victim.pid) == 0, 30, what="the dead worker's entries reclaimed")
+    recovery = time.monotonic() - killed
+    load.finish()
+    assert held > 0 and load.answered_by(survivor.pid) > 0
+    score("worker kill -9 mid-batch", cluster, ledger.counts(), recovery, held=held, requests=len(ledger.sent))
+
+
+def test_worker_sigstop_past_the_visibility_timeout_then_resumed(cluster: Cluster) -> None:
+    _, port = cluster.gateway(EMBEDSTREAM_METRICS_PORT=str(gw_metrics := metrics_port()))
+    paused, other = cluster.worker(), cluster.worker()
+    ledger = Ledger()
+    load = StreamLoad(port, ledger, "stop")
+    wait_until(
+        lambda: load.answered_by(paused.pid) >= 10 and consumer_pending(cluster, paused.pid) > 0,
+        30,
+        what="the worker to hold work",
+    )
+    held = consumer_pending(cluster, paused.pid)
+    paused.signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    wait_until(lambda: consumer_pending(cluster, paused.pid) == 0, 30, what="the stalled worker's entries reclaimed")
+    recovery = time.monotonic() - stopped
+    time.sleep(1.5)  # well past the 1.5 s visibility timeout
+    paused.signal(signal.SIGCONT)
+    load.finish()
+    assert paused.alive() and load.answered_by(other.pid) > 0
+    late = scrape(gw_metrics).get("embedstream_late_replies_total", 0.0)
+    # What the resumed worker had finished was either dropped by it (lease lost) or by the gateway.
+    assert "lost the lease" in paused.log() or late > 0
+    score(
+        "worker SIGSTOP past visibility, SIGCONT",
+        cluster,
+        ledger.counts(),
+        recovery,
+        held=held,
+        late_replies_dropped=int(late),
+    )
+
+
+def test_gateway_kill9_with_jobs_and_streams_in_flight(cluster: Cluster) -> None:
+    victim, port = cluster.gateway()
+    _, other_port = cluster.gateway()
+    cluster.worker()
+    cluster.worker()
+    jobs_texts = [corpus(1500, "jobA"), corpus(1500, "jobB")]
+    stream_texts = corpus(3000, "stream")
+    got: list[np.ndarray] = []
+    failure: list[BaseException] = []
+    with Client(f"127.0.0.1:{port}", model="fault") as client:
+        handles = [client.upload_job(texts, model="fault") for texts in jobs_texts]
+
+        def consume() -> None:
+            try:
+                # Patient enough to outlast the gateway's restart.
+                patient = Retry(attempts=40, initial_s=0.1, max_s=1.0)
+                with Client(f"127.0.0.1:{port}", model="fault", timeout=60, retry=patient) as streamer:
+                    got.extend(streamer.embed_stream(stream_texts, batch_size=16, window=256))
+            except BaseException as exc:
+                failure.append(exc)
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        wait_until(lambda: len(got) >= 20, 30, what="the stream to get going")
+        victim.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        answered = len(got)
+        cluster.gateway(port=port)  # an orchestrator restarts it on the same address
+        wait_until(lambda: len(got) > answered or not reader.is_alive(), 60, what="the stream to resume")
+        recovery = time.monotonic() - killed
+        reader.join(120)
+    assert not failure, failure
+    rows = np.concatenate(got) if got else np.zeros((0, 16), np.float32)
+    counts = {"lost": max(0, len(stream_texts) - len(rows)), "duplicated": max(0, len(rows) - len(stream_texts))}
+    counts["mixed_up"] = int(len(rows) == len(stream_texts) and np.abs(rows - expected(stream_texts)).max() > 1e-5)
+    counts["non_finite"] = int(not np.isfinite(rows).all())
+    with Client(f"127.0.0.1:{other_port}", model="fault") as client:
+        for handle, texts in zip(handles, jobs_texts):
+            job = client.job(handle.id).wait(timeout=120)
+            assert job.inputs_done == len(texts) and job.inputs_failed == 0
+            vecs = np.stack([v for _, v in client.job(handle.id).results()])
+            counts["lost"] += len(texts) - len(vecs)
+            counts["mixed_up"] += int(np.abs(vecs - expected(texts)).max() > 1e-5)
+    score("gateway kill -9 with jobs and a stream in flight", cluster, counts, recovery, jobs=len(handles))
+
+
+def _embed(port: int, text: str, timeout: float = 5) -> pb.EmbedResponse:
+    with stub(port) as s:
+        return s.Embed(pb.EmbedRequest(model="fault", inputs=[pb.Input(text=text)]), timeout=timeout)
+
+
+def _unavailable_within(port: int, limit: float) -> float:
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        _embed(port, "during the outage", timeout=30)
+    took = time.monotonic() - started
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    assert took < limit
+    return took
+
+
+def _serving(port: int) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_redis_paused_then_killed_and_restarted_with_aof(cluster: Cluster) -> None:
+    _, port = cluster.gateway()
+    cluster.worker()
+    texts = corpus(3000, "aof")
+    with Client(f"127.0.0.1:{port}", model="fault") as client:
+        handle = client.upload_job(texts, model="fault")
+        wait_until(lambda: handle.refresh().inputs_done > 0, 30, what="the job to start")
+        server = cluster.redis_server
+        assert server.proc is not None
+
+        # A silent blackhole: connections stay open, nothing answers.
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            pause_took = max(_unavailable_within(port, 2.0) for _ in range(3))
+            wait_until(lambda: not _serving(port), 5, what="health NOT_SERVING while Redis is paused")
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        wait_until(lambda: _try_embed(port), 20, what="recovery after the pause")
+        pause_recovery = time.monotonic() - resumed
+
+        # Killed outright (no shutdown save), then restarted on the same port from its AOF.
+        server.kill()
+        kill_took = max(_unavailable_within(port, 2.0) for _ in range(3))
+        wait_until(lambda: not _serving(port), 5, what="health NOT_SERVING while Redis is down")
+        server.start()
+        restarted = time.monotonic()
+        wait_until(lambda: _try_embed(port), 30, what="recovery after the restart")
+        restart_recovery = time.monotonic() - restarted
+        assert _serving(port)
+
+        job = handle.wait(timeout=120)
+        vecs = np.stack([v for _, v in handle.results()])
+    counts = {
+        "lost": len(texts) - len(vecs) + job.inputs_failed,
+        "duplicated": max(0, job.inputs_done - len(texts)),
+        "mixed_up": int(np.abs(vecs - expected(texts)).max() > 1e-5),
+        "non_finite": int(not np.isfinite(vecs).all()),
+    }
+    assert all(proc.alive() for proc, _ in cluster.gateways) and all(p.alive() for _, p in cluster.workers)
+    score(
+        "redis SIGSTOP (blackhole) + SIGCONT, then kill -9 + restart from AOF, job in flight",
+        cluster,
+        counts,
+        restart_recovery,
+        pause_recovery_s=round(pause_recovery, 2),
+        unavailable_after_s=round(max(pause_took, kill_took), 2),
+    )
+
+
+def _try_embed(port: int) -> bool:
+    try:
+        _embed(port, "are you back?", timeout=3)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def test_producers_at_five_times_capacity(cluster: Cluster) -> None:
+    _, port = cluster.gateway()
+    cluster.worker("backlog")  # 4 inputs per 100 ms batch: 40 inputs/s
+    capacity = 40.0
+    ledger = Ledger()
+    rejections: list[float] = []
+    depth: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            depth.append(int(cluster.r.xlen(keys.queue("backlog"))))
+            time.sleep(0.05)
+
+    def call(k: int) -> None:
+        rid = f"over-{k}"
+        request = ledger.send(rid, [rid])
+        request.model = "backlog"
+        started = time.monotonic()
+        try:
+            with stub(port) as s:
+                ledger.answer(rid, s.Embed(request, timeout=30))
+        except grpc.RpcError as exc:
+            ledger.answer(rid, exc.code())
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                rejections.append(time.monotonic() - started)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    seconds, rate = 4.0, 5 * capacity
+    with ThreadPoolExecutor(64) as pool:
+        begin = time.monotonic()
+        for k in range(int(seconds * rate)):
+            time.sleep(max(0.0, begin + k / rate - time.monotonic()))
+            pool.submit(call, k)
+    stop.set()
+    sampler.join()
+    accepted = sum(isinstance(a[0], pb.EmbedResponse) for a in ledger.answers.values())
+    assert rejections and accepted >= capacity * seconds * 0.5
+    assert max(depth) <= 16  # the model's max_queue_entries
+    rejections.sort()
+    score(
+        "producers at 5x capacity",
+        cluster,
+        ledger.counts(allowed=(grpc.StatusCode.RESOURCE_EXHAUSTED,)),
+        0.0,
+        accepted=accepted,
+        rejected=len(rejections),
+        rejection_p99_ms=round(1000 * rejections[int(0.99 * (len(rejections) - 1))], 1),
+        max_queue_depth=max(depth),
+    )
+
+
+def test_clients_cancelling_mid_stream_and_short_deadlines_on_a_backlog(cluster: Cluster) -> None:
+    _, port = cluster.gateway()
+    worker_metrics = metrics_port()
+    cluster.worker("deep", EMBEDSTREAM_METRICS_PORT=str(worker_metrics))
+    ledger = Ledger()
+
+    # Two streams that leave mid-way, and one that stays: the one that stays is whole.
+    leavers = []
+    for n in range(2):
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        requests = (
+            pb.EmbedRequest(model="deep", request_id=str(k), inputs=[pb.Input(text=f"gone {n} {k}")])
+            for k in range(100)
+        )
+        call = embedder_pb2_grpc.EmbedderStub(channel).EmbedStream(requests, timeout=60)
+        leavers.append((channel, call))
+    stayer = [ledger.send(f"stay-{k}", [f"stay {k}"]) for k in range(80)]
+    for request in stayer:
+        request.model = "deep"
+    answers: list[pb.EmbedResponse] = []
+    done = threading.Thread(
+        target=lambda: answers.extend(stub_stream(port, stayer)),
+        daemon=True,
+    )
+    done.start()
+    for channel, call in leavers:
+        next(call)  # it got going ...
+        call.cancel()  # ... and the client left
+        channel.close()
+
+    # Short deadlines against that backlog: each ends in time, and its work never runs.
+    overdue = []
+    for k in range(10):
+        started = time.monotonic()
+        rid = f"short-{k}"
+        request = ledger.send(rid, [rid])
+        request.model = "deep"
+        try:
+            with stub(port) as s:
+                ledger.answer(rid, s.Embed(request, timeout=0.3))
+        except grpc.RpcError as exc:
+            ledger.answer(rid, exc.code())
+        overdue.append(time.monotonic() - started)
+    done.join(120)
+    for resp in answers:
+        ledger.answer(resp.request_id, resp)
+    assert len(answers) == len(stayer)
+    assert max(overdue) < 0.3 + 0.5
+    wait_until(lambda: cluster.pending() == 0 and cluster.r.xlen(keys.queue("deep")) == 0, 30, what="drain")
+    metrics = scrape(worker_metrics)
+    ran = metrics['embedstream_batch_inputs_sum{model="deep"}']
+    answered_ok = sum(isinstance(a[0], pb.EmbedResponse) for a in ledger.answers.values())
+    # Inputs the model ran: the stayer's, the short calls that made it, and what the
+    # leavers were answered before they left (a few batches); most of the 200 they
+    # abandoned never reached the model, nor did any short call's expired work.
+    assert ran <= answered_ok + 50, (ran, answered_ok)
+    dropped = sum(v for k, v in metrics.items() if k.startswith("embedstream_worker_dropped_total"))
+    score(
+        "clients cancelling mid-stream, short deadlines on a backlog",
+        cluster,
+        ledger.counts(allowed=(grpc.StatusCode.DEADLINE_EXCEEDED,)),
+        0.0,
+        model_ran_inputs=int(ran),
+        answered=answered_ok,
+        dropped_before_model=int(dropped),
+        slowest_short_call_ms=round(1000 * max(overdue)),
+        statuses=ledger.statuses(),
+    )
+
+
+def stub_stream(port: int, requests: list[pb.EmbedRequest]) -> list[pb.EmbedResponse]:
+    with stub(port) as s:
+        return list(s.EmbedStream(iter(requests), timeout=120))
+
+
+POISONS = {"raise": DEBUG_RAISE, "exit": DEBUG_EXIT, "nan": DEBUG_NAN, "hang": DEBUG_HANG}
+
+
+@pytest.mark.parametrize("kind", list(POISONS))
+def test_poison_inputs_mixed_into_batches(cluster: Cluster, kind: str) -> None:
+    # Workers killed by the poison come back within the liveness window, as under a
+    # supervisor, so the gateway keeps waiting calls instead of failing them.
+    cluster.env["EMBEDSTREAM_WORKER_LIVENESS_S"] = "10"
+    _, port = cluster.gateway()
+    cluster.worker()
+    cluster.worker()
+    cluster.restart_workers = True
+    ledger = Ledger()
+    poisoned = {7, 23}
+    requests = []
+    for k in range(40):
+        rid = f"{kind}-{k}"
+        texts = [f"{rid} fine", f"{rid} {POISONS[kind]}" if k in poisoned else f"{rid} also fine"]
+        requests.append(ledger.send(rid, texts))
+        if k in poisoned:
+            ledger.doomed[rid] = grpc.StatusCode.INTERNAL
+    messages: dict[str, str] = {}
+
+    def call(request: pb.EmbedRequest) -> None:
+        try:
+            with stub(port) as s:
+                ledger.answer(request.request_id, s.Embed(request, timeout=60))
+        except grpc.RpcError as exc:
+            ledger.answer(request.request_id, exc.code())
+            messages[request.request_id] = exc.details() or ""
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(call, requests))
+    took = time.monotonic() - started
+    dead = cluster.dead_letters()
+    assert len(dead) == len(poisoned)
+    for k in poisoned:
+        assert "dead-lettered" in messages[f"{kind}-{k}"]
+    reasons = sorted(d[b"reason"].decode() for d in dead)
+    if kind in ("exit", "hang"):
+        # Each poison entry was run at most max_deliveries (2) times, killing a worker each time.
+        assert cluster.deaths >= len(poisoned) and all("delivered 3 times" in r for r in reasons), reasons
+    score(
+        f"poison input ({kind}) mixed into batches",
+        cluster,
+        ledger.counts(),
+        took,
+        dead_lettered=len(dead),
+        worker_deaths=cluster.deaths,
+    )
+
+
+def test_sigterm_rolling_restart_under_load(cluster: Cluster) -> None:
+    gateways = [cluster.gateway(), cluster.gateway()]
+    for _ in range(2):
+        cluster.worker()
+    target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for _, port in gateways)
+    ledger = Ledger()
+    errors: list[grpc.StatusCode] = []
+    stop = threading.Event()
+
+    def load(n: int) -> None:
+        with grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")]) as channel:
+            s = embedder_pb2_grpc.EmbedderStub(channel)
+            k = 0
+            while not stop.is_set():
+                rid = f"roll-{n}-{k}"
+                try:
+                    ledger.answer(rid, s.Embed(ledger.send(rid, [rid]), timeout=20, wait_for_ready=True))
+                except grpc.RpcError as exc:
+                    ledger.answer(rid, exc.code())
+                    errors.append(exc.code())
+                k += 1
+
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(4)]
+    for t in threads:
+        t.start()
+    began = time.monotonic()
+    time.sleep(1)
+    for proc, port in list(gateways):
+        assert proc.stop() == 0
+        cluster.gateway(port=port)
+        time.sleep(1)  # let clients reconnect before the next one goes
+    for proc in cluster.live_workers():
+        replacement = cluster.worker()
+        assert proc.stop() == 0
+        assert "handed back" in proc.log() or "stopped" in proc.log()
+        cluster.wait_serving("fault", replacement)
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    score(
+        "SIGTERM rolling restart of 2 gateways and 2 workers under load",
+        cluster,
+        ledger.counts(),
+        time.monotonic() - began,
+        calls=len(ledger.sent),
+        client_errors=len(errors),
+    )

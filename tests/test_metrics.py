@@ -1,0 +1,55 @@
+"""The README's metric table is exactly what gateways and workers export."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import redis
+
+from embedstream.redis_server import RedisServer, free_port
+from embedstream.v1 import embedder_pb2 as pb
+from tests.conftest import Service
+from tests.procs import ROOT, start_gateway, start_worker, stub
+
+SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def exported(port: int) -> set[str]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    names = set()
+    for line in body.splitlines():
+        if line.startswith("embedstream_"):
+            name = re.split(r"[{ ]", line, maxsplit=1)[0]
+            if name.endswith("_created"):  # creation timestamps of counters and histograms
+                continue
+            for suffix in SUFFIXES:
+                if name.endswith(suffix):
+                    name = name[: -len(suffix)]
+            names.add(name)
+    return names
+
+
+def documented() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    return set(re.findall(r"^\| `(embedstream_[a-z_]+)` \|", readme, flags=re.MULTILINE))
+
+
+def test_every_metric_is_exported_from_start_and_documented(
+    service: Service, r: redis.Redis, redis_server: RedisServer, log_dir: Path
+) -> None:
+    gateway_port, worker_port = free_port(), free_port()
+    gateway, port = start_gateway(dict(service.env, EMBEDSTREAM_METRICS_PORT=str(gateway_port)), log_dir)
+    worker = start_worker(dict(service.env, EMBEDSTREAM_METRICS_PORT=str(worker_port)), log_dir, "debug", r)
+    try:
+        with stub(port) as s:
+            s.Embed(pb.EmbedRequest(model="debug", inputs=[pb.Input(text="count me")]), timeout=10)
+        names = exported(gateway_port) | exported(worker_port)
+    finally:
+        gateway.stop()
+        worker.stop()
+    docs = documented()
+    assert len(docs) >= 19
+    assert docs - names == set(), "documented but not exported"
+    assert names - docs == set(), "exported but not in the README's metrics table"
