@@ -1,4 +1,4 @@
-"""The `embedstream` command: serve, gateway, worker, check."""
+"""The `embedstream` command: serve, gateway, worker, check, embed-file, api-key, redis-acl."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from embedstream import acl, apikeys
 from embedstream import registry as registry_mod
 from embedstream.errors import ConfigError
 from embedstream.settings import Settings, env_help, redact_url
+from embedstream.tls import TLS
 
 log = logging.getLogger("embedstream")
 
@@ -63,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", parents=[common], help="run one worker for one model")
     worker.add_argument("--model", default="", help="model name from the registry (default: the default model)")
     worker.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")
-    embed = sub.add_parser("embed-file", help="embed every record of a file (resumable, with a progress bar)")
+    tls = argparse.ArgumentParser(add_help=False)
+    tls.add_argument("--tls", action="store_true", help="speak TLS to the gateway (trusting the system's CAs)")
+    tls.add_argument("--tls-ca", help="PEM CA that signed the gateway's certificate (implies --tls)")
+    tls.add_argument("--tls-cert", help="PEM client certificate, for a gateway that requires one (mTLS)")
+    tls.add_argument("--tls-key", help="PEM key of --tls-cert")
+    tls.add_argument("--tls-server-name", default="", help="name to verify in the gateway's certificate")
+    embed = sub.add_parser(
+        "embed-file", parents=[tls], help="embed every record of a file (resumable, with a progress bar)"
+    )
     embed.add_argument("input", help=".txt (a line each), .jsonl, .csv or .parquet")
     embed.add_argument("--output", "-o", required=True, help=".npy, .parquet (id + vector) or .jsonl")
     embed.add_argument("--model", default="", help="model name (default: the server's default model)")
@@ -73,9 +83,25 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=64, help="texts per streamed request")
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    check = sub.add_parser("check", parents=[common], help="exit 0 when the gateway reports SERVING")
+    check = sub.add_parser("check", parents=[common, tls], help="exit 0 when the gateway reports SERVING")
+    check.add_argument("--host", default="127.0.0.1", help="gateway host (default 127.0.0.1)")
     check.add_argument("--port", type=int, help="gateway port")
     check.add_argument("--service", default="", help="health service name (a model name checks that model)")
+    keys = sub.add_parser("api-key", help="create or revoke API keys (the key file holds their SHA-256 only)")
+    key_sub = keys.add_subparsers(dest="action", required=True)
+    new = key_sub.add_parser("new", help="print a new key once and append its hash to the key file")
+    new.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    new.add_argument("--file", help="key file (default EMBEDSTREAM_API_KEYS_FILE)")
+    new.add_argument("--rate", type=float, help="the tenant's inputs per second (default EMBEDSTREAM_RATE_LIMIT)")
+    new.add_argument("--burst", type=int, help="the tenant's burst (default EMBEDSTREAM_RATE_BURST)")
+    new.add_argument("--name", default="", help="a label for the key")
+    revoke = key_sub.add_parser("revoke", help="remove keys from the key file (gateways stop accepting them)")
+    revoke.add_argument("--file", help="key file (default EMBEDSTREAM_API_KEYS_FILE)")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--hash", help="the key's SHA-256, or its first 8+ characters")
+    which.add_argument("--name", help="the key's name= label")
+    which.add_argument("--tenant", help="every key of this tenant")
+    sub.add_parser("redis-acl", help="print the ACL SETUSER commands of the gateway and worker Redis users")
     return parser
 
 
@@ -126,6 +152,7 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         job=args.job,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        tls=_tls(args),
     )
     import grpc
 
@@ -143,18 +170,76 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    target = f"127.0.0.1:{settings.port}"
+    target = f"{args.host}:{settings.port}"
+    tls = _tls(args)
     try:
-        with grpc.insecure_channel(target) as channel:
+        if tls is None:
+            channel = grpc.insecure_channel(target)
+        else:
+            channel = grpc.secure_channel(target, tls.credentials(), options=tls.options())
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=2
             )
     except grpc.RpcError as exc:
         print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as exc:
+        print(f"{target}: TLS: {exc}", file=sys.stderr)
+        return 2
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{target} {args.service or '(overall)'}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _tls(args: argparse.Namespace) -> TLS | None:
+    """The TLS options of ``check``/``embed-file``; None speaks plaintext."""
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    return TLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+
+
+def _api_key(settings: Settings, args: argparse.Namespace) -> int:
+    path = args.file or settings.api_keys_file
+    if args.action == "new":
+        return _new_key(path, args)
+    if not path:
+        raise ConfigError("api-key revoke needs --file or EMBEDSTREAM_API_KEYS_FILE")
+    if args.hash is not None and len(args.hash) < 8:
+        raise ConfigError("--hash: give at least 8 characters of the key's SHA-256")
+    removed = apikeys.remove(
+        path,
+        lambda e: (
+            not (
+                (args.hash is not None and e.digest.startswith(args.hash.lower()))
+                or (args.name is not None and e.name == args.name)
+                or (args.tenant is not None and e.tenant == args.tenant)
+            )
+        ),
+    )
+    print(f"removed {removed} key(s) from {path}; gateways stop accepting them within seconds", file=sys.stderr)
+    return 0 if removed else 1
+
+
+def _new_key(path: str, args: argparse.Namespace) -> int:
+    key = apikeys.new_key()
+    entry = apikeys.Entry(apikeys.check_tenant(args.tenant), apikeys.digest(key), args.rate, args.burst, args.name)
+    apikeys.parse(entry.line(), "the new entry")  # the same checks a gateway makes
+    if path:
+        apikeys.append(path, entry)
+        print(f"added a key for tenant {entry.tenant} to {path}; it is shown only now:", file=sys.stderr)
+    else:
+        print(
+            "no key file (--file, EMBEDSTREAM_API_KEYS_FILE); add this entry to EMBEDSTREAM_API_KEYS:", file=sys.stderr
+        )
+        print(f"  {entry.line()}", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _redis_acl(settings: Settings, args: argparse.Namespace) -> int:
+    print(acl.render(), end="")
+    return 0
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,6 +289,7 @@ class Supervisor:
         """Start every child; restart any that dies; return after a signal."""
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, self._reload)
         for name in self.commands:
             self._spawn(name)
         while not self._stop:
@@ -235,6 +321,12 @@ class Supervisor:
     def _signal(self, signum: int, frame: object) -> None:
         self._stop = True
 
+    def _reload(self, signum: int, frame: object) -> None:
+        # SIGHUP rereads the gateway's API key file; the workers have nothing to reload.
+        gateway = self.children.get("gateway")
+        if gateway is not None and gateway.poll() is None:
+            gateway.send_signal(signal.SIGHUP)
+
 
 def _run_async(coro: object) -> None:
     try:
@@ -245,4 +337,12 @@ def _run_async(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-COMMANDS = {"serve": _serve, "gateway": _gateway, "worker": _worker, "check": _check, "embed-file": _embed_file}
+COMMANDS = {
+    "serve": _serve,
+    "gateway": _gateway,
+    "worker": _worker,
+    "check": _check,
+    "embed-file": _embed_file,
+    "api-key": _api_key,
+    "redis-acl": _redis_acl,
+}

@@ -1,8 +1,11 @@
 """Python client SDK: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
 
 Importable without torch: it needs grpcio and numpy only. Vectors come back as
-float32 numpy arrays in input order. Calls retry ``UNAVAILABLE`` and
-``RESOURCE_EXHAUSTED`` with capped exponential backoff and jitter; a stream that
+float32 numpy arrays in input order. ``api_key`` (default: ``EMBEDSTREAM_API_KEY``)
+is sent as ``authorization: Bearer <key>`` on every call; ``tls=TLS(...)``
+speaks TLS, with a client certificate for gateways that require one. Calls retry ``UNAVAILABLE`` and
+``RESOURCE_EXHAUSTED`` with capped exponential backoff and jitter, waiting at least
+as long as a rate-limited call's ``retry-after-ms`` says; a stream that
 breaks is reopened and re-sends only the requests not yet answered.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import os
 import random
 import threading
 import time
@@ -22,6 +26,7 @@ import grpc
 import numpy as np
 
 from embedstream.progress import Progress
+from embedstream.tls import TLS
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from embedstream.v1 import jobs_pb2 as jpb
@@ -98,6 +103,14 @@ def _job_spec(model: str, key: str, ttl: int, normalize: bool | None, truncate: 
     return spec
 
 
+def retry_after(exc: grpc.RpcError) -> float:
+    """The gateway's retry hint in seconds (trailing ``retry-after-ms`` of a rate-limited call), or 0."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms" and str(value).isdigit():
+            return int(value) / 1000
+    return 0.0
+
+
 def vectors(resp: pb.EmbedResponse) -> np.ndarray:
     """The response's vectors as a (n, dimensions) float32 array."""
     if resp.embeddings and resp.embeddings[0].packed:
@@ -123,11 +136,20 @@ class Client:
         timeout: float = 60.0,
         retry: Retry | None = None,
         channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | None = None,
     ) -> None:
         self.model = model
         self.timeout = timeout
         self.retry = retry or Retry()
-        self._channel = channel or grpc.insecure_channel(_target(target), options=_CHANNEL_OPTIONS)
+        if channel is None:
+            options = _CHANNEL_OPTIONS + (tls.options() if tls else [])
+            if tls is None:
+                channel = grpc.insecure_channel(_target(target), options=options)
+            else:
+                channel = grpc.secure_channel(_target(target), tls.credentials(), options=options)
+        key = _api_key(api_key)
+        self._channel = grpc.intercept_channel(channel, _Bearer(key)) if key else channel
         self._stub = pb_grpc.EmbedderStub(self._channel)
         self._jobs = jpb_grpc.JobsStub(self._channel)
 
@@ -207,7 +229,7 @@ class Client:
                 delay = next(delays, None)
                 if delay is None:
                     raise
-                time.sleep(delay)
+                time.sleep(max(delay, retry_after(exc)))
 
     def submit_job(
         self,
@@ -283,7 +305,7 @@ class Client:
                 delay = next(delays, None) if exc.code() in RETRYABLE else None
                 if delay is None:
                     raise
-                time.sleep(delay)
+                time.sleep(max(delay, retry_after(exc)))
 
 
 class JobHandle:
@@ -346,7 +368,7 @@ class JobHandle:
                 delay = next(delays, None) if exc.code() in RETRYABLE else None
                 if delay is None:
                     raise
-                time.sleep(delay)
+                time.sleep(max(delay, retry_after(exc)))
 
     def cancel(self) -> jpb.Job:
         """Stop remaining work; finished results stay readable."""
@@ -418,12 +440,27 @@ class AsyncClient:
     """The asyncio twin of :class:`Client`."""
 
     def __init__(
-        self, target: str = "localhost:50051", *, model: str = "", timeout: float = 60.0, retry: Retry | None = None
+        self,
+        target: str = "localhost:50051",
+        *,
+        model: str = "",
+        timeout: float = 60.0,
+        retry: Retry | None = None,
+        api_key: str | None = None,
+        tls: TLS | None = None,
     ) -> None:
         self.model = model
         self.timeout = timeout
         self.retry = retry or Retry()
-        self._channel = grpc.aio.insecure_channel(_target(target), options=_CHANNEL_OPTIONS)
+        key = _api_key(api_key)
+        interceptors = _aio_bearer(key) if key else None
+        options = _CHANNEL_OPTIONS + (tls.options() if tls else [])
+        if tls is None:
+            self._channel = grpc.aio.insecure_channel(_target(target), options=options, interceptors=interceptors)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                _target(target), tls.credentials(), options=options, interceptors=interceptors
+            )
         self._stub = pb_grpc.EmbedderStub(self._channel)
         self._jobs = jpb_grpc.JobsStub(self._channel)
 
@@ -535,7 +572,7 @@ class AsyncClient:
                 delay = next(delays, None) if exc.code() in RETRYABLE else None
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(max(delay, retry_after(exc)))
 
 
 class AsyncJobHandle:
@@ -585,6 +622,74 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+def _api_key(api_key: str | None) -> str:
+    """The key to send: the argument, else ``EMBEDSTREAM_API_KEY``; empty sends none."""
+    return os.environ.get("EMBEDSTREAM_API_KEY", "") if api_key is None else api_key
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    pass
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds ``authorization: Bearer <key>`` to every call of a blocking channel."""
+
+    def __init__(self, key: str) -> None:
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _details(self, details: Any) -> _CallDetails:
+        metadata = [*(details.metadata or ()), self.header]
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready, details.compression
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(details), request_iterator)
+
+    intercept_unary_stream = intercept_unary_unary
+    intercept_stream_stream = intercept_stream_unary
+
+
+def _aio_bearer(key: str) -> list[Any]:
+    """Interceptors adding ``authorization: Bearer <key>`` to every call of an asyncio channel
+    (grpc.aio wants one object per kind of call)."""
+    header = ("authorization", f"Bearer {key}")
+
+    def details(d: Any) -> Any:
+        return d._replace(metadata=grpc.aio.Metadata(*(d.metadata or ()), header))
+
+    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, d: Any, request: Any) -> Any:
+            return await continuation(details(d), request)
+
+    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_stream(self, continuation: Any, d: Any, request: Any) -> Any:
+            return await continuation(details(d), request)
+
+    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_unary(self, continuation: Any, d: Any, requests: Any) -> Any:
+            return await continuation(details(d), requests)
+
+    class StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_stream(self, continuation: Any, d: Any, requests: Any) -> Any:
+            return await continuation(details(d), requests)
+
+    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+
+
 def _target(target: str) -> str:
     # Several addresses become one round-robin channel over all gateways.
     if "," in target:
@@ -592,4 +697,4 @@ def _target(target: str) -> str:
     return target
 
 
-__all__ = ["AsyncClient", "AsyncJobHandle", "Client", "JobHandle", "Retry", "vectors"]
+__all__ = ["TLS", "AsyncClient", "AsyncJobHandle", "Client", "JobHandle", "Retry", "vectors"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from embedstream.client import Client
 from embedstream.progress import Progress
+from embedstream.tls import TLS
 
 INPUTS = (".txt", ".jsonl", ".csv", ".parquet")
 OUTPUTS = (".npy", ".parquet", ".jsonl")
@@ -41,6 +42,7 @@ class Options:
     job: bool = False
     batch_size: int = 64
     progress: bool = True
+    tls: TLS | None = None
 
 
 def records(path: Path, field: str) -> Iterator[dict[str, Any]]:
@@ -163,7 +165,7 @@ def run(opts: Options) -> int:
     bar = Progress(total, opts.output.name, enabled=opts.progress)
     bar.update(partial.rows, force=True)
     try:
-        with Client(opts.target, model=opts.model) as client:
+        with Client(opts.target, model=opts.model, tls=opts.tls) as client:
             pending = itertools.islice(texts(opts.input, opts.field), partial.rows, None)
             if opts.job:
                 _by_job(client, opts, partial, pending, bar)

@@ -28,6 +28,10 @@ class EmbedstreamError(Exception):
         super().__init__(message)
         self.message = message
 
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata the caller gets with the status (a retry hint, say)."""
+        return ()
+
     @staticmethod
     def from_code(code: str, message: str) -> EmbedstreamError:
         """Rebuild an error that crossed a process boundary as (code, message)."""
@@ -43,8 +47,23 @@ class NotFound(EmbedstreamError):
     code = Code.NOT_FOUND
 
 
+class Unauthenticated(EmbedstreamError):
+    code = Code.UNAUTHENTICATED
+
+
 class ResourceExhausted(EmbedstreamError):
     code = Code.RESOURCE_EXHAUSTED
+
+
+class RateLimited(ResourceExhausted):
+    """Over the tenant's rate limit; ``retry_after_ms`` says when the call would pass."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after-ms", str(self.retry_after_ms)),)
 
 
 class DeadlineExceeded(EmbedstreamError):
@@ -72,6 +91,7 @@ _BY_CODE: dict[str, type[EmbedstreamError]] = {
     for cls in (
         InvalidArgument,
         NotFound,
+        Unauthenticated,
         ResourceExhausted,
         DeadlineExceeded,
         Unavailable,

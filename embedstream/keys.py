@@ -64,9 +64,19 @@ def job_errors(job_id: str) -> str:
     return f"{PREFIX}:{job_tag(job_id)}:errors"
 
 
+def tenant_tag(tenant: str) -> str:
+    """The hash tag shared by every key of one tenant."""
+    return "{t:" + tenant + "}"
+
+
 def idempotency(tenant: str, key: str) -> str:
     """String: the job id an idempotency key already created, for one tenant."""
-    return f"{PREFIX}:" + "{t:" + tenant + "}:idem:" + key
+    return f"{PREFIX}:{tenant_tag(tenant)}:idem:" + key
+
+
+def rate(tenant: str) -> str:
+    """String: the tenant's rate-limit state (GCRA theoretical arrival time, ms); expires when idle."""
+    return f"{PREFIX}:{tenant_tag(tenant)}:rate"
 
 
 def replies(gateway_id: str) -> str:

@@ -17,6 +17,10 @@ LATE_REPLIES = Counter("embedstream_late_replies_total", "Replies for requests a
 ADMISSION_REJECTED = Counter(
     "embedstream_admission_rejected_total", "Unary calls refused because the model queue was full", ["model"]
 )
+AUTH_REFUSED = Counter("embedstream_auth_refused_total", "Calls refused for a missing, malformed or unknown API key")
+RATE_LIMITED = Counter(
+    "embedstream_rate_limited_total", "Calls refused (or stream messages delayed past their deadline)", ["tenant"]
+)
 QUEUE_DEPTH = Gauge("embedstream_queue_depth", "Entries in a model's stream", ["model"])
 QUEUE_LAG = Gauge("embedstream_queue_lag_seconds", "Age of the oldest unfinished entry in a model's stream", ["model"])
 LIVE_WORKERS = Gauge("embedstream_live_workers", "Workers with a recent heartbeat", ["model"])
@@ -48,6 +52,12 @@ def init_gateway(models: list[str]) -> None:
     for model in models:
         for metric in (INPUTS, INFLIGHT, LATENCY, ADMISSION_REJECTED, QUEUE_DEPTH, QUEUE_LAG, LIVE_WORKERS):
             metric.labels(model)
+
+
+def init_tenants(tenants: list[str]) -> None:
+    """Create each tenant's rate-limit series at zero."""
+    for tenant in tenants:
+        RATE_LIMITED.labels(tenant)
 
 
 def init_worker(model: str) -> None:

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -17,13 +18,24 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process bound to 127.0.0.1, logging to its data dir."""
+    """A redis-server child process bound to 127.0.0.1, logging to its data dir.
 
-    def __init__(self, data_dir: Path, port: int = 0, appendonly: bool = True, appendfsync: str = "everysec") -> None:
+    ``options`` adds or overrides redis-server flags (``{"tls-port": "6380"}``).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        appendonly: bool = True,
+        appendfsync: str = "everysec",
+        options: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.options = dict(options or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,6 +60,7 @@ class RedisServer:
             "protected-mode": "yes",
             "loglevel": "warning",
             "logfile": str(log),
+            **self.options,
         }
         args = [binary] + [part for key, value in options.items() for part in (f"--{key}", value)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -57,6 +57,13 @@ class Settings:
     max_wait_ms: float = _f(2.0, "How long an idle worker waits to fill a batch")
     metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
     log_level: str = _f("INFO", "Python logging level")
+    api_keys_file: str = _f("", "API key file (tenant, sha256 of the key, limits per line); reread when it changes")
+    api_keys: str = _f("", "API key entries as in the key file, ';'-separated; with neither, auth is off")
+    rate_limit: float = _f(0.0, "Inputs per second per tenant, shared by all gateways; 0 = unlimited")
+    rate_burst: int = _f(0, "Inputs a tenant may send at once; 0 = the larger of rate and max_inputs_per_request")
+    tls_cert: str = _f("", "PEM certificate chain of the gateway; with tls_key, the gateway speaks only TLS")
+    tls_key: str = _f("", "PEM private key of tls_cert")
+    tls_client_ca: str = _f("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -104,11 +111,20 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be 0..65535")
-        for name in ("threads", "max_wait_ms", "shutdown_delay_s", "shutdown_grace_s"):
+        for name in ("threads", "max_wait_ms", "shutdown_delay_s", "shutdown_grace_s", "rate_limit", "rate_burst"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be >= 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(f"{ENV_PREFIX}TLS_CERT and {ENV_PREFIX}TLS_KEY must be set together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError(f"{ENV_PREFIX}TLS_CLIENT_CA (mTLS) needs {ENV_PREFIX}TLS_CERT and {ENV_PREFIX}TLS_KEY")
         if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(f"{ENV_PREFIX}REDIS_URL must start with redis://, rediss:// or unix://")
+
+    @property
+    def auth(self) -> bool:
+        """Whether API keys are required (some are configured)."""
+        return bool(self.api_keys_file or self.api_keys.strip())
 
     def torch_threads(self) -> int:
         """Intra-op threads for the model: the setting, or all cores but one."""

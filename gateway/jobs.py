@@ -2,7 +2,9 @@
 
 Everything about a job lives in Redis (``embedstream.jobstore``); this process
 holds nothing a restart would lose. Uploads stream straight into the model's
-bulk stream in chunks, so a gateway never buffers a corpus.
+bulk stream in chunks, so a gateway never buffers a corpus. A job belongs to
+the tenant that made it: for any other tenant it does not exist (NOT_FOUND,
+word for word as for an unknown id).
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import jobs_pb2 as pb
 from embedstream.v1 import jobs_pb2_grpc as pb_grpc
+from gateway.auth import DEFAULT_TENANT, current_tenant
 from gateway.directory import Directory
 from gateway.dispatch import Options
 from gateway.shape import embeddings
 from gateway.status import streaming, unary
 from gateway.validation import check_options, validate_inputs, verify_images
 
-#: Until authentication arrives every caller is this tenant.
-TENANT = "default"
 POLL_S = 0.2
 
 
@@ -149,7 +150,7 @@ class Jobs(pb_grpc.JobsServicer):
         created = now_ms()
         expires = created + ttl_ms
         if spec.idempotency_key:
-            idem = keys.idempotency(TENANT, spec.idempotency_key)
+            idem = keys.idempotency(current_tenant(), spec.idempotency_key)
             if not await self._redis(self.redis.set(idem, job_id, nx=True, px=ttl_ms)):
                 existing = await self._redis(self.redis.get(idem))
                 if existing is not None and await self._redis(self.redis.exists(keys.job_meta(existing.decode()))):
@@ -161,6 +162,7 @@ class Jobs(pb_grpc.JobsServicer):
             meta,
             mapping={
                 "model": model.name,
+                "tenant": current_tenant(),
                 "state": jobstore.UPLOADING,
                 "total": -1,
                 "done": 0,
@@ -193,7 +195,7 @@ class Jobs(pb_grpc.JobsServicer):
         try:
             names = [keys.job_meta(job_id), keys.job_results(job_id), keys.job_errors(job_id)]
             if spec.idempotency_key:
-                names.append(keys.idempotency(TENANT, spec.idempotency_key))
+                names.append(keys.idempotency(current_tenant(), spec.idempotency_key))
             await asyncio.wait_for(self.redis.delete(*names), self.settings.redis_timeout_s)
         except (*TRANSIENT, TimeoutError):
             pass  # expires with its TTL
@@ -205,7 +207,9 @@ class Jobs(pb_grpc.JobsServicer):
             raise InvalidArgument("id: a job id is required")
         raw = await self._redis(self.redis.hgetall(keys.job_meta(job_id)))
         meta = jobstore.decode_meta(raw)
-        if not meta or meta.get("state") == jobstore.UPLOADING:
+        # Another tenant's job answers exactly as a missing one, so ids reveal nothing.
+        mine = meta.get("tenant", DEFAULT_TENANT) == current_tenant()
+        if not meta or meta.get("state") == jobstore.UPLOADING or not mine:
             raise NotFound(f"job {job_id!r} does not exist or has expired")
         return meta
 

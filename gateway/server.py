@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,12 +17,16 @@ from embedstream.connections import connect
 from embedstream.errors import Unavailable
 from embedstream.registry import Registry
 from embedstream.settings import Settings
+from embedstream.tls import server_credentials
 from embedstream.v1 import embedder_pb2, embedder_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from gateway.auth import Keyring
 from gateway.decoding import DecodeGuard
 from gateway.directory import Directory
 from gateway.dispatch import Dispatcher
 from gateway.embedder import Embedder
+from gateway.guard import Guard
 from gateway.jobs import Jobs
+from gateway.ratelimit import RateLimiter
 from gateway.replies import ReplyRouter
 
 log = logging.getLogger(__name__)
@@ -37,13 +43,18 @@ class Gateway:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
+        # Bad keys or certificates stop the process before anything connects.
+        self.keyring = Keyring(settings)
+        self.credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         self.redis = connect(settings.redis_url, settings.redis_timeout_s)
         self.router = ReplyRouter(settings.redis_url, settings.redis_timeout_s)
         self.directory = Directory(self.redis, registry, settings.worker_liveness_s)
         self.dispatcher = Dispatcher(self.redis, self.router, self.directory, settings.redis_timeout_s)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[DecodeGuard()],
+            # The guard is outermost: a call without a valid key is refused before
+            # its request is even decoded.
+            interceptors=[Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s)), DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -64,14 +75,46 @@ class Gateway:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE, JOBS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self.credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, self.credentials)
         if self.port == 0:
-            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+            raise OSError(f"cannot bind {address}")
+        self._warn_if_exposed()
+        metrics.init_tenants(self.keyring.tenants())
+        _on_sighup(self.keyring.reload)
         self.directory.on_change(self._publish_health)
         await self.router.start()
         await self.directory.start()
         await self.server.start()
-        log.info("gateway %s listening on %s:%d", self.router.gateway_id, self.settings.host, self.port)
+        transport = "plaintext" if self.credentials is None else "mTLS" if self.settings.tls_client_ca else "TLS"
+        auth = f"API keys ({len(self.keyring)})" if self.keyring.enabled else "no authentication"
+        log.info(
+            "gateway %s listening on %s:%d (%s, %s)",
+            self.router.gateway_id,
+            self.settings.host,
+            self.port,
+            transport,
+            auth,
+        )
+
+    def _warn_if_exposed(self) -> None:
+        if _loopback(self.settings.host):
+            return
+        if not self.keyring.enabled:
+            log.warning(
+                "serving %s without authentication: any host that reaches it may call it; "
+                "set EMBEDSTREAM_API_KEYS_FILE (see README, Security)",
+                self.settings.host,
+            )
+        elif self.credentials is None:
+            log.warning(
+                "serving %s without TLS: API keys and inputs cross the network in clear text; "
+                "set EMBEDSTREAM_TLS_CERT and EMBEDSTREAM_TLS_KEY",
+                self.settings.host,
+            )
 
     async def stop(self, delay: float | None = None, grace: float | None = None) -> None:
         """Report NOT_SERVING, keep serving ``delay`` seconds (load balancers and
@@ -109,6 +152,24 @@ class Gateway:
                 why = "the queue (Redis) became unreachable" if not self.directory.redis_ok else "its last worker left"
                 self.dispatcher.fail_model(name, Unavailable(f"model {name!r} stopped serving: {why}; retry"))
             self._was_serving[name] = serving
+
+
+def _loopback(host: str) -> bool:
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _on_sighup(reload: Callable[[], None]) -> None:
+    """SIGHUP rereads the API key file (where this thread may own signals)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError):
+        log.debug("SIGHUP handler not installed (not the main thread)")
 
 
 async def serve(settings: Settings, registry: Registry, ready: asyncio.Event | None = None) -> None:

@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def trailing(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    """Metadata sent with the status of ``exc`` (a retry hint, say)."""
+    return exc.trailing_metadata() if isinstance(exc, EmbedstreamError) else ()
+
+
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and message a client sees for ``exc``; never UNKNOWN."""
     if isinstance(exc, EmbedstreamError):
@@ -43,7 +48,7 @@ def unary(rpc: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
             except Exception as exc:
                 code, message = to_status(exc)
                 metrics.REQUESTS.labels(rpc, model, code.name).inc()
-                await context.abort(code, message)
+                await context.abort(code, message, trailing(exc))
             metrics.REQUESTS.labels(rpc, model, "OK").inc()
             return result
 
@@ -67,7 +72,7 @@ def streaming(rpc: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[
             except Exception as exc:
                 code, message = to_status(exc)
                 metrics.REQUESTS.labels(rpc, "-", code.name).inc()
-                await context.abort(code, message)
+                await context.abort(code, message, trailing(exc))
             metrics.REQUESTS.labels(rpc, "-", "OK").inc()
 
         return run
