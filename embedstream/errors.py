@@ -52,18 +52,20 @@ class Unauthenticated(EmbedstreamError):
 
 
 class ResourceExhausted(EmbedstreamError):
+    """Over a limit; ``retry_after_ms`` (when known) says when a retry may pass."""
+
     code = Code.RESOURCE_EXHAUSTED
 
-
-class RateLimited(ResourceExhausted):
-    """Over the tenant's rate limit; ``retry_after_ms`` says when the call would pass."""
-
-    def __init__(self, message: str, retry_after_ms: int) -> None:
+    def __init__(self, message: str, retry_after_ms: int = 0) -> None:
         super().__init__(message)
         self.retry_after_ms = retry_after_ms
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("retry-after-ms", str(self.retry_after_ms)),)
+        return (("retry-after-ms", str(self.retry_after_ms)),) if self.retry_after_ms else ()
+
+
+class RateLimited(ResourceExhausted):
+    """Over the tenant's rate limit; ``retry_after_ms`` says when the call would pass."""
 
 
 class DeadlineExceeded(EmbedstreamError):

@@ -28,6 +28,8 @@ class ModelState:
 
     workers: int = 0
     queue_depth: int = 0
+    #: Age of the oldest unfinished entry, seconds.
+    lag_s: float = 0.0
     dimensions: int = 0
     max_input_tokens: int = 0
     normalizes: bool = False
@@ -92,7 +94,8 @@ class Directory:
                 metrics.LIVE_WORKERS.labels(name).set(state.workers)
                 # Finished entries are deleted, so the oldest left is the oldest unfinished.
                 oldest_ms = int(oldest[0][0].split(b"-")[0]) if oldest else now_ms
-                metrics.QUEUE_LAG.labels(name).set(max(0.0, (now_ms - oldest_ms) / 1000.0))
+                state.lag_s = max(0.0, (now_ms - oldest_ms) / 1000.0)
+                metrics.QUEUE_LAG.labels(name).set(state.lag_s)
         for listener in self._listeners:
             await listener()
 
@@ -105,6 +108,12 @@ class Directory:
             return False
         self.states[model].workers = int(live)
         return self.redis_ok and int(live) > 0
+
+    def retry_hint_ms(self, model: str) -> int:
+        """Roughly when a full queue frees a slot: the oldest entry's age over the depth
+        (how long each queued request has been taking), between 20 ms and 2 s."""
+        state = self.states[model]
+        return int(min(2000.0, max(20.0, 1000.0 * state.lag_s / max(1, state.queue_depth))))
 
     def serving(self, model: str) -> bool:
         """True when Redis answers and the model has a live worker."""

@@ -138,8 +138,11 @@ class Dispatcher:
                 return bytes(stream_id)
             if not wait_for_room:
                 metrics.ADMISSION_REJECTED.labels(spec.name).inc()
+                hint = self.directory.retry_hint_ms(spec.name)
                 raise ResourceExhausted(
-                    f"model {spec.name!r} has {spec.max_queue_entries} requests queued, its limit; retry with backoff"
+                    f"model {spec.name!r} has {spec.max_queue_entries} requests queued, its limit; "
+                    f"retry with backoff, after {hint} ms or more",
+                    retry_after_ms=hint,
                 )
             if time.time() + delay >= deadline:
                 raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue was full")

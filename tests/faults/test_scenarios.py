@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from embedstream import keys
-from embedstream.client import Client, Retry
+from embedstream.client import Client, Retry, retry_after
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
 from tests.faults.harness import Cluster, Ledger, expected, metrics_port, score, scrape
@@ -274,6 +274,7 @@ def test_producers_at_five_times_capacity(cluster: Cluster) -> None:
     capacity = 40.0
     ledger = Ledger()
     rejections: list[float] = []
+    hints: list[float] = []
     depth: list[int] = []
     stop = threading.Event()
 
@@ -294,6 +295,7 @@ def test_producers_at_five_times_capacity(cluster: Cluster) -> None:
             ledger.answer(rid, exc.code())
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 rejections.append(time.monotonic() - started)
+                hints.append(retry_after(exc))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -308,6 +310,7 @@ def test_producers_at_five_times_capacity(cluster: Cluster) -> None:
     accepted = sum(isinstance(a[0], pb.EmbedResponse) for a in ledger.answers.values())
     assert rejections and accepted >= capacity * seconds * 0.5
     assert max(depth) <= 16  # the model's max_queue_entries
+    assert min(hints) >= 0.02  # every rejection carries a retry hint (trailing retry-after-ms)
     rejections.sort()
     score(
         "producers at 5x capacity",
