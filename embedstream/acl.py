@@ -20,7 +20,8 @@ _COMMON = ("evalsha", "script|exists", "script|load", "select")
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # Admission and job scripts (XLEN, XADD, HGET, HSET, HMGET, EXISTS, EXPIRE),
     # the rate-limit script (TIME, GET, SET), the reply stream, the job store,
-    # idempotency keys and the worker directory (with the oldest entry, for queue lag).
+    # idempotency keys and the worker directory (with the oldest entry, for queue lag);
+    # INFO replication when EMBEDSTREAM_REDIS_MIN_REPLICAS is set.
     "gateway": (
         (f"{keys.PREFIX}:*",),
         (
@@ -33,6 +34,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "hgetall",
             "hmget",
             "hset",
+            "info",
             "lrange",
             "pexpireat",
             "set",

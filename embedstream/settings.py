@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from embedstream.connections import SCHEMES
 from embedstream.errors import ConfigError
 
 ENV_PREFIX = "EMBEDSTREAM_"
@@ -27,7 +28,7 @@ def _f(default: Any, help: str) -> Any:
 class Settings:
     """Everything a gateway, worker or ``serve`` process can be told."""
 
-    redis_url: str = _f("", "Redis URL (redis:// or rediss://); empty makes `serve` start its own")
+    redis_url: str = _f("", "Redis URL (redis[s]://, redis+cluster://, redis+sentinel://); empty: serve starts one")
     registry: str = _f("", "Path of the model registry TOML; empty serves the built-in default model")
     host: str = _f("127.0.0.1", "Address the gateway binds; 0.0.0.0 or [::] to serve other hosts")
     port: int = _f(50051, "gRPC port of the gateway; 0 picks a free one")
@@ -37,6 +38,7 @@ class Settings:
     max_image_pixels: int = _f(25_000_000, "Pixels (width x height) accepted in one image input")
     stream_window: int = _f(2048, "Inputs in flight per EmbedStream before reading the client pauses")
     max_deadline_s: float = _f(60.0, "Deadline given to calls without one, and the longest honoured")
+    redis_min_replicas: int = _f(0, "Replicas that must hold an accepted job before it is acknowledged")
     redis_timeout_s: float = _f(1.5, "Redis command timeout; a call fails UNAVAILABLE after it")
     worker_liveness_s: float = _f(5.0, "A worker whose heartbeat is older than this counts as gone")
     job_ttl_s: int = _f(86400, "How long a job and its results are kept when the job names no TTL")
@@ -118,8 +120,8 @@ class Settings:
             raise ConfigError(f"{ENV_PREFIX}TLS_CERT and {ENV_PREFIX}TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError(f"{ENV_PREFIX}TLS_CLIENT_CA (mTLS) needs {ENV_PREFIX}TLS_CERT and {ENV_PREFIX}TLS_KEY")
-        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"{ENV_PREFIX}REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_url and urlsplit(self.redis_url).scheme not in SCHEMES:
+            raise ConfigError(f"{ENV_PREFIX}REDIS_URL must start with one of {', '.join(s + '://' for s in SCHEMES)}")
 
     @property
     def auth(self) -> bool:
@@ -137,12 +139,13 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe for logs."""
+    """The URL with any password replaced, safe for logs (several hosts allowed)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 def env_help() -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from embedstream import jobstore, keys, wire
-from embedstream.connections import TRANSIENT
+from embedstream.connections import TRANSIENT, replicated
 from embedstream.errors import InternalError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
@@ -70,6 +70,7 @@ class Jobs(pb_grpc.JobsServicer):
         if expires is not None:
             await self._enqueue(job_id, model, options, inputs, 0, expires)
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, now_ms()]))
+        await self._replicated()  # also for an existing job: a retry must not confirm what a failover could lose
         return await self._job(job_id)
 
     @unary("UploadJob")
@@ -90,6 +91,7 @@ class Jobs(pb_grpc.JobsServicer):
         if expires is None:
             async for _ in stream:  # the job exists: read and drop the repeated upload
                 pass
+            await self._replicated()
             return await self._job(job_id)
         total = 0
         buffered: list[str | bytes] = []
@@ -116,11 +118,22 @@ class Jobs(pb_grpc.JobsServicer):
                 chunk_index = (total - len(buffered)) // jobstore.CHUNK
                 await self._enqueue(job_id, model, options, buffered, chunk_index, expires)
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, now_ms()]))
+            await self._replicated()
         except BaseException:
             # An unfinished upload is no job: forget it; workers drop its chunks.
             await self._forget(job_id, spec)
             raise
         return await self._job(job_id)
+
+    async def _replicated(self) -> None:
+        """With ``redis_min_replicas`` set, answer "accepted" only once that many replicas
+        hold everything written so far, so a failover to one of them keeps the job."""
+        wanted = self.settings.redis_min_replicas
+        if wanted and not await replicated(self.redis, wanted, self.settings.redis_timeout_s):
+            raise Unavailable(
+                f"the job was written but fewer than {wanted} Redis replicas confirmed it in "
+                f"{self.settings.redis_timeout_s} s; retry with the same idempotency key"
+            )
 
     def _check_spec(self, spec: pb.JobSpec) -> tuple[ModelSpec, Options]:
         model = self.registry.resolve(spec.model)

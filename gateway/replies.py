@@ -98,7 +98,7 @@ class ReplyRouter:
                 continue
             if not got:
                 continue
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = got[0][1]  # type: ignore[index, assignment]
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = got[0][1]
             for _entry_id, fields in entries:
                 self._deliver(fields.get(keys.PAYLOAD.encode()))
             last_id = entries[-1][0].decode()

@@ -1,8 +1,8 @@
 """Everything a worker writes back to Redis: replies, job results, acks, dead letters.
 
-Each write ends with XACK + XDEL of the entry in the same pipeline, after the
-reply or result: Redis runs a pipeline in order, so an entry is never
-acknowledged before its answer is stored.
+Every write of an answer (a reply, a job result, a dead letter) completes
+before the entry's XACK + XDEL is sent, so an entry is never acknowledged before
+its answer is stored, on one server or across the nodes of a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from embedstream import jobstore, keys, metrics, wire
 from embedstream.connections import TRANSIENT
@@ -20,6 +21,7 @@ from workers import finish
 from workers.batcher import Entry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Dead letters are kept to a fixed number; whatever the cap trims is counted.
@@ -52,20 +54,25 @@ class Outbox:
         self.max_dead_letters = max_dead_letters
 
     async def deliver(self, entries: list[Entry]) -> None:
-        """Write each reply (or job result), then XACK + XDEL, in one pipeline (Redis keeps the order)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for entry in entries:
-            if entry.bulk:
-                await self.record_chunk(pipe, entry)
-            else:
-                reply = wire.encode_reply(self.answer(entry))
-                pipe.xadd(entry.job.reply_to, {keys.PAYLOAD: reply}, nomkstream=True)
-            pipe.xack(entry.stream, keys.GROUP, entry.stream_id)
-            pipe.xdel(entry.stream, entry.stream_id)
-        await self.execute(pipe)
+        """Write every reply and job result, then XACK + XDEL the entries. Two steps: in a
+        Redis Cluster a reply stream, a job and a model's queue live on different nodes, and
+        one pipeline keeps no order between nodes."""
+        replies = [(e.job.reply_to, wire.encode_reply(self.answer(e))) for e in entries if not e.bulk]
+        chunks = [self._chunk(e) for e in entries if e.bulk]
 
-    async def record_chunk(self, pipe: Any, entry: Entry, error: str = "") -> None:
-        """Store a job chunk's vectors (or failure) in the job; the script counts it once."""
+        async def write() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, reply in replies:
+                pipe.xadd(stream, {keys.PAYLOAD: reply}, nomkstream=True)
+            done = list(await pipe.execute()) if replies else []
+            return done + [await self._record(keys=k, args=a) for k, a in chunks]
+
+        if await self.retrying(write) is not None:
+            await self.acknowledge([(e.stream, e.stream_id) for e in entries])
+
+    def _chunk(self, entry: Entry, error: str = "") -> tuple[list[str], list[Any]]:
+        """Keys and arguments of the script that stores a job chunk's vectors (or failure)
+        in its job; the script counts each chunk once, however often it is answered."""
         job = entry.job
         message = error or (entry.error[1] if entry.error else "")
         if message:
@@ -73,38 +80,46 @@ class Outbox:
         else:
             answer = self.answer(entry)
             value, failed, dims = jobstore.RESULT + wire.encode_reply(answer), 0, answer.dimensions
-        # On a pipeline this only queues EVALSHA (redis-py loads the script first).
-        await self._record(
-            keys=[keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
-            args=[job.chunk, value, len(job.inputs), failed, dims, int(now_ms()), message],
-            client=pipe,
+        return (
+            [keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
+            [job.chunk, value, len(job.inputs), failed, dims, int(now_ms()), message],
         )
 
     def answer(self, entry: Entry) -> wire.Reply:
         """The reply message for a finished (or failed) entry."""
         return finish.reply(entry, self.runner, self.spec.quantization_range, self.worker)
 
-    async def execute(self, pipe: Any) -> list[Any]:
-        """Run a pipeline, retrying while Redis is unreachable; its results."""
+    async def retrying(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+        """Run ``operation`` (which builds its own pipeline), retrying while Redis is
+        unreachable; None when giving up because the worker is stopping."""
         # A reply that cannot be written is retried until Redis is back; the
         # entry stays pending (and reclaimable) until then, so nothing is lost.
         delay = 0.05
         while True:
             try:
-                return list(await pipe.execute())
+                return await operation()
             except TRANSIENT as exc:
                 if self.stopping.is_set() and delay >= 1.0:
                     log.error("giving up a reply while stopping: %s", exc)
-                    return []
+                    return None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+    async def acknowledge(self, entries: list[tuple[str, bytes]]) -> None:
+        """XACK + XDEL: the entries are done (answered, or nobody waits for them)."""
+
+        async def ack() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, stream_id in entries:
+                pipe.xack(stream, keys.GROUP, stream_id)
+                pipe.xdel(stream, stream_id)
+            return list(await pipe.execute())
+
+        await self.retrying(ack)
+
     async def finish_silently(self, stream: str, stream_id: bytes) -> None:
         """Acknowledge and delete an entry nobody waits for any more."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(stream, keys.GROUP, stream_id)
-        pipe.xdel(stream, stream_id)
-        await self.execute(pipe)
+        await self.acknowledge([(stream, stream_id)])
 
     async def dead_letter(
         self, stream: str, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None
@@ -112,25 +127,28 @@ class Outbox:
         """Move an entry to the dead-letter stream and tell its caller, if known."""
         log.warning("dead-lettering %s of model %s: %s", stream_id, self.model, reason)
         metrics.DEAD_LETTERED.labels(self.model).inc()
-        pipe = self.redis.pipeline(transaction=False)
-        await self._dead(
-            keys=[keys.dead_letters(self.model)],
-            args=[self.max_dead_letters, payload, reason, stream_id, self.worker],
-            client=pipe,
-        )
+        chunk = None
         if job is not None and job.job_id:
             entry = Entry(stream_id, job, stream, payload, [], False, bulk=True)
-            await self.record_chunk(pipe, entry, f"dead-lettered: {reason}")
-        elif job is not None:
-            reply = wire.Reply(
-                job.id,
-                worker=self.worker,
-                error_code=Code.INTERNAL.value,
-                error_message=f"request failed on model {self.model} and was dead-lettered: {reason}",
-            )
-            pipe.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
-        pipe.xack(stream, keys.GROUP, stream_id)
-        pipe.xdel(stream, stream_id)
-        results = await self.execute(pipe)
-        if results and int(results[0]):
-            metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(int(results[0]))
+            chunk = self._chunk(entry, f"dead-lettered: {reason}")
+
+        async def write() -> int:
+            fields = [self.max_dead_letters, payload, reason, stream_id, self.worker]
+            trimmed = await self._dead(keys=[keys.dead_letters(self.model)], args=fields)
+            if chunk is not None:
+                await self._record(keys=chunk[0], args=chunk[1])
+            elif job is not None:
+                reply = wire.Reply(
+                    job.id,
+                    worker=self.worker,
+                    error_code=Code.INTERNAL.value,
+                    error_message=f"request failed on model {self.model} and was dead-lettered: {reason}",
+                )
+                await self.redis.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
+            return int(trimmed)
+
+        trimmed = await self.retrying(write)
+        if trimmed:
+            metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(trimmed)
+        if trimmed is not None:
+            await self.acknowledge([(stream, stream_id)])

@@ -152,7 +152,7 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(keys.workers(self.spec.name), {self.name: now_ms()})
         pipe.zremrangebyscore(keys.workers(self.spec.name), 0, now_ms() - 60_000)
-        pipe.hset(keys.model_info(self.spec.name), mapping=info)  # type: ignore[arg-type]
+        pipe.hset(keys.model_info(self.spec.name), mapping=info)
         await pipe.execute()
 
     async def _until_redis(self, action: Any) -> None:
@@ -193,8 +193,8 @@ class Worker:
                     await self._until_redis(self._setup)
                     continue
                 raise
-            for stream, entries in got or []:  # type: ignore[str-unpack]
-                await self._accept(entries, stream.decode())  # type: ignore[arg-type, union-attr]
+            for stream, entries in got or []:
+                await self._accept(entries, stream.decode())
 
     async def _accept(
         self, raw: list[tuple[bytes, dict[bytes, bytes]]], stream: str, deliveries: dict[bytes, int] | None = None
