@@ -619,6 +619,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.lb_policy_name", "round_robin"),
+    # A gateway host that vanishes (power, network) sends no FIN: pings find it within
+    # ~15 s, its calls fail UNAVAILABLE (retried on another gateway) and round_robin drops it.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 
 
