@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test bench bench-gpu deps redis node venv proto lint typecheck unit clean
+.PHONY: run test bench bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean
 
 run: deps
 	$(BIN)/embedstream serve
@@ -20,6 +20,9 @@ bench: deps
 	$(BIN)/python loadtest/priority.py
 
 # MiniLM and a tiny CLIP, raw vs service; GPU_BENCH_ARGS="--device cuda:0 --dtype float16" on a GPU.
+bench-scale: deps
+	$(BIN)/python loadtest/scaling.py $(SCALE_ARGS)
+
 bench-gpu: deps
 	$(BIN)/python loadtest/gpu_bench.py $(GPU_BENCH_ARGS)
 
