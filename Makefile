@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test bench bench-gpu deps redis node venv proto lint typecheck unit clean
+.PHONY: run test bench bench-gpu deps redis node venv proto lint typecheck unit clean image image-cuda
 
 run: deps
 	$(BIN)/embedstream serve
@@ -63,6 +63,16 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy
+
+# Container images (deploy/); the tag is the version in pyproject.toml, as deploy/ expects.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= embedstream:$(VERSION)
+
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
+
+image-cuda:
+	docker build -f deploy/Dockerfile.cuda -t $(IMAGE)-cuda .
 
 clean:
 	rm -rf $(VENV) .embedstream .pytest_cache .mypy_cache .ruff_cache examples/node/node_modules
