@@ -11,6 +11,7 @@ are compared with the code that defines them.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import fnmatch
@@ -510,8 +511,6 @@ def test_auth_is_on_and_every_file_it_needs_is_mounted(name: str, tmp_path: Path
 
 
 def _b64(text: str) -> str:
-    import base64
-
     return base64.b64decode(text).decode()
 
 
@@ -543,7 +542,9 @@ def test_redis_keeps_every_write() -> None:
 
 
 def _bytes(size: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", size).groups()  # type: ignore[union-attr]
+    match = re.fullmatch(r"(\d+)([a-zA-Z]*)", size)
+    assert match, f"not a size: {size}"
+    number, unit = match.groups()
     scale = {"": 1, "mb": 10**6, "gb": 10**9, "mi": 2**20, "gi": 2**30, "k": 1000, "m": 10**6, "g": 10**9}
     return int(number) * scale[unit.lower()]
 
