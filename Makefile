@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test bench bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean
+.PHONY: run test bench bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean image image-cuda
 
 run: deps
 	$(BIN)/embedstream serve
@@ -19,10 +19,11 @@ bench: deps
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 	$(BIN)/python loadtest/priority.py
 
-# MiniLM and a tiny CLIP, raw vs service; GPU_BENCH_ARGS="--device cuda:0 --dtype float16" on a GPU.
+# One model on 1, 2 and 4 workers (debug model, fixed cost per batch): the scaling ratio.
 bench-scale: deps
 	$(BIN)/python loadtest/scaling.py $(SCALE_ARGS)
 
+# MiniLM and a tiny CLIP, raw vs service; GPU_BENCH_ARGS="--device cuda:0 --dtype float16" on a GPU.
 bench-gpu: deps
 	$(BIN)/python loadtest/gpu_bench.py $(GPU_BENCH_ARGS)
 
@@ -66,6 +67,16 @@ lint: venv
 
 typecheck: venv
 	$(BIN)/mypy
+
+# Container images (deploy/); the tag is the version in pyproject.toml, as deploy/ expects.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= embedstream:$(VERSION)
+
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
+
+image-cuda:
+	docker build -f deploy/Dockerfile.cuda -t $(IMAGE)-cuda .
 
 clean:
 	rm -rf $(VENV) .embedstream .pytest_cache .mypy_cache .ruff_cache examples/node/node_modules
