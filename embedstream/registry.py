@@ -65,6 +65,9 @@ class ModelSpec:
     latency_ms: float = 0.0
     #: debug family only: inputs carrying a trigger word raise, exit, return NaN or hang.
     triggers: bool = False
+    #: Calls are queued even while no worker is live (an autoscaler starts one on queue
+    #: length); otherwise they fail UNAVAILABLE at once.
+    scale_to_zero: bool = False
     version: str = ""
     #: Named prompts: prepended to text inputs that ask for them.
     prompts: dict[str, str] = field(default_factory=dict)
@@ -223,6 +226,10 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
     if not isinstance(triggers, bool) or (triggers and family != "debug"):
         raise ConfigError(f"{where}.triggers must be true or false, and only the debug family has them")
     kwargs["triggers"] = triggers
+    scale_to_zero = raw.get("scale_to_zero", False)
+    if not isinstance(scale_to_zero, bool):
+        raise ConfigError(f"{where}.scale_to_zero must be true or false")
+    kwargs["scale_to_zero"] = scale_to_zero
     kwargs.update(_options(where, family, raw))
     tokens, size = BATCH_DEFAULTS["cpu" if device == "cpu" else "accelerator"]
     kwargs.setdefault("max_batch_tokens", tokens)

@@ -88,7 +88,11 @@ class Dispatcher:
         spec = request.spec
         if not self.directory.redis_ok:
             raise Unavailable("the queue (Redis) is unreachable; retry shortly")
-        if not self.directory.serving(spec.name) and not await self.directory.recheck(spec.name):
+        if (
+            not spec.scale_to_zero
+            and not self.directory.serving(spec.name)
+            and not await self.directory.recheck(spec.name)
+        ):
             raise Unavailable(f"no live worker serves model {spec.name!r}; retry shortly")
         job = request.options.job(uuid.uuid4().hex, self.router.stream, int(deadline * 1000), request.inputs)
         future = self.router.expect(job.id)

@@ -150,9 +150,15 @@ class Gateway:
         for name in self.registry.models:
             serving = self.directory.serving(name)
             await self.health.set(name, SERVING if serving else NOT_SERVING)
-            if self._was_serving.get(name) and not serving:
+            lost_redis = not self.directory.redis_ok
+            if (
+                self._was_serving.get(name)
+                and not serving
+                and (lost_redis or not self.registry.models[name].scale_to_zero)
+            ):
                 # Its last worker is gone (or Redis is): callers waiting on it
-                # would otherwise hang until their deadline.
+                # would otherwise hang until their deadline. A scale-to-zero model's
+                # callers keep waiting: their entries are queued, and wake a worker.
                 why = "the queue (Redis) became unreachable" if not self.directory.redis_ok else "its last worker left"
                 self.dispatcher.fail_model(name, Unavailable(f"model {name!r} stopped serving: {why}; retry"))
             self._was_serving[name] = serving

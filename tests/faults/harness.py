@@ -61,8 +61,13 @@ dimensions = {DIMENSIONS}
 latency_ms = 100
 max_batch_size = 4
 max_queue_entries = 1000
+
+[models.idle]
+family = "debug"
+dimensions = {DIMENSIONS}
+scale_to_zero = true
 """
-MODELS = ("fault", "backlog", "deep")
+MODELS = ("fault", "backlog", "deep", "idle")
 
 #: Faster clocks than production, so each scenario takes seconds.
 FAST = {

@@ -543,3 +543,19 @@ def test_dead_letters_are_capped_and_what_the_cap_trims_is_counted(cluster: Clus
     assert cluster.r.xlen(keys.dead_letters("fault")) == 2
     assert scrape(port)['embedstream_dead_letters_trimmed_total{model="fault"}'] == 3
     assert cluster.r.xlen(keys.queue("fault")) == 0 and cluster.pending() == 0
+
+
+def test_a_scale_to_zero_model_queues_calls_until_a_worker_starts(cluster: Cluster) -> None:
+    _, port = cluster.gateway()
+    with stub(port) as s:
+        texts = ["woken up", "by the queue"]
+        call = s.Embed.future(pb.EmbedRequest(model="idle", inputs=[pb.Input(text=t) for t in texts]), timeout=60)
+        # Queued, not refused: what an autoscaler watching the stream's length sees.
+        wait_until(lambda: cluster.r.xlen(keys.queue("idle")) == 1, 10, what="the call to be queued")
+        assert not call.done()
+        cluster.worker("idle")  # the autoscaler's new worker
+        got = np.array([list(e.values) for e in call.result().embeddings], dtype=np.float32)
+    assert np.abs(got - expected(texts)).max() < 1e-6
+    with stub(port) as s, pytest.raises(grpc.RpcError) as err:
+        s.Embed(pb.EmbedRequest(model="fault", inputs=[pb.Input(text="no worker, not scale-to-zero")]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
