@@ -83,10 +83,20 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=64, help="texts per streamed request")
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    check = sub.add_parser("check", parents=[common, tls], help="exit 0 when the gateway reports SERVING")
+    check = sub.add_parser(
+        "check", parents=[common, tls], help="exit 0 when the gateway reports SERVING (--worker: the worker is alive)"
+    )
     check.add_argument("--host", default="127.0.0.1", help="gateway host (default 127.0.0.1)")
     check.add_argument("--port", type=int, help="gateway port")
     check.add_argument("--service", default="", help="health service name (a model name checks that model)")
+    check.add_argument(
+        "--worker",
+        action="store_true",
+        help="check the worker on this host instead, through its /metrics (EMBEDSTREAM_METRICS_PORT): "
+        "alive = its event loop ticked recently",
+    )
+    check.add_argument("--ready", action="store_true", help="with --worker: also its Redis heartbeat is recent")
+    check.add_argument("--max-age", type=float, default=30.0, help="with --worker: seconds counted as recent (30)")
     keys = sub.add_parser("api-key", help="create or revoke API keys (the key file holds their SHA-256 only)")
     key_sub = keys.add_subparsers(dest="action", required=True)
     new = key_sub.add_parser("new", help="print a new key once and append its hash to the key file")
@@ -167,6 +177,8 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    if args.worker:
+        return _check_worker(settings, args)
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -190,6 +202,32 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{target} {args.service or '(overall)'}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _check_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """A worker's liveness (event loop ticking) or readiness (Redis heartbeat written), from
+    the timestamps it exports; the probe for a process that serves no gRPC."""
+    import re
+    import time
+    import urllib.request
+
+    if not settings.metrics_port:
+        print("check --worker needs the worker's EMBEDSTREAM_METRICS_PORT", file=sys.stderr)
+        return 2
+    url = f"http://{args.host}:{settings.metrics_port}/metrics"
+    try:
+        body = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+    name = (
+        "embedstream_worker_heartbeat_timestamp_seconds" if args.ready else "embedstream_worker_alive_timestamp_seconds"
+    )
+    stamps = [float(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", body, flags=re.MULTILINE)]
+    age = time.time() - max(stamps) if stamps and max(stamps) > 0 else float("inf")
+    what = "heartbeat in Redis" if args.ready else "event loop"
+    print(f"worker {what}: {'never' if age == float('inf') else f'{age:.1f} s ago'}")
+    return 0 if age <= args.max_age else 1
 
 
 def _tls(args: argparse.Namespace) -> TLS | None:

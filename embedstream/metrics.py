@@ -25,6 +25,12 @@ QUEUE_DEPTH = Gauge("embedstream_queue_depth", "Entries in a model's stream", ["
 QUEUE_LAG = Gauge("embedstream_queue_lag_seconds", "Age of the oldest unfinished entry in a model's stream", ["model"])
 LIVE_WORKERS = Gauge("embedstream_live_workers", "Workers with a recent heartbeat", ["model"])
 
+WORKER_ALIVE = Gauge(
+    "embedstream_worker_alive_timestamp_seconds", "When the worker's event loop last ticked (liveness)", ["model"]
+)
+WORKER_HEARTBEAT = Gauge(
+    "embedstream_worker_heartbeat_timestamp_seconds", "When the worker last wrote its heartbeat to Redis", ["model"]
+)
 WORKER_QUEUED = Gauge("embedstream_worker_pool_inputs", "Inputs read and waiting for a batch", ["model"])
 WORKER_REPLIES = Counter("embedstream_worker_replies_total", "Entries answered by this worker", ["model"])
 WORKER_DROPPED = Counter("embedstream_worker_dropped_total", "Entries dropped before inference", ["model", "reason"])
@@ -63,6 +69,8 @@ def init_tenants(tenants: list[str]) -> None:
 def init_worker(model: str) -> None:
     """Create every series of a worker's model at zero."""
     for metric in (
+        WORKER_ALIVE,
+        WORKER_HEARTBEAT,
         WORKER_QUEUED,
         WORKER_REPLIES,
         BATCH_SIZE,

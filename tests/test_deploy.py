@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -34,13 +35,16 @@ import jsonschema
 import kubernetes_validate
 import prometheus_client
 import pytest
+import redis
 import yaml
 from compose_spec import PyCompose
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from embedstream import apikeys, keys, metrics
 from embedstream import registry as registry_mod
+from embedstream.redis_server import RedisServer
 from embedstream.settings import ENV_PREFIX, Settings
+from tests.procs import base_env, start_worker, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -606,19 +610,35 @@ def test_gateway_probes_follow_grpc_health() -> None:
         assert got == want, f"{name} {command}: passes {got}, wanted {want}"
 
 
-def test_worker_health_check_asks_the_metrics_endpoint() -> None:
+def test_worker_probes_run_embedstream_check_against_a_real_worker(
+    redis_server: RedisServer, r: redis.Redis, registry_file: Path, log_dir: Path
+) -> None:
+    container = pod_spec(one(overlay("cpu"), "Deployment", "embedstream-worker-all-minilm-l6-v2"))["containers"][0]
+    probes = {p: container[p]["exec"]["command"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
     test = compose()["services"]["worker"]["healthcheck"]["test"]
     assert test[0] == "CMD"
-    metrics_port = compose()["services"]["worker"]["environment"]["EMBEDSTREAM_METRICS_PORT"]
+    probes["compose"] = test[1:]
+    for command in probes.values():
+        assert command[:3] == ["embedstream", "check", "--worker"], command
     port = _free_port()
-    server, thread = prometheus_client.start_http_server(port, addr="127.0.0.1")
+    env = base_env(redis_server.url, registry_file, EMBEDSTREAM_METRICS_PORT=str(port), EMBEDSTREAM_HEARTBEAT_S="0.2")
+    worker = start_worker(env, log_dir, "debug", r)
+    probe_env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    def run(command: list[str]) -> int:
+        return subprocess.run(command, env=probe_env, capture_output=True, timeout=60).returncode
+
     try:
-        assert _probe(test[1:], port, metrics_port) == 0
+        wait_until(lambda: all(run(c) == 0 for c in probes.values()), 20, what="every probe to pass")
+        worker.signal(signal.SIGSTOP)  # a wedged process: its loop stops ticking
+        try:
+            # /metrics is served by another thread, and it stops too: the probe cannot connect.
+            assert run([*probes["livenessProbe"][:3], "--max-age", "1"]) != 0
+        finally:
+            worker.signal(signal.SIGCONT)
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-    assert _probe(test[1:], port, metrics_port) != 0
+        worker.stop()
+    assert all(run(c) != 0 for c in probes.values())  # no worker, no pass
 
 
 # -- compose and Dockerfiles ---------------------------------------------------------

@@ -457,6 +457,7 @@ class Worker:
             if now - last > 3 * beat:
                 self._paused_s += now - last - beat
             last = now
+            metrics.WORKER_ALIVE.labels(self.spec.name).set_to_current_time()
             if self._hung():
                 # A hung model cannot be interrupted from Python. Exiting stops the
                 # heartbeat and the leases, so the batch's entries are reclaimed
@@ -470,6 +471,7 @@ class Worker:
                 os._exit(EXIT_HUNG)
             try:
                 await self._heartbeat()
+                metrics.WORKER_HEARTBEAT.labels(self.spec.name).set_to_current_time()
                 await self._renew_leases()
             except TRANSIENT as exc:
                 log.warning("heartbeat failed: %s", exc)
