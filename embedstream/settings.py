@@ -138,9 +138,8 @@ class Settings:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.otel_endpoint and urlsplit(self.otel_endpoint).scheme not in ("http", "https"):
-            raise ConfigError(
-                f"{ENV_PREFIX}OTEL_ENDPOINT (or {OTEL_ENDPOINT_VARIABLES[-1]}) must be an http:// or https:// URL"
-            )
+            named = " / ".join((f"{ENV_PREFIX}OTEL_ENDPOINT", *OTEL_ENDPOINT_VARIABLES))
+            raise ConfigError(f"{named}: the trace collector must be an http:// or https:// URL")
         if self.redis_url and urlsplit(self.redis_url).scheme not in SCHEMES:
             raise ConfigError(f"{ENV_PREFIX}REDIS_URL must start with one of {', '.join(s + '://' for s in SCHEMES)}")
 

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 import redis
 
-from embedstream import keys, wire
+from embedstream import apikeys, keys, wire
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
@@ -29,6 +29,8 @@ MODEL = "otel-debug"
 #: A model no worker serves: its job chunks stay in its bulk stream to be read raw.
 IDLE = "otel-idle"
 SECRET = "otel-sentinel-5d1c private words"
+TENANT = "tracer"
+KEY = apikeys.new_key()
 
 REGISTRY = f"""
 default = "{MODEL}"
@@ -63,6 +65,13 @@ def raw_bulk_entries(r: redis.Redis, job_id: str) -> list[dict[str, object]]:
     return [m for m in maps if m.get("j") == job_id]
 
 
+AUTH = [("authorization", f"Bearer {KEY}")]
+
+
+def traced_call(header: str) -> list[tuple[str, str]]:
+    return [("traceparent", header), *AUTH]
+
+
 @dataclass
 class Trail:
     """What one traced session did, and every span it exported."""
@@ -76,6 +85,7 @@ class Trail:
     idle_job: tuple[str, dict[str, object]]
     invalid: str
     unavailable: str
+    refused: str
 
     def of_trace(self, trace_id: str) -> list[Span]:
         return [s for s in self.spans if s.trace_id == trace_id]
@@ -87,7 +97,11 @@ def trail(redis_server: RedisServer, r: redis.Redis, registry: Path, log_dir: Pa
     # Spans leave only when the buffer fills or the process stops: what arrives
     # proves the SIGTERM path flushes.
     env = plain_env(
-        redis_server.url, registry, EMBEDSTREAM_OTEL_ENDPOINT=collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="600000"
+        redis_server.url,
+        registry,
+        EMBEDSTREAM_OTEL_ENDPOINT=collector.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="600000",
+        EMBEDSTREAM_API_KEYS=f"{TENANT} {apikeys.digest(KEY)}",
     )
     gateway, port = start_gateway(env, log_dir)
     worker = start_worker(env, log_dir, MODEL, r)
@@ -97,45 +111,46 @@ def trail(redis_server: RedisServer, r: redis.Redis, registry: Path, log_dir: Pa
             inputs = [pb.Input(text=f"{SECRET} {i}") for i in range(2)]
 
             header, embed_trace, embed_parent = traceparent()
-            response = embedder.Embed(pb.EmbedRequest(inputs=inputs), metadata=[("traceparent", header)], timeout=10)
+            response = embedder.Embed(pb.EmbedRequest(inputs=inputs), metadata=traced_call(header), timeout=10)
 
             header, stream_trace, stream_parent = traceparent()
             requests = [pb.EmbedRequest(request_id=str(k), inputs=inputs[: k + 1]) for k in range(2)]
-            assert len(list(embedder.EmbedStream(iter(requests), metadata=[("traceparent", header)], timeout=10))) == 2
+            assert len(list(embedder.EmbedStream(iter(requests), metadata=traced_call(header), timeout=10))) == 2
 
             header, job_trace, job_parent = traceparent()
             job = jobs.SubmitJob(
                 jpb.SubmitJobRequest(spec=jpb.JobSpec(model=MODEL), inputs=inputs + inputs[:1]),
-                metadata=[("traceparent", header)],
+                metadata=traced_call(header),
                 timeout=10,
             )
-            states = [j.state for j in jobs.WatchJob(jpb.GetJobRequest(id=job.id), timeout=30)]
+            states = [j.state for j in jobs.WatchJob(jpb.GetJobRequest(id=job.id), metadata=AUTH, timeout=30)]
             assert states[-1] == jpb.JOB_STATE_SUCCEEDED
 
             header, idle_trace, _ = traceparent()
             idle = jobs.SubmitJob(
                 jpb.SubmitJobRequest(spec=jpb.JobSpec(model=IDLE), inputs=inputs),
-                metadata=[("traceparent", header)],
+                metadata=traced_call(header),
                 timeout=10,
             )
             [idle_entry] = raw_bulk_entries(r, idle.id)
-            jobs.CancelJob(jpb.GetJobRequest(id=idle.id), timeout=10)
+            jobs.CancelJob(jpb.GetJobRequest(id=idle.id), metadata=AUTH, timeout=10)
 
             header, invalid_trace, _ = traceparent()
             with pytest.raises(grpc.RpcError) as refused:
-                embedder.Embed(
-                    pb.EmbedRequest(inputs=[pb.Input(text="  ")]), metadata=[("traceparent", header)], timeout=10
-                )
+                embedder.Embed(pb.EmbedRequest(inputs=[pb.Input(text="  ")]), metadata=traced_call(header), timeout=10)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
             header, unavailable_trace, _ = traceparent()
             with pytest.raises(grpc.RpcError) as unserved:
-                embedder.Embed(
-                    pb.EmbedRequest(model=IDLE, inputs=inputs), metadata=[("traceparent", header)], timeout=10
-                )
+                embedder.Embed(pb.EmbedRequest(model=IDLE, inputs=inputs), metadata=traced_call(header), timeout=10)
             assert unserved.value.code() == grpc.StatusCode.UNAVAILABLE
 
-            embedder.ListModels(pb.ListModelsRequest(), timeout=10)  # no traceparent: a new trace
+            header, refused_trace, _ = traceparent()
+            with pytest.raises(grpc.RpcError) as unknown:
+                embedder.Embed(pb.EmbedRequest(inputs=inputs), metadata=[("traceparent", header)], timeout=10)
+            assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+            embedder.ListModels(pb.ListModelsRequest(), metadata=AUTH, timeout=10)  # no traceparent: a new trace
         exports_before_stop = len(collector.requests)
         assert gateway.stop() == 0 and worker.stop() == 0
         yield Trail(
@@ -148,6 +163,7 @@ def trail(redis_server: RedisServer, r: redis.Redis, registry: Path, log_dir: Pa
             idle_job=(idle_trace, idle_entry),
             invalid=invalid_trace,
             unavailable=unavailable_trace,
+            refused=refused_trace,
         )
     finally:
         gateway.kill()
@@ -176,6 +192,7 @@ def test_embed_continues_the_clients_trace_into_the_worker(trail: Trail) -> None
     assert server.attributes["rpc.grpc.status_code"] == 0
     assert server.attributes["rpc.method"] == "Embed" and server.attributes["rpc.service"] == "embedstream.v1.Embedder"
     assert server.attributes["embedstream.model"] == MODEL and server.attributes["embedstream.inputs"] == 2
+    assert server.attributes["embedstream.tenant"] == TENANT
     worker = one(spans, kind=CONSUMER)
     assert worker.parent_id == server.span_id and worker.service == "embedstream-worker"
     assert worker.name == f"process {MODEL}"
@@ -236,6 +253,13 @@ def test_failed_calls_are_traced_with_their_status(trail: Trail) -> None:
     assert unavailable.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
     assert unavailable.status == ERROR and unavailable.status_message.startswith("UNAVAILABLE: ")
     assert unavailable.attributes["embedstream.model"] == IDLE
+
+
+def test_a_call_the_guard_refuses_is_traced(trail: Trail) -> None:
+    [refused] = trail.of_trace(trail.refused)
+    assert refused.kind == SERVER and refused.name == "embedstream.v1.Embedder/Embed"
+    assert refused.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    assert refused.attributes["embedstream.tenant"] == "default" and "embedstream.model" not in refused.attributes
 
 
 def test_a_call_without_traceparent_starts_a_trace(trail: Trail) -> None:
