@@ -82,6 +82,7 @@ class Trail:
     embed: tuple[str, str, pb.EmbedResponse]
     stream: tuple[str, str]
     job: tuple[str, str, str]
+    upload: tuple[str, str, str]
     idle_job: tuple[str, dict[str, object]]
     invalid: str
     unavailable: str
@@ -123,8 +124,15 @@ def trail(redis_server: RedisServer, r: redis.Redis, registry: Path, log_dir: Pa
                 metadata=traced_call(header),
                 timeout=10,
             )
-            states = [j.state for j in jobs.WatchJob(jpb.GetJobRequest(id=job.id), metadata=AUTH, timeout=30)]
-            assert states[-1] == jpb.JOB_STATE_SUCCEEDED
+            header, upload_trace, upload_parent = traceparent()
+            parts = [
+                jpb.UploadJobRequest(header=jpb.JobSpec(model=MODEL)),
+                *(jpb.UploadJobRequest(chunk=jpb.InputChunk(inputs=[i])) for i in inputs),
+            ]
+            upload = jobs.UploadJob(iter(parts), metadata=traced_call(header), timeout=10)
+            for submitted in (job, upload):
+                states = [j.state for j in jobs.WatchJob(jpb.GetJobRequest(id=submitted.id), metadata=AUTH, timeout=30)]
+                assert states[-1] == jpb.JOB_STATE_SUCCEEDED
 
             header, idle_trace, _ = traceparent()
             idle = jobs.SubmitJob(
@@ -160,6 +168,7 @@ def trail(redis_server: RedisServer, r: redis.Redis, registry: Path, log_dir: Pa
             embed=(embed_trace, embed_parent, response),
             stream=(stream_trace, stream_parent),
             job=(job_trace, job_parent, job.id),
+            upload=(upload_trace, upload_parent, upload.id),
             idle_job=(idle_trace, idle_entry),
             invalid=invalid_trace,
             unavailable=unavailable_trace,
@@ -203,8 +212,8 @@ def test_embed_continues_the_clients_trace_into_the_worker(trail: Trail) -> None
     assert attrs["embedstream.batch_inputs"] >= 2 and attrs["embedstream.stream"] == "interactive"
     assert attrs["embedstream.queue_ms"] >= 0 and attrs["embedstream.inference_ms"] >= 0
     assert worker.events == ["batch started"]
-    # The worker span starts when the gateway queued the entry, inside the gateway's span.
-    assert server.start_ns <= worker.start_ns <= worker.end_ns
+    # The worker span starts when the gateway queued the entry (whole milliseconds), inside its span.
+    assert server.start_ns - 1_000_000 < worker.start_ns < server.end_ns and worker.start_ns < worker.end_ns
 
 
 def test_each_stream_message_has_a_span_and_its_worker_span_below_it(trail: Trail) -> None:
@@ -225,16 +234,17 @@ def test_each_stream_message_has_a_span_and_its_worker_span_below_it(trail: Trai
         assert by_parent[m.span_id].attributes["embedstream.inputs"] == m.attributes["embedstream.inputs"]
 
 
-def test_job_chunks_carry_the_submitting_calls_context(trail: Trail) -> None:
-    trace_id, client_span, job_id = trail.job
+@pytest.mark.parametrize(("call", "inputs"), [("SubmitJob", 3), ("UploadJob", 2)])
+def test_job_chunks_carry_the_submitting_calls_context(trail: Trail, call: str, inputs: int) -> None:
+    trace_id, client_span, job_id = trail.job if call == "SubmitJob" else trail.upload
     spans = trail.of_trace(trace_id)
-    server = one(spans, kind=SERVER, name="embedstream.v1.Jobs/SubmitJob")
+    server = one(spans, kind=SERVER, name=f"embedstream.v1.Jobs/{call}")
     assert server.parent_id == client_span and server.attributes["embedstream.job_id"] == job_id
-    assert server.attributes["embedstream.inputs"] == 3
+    assert server.attributes["embedstream.inputs"] == inputs and server.attributes["embedstream.model"] == MODEL
     chunk = one(spans, kind=CONSUMER)
     assert chunk.parent_id == server.span_id
     assert chunk.attributes["embedstream.job_id"] == job_id and chunk.attributes["embedstream.chunk"] == 0
-    assert chunk.attributes["embedstream.stream"] == "bulk" and chunk.attributes["embedstream.inputs"] == 3
+    assert chunk.attributes["embedstream.stream"] == "bulk" and chunk.attributes["embedstream.inputs"] == inputs
 
 
 def test_a_queue_entry_holds_the_gateway_spans_traceparent(trail: Trail) -> None:
@@ -265,7 +275,7 @@ def test_a_call_the_guard_refuses_is_traced(trail: Trail) -> None:
 def test_a_call_without_traceparent_starts_a_trace(trail: Trail) -> None:
     listed = one(trail.spans, name="embedstream.v1.Embedder/ListModels")
     assert listed.parent_id == "" and listed.kind == SERVER
-    assert listed.trace_id not in {trail.embed[0], trail.stream[0], trail.job[0]}
+    assert listed.trace_id not in {trail.embed[0], trail.stream[0], trail.job[0], trail.upload[0]}
 
 
 def test_no_input_text_in_any_span(trail: Trail) -> None:
