@@ -64,7 +64,8 @@ class Settings:
     log_level: str = _f("INFO", "Python logging level")
     log_format: str = _f("text", "Log lines as text, or json: one object per line (ts, level, logger, message, ...)")
     otel_endpoint: str = _f(
-        "", "OTLP/gRPC collector for traces (http://host:4317; https:// for TLS); empty: tracing off"
+        "",
+        "OTLP/gRPC trace collector, http://host:4317 (https://: TLS); unset: OTEL_EXPORTER_OTLP_ENDPOINT; empty: off",
     )
     otel_service_name: str = _f("", "service.name of this process's spans; empty: embedstream-<gateway|worker>")
     api_keys_file: str = _f("", "API key file (tenant, sha256 of the key, limits per line); reread when it changes")
