@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from embedstream import acl, apikeys
+from embedstream import acl, apikeys, logs, tracing
 from embedstream import registry as registry_mod
 from embedstream.errors import ConfigError
 from embedstream.settings import Settings, env_help, redact_url
@@ -32,11 +32,8 @@ def main(argv: list[str] | None = None) -> int:
             registry=getattr(args, "registry", None),
             threads=getattr(args, "threads", None),
         )
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s",
-        )
         command: str = args.command
+        logs.setup(settings.log_level, settings.log_format, command)
         return int(COMMANDS[command](settings, args))
     except ConfigError as exc:
         print(f"embedstream: configuration error: {exc}", file=sys.stderr)
@@ -125,6 +122,7 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 
     _need_redis(settings)
     registry = registry_mod.load(settings.registry)
+    tracing.setup(settings, "gateway")
     _run_async(serve(settings, registry))
     return 0
 
@@ -134,6 +132,8 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = registry_mod.load(settings.registry)
     spec = registry.resolve(args.model)
+    logs.set_model(spec.name)
+    tracing.setup(settings, "worker")
     # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
     from transformers.utils import logging as hf_logging
@@ -142,6 +142,9 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.worker import serve
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    if logs.json_lines():
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
     threads = settings.torch_threads()
     log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
     model = model_mod.load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))

@@ -18,6 +18,9 @@ from embedstream.connections import SCHEMES
 from embedstream.errors import ConfigError
 
 ENV_PREFIX = "EMBEDSTREAM_"
+LOG_FORMATS = ("text", "json")
+#: OpenTelemetry's own variables for the collector, read when EMBEDSTREAM_OTEL_ENDPOINT is absent.
+OTEL_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -59,6 +62,12 @@ class Settings:
     max_wait_ms: float = _f(2.0, "How long an idle worker waits to fill a batch")
     metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
     log_level: str = _f("INFO", "Python logging level")
+    log_format: str = _f("text", "Log lines as text, or json: one object per line (ts, level, logger, message, ...)")
+    otel_endpoint: str = _f(
+        "",
+        "OTLP/gRPC trace collector, http://host:4317 (https://: TLS); unset: OTEL_EXPORTER_OTLP_ENDPOINT; empty: off",
+    )
+    otel_service_name: str = _f("", "service.name of this process's spans; empty: embedstream-<gateway|worker>")
     api_keys_file: str = _f("", "API key file (tenant, sha256 of the key, limits per line); reread when it changes")
     api_keys: str = _f("", "API key entries as in the key file, ';'-separated; with neither, auth is off")
     rate_limit: float = _f(0.0, "Inputs per second per tenant, shared by all gateways; 0 = unlimited")
@@ -76,6 +85,13 @@ class Settings:
             key = ENV_PREFIX + f.name.upper()
             if key in env:
                 values[f.name] = _cast(key, env[key], type(f.default))
+        if "otel_endpoint" not in values:
+            # The standard variables turn tracing on too; EMBEDSTREAM_OTEL_ENDPOINT, when
+            # present (even empty, which turns tracing off), wins over both.
+            for key in OTEL_ENDPOINT_VARIABLES:
+                if env.get(key):
+                    values["otel_endpoint"] = env[key]
+                    break
         for name, value in overrides.items():
             if value is not None:
                 values[name] = value
@@ -120,6 +136,11 @@ class Settings:
             raise ConfigError(f"{ENV_PREFIX}TLS_CERT and {ENV_PREFIX}TLS_KEY must be set together")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError(f"{ENV_PREFIX}TLS_CLIENT_CA (mTLS) needs {ENV_PREFIX}TLS_CERT and {ENV_PREFIX}TLS_KEY")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        if self.otel_endpoint and urlsplit(self.otel_endpoint).scheme not in ("http", "https"):
+            named = " / ".join((f"{ENV_PREFIX}OTEL_ENDPOINT", *OTEL_ENDPOINT_VARIABLES))
+            raise ConfigError(f"{named}: the trace collector must be an http:// or https:// URL")
         if self.redis_url and urlsplit(self.redis_url).scheme not in SCHEMES:
             raise ConfigError(f"{ENV_PREFIX}REDIS_URL must start with one of {', '.join(s + '://' for s in SCHEMES)}")
 

@@ -49,6 +49,8 @@ class Job:
     query: str = ""
     #: Sparse: also send each index's token string.
     return_tokens: bool = False
+    #: The W3C ``traceparent`` of the gateway span that queued it ("" = not traced).
+    trace: str = ""
 
 
 @dataclass(slots=True)
@@ -105,6 +107,7 @@ def encode_job(job: Job) -> bytes:
         "dm": job.dimensions,
         "qy": job.query,
         "rt": job.return_tokens,
+        "tr": job.trace,
     }
     body.update((k, v) for k, v in optional.items() if v)
     if job.output_type != "float32":
@@ -141,6 +144,7 @@ def decode_job(data: bytes) -> Job:
             output_type=output_type,
             query=_typed(body.get("qy", ""), str, "qy"),
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
+            trace=_typed(body.get("tr", ""), str, "tr"),
         )
     except KeyError as exc:
         raise WireError(f"job lacks field {exc.args[0]!r}") from None

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedstream import keys, metrics, wire
+from embedstream import keys, metrics, tracing, wire
 from embedstream.connections import TRANSIENT
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec
@@ -38,7 +38,7 @@ class Options:
     query: str = ""
 
     def job(self, id: str, reply_to: str, deadline_ms: int, inputs: list[str | bytes], **chunk: Any) -> wire.Job:
-        """The queue entry for ``inputs`` with these options."""
+        """The queue entry for ``inputs`` with these options, carrying the current span's context."""
         return wire.Job(
             id=id,
             reply_to=reply_to,
@@ -53,6 +53,7 @@ class Options:
             output_type=self.output_type,
             query=self.query,
             return_tokens=self.return_tokens,
+            trace=tracing.traceparent(),
             **chunk,
         )
 
@@ -86,6 +87,7 @@ class Dispatcher:
         queue; streams pass ``wait_for_room`` and wait, slowing their client.
         """
         spec = request.spec
+        tracing.annotate({"embedstream.model": spec.name, "embedstream.inputs": len(request.inputs)})
         if not self.directory.redis_ok:
             raise Unavailable("the queue (Redis) is unreachable; retry shortly")
         if (

@@ -11,12 +11,13 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from embedstream import metrics, wire
+from embedstream import metrics, tracing, wire
 from embedstream.errors import DeadlineExceeded, EmbedstreamError
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
+from gateway import spans
 from gateway.directory import Directory
 from gateway.dispatch import Dispatcher, Request
 from gateway.shape import embeddings
@@ -33,6 +34,8 @@ FAMILIES = {
     "debug": pb.MODEL_FAMILY_DEBUG,
 }
 OUTPUT_TYPE_VALUES = {name: value for value, name in OUTPUT_TYPES.items()}
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -72,7 +75,7 @@ class Embedder(pb_grpc.EmbedderServicer):
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        async for response in self._stream(request_iterator, context, self._checked, respond):
+        async for response in self._stream("EmbedStream", request_iterator, context, self._checked, respond):
             yield response
 
     @unary("Rerank")
@@ -86,11 +89,14 @@ class Embedder(pb_grpc.EmbedderServicer):
     async def RerankStream(
         self, request_iterator: AsyncIterator[pb.RerankRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RerankResponse]:
-        async for response in self._stream(request_iterator, context, self._checked_rerank, respond_rerank):
+        async for response in self._stream(
+            "RerankStream", request_iterator, context, self._checked_rerank, respond_rerank
+        ):
             yield response
 
     async def _stream(
         self,
+        rpc: str,
         request_iterator: AsyncIterator[Req],
         context: grpc.aio.ServicerContext,
         check: Callable[[Req], Awaitable[Request]],
@@ -104,6 +110,8 @@ class Embedder(pb_grpc.EmbedderServicer):
         pending = asyncio.Queue()
         stream_deadline = context.time_remaining()
         stream_end = None if stream_deadline is None else time.time() + stream_deadline
+        traced = tracing.enabled()
+        message_span = f"{SERVICE}/{rpc} message"
 
         async def pump() -> None:
             try:
@@ -114,7 +122,8 @@ class Embedder(pb_grpc.EmbedderServicer):
                     deadline = time.time() + self.settings.max_deadline_s
                     if stream_end is not None:
                         deadline = min(deadline, stream_end)
-                    task = asyncio.ensure_future(self.dispatcher.embed(valid, deadline, wait_for_room=True))
+                    call = self.dispatcher.embed(valid, deadline, wait_for_room=True)
+                    task = asyncio.ensure_future(spans.message(message_span, call) if traced else call)
                     await pending.put((request, valid, task, received))
                 await pending.put(None)
             except (EmbedstreamError, grpc.RpcError, Exception) as exc:

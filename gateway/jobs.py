@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from embedstream import jobstore, keys, wire
+from embedstream import jobstore, keys, tracing, wire
 from embedstream.connections import TRANSIENT, replicated
 from embedstream.errors import InternalError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec, Registry
@@ -63,10 +63,12 @@ class Jobs(pb_grpc.JobsServicer):
                 "use UploadJob"
             )
         model, options = self._check_spec(request.spec)
+        tracing.annotate({"embedstream.model": model.name, "embedstream.inputs": n})
         inputs = validate_inputs(request.inputs, model, self.settings, self.directory, options.truncate)
         await verify_images(inputs, self.settings)
         await self._room_for(model, -(-n // jobstore.CHUNK))
         job_id, expires = await self._create(request.spec, model)
+        tracing.annotate({"embedstream.job_id": job_id})
         if expires is not None:
             await self._enqueue(job_id, model, options, inputs, 0, expires)
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, now_ms()]))
@@ -88,6 +90,7 @@ class Jobs(pb_grpc.JobsServicer):
         model, options = self._check_spec(spec)
         await self._room_for(model, 1)
         job_id, expires = await self._create(spec, model)
+        tracing.annotate({"embedstream.model": model.name, "embedstream.job_id": job_id})
         if expires is None:
             async for _ in stream:  # the job exists: read and drop the repeated upload
                 pass
@@ -117,6 +120,7 @@ class Jobs(pb_grpc.JobsServicer):
             if buffered:
                 chunk_index = (total - len(buffered)) // jobstore.CHUNK
                 await self._enqueue(job_id, model, options, buffered, chunk_index, expires)
+            tracing.annotate({"embedstream.inputs": total})
             await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, now_ms()]))
             await self._replicated()
         except BaseException:

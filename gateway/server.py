@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from embedstream import metrics
+from embedstream import logs, metrics, tracing
 from embedstream.connections import connect
 from embedstream.errors import Unavailable
 from embedstream.registry import Registry
@@ -28,6 +28,7 @@ from gateway.guard import Guard
 from gateway.jobs import Jobs
 from gateway.ratelimit import RateLimiter
 from gateway.replies import ReplyRouter
+from gateway.spans import Spans
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,13 @@ class Gateway:
         self.directory = Directory(self.redis, registry, settings.worker_liveness_s)
         self.dispatcher = Dispatcher(self.redis, self.router, self.directory, settings.redis_timeout_s)
         self.health = health.aio.HealthServicer()
+        # The guard comes first: a call without a valid key is refused before its
+        # request is even decoded. Only the span around it (when tracing) is outside.
+        interceptors = [Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s)), DecodeGuard()]
+        if tracing.enabled():
+            interceptors.insert(0, Spans())
         self.server = grpc.aio.server(
-            # The guard is outermost: a call without a valid key is refused before
-            # its request is even decoded.
-            interceptors=[Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s)), DecodeGuard()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -192,10 +196,11 @@ async def serve(settings: Settings, registry: Registry, ready: asyncio.Event | N
     metrics.start_server(settings.metrics_port)
     gateway = Gateway(settings, registry)
     await gateway.start()
-    print(f"embedstream gateway listening on {settings.host}:{gateway.port}", flush=True)
+    logs.announce(f"embedstream gateway listening on {settings.host}:{gateway.port}")
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
         await gateway.stop()
+        tracing.shutdown()

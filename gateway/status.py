@@ -48,6 +48,7 @@ def unary(rpc: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
             except Exception as exc:
                 code, message = to_status(exc)
                 metrics.REQUESTS.labels(rpc, model, code.name).inc()
+                log.debug("%s ended %s: %s", rpc, code.name, message)
                 await context.abort(code, message, trailing(exc))
             metrics.REQUESTS.labels(rpc, model, "OK").inc()
             return result
@@ -72,6 +73,7 @@ def streaming(rpc: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[
             except Exception as exc:
                 code, message = to_status(exc)
                 metrics.REQUESTS.labels(rpc, "-", code.name).inc()
+                log.debug("%s ended %s: %s", rpc, code.name, message)
                 await context.abort(code, message, trailing(exc))
             metrics.REQUESTS.labels(rpc, "-", "OK").inc()
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from embedstream import registry
 from embedstream.errors import ConfigError, NotFound
-from embedstream.settings import Settings
+from embedstream.settings import ENV_PREFIX, Settings
 
 
 def test_settings_from_env_and_overrides() -> None:
@@ -25,11 +27,32 @@ def test_settings_from_env_and_overrides() -> None:
         ({"EMBEDSTREAM_STREAM_WINDOW": "0"}, "EMBEDSTREAM_STREAM_WINDOW"),
         ({"EMBEDSTREAM_REDIS_URL": "http://x"}, "EMBEDSTREAM_REDIS_URL"),
         ({"EMBEDSTREAM_THREADS": "-1"}, "EMBEDSTREAM_THREADS"),
+        ({"EMBEDSTREAM_LOG_FORMAT": "xml"}, "EMBEDSTREAM_LOG_FORMAT"),
+        ({"EMBEDSTREAM_OTEL_ENDPOINT": "collector:4317"}, "EMBEDSTREAM_OTEL_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "grpc://collector:4317"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         Settings.from_env(env)
+
+
+def test_the_tracing_endpoint_embedstreams_variable_wins_then_otels_own() -> None:
+    generic, traces, ours = "http://generic:4317", "http://traces:4317", "https://ours:4317"
+    assert Settings.from_env({}).otel_endpoint == ""
+    assert Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": generic}).otel_endpoint == generic
+    both = {"OTEL_EXPORTER_OTLP_ENDPOINT": generic, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces}
+    assert Settings.from_env(both).otel_endpoint == traces
+    assert Settings.from_env({**both, "EMBEDSTREAM_OTEL_ENDPOINT": ours}).otel_endpoint == ours
+    assert Settings.from_env({**both, "EMBEDSTREAM_OTEL_ENDPOINT": ""}).otel_endpoint == ""  # set empty: off
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("\n## Configuration\n", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"`(EMBEDSTREAM_[A-Z0-9_]+)`", table))
+    fields = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    assert fields - documented == set(), "settings missing from the README's Configuration table"
 
 
 def test_settings_repr_hides_the_redis_password() -> None:

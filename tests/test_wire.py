@@ -28,6 +28,17 @@ def test_reply_round_trip_carries_raw_little_endian_vectors() -> None:
     assert not err.ok and err.error_message == "m"
 
 
+def test_trace_context_is_optional_and_round_trips() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = wire.Job("id", "reply", 5, 1, ["x"], trace=parent)
+    assert msgpack.unpackb(wire.encode_job(traced))["tr"] == parent
+    assert wire.decode_job(wire.encode_job(traced)).trace == parent
+    assert "tr" not in msgpack.unpackb(wire.encode_job(wire.Job("id", "reply", 5, 1, ["x"])))
+    # An entry queued before traces existed (or by a gateway with tracing off) still decodes.
+    old = msgpack.packb({"v": 1, "i": "id", "r": "reply", "d": 5, "q": 1, "t": ["x"], "u": True})
+    assert wire.decode_job(old) == wire.Job("id", "reply", 5, 1, ["x"])
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -41,6 +52,7 @@ def test_reply_round_trip_carries_raw_little_endian_vectors() -> None:
         msgpack.packb({"v": 1, "i": "x", "r": "r", "d": True, "q": 1, "t": ["a"]}),
         msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a", 3]}),
         msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"], "n": "yes"}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"], "tr": 7}),
     ],
 )
 def test_malformed_jobs_raise_wire_error(payload: bytes) -> None:

@@ -49,6 +49,8 @@ class Entry:
     remaining: int = 0
     started_ms: float = 0.0
     inference_ms: float = 0.0
+    #: Inputs in the largest batch this entry ran in (its span reports it).
+    batch_inputs: int = 0
     leased_at: float = field(default_factory=time.monotonic)
     error: tuple[str, str] | None = None
     #: Times Redis has delivered the entry (1 when first read); > 1 means a worker

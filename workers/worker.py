@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from embedstream import jobstore, keys, metrics, wire
+from embedstream import jobstore, keys, metrics, tracing, wire
 from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
-from workers import finish
+from workers import finish, spans
 from workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
 from workers.model import Model, Source, Tokens
 from workers.outbox import Outbox, now_ms
@@ -317,6 +317,7 @@ class Worker:
             for item in batch:
                 if not item.entry.started_ms:
                     item.entry.started_ms = started
+                item.entry.batch_inputs = max(item.entry.batch_inputs, len(batch))
             t0 = time.perf_counter()
             try:
                 vectors = await self._forward(batch)
@@ -436,6 +437,7 @@ class Worker:
         await self.outbox.deliver(entries)
         for entry in entries:
             self._held.pop((entry.stream, entry.stream_id), None)
+            spans.record(entry.job, self.spec.name, self.name, entry)
         metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(entries))
 
     async def _finish_silently(self, stream: str, stream_id: bytes) -> None:
@@ -445,6 +447,8 @@ class Worker:
         self, stream: str, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None
     ) -> None:
         await self.outbox.dead_letter(stream, stream_id, payload, reason, job)
+        if job is not None:
+            spans.record(job, self.spec.name, self.name, error=f"dead-lettered: {reason}")
 
     # -- liveness, leases, recovery ----------------------------------------
 
@@ -644,4 +648,7 @@ async def serve(spec: ModelSpec, model: Model, settings: Settings) -> None:
         loop.add_signal_handler(sig, worker.stop)
     metrics.init_worker(spec.name)
     metrics.start_server(settings.metrics_port)
-    await worker.run()
+    try:
+        await worker.run()
+    finally:
+        tracing.shutdown()
