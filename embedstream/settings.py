@@ -39,6 +39,9 @@ class Settings:
     max_text_bytes: int = _f(65536, "UTF-8 bytes accepted in one text input")
     max_image_bytes: int = _f(8 * 1024 * 1024, "Encoded bytes accepted in one image input")
     max_image_pixels: int = _f(25_000_000, "Pixels (width x height) accepted in one image input")
+    max_concurrent_rpcs: int = _f(
+        1000, "Calls one gateway serves at once; more get RESOURCE_EXHAUSTED (a memory bound)"
+    )
     stream_window: int = _f(2048, "Inputs in flight per EmbedStream before reading the client pauses")
     max_deadline_s: float = _f(60.0, "Deadline given to calls without one, and the longest honoured")
     redis_min_replicas: int = _f(0, "Replicas that must hold an accepted job before it is acknowledged")
@@ -107,6 +110,7 @@ class Settings:
             "max_image_bytes",
             "max_image_pixels",
             "stream_window",
+            "max_concurrent_rpcs",
             "max_deadline_s",
             "redis_timeout_s",
             "worker_liveness_s",

@@ -58,6 +58,7 @@ class Gateway:
         if tracing.enabled():
             interceptors.insert(0, Spans())
         self.server = grpc.aio.server(
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),

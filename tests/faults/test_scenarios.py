@@ -559,3 +559,24 @@ def test_a_scale_to_zero_model_queues_calls_until_a_worker_starts(cluster: Clust
     with stub(port) as s, pytest.raises(grpc.RpcError) as err:
         s.Embed(pb.EmbedRequest(model="fault", inputs=[pb.Input(text="no worker, not scale-to-zero")]), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_gateway_serves_at_most_max_concurrent_rpcs_at_once(cluster: Cluster) -> None:
+    _, port = cluster.gateway(EMBEDSTREAM_MAX_CONCURRENT_RPCS="4")
+    cluster.worker("deep")  # 100 ms per batch of 4
+    codes: list[grpc.StatusCode] = []
+    with stub(port) as s:
+        calls = [
+            s.Embed.future(pb.EmbedRequest(model="deep", inputs=[pb.Input(text=f"c{k}")] * 4), timeout=30)
+            for k in range(12)
+        ]
+        for call in calls:
+            try:
+                call.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+    # Past the limit gRPC refuses at once, before reading the request: the gateway's memory
+    # is bounded by max_concurrent_rpcs x the largest message.
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and codes.count(grpc.StatusCode.OK) >= 4
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
