@@ -61,7 +61,8 @@ class Directory:
         """Stop refreshing."""
         if self._task:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # A task cancelled inside a redis-py call can be slow to unwind: bounded wait.
+            await asyncio.wait({self._task}, timeout=2.0)
 
     async def refresh(self) -> None:
         """Read Redis once; on failure mark it unreachable."""

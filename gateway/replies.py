@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000
 STREAM_TTL_S = 120
+#: The longest each shutdown step may take.
+STOP_WAIT_S = 2.0
 # Create the stream only when missing (XADD MAXLEN 0 leaves it empty; on a live
 # stream it would trim unread replies), then renew its TTL.
 KEEP_ALIVE = """
@@ -41,6 +43,7 @@ class ReplyRouter:
         self._keep_alive = self._redis.register_script(KEEP_ALIVE)
         self._waiting: dict[str, asyncio.Future[wire.Reply]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.late_replies = 0
 
     async def start(self) -> None:
@@ -48,15 +51,23 @@ class ReplyRouter:
         self._task = asyncio.create_task(self._run(), name="replies")
 
     async def stop(self) -> None:
-        """Stop reading and delete the stream."""
+        """Stop reading and delete the stream (it has a TTL: a step that hangs is skipped)."""
         if self._task:
+            # The reader ends by itself within one blocking read once closing is set;
+            # cancelling a task blocked inside redis-py's read can hang, so that is only
+            # the fallback, and never waited on without a bound.
+            self._closing = True
+            await asyncio.wait({self._task}, timeout=BLOCK_MS / 1000 + STOP_WAIT_S)
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
         try:
-            await self._redis.delete(self.stream)
-        except TRANSIENT:
+            await asyncio.wait_for(self._redis.delete(self.stream), STOP_WAIT_S)
+        except (*TRANSIENT, TimeoutError):
+            log.warning("reply stream %s left to its TTL", self.stream)
+        try:
+            await asyncio.wait_for(self._redis.aclose(), STOP_WAIT_S)
+        except TimeoutError:
             pass
-        await self._redis.aclose()
 
     def expect(self, job_id: str) -> asyncio.Future[wire.Reply]:
         """A future the reply for ``job_id`` will complete."""
@@ -83,7 +94,7 @@ class ReplyRouter:
         delay = 0.05
         renewed = 0.0
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             try:
                 if loop.time() - renewed > STREAM_TTL_S / 4:
                     await self._ensure_stream()

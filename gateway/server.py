@@ -137,7 +137,10 @@ class Gateway:
         await self.server.stop(grace)
         await self.directory.stop()
         await self.router.stop()
-        await self.redis.aclose()
+        try:
+            await asyncio.wait_for(self.redis.aclose(), 2.0)
+        except TimeoutError:
+            pass
         log.info("gateway %s stopped", self.router.gateway_id)
 
     async def __aenter__(self) -> Gateway:

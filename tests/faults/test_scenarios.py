@@ -458,7 +458,7 @@ def test_sigterm_rolling_restart_under_load(cluster: Cluster) -> None:
         cluster.worker()
     target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for _, port in gateways)
     ledger = Ledger()
-    errors: list[grpc.StatusCode] = []
+    errors: list[tuple[grpc.StatusCode, str, float]] = []
     stop = threading.Event()
 
     def load(n: int) -> None:
@@ -471,13 +471,13 @@ def test_sigterm_rolling_restart_under_load(cluster: Cluster) -> None:
                     ledger.answer(rid, s.Embed(ledger.send(rid, [rid]), timeout=20, wait_for_ready=True))
                 except grpc.RpcError as exc:
                     ledger.answer(rid, exc.code())
-                    errors.append(exc.code())
+                    errors.append((exc.code(), exc.details() or "", time.monotonic() - began))
                 k += 1
 
+    began = time.monotonic()
     threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(4)]
     for t in threads:
         t.start()
-    began = time.monotonic()
     time.sleep(1)
     for proc, port in list(gateways):
         assert proc.stop() == 0
@@ -580,3 +580,27 @@ def test_a_gateway_serves_at_most_max_concurrent_rpcs_at_once(cluster: Cluster) 
     # is bounded by max_concurrent_rpcs x the largest message.
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and codes.count(grpc.StatusCode.OK) >= 4
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def test_a_worker_that_leaves_hands_its_entries_back_at_once(cluster: Cluster) -> None:
+    slow_reclaim = {"EMBEDSTREAM_VISIBILITY_TIMEOUT_S": "8"}  # a dead worker's entries would wait 8-10 s
+    _, port = cluster.gateway()
+    leaving = cluster.worker("deep", **slow_reclaim)  # 100 ms per batch of 4
+    texts = [[f"hand back {k} {i}" for i in range(4)] for k in range(40)]
+    with stub(port) as s:
+        calls = [
+            s.Embed.future(pb.EmbedRequest(model="deep", inputs=[pb.Input(text=t) for t in four]), timeout=60)
+            for four in texts
+        ]
+        wait_until(lambda: consumer_pending(cluster, leaving.pid, "deep") >= 20, 10, what="the worker to hold work")
+        staying = cluster.worker("deep", **slow_reclaim)
+        leaving.signal(signal.SIGTERM)
+        left = time.monotonic()
+        results = [call.result() for call in calls]
+        took = time.monotonic() - left
+    assert leaving.proc.wait(20) == 0 and "handed back" in leaving.log()
+    assert took < 8, f"{took:.1f} s: the entries waited for the visibility timeout instead of being handed back"
+    for four, resp in zip(texts, results):
+        got = np.array([list(e.values) for e in resp.embeddings], dtype=np.float32)
+        assert np.abs(got - expected(four)).max() < 1e-6
+    assert staying.alive()
