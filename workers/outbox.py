@@ -1,8 +1,8 @@
 """Everything a worker writes back to Redis: replies, job results, acks, dead letters.
 
-Every write of an answer (a reply, a job result, a dead letter) completes
-before the entry's XACK + XDEL is sent, so an entry is never acknowledged before
-its answer is stored, on one server or across the nodes of a Redis Cluster.
+An entry is never acknowledged before its answer (a reply, a job result, a dead
+letter) is stored: on one server both go in one pipeline, which Redis runs in
+order; across the nodes of a Redis Cluster the answer is written first.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from redis.asyncio.cluster import RedisCluster
 
 from embedstream import jobstore, keys, metrics, wire
 from embedstream.connections import TRANSIENT
@@ -51,24 +53,34 @@ class Outbox:
         self.stopping = stopping
         self._record = redis.register_script(jobstore.RECORD)
         self._dead = redis.register_script(DEAD_LETTER)
+        self.cluster = isinstance(redis, RedisCluster)
         self.max_dead_letters = max_dead_letters
 
     async def deliver(self, entries: list[Entry]) -> None:
-        """Write every reply and job result, then XACK + XDEL the entries. Two steps: in a
-        Redis Cluster a reply stream, a job and a model's queue live on different nodes, and
-        one pipeline keeps no order between nodes."""
+        """Write every reply and job result, then XACK + XDEL the entries.
+
+        On one Redis server that is one pipeline: Redis runs it in order, and an entry
+        leaves its stream as its answer lands. In a Redis Cluster a reply stream, a job
+        and a model's queue live on different nodes, where a pipeline keeps no order
+        (nor takes scripts): there the answers are written first, then acknowledged."""
         replies = [(e.job.reply_to, wire.encode_reply(self.answer(e))) for e in entries if not e.bulk]
         chunks = [self._chunk(e) for e in entries if e.bulk]
+        done = [(e.stream, e.stream_id) for e in entries]
 
         async def write() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)
             for stream, reply in replies:
                 pipe.xadd(stream, {keys.PAYLOAD: reply}, nomkstream=True)
-            done = list(await pipe.execute()) if replies else []
-            return done + [await self._record(keys=k, args=a) for k, a in chunks]
+            if self.cluster:
+                written = list(await pipe.execute()) if replies else []
+                return written + [await self._record(keys=k, args=a) for k, a in chunks]
+            for k, a in chunks:
+                await self._record(keys=k, args=a, client=pipe)  # queues EVALSHA on the pipeline
+            _acknowledge(pipe, done)
+            return list(await pipe.execute())
 
-        if await self.retrying(write) is not None:
-            await self.acknowledge([(e.stream, e.stream_id) for e in entries])
+        if await self.retrying(write) is not None and self.cluster:
+            await self.acknowledge(done)
 
     def _chunk(self, entry: Entry, error: str = "") -> tuple[list[str], list[Any]]:
         """Keys and arguments of the script that stores a job chunk's vectors (or failure)
@@ -110,9 +122,7 @@ class Outbox:
 
         async def ack() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)
-            for stream, stream_id in entries:
-                pipe.xack(stream, keys.GROUP, stream_id)
-                pipe.xdel(stream, stream_id)
+            _acknowledge(pipe, entries)
             return list(await pipe.execute())
 
         await self.retrying(ack)
@@ -152,3 +162,10 @@ class Outbox:
             metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(trimmed)
         if trimmed is not None:
             await self.acknowledge([(stream, stream_id)])
+
+
+def _acknowledge(pipe: Any, entries: list[tuple[str, bytes]]) -> None:
+    """Queue XACK + XDEL of each entry on ``pipe``."""
+    for stream, stream_id in entries:
+        pipe.xack(stream, keys.GROUP, stream_id)
+        pipe.xdel(stream, stream_id)
