@@ -188,6 +188,15 @@ class Cluster:
         return [fields for _, fields in self.r.xrange(keys.dead_letters(model))]
 
 
+def consumer_pending(r: redis.Redis, pid: int, model: str = "fault") -> int:
+    """Entries the worker process ``pid`` holds unacknowledged in ``model``'s queue
+    (consumer names are ``<host>-<pid>-<random>``)."""
+    for row in r.xinfo_consumers(keys.queue(model), keys.GROUP):
+        if f"-{pid}-" in row["name"].decode():
+            return int(row["pending"])
+    return 0
+
+
 def scrape(port: int) -> dict[str, float]:
     """A process's Prometheus metrics, summed per name+labels as text keys."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

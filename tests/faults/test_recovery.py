@@ -20,14 +20,8 @@ from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
 from tests.corpus import texts
+from tests.faults.harness import consumer_pending
 from tests.procs import base_env, start_gateway, start_worker, stub, wait_until
-
-
-def pending_of(r: redis.Redis, model: str, consumer_prefix: str) -> int:
-    for row in r.xinfo_consumers(keys.queue(model), keys.GROUP):
-        if row["name"].decode().startswith(consumer_prefix):
-            return int(row["pending"])
-    return 0
 
 
 def test_two_workers_share_work_and_kill9_loses_nothing(
@@ -79,12 +73,12 @@ def test_two_workers_share_work_and_kill9_loses_nothing(
         wait_until(
             lambda: (
                 sum(victim_tag in x.metadata.worker for x in responses) >= 5
-                and pending_of(r, "pair", f"{os.uname().nodename}-{victim.pid}-") > 0
+                and consumer_pending(r, victim.pid, "pair") > 0
             ),
             timeout=120,
             what="the victim to answer some requests and hold more",
         )
-        held = pending_of(r, "pair", f"{os.uname().nodename}-{victim.pid}-")
+        held = consumer_pending(r, victim.pid, "pair")
         victim.signal(signal.SIGKILL)
         killed.set()
         client.join(300)

@@ -21,8 +21,8 @@ from embedstream import keys
 from embedstream.client import Client, Retry, retry_after
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
-from tests.faults.harness import Cluster, Ledger, expected, metrics_port, score, scrape
-from tests.procs import stub, wait_until
+from tests.faults.harness import Cluster, Ledger, consumer_pending, expected, metrics_port, score, scrape
+from tests.procs import Proc, stub, wait_until
 from workers.model import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
 
 
@@ -79,11 +79,19 @@ class StreamLoad:
         assert self.error is None, self.error
 
 
-def consumer_pending(cluster: Cluster, pid: int, model: str = "fault") -> int:
-    for row in cluster.r.xinfo_consumers(keys.queue(model), keys.GROUP):
-        if f"-{pid}-" in row["name"].decode():
-            return int(row["pending"])
-    return 0
+def strike_while_holding(cluster: Cluster, load: StreamLoad, worker: Proc, sig: signal.Signals) -> tuple[int, float]:
+    """Once ``worker`` has answered some of ``load`` and holds more, send it ``sig``; return
+    how many entries it held and the seconds until another worker had reclaimed them all."""
+    wait_until(
+        lambda: load.answered_by(worker.pid) >= 10 and consumer_pending(cluster.r, worker.pid) > 0,
+        30,
+        what="the worker to hold work",
+    )
+    held = consumer_pending(cluster.r, worker.pid)
+    worker.signal(sig)
+    struck = time.monotonic()
+    wait_until(lambda: consumer_pending(cluster.r, worker.pid) == 0, 30, what="its entries to be reclaimed")
+    return held, time.monotonic() - struck
 
 
 def test_worker_kill9_mid_batch(cluster: Cluster) -> None:
@@ -91,16 +99,7 @@ def test_worker_kill9_mid_batch(cluster: Cluster) -> None:
     victim, survivor = cluster.worker(), cluster.worker()
     ledger = Ledger()
     load = StreamLoad(port, ledger, "k9")
-    wait_until(
-        lambda: load.answered_by(victim.pid) >= 10 and consumer_pending(cluster, victim.pid) > 0,
-        30,
-        what="the victim to hold work",
-    )
-    held = consumer_pending(cluster, victim.pid)
-    victim.signal(signal.SIGKILL)
-    killed = time.monotonic()
-    wait_until(lambda: consumer_pending(cluster, victim.pid) == 0, 30, what="the dead worker's entries reclaimed")
-    recovery = time.monotonic() - killed
+    held, recovery = strike_while_holding(cluster, load, victim, signal.SIGKILL)
     load.finish()
     assert held > 0 and load.answered_by(survivor.pid) > 0
     # The declared bound: the visibility timeout plus one reclaim scan (a quarter of it), with
@@ -114,16 +113,7 @@ def test_worker_sigstop_past_the_visibility_timeout_then_resumed(cluster: Cluste
     paused, other = cluster.worker(), cluster.worker()
     ledger = Ledger()
     load = StreamLoad(port, ledger, "stop")
-    wait_until(
-        lambda: load.answered_by(paused.pid) >= 10 and consumer_pending(cluster, paused.pid) > 0,
-        30,
-        what="the worker to hold work",
-    )
-    held = consumer_pending(cluster, paused.pid)
-    paused.signal(signal.SIGSTOP)
-    stopped = time.monotonic()
-    wait_until(lambda: consumer_pending(cluster, paused.pid) == 0, 30, what="the stalled worker's entries reclaimed")
-    recovery = time.monotonic() - stopped
+    held, recovery = strike_while_holding(cluster, load, paused, signal.SIGSTOP)
     time.sleep(1.5)  # well past the 1.5 s visibility timeout
     paused.signal(signal.SIGCONT)
     load.finish()
@@ -592,7 +582,7 @@ def test_a_worker_that_leaves_hands_its_entries_back_at_once(cluster: Cluster) -
             s.Embed.future(pb.EmbedRequest(model="deep", inputs=[pb.Input(text=t) for t in four]), timeout=60)
             for four in texts
         ]
-        wait_until(lambda: consumer_pending(cluster, leaving.pid, "deep") >= 20, 10, what="the worker to hold work")
+        wait_until(lambda: consumer_pending(cluster.r, leaving.pid, "deep") >= 20, 10, what="the worker to hold work")
         staying = cluster.worker("deep", **slow_reclaim)
         leaving.signal(signal.SIGTERM)
         left = time.monotonic()
