@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from embedstream.errors import InvalidArgument
+from gateway.handlers import kind
 
 
 class Undecodable:
@@ -64,19 +65,9 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.request_deserializer is None:
             return handler
         decode = _tolerant(handler.request_deserializer, _type_name(handler.request_deserializer))
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary), decode, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _unary(handler.unary_stream), decode, handler.response_serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _streamed(handler.stream_unary), decode, handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _streamed(handler.stream_stream), decode, handler.response_serializer
-        )
+        shape = kind(handler)
+        wrap = _streamed if handler.request_streaming else _unary
+        return handler._replace(request_deserializer=decode, **{shape: wrap(getattr(handler, shape))})
 
 
 def _unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:

@@ -21,6 +21,7 @@ from embedstream import metrics
 from embedstream.apikeys import Entry
 from embedstream.errors import EmbedstreamError
 from gateway.auth import DEFAULT_TENANT, TENANT, Keyring, bearer
+from gateway.handlers import kind
 from gateway.ratelimit import Limit, RateLimiter
 from gateway.status import trailing
 
@@ -76,13 +77,8 @@ class _Call:
         self.limiter = limiter
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.request_streaming and handler.response_streaming:
-            return handler._replace(stream_stream=self._stream_stream(handler.stream_stream))
-        if handler.request_streaming:
-            return handler._replace(stream_unary=self._stream_unary(handler.stream_unary))
-        if handler.response_streaming:
-            return handler._replace(unary_stream=self._unary_stream(handler.unary_stream))
-        return handler._replace(unary_unary=self._unary_unary(handler.unary_unary))
+        shape = kind(handler)
+        return handler._replace(**{shape: getattr(self, f"_{shape}")(getattr(handler, shape))})
 
     async def _admit(self, request: Any, context: grpc.aio.ServicerContext) -> None:
         TENANT.set(self.tenant)
@@ -138,10 +134,5 @@ def _refusal(handler: grpc.RpcMethodHandler, method: str, exc: EmbedstreamError)
         log.info("refused %s from %s: %s", method, context.peer(), exc.message)
         await context.abort(grpc.StatusCode[exc.code.value], exc.message)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+    make: Callable[..., grpc.RpcMethodHandler] = getattr(grpc, f"{kind(handler)}_rpc_method_handler")
+    return make(refuse)

@@ -18,6 +18,7 @@ from embedstream import tracing, wire
 from embedstream.errors import EmbedstreamError
 from gateway.auth import current_tenant
 from gateway.guard import GUARDED
+from gateway.handlers import kind
 
 #: Codes that mean the server failed (OpenTelemetry's gRPC conventions); others are the caller's.
 SERVER_ERRORS = frozenset(
@@ -46,9 +47,8 @@ class Spans(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         service, _, method = details.method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
         name, metadata = f"{service}/{method}", details.invocation_metadata
-        kind = ("stream" if handler.request_streaming else "unary") + "_"
-        kind += "stream" if handler.response_streaming else "unary"
-        inner = getattr(handler, kind)
+        shape = kind(handler)
+        inner = getattr(handler, shape)
 
         async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with tracing.server_span(name, metadata, attributes):
@@ -70,7 +70,7 @@ class Spans(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 _ended(context, None)
 
-        return handler._replace(**{kind: streamed if handler.response_streaming else single})
+        return handler._replace(**{shape: streamed if handler.response_streaming else single})
 
 
 def _ended(context: grpc.aio.ServicerContext, exc: BaseException | None) -> None:
