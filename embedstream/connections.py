@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -147,3 +148,17 @@ async def replicated(redis: Any, replicas: int, timeout_s: float) -> bool:
                 return False
             await asyncio.sleep(0.005)
     return True
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], grace_s: float = 0.0, cancel_wait_s: float = 2.0) -> None:
+    """End ``tasks``: let them finish by themselves for up to ``grace_s``, then cancel what is
+    left and wait at most ``cancel_wait_s`` more. No wait is unbounded: cancelling a task
+    blocked inside a redis-py read can hang, so a loop reading Redis is first asked to stop
+    by its own flag (and given a grace of one blocking read); cancelling is the fallback."""
+    pending = set(tasks)
+    if pending and grace_s > 0:
+        _, pending = await asyncio.wait(pending, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=cancel_wait_s)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from embedstream import keys, metrics
-from embedstream.connections import TRANSIENT
+from embedstream.connections import TRANSIENT, stop_tasks
 from embedstream.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ class Directory:
     async def stop(self) -> None:
         """Stop refreshing."""
         if self._task:
-            self._task.cancel()
-            # A task cancelled inside a redis-py call can be slow to unwind: bounded wait.
-            await asyncio.wait({self._task}, timeout=2.0)
+            await stop_tasks([self._task])
 
     async def refresh(self) -> None:
         """Read Redis once; on failure mark it unreachable."""

@@ -14,7 +14,7 @@ import logging
 import uuid
 
 from embedstream import keys, metrics, wire
-from embedstream.connections import TRANSIENT, connect
+from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import EmbedstreamError
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,8 @@ class ReplyRouter:
     async def stop(self) -> None:
         """Stop reading and delete the stream (it has a TTL: a step that hangs is skipped)."""
         if self._task:
-            # The reader ends by itself within one blocking read once closing is set;
-            # cancelling a task blocked inside redis-py's read can hang, so that is only
-            # the fallback, and never waited on without a bound.
-            self._closing = True
-            await asyncio.wait({self._task}, timeout=BLOCK_MS / 1000 + STOP_WAIT_S)
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+            self._closing = True  # the reader ends by itself within one blocking read
+            await stop_tasks([self._task], grace_s=BLOCK_MS / 1000 + STOP_WAIT_S, cancel_wait_s=STOP_WAIT_S)
         try:
             await asyncio.wait_for(self._redis.delete(self.stream), STOP_WAIT_S)
         except (*TRANSIENT, TimeoutError):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from embedstream import jobstore, keys, metrics, tracing, wire
-from embedstream.connections import TRANSIENT, connect
+from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
@@ -91,13 +91,9 @@ class Worker(Recovery):
         try:
             await self._batch_loop()
         finally:
-            # The read loop ends by itself within one blocking read (1 s) once stopping is
-            # set; cancelling a task blocked inside redis-py's read can hang, so that is
-            # only the fallback, and nothing here waits on a task without a bound.
-            await asyncio.wait({reader}, timeout=3.0)
-            for task in (reader, *background):
-                task.cancel()
-            await asyncio.wait({reader, *background}, timeout=2.0)
+            # The read loop ends by itself within one blocking read (1 s) once stopping is set.
+            await stop_tasks([reader], grace_s=3.0)
+            await stop_tasks(background)
             if self._replies:
                 await asyncio.gather(*self._replies, return_exceptions=True)
             try:
