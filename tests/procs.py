@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,3 +151,14 @@ def entries_added(r: redis.Redis, model: str) -> int:
         return int(r.xinfo_stream(keys.queue(model))["entries-added"])
     except redis.ResponseError:
         return 0
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A process's Prometheus metrics, summed per name+labels as text keys."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = defaultdict(float)
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] += float(value)
+    return out

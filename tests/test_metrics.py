@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import urllib.request
 from pathlib import Path
 
 import redis
@@ -11,23 +10,21 @@ import redis
 from embedstream.redis_server import RedisServer, free_port
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
-from tests.procs import ROOT, start_gateway, start_worker, stub
+from tests.procs import ROOT, scrape, start_gateway, start_worker, stub
 
 SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def exported(port: int) -> set[str]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     names = set()
-    for line in body.splitlines():
-        if line.startswith("embedstream_"):
-            name = re.split(r"[{ ]", line, maxsplit=1)[0]
-            if name.endswith("_created"):  # creation timestamps of counters and histograms
-                continue
-            for suffix in SUFFIXES:
-                if name.endswith(suffix):
-                    name = name[: -len(suffix)]
-            names.add(name)
+    for series in scrape(port):
+        name = series.partition("{")[0]
+        if not name.startswith("embedstream_") or name.endswith("_created"):  # _created: creation timestamps
+            continue
+        for suffix in SUFFIXES:
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        names.add(name)
     return names
 
 

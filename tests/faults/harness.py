@@ -15,7 +15,6 @@ import re
 import socket
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,17 +194,6 @@ def consumer_pending(r: redis.Redis, pid: int, model: str = "fault") -> int:
         if f"-{pid}-" in row["name"].decode():
             return int(row["pending"])
     return 0
-
-
-def scrape(port: int) -> dict[str, float]:
-    """A process's Prometheus metrics, summed per name+labels as text keys."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = defaultdict(float)
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] += float(value)
-    return out
 
 
 def metrics_port() -> int:
