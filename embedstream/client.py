@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import os
 import random
 import threading
@@ -143,7 +144,7 @@ class Client:
         self.timeout = timeout
         self.retry = retry or Retry()
         if channel is None:
-            options = _CHANNEL_OPTIONS + (tls.options() if tls else [])
+            options = CHANNEL_OPTIONS + (tls.options() if tls else [])
             if tls is None:
                 channel = grpc.insecure_channel(_target(target), options=options)
             else:
@@ -454,7 +455,7 @@ class AsyncClient:
         self.retry = retry or Retry()
         key = _api_key(api_key)
         interceptors = _aio_bearer(key) if key else None
-        options = _CHANNEL_OPTIONS + (tls.options() if tls else [])
+        options = CHANNEL_OPTIONS + (tls.options() if tls else [])
         if tls is None:
             self._channel = grpc.aio.insecure_channel(_target(target), options=options, interceptors=interceptors)
         else:
@@ -615,10 +616,18 @@ class AsyncJobHandle:
         return self.job
 
 
-_CHANNEL_OPTIONS = [
+#: Channel options of every client: exported so that code building its own channel (other
+#: stubs, tests) spreads and drains calls the same way.
+CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.lb_policy_name", "round_robin"),
+    # round_robin over every gateway address, skipping a gateway whose gRPC health (service
+    # "") is not SERVING: one draining after SIGTERM, or one that lost Redis, gets no new
+    # calls while it says so, instead of calls racing its shutdown.
+    (
+        "grpc.service_config",
+        json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}),
+    ),
     # A gateway host that vanishes (power, network) sends no FIN: pings find it within
     # ~15 s, its calls fail UNAVAILABLE (retried on another gateway) and round_robin drops it.
     ("grpc.keepalive_time_ms", 10_000),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from embedstream import keys
-from embedstream.client import Client, Retry, retry_after
+from embedstream.client import CHANNEL_OPTIONS, Client, Retry, retry_after
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
 from tests.faults.harness import Cluster, Ledger, consumer_pending, expected, metrics_port, score
@@ -452,7 +452,7 @@ def test_sigterm_rolling_restart_under_load(cluster: Cluster) -> None:
     stop = threading.Event()
 
     def load(n: int) -> None:
-        with grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")]) as channel:
+        with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
             s = embedder_pb2_grpc.EmbedderStub(channel)
             k = 0
             while not stop.is_set():
@@ -504,6 +504,31 @@ def test_gateway_sigterm_reports_not_serving_first_then_drains(cluster: Cluster)
         assert _embed(port, "during the delay", model="backlog").embeddings
         assert slow.result().embeddings  # the call in flight finishes
     assert gateway.proc.wait(30) == 0
+
+
+def test_clients_leave_a_draining_gateway_while_it_reports_not_serving(cluster: Cluster) -> None:
+    metrics = metrics_port()
+    draining, first = cluster.gateway(EMBEDSTREAM_SHUTDOWN_DELAY_S="3", EMBEDSTREAM_METRICS_PORT=str(metrics))
+    _, second = cluster.gateway()
+    cluster.worker()
+
+    def served() -> float:  # calls the draining gateway has answered
+        return sum(v for series, v in scrape(metrics).items() if series.startswith("embedstream_requests_total"))
+
+    def call(text: str) -> None:
+        assert s.Embed(pb.EmbedRequest(model="fault", inputs=[pb.Input(text=text)]), timeout=10).embeddings
+
+    with grpc.insecure_channel(f"ipv4:127.0.0.1:{first},127.0.0.1:{second}", options=CHANNEL_OPTIONS) as channel:
+        s = embedder_pb2_grpc.EmbedderStub(channel)
+        wait_until(lambda: call("warm up") or served() > 0, 10, what="round_robin to reach the first gateway")
+        draining.signal(signal.SIGTERM)
+        wait_until(lambda: not _serving(first), 2, what="NOT_SERVING right after SIGTERM")
+        time.sleep(0.2)  # the clients' health watch hears it
+        before = served()
+        for k in range(20):  # all within the 3 s delay, while the gateway would still answer
+            call(f"while draining {k}")
+        assert served() == before, "a client sent calls to a gateway that reports NOT_SERVING"
+    assert draining.proc.wait(30) == 0
 
 
 def test_calls_without_a_deadline_get_the_servers_maximum(cluster: Cluster) -> None:
