@@ -65,8 +65,13 @@ lint: venv
 	$(BIN)/ruff check embedstream gateway workers tests loadtest
 	$(BIN)/ruff format --check embedstream gateway workers tests loadtest
 
+# mypy cannot follow the editable install's package-dir mapping (gateway/ is embedstream.gateway
+# once installed), so it checks a tree of links laid out as the wheel installs it.
+TYPECHECK := .embedstream/typecheck
 typecheck: venv
-	$(BIN)/mypy
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/embedstream
+	for f in embedstream/* gateway workers; do ln -s $(CURDIR)/$$f $(TYPECHECK)/embedstream/$$(basename $$f); done
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
 
 # Container images (deploy/); the tag is the version in pyproject.toml, as deploy/ expects.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

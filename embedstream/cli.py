@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
-import signal
-import subprocess
+import importlib
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from embedstream import acl, apikeys, logs, tracing
-from embedstream import registry as registry_mod
+from embedstream import acl, apikeys, logs
 from embedstream.errors import ConfigError
-from embedstream.settings import Settings, env_help, redact_url
+from embedstream.settings import Settings, env_help
 from embedstream.tls import TLS
-
-log = logging.getLogger("embedstream")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,44 +105,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _need_redis(settings: Settings) -> None:
-    if not settings.redis_url:
-        raise ConfigError("EMBEDSTREAM_REDIS_URL (or --redis-url) is required; `embedstream serve` starts its own")
-
-
 def _gateway(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.server import serve
-
-    _need_redis(settings)
-    registry = registry_mod.load(settings.registry)
-    tracing.setup(settings, "gateway")
-    _run_async(serve(settings, registry))
-    return 0
+    return _role("embedstream.gateway.main")(settings)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    _need_redis(settings)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    registry = registry_mod.load(settings.registry)
-    spec = registry.resolve(args.model)
-    logs.set_model(spec.name)
-    tracing.setup(settings, "worker")
-    # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
-    from transformers.utils import logging as hf_logging
+    return _role("embedstream.workers.main")(settings, args.model)
 
-    from workers import model as model_mod
-    from workers.worker import serve
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    if logs.json_lines():
-        hf_logging.disable_default_handler()
-        hf_logging.enable_propagation()
-    threads = settings.torch_threads()
-    log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
-    model = model_mod.load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
-    _run_async(serve(spec, model, settings))
-    return 0
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from embedstream.supervisor import serve
+
+    return serve(settings, Path(args.data_dir))
+
+
+def _role(module: str) -> Callable[..., int]:
+    """The ``run`` of a role's main module. The CLI names roles instead of importing them, so the
+    shared layer never imports up into embedstream.gateway or embedstream.workers."""
+    run: Callable[..., int] = importlib.import_module(module).run
+    return run
 
 
 def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
@@ -281,101 +255,6 @@ def _new_key(path: str, args: argparse.Namespace) -> int:
 def _redis_acl(settings: Settings, args: argparse.Namespace) -> int:
     print(acl.render(), end="")
     return 0
-
-
-def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from embedstream.redis_server import RedisServer
-
-    registry = registry_mod.load(settings.registry)
-    redis = None
-    env = dict(os.environ)
-    if not settings.redis_url:
-        redis = RedisServer(Path(args.data_dir).resolve() / "redis").start()
-        env["EMBEDSTREAM_REDIS_URL"] = redis.url
-        log.info("started redis-server on port %d (AOF in %s)", redis.port, redis.data_dir)
-    else:
-        log.info("using Redis at %s", redact_url(settings.redis_url))
-    env["EMBEDSTREAM_PORT"] = str(settings.port)
-    env["EMBEDSTREAM_THREADS"] = str(settings.threads)
-    if settings.registry:
-        env["EMBEDSTREAM_REGISTRY"] = str(Path(settings.registry).resolve())
-    base = [sys.executable, "-m", "embedstream"]
-    commands = {"gateway": [*base, "gateway"]}
-    for name in registry.models:
-        commands[f"worker:{name}"] = [*base, "worker", "--model", name]
-    supervisor = Supervisor(commands, env)
-    try:
-        supervisor.run()
-    finally:
-        if redis is not None:
-            redis.stop()
-    return 0
-
-
-#: How long ``serve`` waits for each child after SIGTERM: the gateway's default
-#: shutdown delay and grace, with room to spare.
-STOP_WAIT_S = 40
-
-
-class Supervisor:
-    """Keeps child processes running until SIGINT/SIGTERM, then stops them in order."""
-
-    def __init__(self, commands: dict[str, list[str]], env: dict[str, str]) -> None:
-        self.commands = commands
-        self.env = env
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self._stop = False
-
-    def run(self) -> None:
-        """Start every child; restart any that dies; return after a signal."""
-        signal.signal(signal.SIGTERM, self._signal)
-        signal.signal(signal.SIGINT, self._signal)
-        signal.signal(signal.SIGHUP, self._reload)
-        for name in self.commands:
-            self._spawn(name)
-        while not self._stop:
-            time.sleep(0.2)
-            for name, proc in list(self.children.items()):
-                code = proc.poll()
-                if code is not None and not self._stop:
-                    log.error("%s exited with %s; restarting in 1 s", name, code)
-                    time.sleep(1)
-                    self._spawn(name)
-        log.info("stopping: gateway first, then workers")
-        ordered = sorted(self.children.items(), key=lambda kv: kv[0] != "gateway")
-        for _, proc in ordered:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in ordered:
-            try:
-                proc.wait(STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %d s; killing it", name, STOP_WAIT_S)
-                proc.kill()
-                proc.wait()
-
-    def _spawn(self, name: str) -> None:
-        # New process group: Ctrl-C reaches only the supervisor, which then
-        # stops the children in order instead of all at once.
-        self.children[name] = subprocess.Popen(self.commands[name], env=self.env, start_new_session=True)
-
-    def _signal(self, signum: int, frame: object) -> None:
-        self._stop = True
-
-    def _reload(self, signum: int, frame: object) -> None:
-        # SIGHUP rereads the gateway's API key file; the workers have nothing to reload.
-        gateway = self.children.get("gateway")
-        if gateway is not None and gateway.poll() is None:
-            gateway.send_signal(signal.SIGHUP)
-
-
-def _run_async(coro: object) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(coro)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
 
 
 COMMANDS = {

@@ -153,6 +153,12 @@ class Settings:
         """Whether API keys are required (some are configured)."""
         return bool(self.api_keys_file or self.api_keys.strip())
 
+    def require_redis(self) -> str:
+        """The Redis URL a gateway or worker needs; only ``serve`` runs without one (it starts its own)."""
+        if not self.redis_url:
+            raise ConfigError("EMBEDSTREAM_REDIS_URL (or --redis-url) is required; `embedstream serve` starts its own")
+        return self.redis_url
+
     def torch_threads(self) -> int:
         """Intra-op threads for the model: the setting, or all cores but one."""
         return self.threads or max(1, (os.cpu_count() or 2) - 1)

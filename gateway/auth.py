@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 
+from embedstream.gateway.ratelimit import Limit
+
 from embedstream import apikeys
 from embedstream.apikeys import Entry
 from embedstream.errors import ConfigError, Unauthenticated
 from embedstream.settings import Settings
-from gateway.ratelimit import Limit
 
 log = logging.getLogger(__name__)
 

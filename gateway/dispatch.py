@@ -8,12 +8,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from embedstream.gateway.directory import Directory
+from embedstream.gateway.replies import ReplyRouter
+
 from embedstream import keys, metrics, tracing, wire
 from embedstream.connections import TRANSIENT
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec
-from gateway.directory import Directory
-from gateway.replies import ReplyRouter
 
 # Admission and enqueue in one atomic step: the queue can never grow past the
 # limit between a length check and the XADD. MAXLEN ~ is a safety net far

@@ -10,6 +10,13 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+from embedstream.gateway import spans
+from embedstream.gateway.directory import Directory
+from embedstream.gateway.dispatch import Dispatcher, Request
+from embedstream.gateway.shape import embeddings
+from embedstream.gateway.status import streaming, unary
+from embedstream.gateway.validation import OUTPUT_TYPES, validate, validate_rerank, verify_images
+from embedstream.gateway.window import Window
 
 from embedstream import metrics, tracing, wire
 from embedstream.errors import DeadlineExceeded, EmbedstreamError
@@ -17,13 +24,6 @@ from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
-from gateway import spans
-from gateway.directory import Directory
-from gateway.dispatch import Dispatcher, Request
-from gateway.shape import embeddings
-from gateway.status import streaming, unary
-from gateway.validation import OUTPUT_TYPES, validate, validate_rerank, verify_images
-from gateway.window import Window
 
 FAMILIES = {
     "text-dense": pb.MODEL_FAMILY_TEXT_DENSE,

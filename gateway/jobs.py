@@ -16,6 +16,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
+from embedstream.gateway.auth import DEFAULT_TENANT, current_tenant
+from embedstream.gateway.directory import Directory
+from embedstream.gateway.dispatch import Options
+from embedstream.gateway.shape import embeddings
+from embedstream.gateway.status import streaming, unary
+from embedstream.gateway.validation import check_options, validate_inputs, verify_images
 
 from embedstream import jobstore, keys, tracing, wire
 from embedstream.connections import TRANSIENT, replicated
@@ -24,12 +30,6 @@ from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import jobs_pb2 as pb
 from embedstream.v1 import jobs_pb2_grpc as pb_grpc
-from gateway.auth import DEFAULT_TENANT, current_tenant
-from gateway.directory import Directory
-from gateway.dispatch import Options
-from gateway.shape import embeddings
-from gateway.status import streaming, unary
-from gateway.validation import check_options, validate_inputs, verify_images
 
 POLL_S = 0.2
 

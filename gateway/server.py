@@ -9,6 +9,16 @@ import signal
 from collections.abc import Callable
 
 import grpc
+from embedstream.gateway.auth import Keyring
+from embedstream.gateway.decoding import DecodeGuard
+from embedstream.gateway.directory import Directory
+from embedstream.gateway.dispatch import Dispatcher
+from embedstream.gateway.embedder import Embedder
+from embedstream.gateway.guard import Guard
+from embedstream.gateway.jobs import Jobs
+from embedstream.gateway.ratelimit import RateLimiter
+from embedstream.gateway.replies import ReplyRouter
+from embedstream.gateway.spans import Spans
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -19,16 +29,6 @@ from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.tls import server_credentials
 from embedstream.v1 import embedder_pb2, embedder_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from gateway.auth import Keyring
-from gateway.decoding import DecodeGuard
-from gateway.directory import Directory
-from gateway.dispatch import Dispatcher
-from gateway.embedder import Embedder
-from gateway.guard import Guard
-from gateway.jobs import Jobs
-from gateway.ratelimit import RateLimiter
-from gateway.replies import ReplyRouter
-from gateway.spans import Spans
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,14 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from embedstream.gateway.directory import Directory
+from embedstream.gateway.dispatch import Options, Request
+
 from embedstream import images
 from embedstream.errors import InvalidArgument
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
-from gateway.directory import Directory
-from gateway.dispatch import Options, Request
 
 INPUT_TYPES = {pb.INPUT_TYPE_UNSPECIFIED: "", pb.INPUT_TYPE_QUERY: "query", pb.INPUT_TYPE_DOCUMENT: "document"}
 OUTPUT_TYPES = {

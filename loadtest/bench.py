@@ -45,9 +45,10 @@ PER_REQUEST = 16
 
 def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> float:
     """Texts/s of tokenize + batch + forward in this process, as the worker does it."""
+    from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, complete
+    from embedstream.workers.model import load
+
     from embedstream.wire import Job
-    from workers.batcher import PADDING_FACTOR, Batcher, Entry, complete
-    from workers.model import load
 
     model = load(spec, threads)
     warm = model.tokenize(texts[:64])

@@ -19,9 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from embedstream.workers.model import DebugModel, Tokens  # noqa: E402
+
 from embedstream import registry  # noqa: E402
 from loadtest.bench import Service, concurrent_throughput, save  # noqa: E402
-from workers.model import DebugModel, Tokens  # noqa: E402
 
 MODEL = "scaled"
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from embedstream.workers.model import debug_vectors
 
 from embedstream.client import Client
 from tests.conftest import Service
 from tests.corpus import texts
 from tests.procs import ROOT, wait_until
-from workers.model import debug_vectors
 
 
 def embed_file(service: Service, *args: str) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,8 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from embedstream.gateway.ratelimit import Limit, RateLimiter
+from embedstream.workers.model import debug_vectors
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -34,10 +36,8 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from embedstream.v1 import jobs_pb2 as jpb
 from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
-from gateway.ratelimit import Limit, RateLimiter
 from tests.certs import Certs, make
 from tests.procs import ROOT, Proc, base_env, entries_added, start_gateway, start_worker, wait_until
-from workers.model import debug_vectors
 
 REGISTRY = """
 default = "debug"

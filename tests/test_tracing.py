@@ -292,9 +292,9 @@ import json, sys, threading
 import msgpack
 from embedstream import logs, tracing, wire
 from embedstream.settings import Settings
-from gateway.dispatch import Options
-from gateway.server import Gateway, serve
-from workers.worker import Worker
+from embedstream.gateway.dispatch import Options
+from embedstream.gateway.server import Gateway, serve
+from embedstream.workers.worker import Worker
 
 settings = Settings.from_env()
 logs.setup(settings.log_level, settings.log_format, "gateway")

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from embedstream.workers.model import Tokens
+
 from embedstream.wire import Job
-from workers.model import Tokens
 
 _seq = itertools.count()
 

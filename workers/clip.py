@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstream.workers.model import Source, Tokens, weights
+from embedstream.workers.text import cut_tokenizer, init_torch, torch_dtype
 
 from embedstream import images
 from embedstream.registry import HUB_SCHEME, ModelSpec
-from workers.model import Source, Tokens, weights
-from workers.text import cut_tokenizer, init_torch, torch_dtype
 
 #: Batch cost of an image when the vision tower does not say (tokens).
 IMAGE_COST = 256

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from embedstream.workers.model import Tokens, read_json, weights
+from embedstream.workers.text import Encoder, modules_of
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-from workers.model import Tokens, read_json, weights
-from workers.text import Encoder, modules_of
 
 
 class ColbertModel(Encoder):

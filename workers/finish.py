@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from embedstream.workers.batcher import Entry
 
 from embedstream import vectors, wire
-from workers.batcher import Entry
 
 
 def nonfinite(kind: str, outputs: Any) -> list[int]:

@@ -93,23 +93,23 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
     if spec.family == "debug":
         return DebugModel(spec)
     if spec.family == "image-text":
-        from workers.clip import load_image_text
+        from embedstream.workers.clip import load_image_text
 
         model: Model = load_image_text(spec, threads, image_limits)
         return model
     if spec.family == "sparse":
-        from workers.sparse import SpladeModel
+        from embedstream.workers.sparse import SpladeModel
 
         return SpladeModel(spec, threads)
     if spec.family == "multi-vector":
-        from workers.colbert import ColbertModel
+        from embedstream.workers.colbert import ColbertModel
 
         return ColbertModel(spec, threads)
     if spec.family == "rerank":
-        from workers.rerank import CrossEncoderModel
+        from embedstream.workers.rerank import CrossEncoderModel
 
         return CrossEncoderModel(spec, threads)
-    from workers.text import SentenceTransformerModel
+    from embedstream.workers.text import SentenceTransformerModel
 
     return SentenceTransformerModel(spec, threads)
 

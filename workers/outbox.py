@@ -13,14 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from embedstream.workers import finish
+from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
 from embedstream import jobstore, keys, metrics, wire
 from embedstream.connections import TRANSIENT
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
-from workers import finish
-from workers.batcher import Entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

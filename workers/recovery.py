@@ -16,12 +16,13 @@ import time
 from collections import deque
 from typing import Any
 
+from embedstream.workers.batcher import Batcher, Entry
+from embedstream.workers.outbox import now_ms
+
 from embedstream import keys, metrics, wire
 from embedstream.connections import TRANSIENT
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
-from workers.batcher import Batcher, Entry
-from workers.outbox import now_ms
 
 log = logging.getLogger(__name__)
 

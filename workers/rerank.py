@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstream.workers.model import Tokens, read_json_optional, weights
+from embedstream.workers.text import Encoder
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-from workers.model import Tokens, read_json_optional, weights
-from workers.text import Encoder
 
 _ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "", "Tanh": "tanh"}
 

@@ -9,9 +9,10 @@ Attributes are counts and timings, never input text.
 
 from __future__ import annotations
 
+from embedstream.workers.batcher import Entry
+from embedstream.workers.outbox import now_ms
+
 from embedstream import tracing, wire
-from workers.batcher import Entry
-from workers.outbox import now_ms
 
 
 def record(job: wire.Job, model: str, worker: str, entry: Entry | None = None, error: str = "") -> None:

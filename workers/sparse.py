@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstream.workers.model import Tokens, read_json, weights
+from embedstream.workers.text import Encoder, modules_of
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-from workers.model import Tokens, read_json, weights
-from workers.text import Encoder, modules_of
 
 
 class SpladeModel(Encoder):

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstream.workers.model import Source, Tokens, not_text, read_json, read_json_optional, weights
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-from workers.model import Source, Tokens, not_text, read_json, read_json_optional, weights
 
 _POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls",

@@ -19,17 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from embedstream.workers import finish, spans
+from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
+from embedstream.workers.model import Model, Source, Tokens
+from embedstream.workers.outbox import Outbox, now_ms
+from embedstream.workers.recovery import READ_ENTRIES, RENEW, Recovery
 
 from embedstream import jobstore, keys, metrics, tracing, wire
 from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
-from workers import finish, spans
-from workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
-from workers.model import Model, Source, Tokens
-from workers.outbox import Outbox, now_ms
-from workers.recovery import READ_ENTRIES, RENEW, Recovery
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from embedstream.workers.model import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
 
 from embedstream import keys
 from embedstream.client import CHANNEL_OPTIONS, Client, Retry, retry_after
@@ -23,7 +24,6 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
 from tests.faults.harness import Cluster, Ledger, consumer_pending, expected, metrics_port, score
 from tests.procs import Proc, scrape, stub, wait_until
-from workers.model import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
 
 
 def corpus(n: int, tag: str) -> list[str]:

@@ -1,0 +1,38 @@
+"""A worker process from settings: load the registry's model, then serve its stream until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from embedstream import logs, tracing
+from embedstream import registry as registry_mod
+from embedstream.runner import run_async
+from embedstream.settings import Settings
+
+log = logging.getLogger("embedstream")
+
+
+def run(settings: Settings, model_name: str) -> int:
+    """Load ``model_name`` (the registry's default when empty) and serve it; the ``worker`` command."""
+    settings.require_redis()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    registry = registry_mod.load(settings.registry)
+    spec = registry.resolve(model_name)
+    logs.set_model(spec.name)
+    tracing.setup(settings, "worker")
+    # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
+    from embedstream.workers import model as model_mod
+    from embedstream.workers.worker import serve
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    if logs.json_lines():
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+    threads = settings.torch_threads()
+    log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
+    model = model_mod.load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+    run_async(serve(spec, model, settings))
+    return 0
