@@ -34,6 +34,7 @@ def serve(settings: Settings, data_dir: Path) -> int:
     else:
         log.info("using Redis at %s", redact_url(settings.redis_url))
     env["EMBEDSTREAM_PORT"] = str(settings.port)
+    env["EMBEDSTREAM_HTTP_PORT"] = str(settings.http_port)
     env["EMBEDSTREAM_THREADS"] = str(settings.threads)
     if settings.registry:
         env["EMBEDSTREAM_REGISTRY"] = str(Path(settings.registry).resolve())
