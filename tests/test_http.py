@@ -6,8 +6,12 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -36,6 +40,8 @@ TEXTS = [
     "short",
 ]
 DOCS = ["Redis is an in-memory data store.", "Cats sleep a lot.", "Streams are append-only logs."]
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "examples" / "node"
 MODELS = ("all-MiniLM-L6-v2", "rerank", "slow", "orphan")
 
 
@@ -220,6 +226,28 @@ def test_the_openai_sdk_raises_its_own_errors(api: Api) -> None:
     assert bad.value.status_code == 400
     body = bad.value.body
     assert isinstance(body, dict) and body["param"] == "input[1]" and body["code"] == "invalid_argument"
+
+
+def test_the_openai_npm_package_gets_embeds_vectors(api: Api, tmp_path: Path) -> None:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("node and npm are required: `make deps` installs them from Debian's packages")
+    if not (NODE_DIR / "node_modules" / "openai").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True)
+    (tmp_path / "corpus.txt").write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "vectors.json"
+    args = ["--base-url", api.url + "/v1", "--texts", str(tmp_path / "corpus.txt"), "--out", str(out)]
+    env = dict(os.environ, EMBEDSTREAM_API_KEY=api.key)
+    result = subprocess.run(
+        [node, "openai.js", *args, "--dimensions", "128"], cwd=NODE_DIR, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    got = json.loads(out.read_text())
+    want = floats(api.embed(TEXTS))
+    assert np.abs(np.array(got["float"], dtype=np.float32) - want).max() <= 1e-6
+    assert np.array_equal(np.array(got["base64"], dtype=np.float32), want)
+    cut = np.array(got["dimensions"], dtype=np.float32)
+    assert cut.shape == (4, 128) and np.abs(cut - floats(api.embed(TEXTS, dimensions=128))).max() <= 1e-6
 
 
 # -- our extensions, raw JSON -------------------------------------------------------------------
@@ -422,3 +450,31 @@ def test_http_calls_are_counted_by_route_and_status(api: Api) -> None:
     bad = 'embedstream_requests_total{code="INVALID_ARGUMENT",model="-",rpc="HTTP /v1/embeddings"}'
     assert series[ok] >= 1 and series[bad] >= 1
     assert series['embedstream_inputs_total{model="all-MiniLM-L6-v2"}'] >= 1
+
+
+# -- the docs -----------------------------------------------------------------------------------
+
+
+def doc_blocks(language: str) -> list[str]:
+    """The ``language`` code blocks of docs/http.md and of the README's HTTP API section."""
+    readme = (ROOT / "README.md").read_text().split("\n## HTTP API\n", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "http.md").read_text() + readme
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def test_every_command_in_the_http_docs_runs_against_a_real_gateway(api: Api) -> None:
+    env = dict(os.environ, EMBEDSTREAM_API_KEY=api.key)
+    host = api.url.removeprefix("http://")
+    commands = doc_blocks("sh")
+    assert len(commands) >= 5
+    for block in commands:
+        script = block.replace("localhost:8080", host)
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, (block, result.stdout, result.stderr)
+        assert "error" not in json.loads(result.stdout), result.stdout
+    programs = doc_blocks("python")
+    assert programs
+    for block in programs:
+        script = block.replace("localhost:8080", host)
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, (block, result.stderr)
