@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 from embedstream.workers.text import SentenceTransformerModel
 
 from embedstream.errors import ConfigError

@@ -11,21 +11,16 @@ returns depends on the family's ``output``:
 * ``score``: an array (batch, 1) of relevance scores.
 
 The families live in their own modules; :func:`load` picks one from the registry.
-:class:`DebugModel` (test-only, never in the default registry) gives vectors
-from a hash of the text at zero compute cost: the pipeline's own ceiling.
+The debug model (:mod:`embedstream.workers.debug`) gives vectors from a hash of
+the text at zero compute cost: the pipeline's own ceiling.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-
-import numpy as np
 
 from embedstream.errors import ConfigError
 from embedstream.registry import HUB_SCHEME, ModelSpec
@@ -91,6 +86,8 @@ def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20
 
 def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model:
     if spec.family == "debug":
+        from embedstream.workers.debug import DebugModel
+
         return DebugModel(spec)
     if spec.family == "image-text":
         from embedstream.workers.clip import load_image_text
@@ -141,77 +138,3 @@ def read_json_optional(path: Path) -> dict[str, Any]:
 def not_text(model: str) -> Tokens:
     """Tokens carrying the error for an input a text model cannot take."""
     return Tokens(None, 1, False, "", error=f"model {model} takes text only")
-
-
-#: Trigger words of the debug model (registry ``triggers = true``): an input
-#: containing one makes forward raise, kill the process, return NaN, or hang.
-#: They are fault-injection tools for tests and never active by default.
-DEBUG_RAISE = "__embedstream_debug_raise__"
-DEBUG_EXIT = "__embedstream_debug_exit__"
-DEBUG_NAN = "__embedstream_debug_nan__"
-DEBUG_HANG = "__embedstream_debug_hang__"
-#: Exit status of a worker killed by :data:`DEBUG_EXIT`.
-DEBUG_EXIT_STATUS = 86
-
-
-class DebugModel:
-    """Deterministic vectors from a hash of each text; no compute, optional latency.
-
-    Test-only. With ``triggers`` on, inputs carrying a trigger word inject faults.
-    """
-
-    family = "debug"
-    output = "dense"
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.name = spec.name
-        self.dimensions = spec.dimensions
-        self.max_input_tokens = spec.max_input_tokens
-        self.normalizes = True
-        self.latency_s = spec.latency_ms / 1000.0
-        self.triggers = spec.triggers
-
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Count whitespace words (+2 special tokens) as the token length."""
-        out = []
-        for text in sources:
-            if not isinstance(text, str):
-                out.append(not_text(self.name))
-                continue
-            n = len(text.split()) + 2
-            out.append(Tokens(None, min(n, self.max_input_tokens), n > self.max_input_tokens, text))
-        return out
-
-    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
-        """Hash each text into a vector; sleep ``latency_ms`` once per batch."""
-        if self.latency_s:
-            time.sleep(self.latency_s)
-        texts = [t.text for t in batch]
-        vecs = debug_vectors(texts, self.dimensions, normalize)
-        if self.triggers:
-            self._inject(texts, vecs)
-        return vecs
-
-    @staticmethod
-    def _inject(texts: list[str], vecs: np.ndarray) -> None:
-        joined = "\n".join(texts)
-        if DEBUG_EXIT in joined:
-            os._exit(DEBUG_EXIT_STATUS)  # a crash: no cleanup, no reply, no ack
-        if DEBUG_HANG in joined:
-            while True:
-                time.sleep(3600)
-        if DEBUG_RAISE in joined:
-            raise RuntimeError("debug model asked to fail")
-        for i, text in enumerate(texts):
-            if DEBUG_NAN in text:
-                vecs[i, 0] = np.nan
-
-
-def debug_vectors(texts: list[str], dimensions: int, normalize: list[bool]) -> np.ndarray:
-    """The debug model's vectors; tests use this to check what came back."""
-    raw = b"".join(hashlib.shake_128(t.encode()).digest(dimensions) for t in texts)
-    vecs = np.frombuffer(raw, dtype=np.int8).reshape(len(texts), dimensions).astype(np.float32)
-    vecs /= 128.0
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    scale = np.where(np.asarray(normalize)[:, None], 1.0 / np.maximum(norms, 1e-12), 1.0)
-    return (vecs * scale).astype(np.float32)
