@@ -23,7 +23,7 @@ def run(settings: Settings, model_name: str) -> int:
     tracing.setup(settings, "worker")
     # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
-    from embedstream.workers import model as model_mod
+    from embedstream.workers.loader import load
     from embedstream.workers.worker import serve
     from transformers.utils import logging as hf_logging
 
@@ -33,6 +33,6 @@ def run(settings: Settings, model_name: str) -> int:
         hf_logging.enable_propagation()
     threads = settings.torch_threads()
     log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
-    model = model_mod.load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+    model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
     run_async(serve(spec, model, settings))
     return 0

@@ -10,9 +10,9 @@ returns depends on the family's ``output``:
 * ``sparse``: a list with one (indices, weights) pair per input;
 * ``score``: an array (batch, 1) of relevance scores.
 
-The families live in their own modules; :func:`load` picks one from the registry.
-The debug model (:mod:`embedstream.workers.debug`) gives vectors from a hash of
-the text at zero compute cost: the pipeline's own ceiling.
+The families live in their own modules and :func:`embedstream.workers.loader.load`
+picks one from the registry. The debug model (:mod:`embedstream.workers.debug`)
+gives vectors from a hash of the text at zero compute cost: the pipeline's own ceiling.
 """
 
 from __future__ import annotations
@@ -64,51 +64,6 @@ class Model(Protocol):
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> Any:
         """The batch's outputs (see the module docstring); runs on the model thread."""
         ...
-
-
-def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000)) -> Model:
-    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused.
-
-    A folder the loaders cannot read, or a hub id without internet, is a :class:`ConfigError` naming the model.
-    """
-    try:
-        return _load(spec, threads, image_limits)
-    except ConfigError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        offline = (
-            " (HF_HUB_OFFLINE=1: hub ids need internet and HF_HUB_OFFLINE=0)"
-            if spec.path.startswith(HUB_SCHEME)
-            else ""
-        )
-        raise ConfigError(f"model {spec.name}: cannot load {spec.path}{offline}: {exc}") from None
-
-
-def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model:
-    if spec.family == "debug":
-        from embedstream.workers.debug import DebugModel
-
-        return DebugModel(spec)
-    if spec.family == "image-text":
-        from embedstream.workers.clip import load_image_text
-
-        model: Model = load_image_text(spec, threads, image_limits)
-        return model
-    if spec.family == "sparse":
-        from embedstream.workers.sparse import SpladeModel
-
-        return SpladeModel(spec, threads)
-    if spec.family == "multi-vector":
-        from embedstream.workers.colbert import ColbertModel
-
-        return ColbertModel(spec, threads)
-    if spec.family == "rerank":
-        from embedstream.workers.rerank import CrossEncoderModel
-
-        return CrossEncoderModel(spec, threads)
-    from embedstream.workers.text import SentenceTransformerModel
-
-    return SentenceTransformerModel(spec, threads)
 
 
 def weights(spec: ModelSpec) -> str:
