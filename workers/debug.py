@@ -12,7 +12,8 @@ import os
 import time
 
 import numpy as np
-from embedstream.workers.model import Source, Tokens, not_text
+from embedstream.workers.encoding import not_text
+from embedstream.workers.model import Source, Tokens
 
 from embedstream.registry import ModelSpec
 

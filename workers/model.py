@@ -17,13 +17,8 @@ gives vectors from a hash of the text at zero compute cost: the pipeline's own c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
-
-from embedstream.errors import ConfigError
-from embedstream.registry import HUB_SCHEME, ModelSpec
 
 #: What one input is before tokenization.
 Source = str | bytes | tuple[str, str]
@@ -64,32 +59,3 @@ class Model(Protocol):
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> Any:
         """The batch's outputs (see the module docstring); runs on the model thread."""
         ...
-
-
-def weights(spec: ModelSpec) -> str:
-    """What ``from_pretrained`` takes for the spec's path: a folder (that must exist), or a hub id."""
-    if spec.path.startswith(HUB_SCHEME):
-        return spec.path[len(HUB_SCHEME) :]
-    if not Path(spec.path).is_dir():
-        raise ConfigError(f"model {spec.name}: {spec.path} is not a folder")
-    return spec.path
-
-
-def read_json(path: Path, name: str) -> Any:
-    """A JSON file of a model folder; errors name the model."""
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"model {name}: cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"model {name}: {path} is not JSON: {exc}") from None
-
-
-def read_json_optional(path: Path) -> dict[str, Any]:
-    """A JSON file that may be missing ({} then)."""
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def not_text(model: str) -> Tokens:
-    """Tokens carrying the error for an input a text model cannot take."""
-    return Tokens(None, 1, False, "", error=f"model {model} takes text only")
