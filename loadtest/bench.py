@@ -46,7 +46,7 @@ PER_REQUEST = 16
 def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> float:
     """Texts/s of tokenize + batch + forward in this process, as the worker does it."""
     from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, complete
-    from embedstream.workers.model import load
+    from embedstream.workers.loader import load
 
     from embedstream.wire import Job
 

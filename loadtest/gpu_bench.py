@@ -43,7 +43,7 @@ def photos(n: int) -> list[bytes]:
 
 def raw_images(spec: registry.ModelSpec, threads: int, images: list[bytes]) -> float:
     """Images/s of decode + preprocess + image tower in this process, in the worker's batch size."""
-    from embedstream.workers.model import load
+    from embedstream.workers.loader import load
 
     model = load(spec, threads)
     warm = model.tokenize(images[:4])

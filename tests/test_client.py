@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import AsyncClient, Client, Retry
 from embedstream.redis_server import free_port

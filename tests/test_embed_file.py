@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import Client
 from tests.conftest import Service

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream import keys
 from embedstream.redis_server import RedisServer

@@ -35,7 +35,7 @@ CLIENT = r"""
 import json, sys, time, pathlib
 import numpy as np
 from embedstream.client import Client, Retry
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 target, stop, out = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 sent = ok = wrong = failed = 0
 errors = []

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import redis
 from embedstream.gateway.ratelimit import Limit, RateLimiter
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 

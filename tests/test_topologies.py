@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.model import DEBUG_RAISE, debug_vectors
+from embedstream.workers.debug import DEBUG_RAISE, debug_vectors
 
 from embedstream import keys
 from embedstream.client import Client, Retry

@@ -27,7 +27,7 @@ def run(settings: Settings, model_name: str) -> int:
     tracing.setup(settings, "worker")
     # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
-    from embedstream.workers import model as model_mod
+    from embedstream.workers.loader import load
     from embedstream.workers.worker import serve
     from transformers.utils import logging as hf_logging
 
@@ -38,7 +38,7 @@ def run(settings: Settings, model_name: str) -> int:
     threads = settings.torch_threads()
     log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
     try:
-        model = model_mod.load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+        model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
     except (OSError, ImportError, ValueError) as exc:
         # Missing or unreadable weights, a missing package, a folder that is not this family:
         # restarting cannot mend any of them, so they end the worker as configuration errors.

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import redis
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream import keys
 from embedstream.redis_server import RedisServer, free_port

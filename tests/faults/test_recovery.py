@@ -212,7 +212,7 @@ def test_entry_delivered_too_often_is_dead_lettered_and_its_caller_told(
 
 
 def test_poison_input_fails_alone_and_is_dead_lettered(service: Service, r: redis.Redis) -> None:
-    from embedstream.workers.model import DEBUG_RAISE
+    from embedstream.workers.debug import DEBUG_RAISE
 
     before = r.xlen(keys.dead_letters("slow"))
     with stub(service.port) as s:

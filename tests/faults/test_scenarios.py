@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.model import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
+from embedstream.workers.debug import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
 
 from embedstream import keys
 from embedstream.client import CHANNEL_OPTIONS, Client, Retry, retry_after
