@@ -44,7 +44,7 @@ from embedstream import apikeys, keys, metrics
 from embedstream import registry as registry_mod
 from embedstream.redis_server import RedisServer
 from embedstream.settings import ENV_PREFIX, Settings
-from tests.procs import base_env, start_worker, wait_until
+from tests.support.processes import base_env, start_worker, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

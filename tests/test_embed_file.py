@@ -16,8 +16,8 @@ from embedstream.workers.model import debug_vectors
 
 from embedstream.client import Client
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.procs import ROOT, wait_until
+from tests.support.corpora import texts
+from tests.support.processes import ROOT, wait_until
 
 
 def embed_file(service: Service, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,9 +19,9 @@ from embedstream import keys, wire
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.faults.harness import consumer_pending
-from tests.procs import base_env, start_gateway, start_worker, stub, wait_until
+from tests.support.corpora import texts
+from tests.support.faults import consumer_pending
+from tests.support.processes import base_env, start_gateway, start_worker, stub, wait_until
 
 
 def test_two_workers_share_work_and_kill9_loses_nothing(

@@ -22,8 +22,8 @@ from embedstream import keys
 from embedstream.client import CHANNEL_OPTIONS, Client, Retry, retry_after
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
-from tests.faults.harness import Cluster, Ledger, consumer_pending, expected, metrics_port, score
-from tests.procs import Proc, scrape, stub, wait_until
+from tests.support.faults import Cluster, Ledger, consumer_pending, expected, metrics_port, score
+from tests.support.processes import Proc, scrape, stub, wait_until
 
 
 def corpus(n: int, tag: str) -> list[str]:

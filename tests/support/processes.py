@@ -20,7 +20,7 @@ import redis
 from embedstream import keys
 from embedstream.v1 import embedder_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Proc:

@@ -1,0 +1,17 @@
+"""What the tests share besides fixtures (those stay in conftest.py), one module per noun.
+
+- ``processes``: real embedstream processes (:class:`Proc`, ``base_env``, ``start_gateway``,
+  ``start_worker(s)``), ``wait_until``, ``stub``, ``scrape`` a process's /metrics, ``entries_added``.
+- ``models``: the packaged MiniLM folder (``MINILM``) and the session's ``REGISTRY``.
+- ``tinymodels``: tiny random models of every family, saved the way real ones are.
+- ``corpora``: deterministic ``texts``.
+- ``images``: ordinary and hostile image files.
+- ``certificates``: a throwaway CA with server, client and stranger certificates.
+- ``topologies``: a real Redis Cluster and a Sentinel group.
+- ``netns``: several hosts on one machine (network namespaces).
+- ``otlp``: a real OTLP/gRPC trace receiver.
+- ``faults``: the fault-injection cluster, its ledger and the scorecard.
+
+Import the module you need (``from tests.support.processes import Proc``): this package
+imports none of them, so reading one never loads torch or OpenTelemetry.
+"""
