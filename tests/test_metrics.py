@@ -10,7 +10,8 @@ import redis
 from embedstream.redis_server import RedisServer, free_port
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
-from tests.support.processes import ROOT, scrape, start_gateway, start_worker, stub
+from tests.support import ROOT
+from tests.support.processes import scrape, start_gateway, start_worker, stub
 
 SUFFIXES = ("_bucket", "_sum", "_count")
 

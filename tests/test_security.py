@@ -36,8 +36,9 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from embedstream.v1 import jobs_pb2 as jpb
 from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
+from tests.support import ROOT
 from tests.support.certificates import Certs, make
-from tests.support.processes import ROOT, Proc, base_env, entries_added, start_gateway, start_worker, wait_until
+from tests.support.processes import Proc, base_env, entries_added, start_gateway, start_worker, wait_until
 
 REGISTRY = """
 default = "debug"

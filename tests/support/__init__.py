@@ -1,5 +1,7 @@
 """What the tests share besides fixtures (those stay in conftest.py), one module per noun.
 
+``ROOT`` is the repository.
+
 - ``processes``: real embedstream processes (:class:`Proc`, ``base_env``, ``start_gateway``,
   ``start_worker(s)``), ``wait_until``, ``stub``, ``scrape`` a process's /metrics, ``entries_added``.
 - ``models``: the packaged MiniLM folder (``MINILM``) and the session's ``REGISTRY``.
@@ -15,3 +17,8 @@
 Import the module you need (``from tests.support.processes import Proc``): this package
 imports none of them, so reading one never loads torch or OpenTelemetry.
 """
+
+from pathlib import Path
+
+#: The repository's root folder.
+ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,7 @@ import redis
 
 from embedstream import keys
 from embedstream.v1 import embedder_pb2_grpc
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
 
 
 class Proc:
