@@ -161,3 +161,10 @@ def scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] += float(value)
     return out
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m embedstream *args`` to completion (60 s at most), capturing its text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "embedstream", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
