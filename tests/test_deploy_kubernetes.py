@@ -11,7 +11,7 @@ import pytest
 
 from embedstream import apikeys, keys
 from embedstream.settings import Settings
-from tests.support import ROOT
+from tests.support import ROOT, documents
 from tests.support.deploy import (
     DEPLOY,
     IMAGE_CUDA,
@@ -104,7 +104,7 @@ def test_gateways_get_time_to_drain_before_they_are_killed() -> None:
 def test_auth_is_on_and_every_file_it_needs_is_mounted(name: str, tmp_path: Path) -> None:
     docs = overlay(name)
     generated = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Secret", "ConfigMap")}
-    documented = set(re.findall(r"--from-literal=(\w+)=", (ROOT / "README.md").read_text()))
+    documented = set(re.findall(r"--from-literal=(\w+)=", documents.section("### Kubernetes")))
     for doc, container in containers(docs):
         volumes = {v["name"]: v for v in pod_spec(doc).get("volumes", [])}
         for var, source in env_of(container).items():
@@ -181,8 +181,7 @@ def _bytes(size: str) -> int:
 
 
 def test_readme_names_only_deploy_paths_that_exist() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Deploy") : readme.index("## How it works")]
+    section = documents.section("## Deploy")
     paths = set(re.findall(r"\bdeploy/[\w./-]*\w", section))
     assert len(paths) >= 10
     for path in paths:

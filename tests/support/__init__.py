@@ -3,10 +3,13 @@
 ``ROOT`` is the repository.
 
 - ``processes``: real embedstream processes (:class:`Proc`, ``base_env``, ``start_gateway``,
-  ``start_worker(s)``), ``wait_until``, ``stub``, ``scrape`` a process's /metrics, ``entries_added``.
+  ``start_worker(s)``), ``cli``, ``wait_until``, ``stub``, ``scrape`` a process's /metrics, ``entries_added``.
+- ``rpcs``: every RPC of the protos as one call (``RPCS``), ``bearer`` API-key metadata, ``inputs``.
+- ``documents``: a ``section`` or ``table`` of README.md, or of any Markdown page given.
+- ``deploy``: deploy/ as the deploy tests read it: kustomize renderings, compose, Dockerfile stages.
 - ``models``: the packaged MiniLM folder (``MINILM``) and the session's ``REGISTRY``.
 - ``tinymodels``: tiny random models of every family, saved the way real ones are.
-- ``corpora``: deterministic ``texts``.
+- ``corpora``: deterministic ``texts``, and the ``SENTINEL`` text no log may hold.
 - ``images``: ordinary and hostile image files.
 - ``certificates``: a throwaway CA with server, client and stranger certificates.
 - ``topologies``: a real Redis Cluster and a Sentinel group.
