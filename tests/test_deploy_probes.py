@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from concurrent import futures
@@ -14,16 +13,10 @@ import grpc
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from embedstream.redis_server import RedisServer
+from embedstream.redis_server import RedisServer, free_port
 from embedstream.settings import ENV_PREFIX
 from tests.support.deploy import GRPC_PORT, compose, one, overlay, pod_spec, stage
 from tests.support.processes import base_env, start_worker, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _probe(command: list[str], port: int, default_port: str) -> int:
@@ -64,7 +57,7 @@ def test_gateway_probes_follow_grpc_health() -> None:
                 results[command].append(_probe(list(command), port, str(GRPC_PORT)))
     finally:
         server.stop(None)
-    nobody = _free_port()
+    nobody = free_port()
     for command in unique:
         results[command].append(_probe(list(command), nobody, str(GRPC_PORT)))
     # [SERVING, NOT_SERVING, nothing listening]: 0 means the probe passes.
@@ -84,7 +77,7 @@ def test_worker_probes_run_embedstream_check_against_a_real_worker(
     probes["compose"] = test[1:]
     for command in probes.values():
         assert command[:3] == ["embedstream", "check", "--worker"], command
-    port = _free_port()
+    port = free_port()
     env = base_env(redis_server.url, registry_file, EMBEDSTREAM_METRICS_PORT=str(port), EMBEDSTREAM_HEARTBEAT_S="0.2")
     worker = start_worker(env, log_dir, "debug", r)
     probe_env = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

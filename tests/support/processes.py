@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import grpc
 import redis
 
 from embedstream import keys
+from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
 from tests.support import ROOT
 
@@ -144,10 +145,20 @@ def stub(port: int) -> Iterator[embedder_pb2_grpc.EmbedderStub]:
         yield embedder_pb2_grpc.EmbedderStub(channel)
 
 
-def entries_added(r: redis.Redis, model: str) -> int:
-    """How many entries were ever XADDed to the model's queue (0 if none)."""
+def answers(port: int, model: str, text: str = "ping", timeout: float = 2) -> bool:
+    """Whether the gateway on ``port`` answers one Embed of ``text`` for ``model`` (a gRPC error: no)."""
     try:
-        return int(r.xinfo_stream(keys.queue(model))["entries-added"])
+        with stub(port) as s:
+            s.Embed(pb.EmbedRequest(model=model, inputs=[pb.Input(text=text)]), timeout=timeout)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def entries_added(r: redis.Redis, model: str, stream: Callable[[str], str] = keys.queue) -> int:
+    """How many entries were ever XADDed to the model's queue, or its ``keys.bulk`` stream (0 if none)."""
+    try:
+        return int(r.xinfo_stream(stream(model))["entries-added"])
     except redis.ResponseError:
         return 0
 
