@@ -16,8 +16,9 @@ from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import Client
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.procs import ROOT, wait_until
+from tests.support import ROOT
+from tests.support.corpora import texts
+from tests.support.processes import wait_until
 
 
 def embed_file(service: Service, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ from embedstream.workers.text import SentenceTransformerModel
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-from tests import tinymodels
-from tests.conftest import MINILM
+from tests.support import tinymodels
+from tests.support.models import MINILM
 
 TEXTS = ["hello world", "Ünïcode and emoji 🚀 text", "a " * 300, "Mixed CASE words.", "x"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Host, Network, unavailable_reason
-from tests.procs import wait_until
+from tests.support.netns import Host, Network, unavailable_reason
+from tests.support.processes import wait_until
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"multi-host test needs network namespaces: {REASON}")

@@ -17,7 +17,8 @@ import redis
 
 from embedstream.redis_server import free_port
 from embedstream.v1 import embedder_pb2 as pb
-from tests.procs import ROOT, base_env, stub, wait_until
+from tests.support import ROOT
+from tests.support.processes import base_env, stub, wait_until
 
 READY = re.compile(
     r"embedstream ready: gRPC on (\S+); models (.*?)(; FAILED to load: (.*?) \(reason above\))?; metrics (.*)"
