@@ -9,7 +9,8 @@ as long as a rate-limited call's ``retry-after-ms`` says; a stream that
 breaks is reopened and re-sends only the requests not yet answered.
 
 Modules: ``codec`` builds requests and decodes responses, ``retry`` is the retry policy,
-``channel`` the channel options and auth interceptors; ``sync`` and ``aio`` are the two clients.
+``channel`` the channel options and auth interceptors, ``window`` a stream's unanswered
+requests, ``jobs`` what following a job needs; ``sync`` and ``aio`` are the two thin clients.
 """
 
 from embedstream.client.aio import AsyncClient, AsyncJobHandle

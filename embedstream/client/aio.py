@@ -1,18 +1,19 @@
-"""The asyncio client: ``AsyncClient`` and its ``AsyncJobHandle``."""
+"""The asyncio client: ``AsyncClient`` and its ``AsyncJobHandle``, the twins of the blocking ones."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 
-from embedstream.client.channel import CHANNEL_OPTIONS, aio_bearer, api_key_or_env, channel_target
-from embedstream.client.codec import MAX_INPUTS, chunks, embed_request, job_spec, ranking, rerank_request, vectors
-from embedstream.client.retry import RETRYABLE, Retry, retry_after
-from embedstream.progress import Progress
+from embedstream.client import codec
+from embedstream.client.channel import aio_bearer, api_key_or_env, dial
+from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.retry import Retry
+from embedstream.client.window import Window
 from embedstream.tls import TLS
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
@@ -21,7 +22,7 @@ from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
 
 
 class AsyncClient:
-    """The asyncio twin of :class:`Client`."""
+    """The asyncio twin of :class:`Client`: the same methods, options and retries, awaited."""
 
     def __init__(
         self,
@@ -30,6 +31,7 @@ class AsyncClient:
         model: str = "",
         timeout: float = 60.0,
         retry: Retry | None = None,
+        channel: grpc.aio.Channel | None = None,
         api_key: str | None = None,
         tls: TLS | None = None,
     ) -> None:
@@ -37,16 +39,10 @@ class AsyncClient:
         self.timeout = timeout
         self.retry = retry or Retry()
         key = api_key_or_env(api_key)
-        interceptors = aio_bearer(key) if key else None
-        options = CHANNEL_OPTIONS + (tls.options() if tls else [])
-        if tls is None:
-            self._channel = grpc.aio.insecure_channel(
-                channel_target(target), options=options, interceptors=interceptors
-            )
-        else:
-            self._channel = grpc.aio.secure_channel(
-                channel_target(target), tls.credentials(), options=options, interceptors=interceptors
-            )
+        if channel is not None and key:
+            # grpc.aio adds interceptors only when it makes a channel.
+            raise ValueError("AsyncClient(channel=...) cannot add an API key: build the channel with it, or api_key=''")
+        self._channel = channel or dial(grpc.aio, target, tls, interceptors=aio_bearer(key) if key else None)
         self._stub = pb_grpc.EmbedderStub(self._channel)
         self._jobs = jpb_grpc.JobsStub(self._channel)
 
@@ -72,44 +68,61 @@ class AsyncClient:
         dimensions: int | None = None,
     ) -> np.ndarray:
         """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
-        if isinstance(texts, str | bytes):
-            raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
         name = model if model is not None else self.model
-        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions}
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions)
 
-        async def call(chunk: list[str | bytes]) -> pb.EmbedResponse:
-            request = embed_request(chunk, name, normalize, truncate, "", options)
+        async def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = await self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
             return response
 
-        parts = await asyncio.gather(*(call(chunk) for chunk in chunks(texts, MAX_INPUTS)))
-        return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
+        return codec.stacked(await asyncio.gather(*(call(request) for request in options.requests(texts))))
 
     async def embed_stream(
-        self, texts: Iterable[str], *, batch_size: int = 64, window: int = 2048, model: str | None = None
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 64,
+        window: int = 2048,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
     ) -> AsyncIterator[np.ndarray]:
-        """Yield one array per ``batch_size`` texts, in order; at most ``window`` texts in flight."""
-        name = model if model is not None else self.model
-        credit = asyncio.Semaphore(max(1, window // max(1, batch_size)))
-
-        async def requests() -> AsyncIterator[pb.EmbedRequest]:
-            for k, chunk in enumerate(chunks(texts, min(batch_size, MAX_INPUTS))):
-                await credit.acquire()
-                yield embed_request(chunk, name, None, None, str(k))
-
-        call = self._stub.EmbedStream(requests())
-        async for resp in call:
-            credit.release()
-            yield vectors(resp)
+        """Yield one array per ``batch_size`` texts, in order, as :meth:`Client.embed_stream` (reconnecting too)."""
+        options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
+        unanswered, cond = Window(texts, batch_size, window, options), asyncio.Condition()
+        backoff = self.retry.backoff()
+        while True:
+            call = self._stub.EmbedStream(_feed(unanswered, cond))
+            try:
+                async for resp in call:
+                    async with cond:
+                        block = unanswered.answer(resp)
+                        cond.notify_all()
+                    yield block
+                    backoff.reset()
+                if unanswered.drained:
+                    return
+            except grpc.RpcError as exc:
+                await asyncio.sleep(backoff.after(exc))
+            finally:
+                call.cancel()
 
     async def submit_job(
-        self, texts: Sequence[str], *, model: str | None = None, idempotency_key: str = "", ttl_seconds: int = 0
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
     ) -> AsyncJobHandle:
-        """Create an async job from texts held in memory."""
-        spec = job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, None, None)
-        request = jpb.SubmitJobRequest(spec=spec, inputs=[pb.Input(text=t) for t in texts])
-        job = await self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout))
-        return AsyncJobHandle(self, job)
+        """Create an async job from texts held in memory (up to the server's inline limit)."""
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+        )
+        request = codec.submit_request(spec, texts)
+        return AsyncJobHandle(self, await self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
 
     async def upload_job(
         self,
@@ -118,21 +131,21 @@ class AsyncClient:
         model: str | None = None,
         idempotency_key: str = "",
         ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
         chunk_size: int = 1000,
     ) -> AsyncJobHandle:
-        """Create an async job from any iterable, streamed in chunks."""
-        spec = job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, None, None)
-
-        async def messages() -> AsyncIterator[jpb.UploadJobRequest]:
-            yield jpb.UploadJobRequest(header=spec)
-            for chunk in chunks(texts, chunk_size):
-                yield jpb.UploadJobRequest(chunk=jpb.InputChunk(inputs=[pb.Input(text=t) for t in chunk]))
-
-        job = await self._jobs.UploadJob(messages(), timeout=max(self.timeout, 3600))
+        """Create an async job from any iterable, read lazily and streamed in chunks."""
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+        )
+        job = await self._jobs.UploadJob(
+            codec.upload_messages(spec, texts, chunk_size), timeout=max(self.timeout, 3600)
+        )
         return AsyncJobHandle(self, job)
 
     async def job(self, job_id: str) -> AsyncJobHandle:
-        """A handle on an existing job."""
+        """A handle on an existing job (from any client or gateway)."""
         job = await self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
         return AsyncJobHandle(self, job)
 
@@ -140,29 +153,48 @@ class AsyncClient:
         self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
     ) -> list[tuple[int, float]]:
         """(document index, score) pairs from a rerank model, best first."""
-        request = rerank_request(query, documents, model if model is not None else self.model, top_n)
-        response = await self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout))
-        return ranking(response)
+        request = codec.rerank_request(query, documents, model if model is not None else self.model, top_n)
+        return codec.ranking(await self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout)))
+
+    @property
+    def stub(self) -> pb_grpc.EmbedderStub:
+        """The generated Embedder stub on this client's asyncio channel (its calls are awaited)."""
+        return self._stub
 
     async def list_models(self) -> list[pb.ModelInfo]:
         """The served models."""
         resp = await self._with_retry(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
         return list(resp.models)
 
-    async def _with_retry(self, call: Callable[[], Any]) -> Any:
-        delays = self.retry.delays()
+    async def _with_retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        backoff = self.retry.backoff()
         while True:
             try:
                 return await call()
-            except grpc.aio.AioRpcError as exc:
-                delay = next(delays, None) if exc.code() in RETRYABLE else None
-                if delay is None:
-                    raise
-                await asyncio.sleep(max(delay, retry_after(exc)))
+            except grpc.RpcError as exc:
+                await asyncio.sleep(backoff.after(exc))
+
+
+async def _feed(unanswered: Window, cond: asyncio.Condition) -> AsyncIterator[pb.EmbedRequest]:
+    """One stream attempt's requests: the unanswered ones again, then new ones once the window has room."""
+    async with cond:
+        attempt, resend = unanswered.restart()
+        cond.notify_all()
+    for again in resend:
+        yield again
+    while True:
+        async with cond:
+            await cond.wait_for(lambda: unanswered.ready(attempt))
+            req = unanswered.take(attempt)
+        if req is None:
+            return
+        yield req
 
 
 class AsyncJobHandle:
     """The asyncio twin of :class:`JobHandle`."""
+
+    TERMINAL = TERMINAL
 
     def __init__(self, client: AsyncClient, job: jpb.Job) -> None:
         self.client = client
@@ -170,30 +202,50 @@ class AsyncJobHandle:
 
     @property
     def id(self) -> str:
-        """The job id."""
+        """The job id; any gateway answers for it until the job expires."""
         return self.job.id
 
-    async def wait(self, progress: bool = False) -> jpb.Job:
-        """Follow WatchJob until the job ends."""
-        bar = Progress(self.job.inputs_total or None, f"job {self.id[:8]}", enabled=progress)
+    async def refresh(self) -> jpb.Job:
+        """Fetch the current state."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = await self.client._with_retry(lambda: self.client._jobs.GetJob(request, timeout=self.client.timeout))
+        return self.job
+
+    async def wait(self, progress: bool = False, timeout: float | None = None) -> jpb.Job:
+        """Wait until the job ends, following WatchJob (reconnecting if a gateway goes away)."""
+        watch = Watch(self.job, progress, timeout)
         try:
-            async for job in self.client._jobs.WatchJob(jpb.GetJobRequest(id=self.id)):
-                self.job = job
-                bar.update(job.inputs_done + job.inputs_failed, job.inputs_total or None)
+            while self.job.state not in TERMINAL:
+                try:
+                    async for job in self.client._jobs.WatchJob(
+                        jpb.GetJobRequest(id=self.id), timeout=watch.remaining()
+                    ):
+                        self.job = watch.seen(job)
+                except grpc.RpcError as exc:
+                    await asyncio.sleep(watch.broken(exc))
+                    await self.refresh()
             return self.job
         finally:
-            bar.close()
+            watch.close()
 
     async def results(self, offset: int = 0) -> AsyncIterator[tuple[int, np.ndarray]]:
-        """(index, vector) in input order from ``offset``."""
-        request = jpb.GetJobResultsRequest(id=self.id, offset=offset, encoding=pb.VECTOR_ENCODING_PACKED_F32LE)
-        async for result in self.client._jobs.GetJobResults(request):
-            if result.error:
-                raise RuntimeError(f"job {self.id} input {result.index} failed: {result.error}")
-            yield result.index, np.frombuffer(result.embedding.packed, dtype="<f4")
+        """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
+
+        A failed input raises ``RuntimeError`` naming its index and cause.
+        """
+        backoff = self.client.retry.backoff()
+        while True:
+            try:
+                async for result in self.client._jobs.GetJobResults(codec.results_request(self.id, offset)):
+                    yield codec.job_result(self.id, result)
+                    offset = result.index + 1
+                    backoff.reset()
+                return
+            except grpc.RpcError as exc:
+                await asyncio.sleep(backoff.after(exc))
 
     async def cancel(self) -> jpb.Job:
-        """Stop remaining work."""
+        """Stop remaining work; finished results stay readable."""
         request = jpb.GetJobRequest(id=self.id)
         self.job = await self.client._with_retry(
             lambda: self.client._jobs.CancelJob(request, timeout=self.client.timeout)

@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 
+from embedstream.tls import TLS
+
 #: Channel options of every client: exported so that code building its own channel (other
 #: stubs, tests) spreads and drains calls the same way.
 CHANNEL_OPTIONS = [
@@ -71,34 +73,42 @@ class Bearer(
     intercept_stream_stream = intercept_stream_unary
 
 
+class _AioBearer:
+    """Adds ``authorization: Bearer <key>`` to the calls of an asyncio channel, one kind per instance."""
+
+    def __init__(self, key: str) -> None:
+        self.header = ("authorization", f"Bearer {key}")
+
+    async def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(
+            details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), self.header)), request
+        )
+
+    intercept_unary_unary = intercept_unary_stream = intercept_stream_unary = intercept_stream_stream = _intercept
+
+
 def aio_bearer(key: str) -> list[Any]:
-    """Interceptors adding ``authorization: Bearer <key>`` to every call of an asyncio channel
-    (grpc.aio wants one object per kind of call)."""
-    header = ("authorization", f"Bearer {key}")
+    """Interceptors adding ``authorization: Bearer <key>`` to every call of an asyncio channel."""
+    # grpc.aio files each interceptor under the first kind it is an instance of: one object per kind.
+    kinds = (
+        grpc.aio.UnaryUnaryClientInterceptor,
+        grpc.aio.UnaryStreamClientInterceptor,
+        grpc.aio.StreamUnaryClientInterceptor,
+        grpc.aio.StreamStreamClientInterceptor,
+    )
+    return [type(kind.__name__, (_AioBearer, kind), {})(key) for kind in kinds]
 
-    def details(d: Any) -> Any:
-        return d._replace(metadata=grpc.aio.Metadata(*(d.metadata or ()), header))
 
-    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-        async def intercept_unary_unary(self, continuation: Any, d: Any, request: Any) -> Any:
-            return await continuation(details(d), request)
-
-    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-        async def intercept_unary_stream(self, continuation: Any, d: Any, request: Any) -> Any:
-            return await continuation(details(d), request)
-
-    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-        async def intercept_stream_unary(self, continuation: Any, d: Any, requests: Any) -> Any:
-            return await continuation(details(d), requests)
-
-    class StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-        async def intercept_stream_stream(self, continuation: Any, d: Any, requests: Any) -> Any:
-            return await continuation(details(d), requests)
-
-    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+def dial(api: Any, target: str, tls: TLS | None, **kwargs: Any) -> Any:
+    """A channel to ``target`` made by ``api`` (``grpc`` or ``grpc.aio``) with :data:`CHANNEL_OPTIONS` and ``tls``."""
+    options = CHANNEL_OPTIONS + (tls.options() if tls else [])
+    if tls is None:
+        return api.insecure_channel(channel_target(target), options=options, **kwargs)
+    return api.secure_channel(channel_target(target), tls.credentials(), options=options, **kwargs)
 
 
 def channel_target(target: str) -> str:
+    """``target`` as gRPC dials it."""
     # Several addresses become one round-robin channel over all gateways.
     if "," in target:
         return "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:", "dns:")) else target

@@ -19,6 +19,10 @@ class Retry:
     initial_s: float = 0.05
     max_s: float = 2.0
 
+    def backoff(self) -> Backoff:
+        """A fresh retry budget for one call."""
+        return Backoff(self)
+
     def delays(self) -> Iterator[float]:
         """Backoff before each retry: exponential, capped, with full jitter."""
         for n in range(self.attempts - 1):
@@ -31,3 +35,22 @@ def retry_after(exc: grpc.RpcError) -> float:
         if key == "retry-after-ms" and str(value).isdigit():
             return int(value) / 1000
     return 0.0
+
+
+class Backoff:
+    """One call's retry budget under a :class:`Retry`: how long to wait, or the error raised again."""
+
+    def __init__(self, retry: Retry) -> None:
+        self._retry = retry
+        self._delays = retry.delays()
+
+    def reset(self) -> None:
+        """The call made progress (a stream answered): the next failure starts a fresh budget."""
+        self._delays = self._retry.delays()
+
+    def after(self, exc: grpc.RpcError) -> float:
+        """Seconds to wait before retrying ``exc``; raises it when it is not retryable or the budget is spent."""
+        delay = next(self._delays, None) if exc.code() in RETRYABLE else None
+        if delay is None:
+            raise exc
+        return max(delay, retry_after(exc))

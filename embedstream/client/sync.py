@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
-from embedstream.client.channel import CHANNEL_OPTIONS, Bearer, api_key_or_env, channel_target
-from embedstream.client.codec import MAX_INPUTS, T, chunks, embed_request, job_spec, ranking, rerank_request, vectors
-from embedstream.client.retry import RETRYABLE, Retry, retry_after
-from embedstream.client.window import Pending, feed
-from embedstream.progress import Progress
+from embedstream.client import codec
+from embedstream.client.channel import Bearer, api_key_or_env, dial
+from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.retry import Retry
+from embedstream.client.window import Window
 from embedstream.tls import TLS
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from embedstream.v1 import jobs_pb2 as jpb
 from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
+
+T = TypeVar("T")
 
 
 class Client:
@@ -37,12 +41,7 @@ class Client:
         self.model = model
         self.timeout = timeout
         self.retry = retry or Retry()
-        if channel is None:
-            options = CHANNEL_OPTIONS + (tls.options() if tls else [])
-            if tls is None:
-                channel = grpc.insecure_channel(channel_target(target), options=options)
-            else:
-                channel = grpc.secure_channel(channel_target(target), tls.credentials(), options=options)
+        channel = channel or dial(grpc, target, tls)
         key = api_key_or_env(api_key)
         self._channel = grpc.intercept_channel(channel, Bearer(key)) if key else channel
         self._stub = pb_grpc.EmbedderStub(self._channel)
@@ -75,18 +74,14 @@ class Client:
         ``dimensions`` a Matryoshka size it declares. Other output types, sparse and
         multi-vector responses: call :attr:`stub` with an EmbedRequest.
         """
-        if isinstance(texts, str | bytes):
-            raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
         name = model if model is not None else self.model
-        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions}
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions)
 
-        def call(chunk: list[str | bytes]) -> pb.EmbedResponse:
-            request = embed_request(chunk, name, normalize, truncate, "", options)
+        def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
             return response
 
-        parts = [call(chunk) for chunk in chunks(texts, MAX_INPUTS)]
-        return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
+        return codec.stacked([call(request) for request in options.requests(texts)])
 
     def embed_stream(
         self,
@@ -104,27 +99,21 @@ class Client:
         stays bounded for any corpus size. A broken stream is reopened and the
         unanswered requests are sent again.
         """
-        name = model if model is not None else self.model
-        source = enumerate(chunks(texts, min(batch_size, MAX_INPUTS)))
-        pending = Pending(window, source, (name, normalize, truncate))
-        delays = self.retry.delays()
+        options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
+        unanswered, cond = Window(texts, batch_size, window, options), threading.Condition()
+        backoff = self.retry.backoff()
         while True:
             try:
-                for resp in self._stub.EmbedStream(feed(pending)):
-                    k, _ = pending.pop()
-                    if resp.request_id != str(k):
-                        raise RuntimeError(f"stream answered {resp.request_id!r} where {k} was due")
-                    yield vectors(resp)
-                    delays = self.retry.delays()
-                if not pending.items:
+                for resp in self._stub.EmbedStream(_feed(unanswered, cond)):
+                    with cond:
+                        block = unanswered.answer(resp)
+                        cond.notify_all()
+                    yield block
+                    backoff.reset()
+                if unanswered.drained:
                     return
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:
-                    raise
-                delay = next(delays, None)
-                if delay is None:
-                    raise
-                time.sleep(max(delay, retry_after(exc)))
+                time.sleep(backoff.after(exc))
 
     def submit_job(
         self,
@@ -137,14 +126,11 @@ class Client:
         truncate: bool | None = None,
     ) -> JobHandle:
         """Create an async job from texts held in memory (up to the server's inline limit)."""
-        request = jpb.SubmitJobRequest(
-            spec=job_spec(
-                model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
-            ),
-            inputs=[pb.Input(text=t) for t in texts],
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
         )
-        job = self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout))
-        return JobHandle(self, job)
+        request = codec.submit_request(spec, texts)
+        return JobHandle(self, self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
 
     def upload_job(
         self,
@@ -158,14 +144,11 @@ class Client:
         chunk_size: int = 1000,
     ) -> JobHandle:
         """Create an async job from any iterable, read lazily and streamed in chunks."""
-        spec = job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate)
-
-        def messages() -> Iterator[jpb.UploadJobRequest]:
-            yield jpb.UploadJobRequest(header=spec)
-            for chunk in chunks(texts, chunk_size):
-                yield jpb.UploadJobRequest(chunk=jpb.InputChunk(inputs=[pb.Input(text=t) for t in chunk]))
-
-        job = self._jobs.UploadJob(messages(), timeout=max(self.timeout, 3600))
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+        )
+        messages = codec.upload_messages(spec, texts, chunk_size)
+        job = self._jobs.UploadJob(messages, timeout=max(self.timeout, 3600))
         return JobHandle(self, job)
 
     def job(self, job_id: str) -> JobHandle:
@@ -177,9 +160,9 @@ class Client:
         self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
     ) -> list[tuple[int, float]]:
         """(document index, score) pairs from a rerank model, best first."""
-        request = rerank_request(query, documents, model if model is not None else self.model, top_n)
+        request = codec.rerank_request(query, documents, model if model is not None else self.model, top_n)
         response: pb.RerankResponse = self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout))
-        return ranking(response)
+        return codec.ranking(response)
 
     @property
     def stub(self) -> pb_grpc.EmbedderStub:
@@ -192,21 +175,33 @@ class Client:
         return list(resp.models)
 
     def _with_retry(self, call: Callable[[], T]) -> T:
-        delays = self.retry.delays()
+        backoff = self.retry.backoff()
         while True:
             try:
                 return call()
             except grpc.RpcError as exc:
-                delay = next(delays, None) if exc.code() in RETRYABLE else None
-                if delay is None:
-                    raise
-                time.sleep(max(delay, retry_after(exc)))
+                time.sleep(backoff.after(exc))
+
+
+def _feed(unanswered: Window, cond: threading.Condition) -> Iterator[pb.EmbedRequest]:
+    """One stream attempt's requests (pulled on gRPC's thread): the unanswered ones again, then new ones."""
+    with cond:
+        attempt, resend = unanswered.restart()
+        cond.notify_all()
+    yield from resend
+    while True:
+        with cond:
+            cond.wait_for(lambda: unanswered.ready(attempt))
+            req = unanswered.take(attempt)
+        if req is None:
+            return
+        yield req
 
 
 class JobHandle:
     """An async job: its last known state, waiting with progress, results, cancel."""
 
-    TERMINAL = (jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED, jpb.JOB_STATE_CANCELLED)
+    TERMINAL = TERMINAL
 
     def __init__(self, client: Client, job: jpb.Job) -> None:
         self.client = client
@@ -225,45 +220,34 @@ class JobHandle:
 
     def wait(self, progress: bool = False, timeout: float | None = None) -> jpb.Job:
         """Block until the job ends, following WatchJob (reconnecting if a gateway goes away)."""
-        bar = Progress(self.job.inputs_total or None, f"job {self.id[:8]}", enabled=progress)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        watch = Watch(self.job, progress, timeout)
         try:
-            while self.job.state not in self.TERMINAL:
-                remaining = None if deadline is None else max(0.1, deadline - time.monotonic())
+            while self.job.state not in TERMINAL:
                 try:
-                    for job in self.client._jobs.WatchJob(jpb.GetJobRequest(id=self.id), timeout=remaining):
-                        self.job = job
-                        bar.update(job.inputs_done + job.inputs_failed, job.inputs_total or None)
+                    for job in self.client._jobs.WatchJob(jpb.GetJobRequest(id=self.id), timeout=watch.remaining()):
+                        self.job = watch.seen(job)
                 except grpc.RpcError as exc:
-                    if exc.code() not in RETRYABLE:
-                        raise
-                    time.sleep(0.2)
+                    time.sleep(watch.broken(exc))
                     self.refresh()
             return self.job
         finally:
-            bar.close()
+            watch.close()
 
     def results(self, offset: int = 0) -> Iterator[tuple[int, np.ndarray]]:
         """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
 
         A failed input raises ``RuntimeError`` naming its index and cause.
         """
-        delays = self.client.retry.delays()
+        backoff = self.client.retry.backoff()
         while True:
-            request = jpb.GetJobResultsRequest(id=self.id, offset=offset, encoding=pb.VECTOR_ENCODING_PACKED_F32LE)
             try:
-                for result in self.client._jobs.GetJobResults(request):
-                    if result.error:
-                        raise RuntimeError(f"job {self.id} input {result.index} failed: {result.error}")
-                    yield result.index, np.frombuffer(result.embedding.packed, dtype="<f4")
+                for result in self.client._jobs.GetJobResults(codec.results_request(self.id, offset)):
+                    yield codec.job_result(self.id, result)
                     offset = result.index + 1
-                    delays = self.client.retry.delays()
+                    backoff.reset()
                 return
             except grpc.RpcError as exc:
-                delay = next(delays, None) if exc.code() in RETRYABLE else None
-                if delay is None:
-                    raise
-                time.sleep(max(delay, retry_after(exc)))
+                time.sleep(backoff.after(exc))
 
     def cancel(self) -> jpb.Job:
         """Stop remaining work; finished results stay readable."""
