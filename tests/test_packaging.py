@@ -31,13 +31,13 @@ def test_the_wheel_installs_gateway_and_workers_under_embedstream(tmp_path: Path
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"embedstream"}
-    for module in ("gateway/server.py", "gateway/main.py", "workers/worker.py", "workers/main.py"):
+    for module in ("gateway/server.py", "gateway/main.py", "workers/worker.py", "workers/main.py", "client/sync.py"):
         assert f"embedstream/{module}" in names
 
 
 def test_the_shared_layer_imports_nothing_from_gateway_or_workers() -> None:
-    # embedstream/*.py is the bottom layer: clients, wire format, keys, settings, the CLI.
-    for path in (ROOT / "embedstream").glob("*.py"):
+    # embedstream/ is the bottom layer: clients, wire format, keys, settings, the CLI.
+    for path in (ROOT / "embedstream").rglob("*.py"):
         text = path.read_text()
         for upper in ("embedstream.gateway", "embedstream.workers"):
             for line in text.splitlines():
