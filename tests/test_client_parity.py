@@ -16,8 +16,8 @@ from embedstream.workers.model import debug_vectors
 from embedstream.client import AsyncClient, AsyncJobHandle, Client, JobHandle, Retry
 from embedstream.redis_server import free_port
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.procs import Proc
+from tests.support.corpora import texts
+from tests.support.processes import Proc
 
 TWINS = [(Client, AsyncClient), (JobHandle, AsyncJobHandle)]
 CONTEXT = {"__enter__": "__aenter__", "__exit__": "__aexit__"}
