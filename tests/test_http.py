@@ -29,9 +29,10 @@ from embedstream import apikeys
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
-from tests import tinymodels
-from tests.conftest import MINILM
-from tests.procs import Proc, base_env, entries_added, scrape, start_gateway, start_workers
+from tests.support import ROOT, tinymodels
+from tests.support.documents import section
+from tests.support.models import MINILM
+from tests.support.processes import Proc, base_env, entries_added, scrape, start_gateway, start_workers
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -40,7 +41,6 @@ TEXTS = [
     "short",
 ]
 DOCS = ["Redis is an in-memory data store.", "Cats sleep a lot.", "Streams are append-only logs."]
-ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "examples" / "node"
 MODELS = ("all-MiniLM-L6-v2", "rerank", "slow", "orphan")
 
@@ -457,8 +457,7 @@ def test_http_calls_are_counted_by_route_and_status(api: Api) -> None:
 
 def doc_blocks(language: str) -> list[str]:
     """The ``language`` code blocks of docs/http.md and of the README's HTTP API section."""
-    readme = (ROOT / "README.md").read_text().split("\n## HTTP API\n", 1)[1].split("\n## ", 1)[0]
-    text = (ROOT / "docs" / "http.md").read_text() + readme
+    text = (ROOT / "docs" / "http.md").read_text() + section("## HTTP API")
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
