@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from embedstream import keys, metrics
+from embedstream import clock, keys, metrics
 from embedstream.connections import TRANSIENT, stop_tasks
 from embedstream.registry import Registry
 
@@ -64,7 +63,7 @@ class Directory:
 
     async def refresh(self) -> None:
         """Read Redis once; on failure mark it unreachable."""
-        now_ms = time.time() * 1000
+        now_ms = clock.now_ms()
         pipe = self._redis.pipeline(transaction=False)  # type: ignore[attr-defined]
         names = list(self.registry.models)
         for name in names:
@@ -100,7 +99,7 @@ class Directory:
 
     async def recheck(self, model: str) -> bool:
         """Ask Redis now whether ``model`` has a live worker; the snapshot may be stale."""
-        cutoff = time.time() * 1000 - self.liveness_s * 1000
+        cutoff = clock.now_ms() - self.liveness_s * 1000
         try:
             live = await self._redis.zcount(keys.workers(model), cutoff, "+inf")  # type: ignore[attr-defined]
         except TRANSIENT:

@@ -11,7 +11,7 @@ from typing import Any
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.replies import ReplyRouter
 
-from embedstream import keys, metrics, tracing, wire
+from embedstream import clock, keys, metrics, tracing, wire
 from embedstream.connections import TRANSIENT
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec
@@ -44,7 +44,7 @@ class Options:
             id=id,
             reply_to=reply_to,
             deadline_ms=deadline_ms,
-            enqueued_ms=int(time.time() * 1000),
+            enqueued_ms=int(clock.now_ms()),
             inputs=inputs,
             normalize=self.normalize,
             truncate=self.truncate,

@@ -10,7 +10,6 @@ word for word as for an unknown id).
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from embedstream.gateway.shape import embeddings
 from embedstream.gateway.status import streaming, unary
 from embedstream.gateway.validation import check_options, validate_inputs, verify_images
 
-from embedstream import jobstore, keys, tracing, wire
+from embedstream import clock, jobstore, keys, tracing, wire
 from embedstream.connections import TRANSIENT, replicated
 from embedstream.errors import InternalError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec, Registry
@@ -32,11 +31,6 @@ from embedstream.v1 import jobs_pb2 as pb
 from embedstream.v1 import jobs_pb2_grpc as pb_grpc
 
 POLL_S = 0.2
-
-
-def now_ms() -> int:
-    """Unix milliseconds."""
-    return int(time.time() * 1000)
 
 
 class Jobs(pb_grpc.JobsServicer):
@@ -71,7 +65,7 @@ class Jobs(pb_grpc.JobsServicer):
         tracing.annotate({"embedstream.job_id": job_id})
         if expires is not None:
             await self._enqueue(job_id, model, options, inputs, 0, expires)
-            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, now_ms()]))
+            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, int(clock.now_ms())]))
         await self._replicated()  # also for an existing job: a retry must not confirm what a failover could lose
         return await self._job(job_id)
 
@@ -121,7 +115,7 @@ class Jobs(pb_grpc.JobsServicer):
                 chunk_index = (total - len(buffered)) // jobstore.CHUNK
                 await self._enqueue(job_id, model, options, buffered, chunk_index, expires)
             tracing.annotate({"embedstream.inputs": total})
-            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, now_ms()]))
+            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, int(clock.now_ms())]))
             await self._replicated()
         except BaseException:
             # An unfinished upload is no job: forget it; workers drop its chunks.
@@ -164,7 +158,7 @@ class Jobs(pb_grpc.JobsServicer):
         idempotency key already made and None."""
         job_id = uuid.uuid4().hex
         ttl_ms = (spec.ttl_seconds or self.settings.job_ttl_s) * 1000
-        created = now_ms()
+        created = int(clock.now_ms())
         expires = created + ttl_ms
         if spec.idempotency_key:
             idem = keys.idempotency(current_tenant(), spec.idempotency_key)
@@ -294,7 +288,7 @@ class Jobs(pb_grpc.JobsServicer):
     @unary("CancelJob")
     async def CancelJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         await self._meta(request.id)
-        await self._redis(self._cancel(keys=[keys.job_meta(request.id)], args=[now_ms()]))
+        await self._redis(self._cancel(keys=[keys.job_meta(request.id)], args=[int(clock.now_ms())]))
         return await self._job(request.id)
 
     async def _redis(self, awaitable: Any) -> Any:

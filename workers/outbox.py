@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ from embedstream.workers import finish
 from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
-from embedstream import jobstore, keys, metrics, wire
+from embedstream import clock, jobstore, keys, metrics, wire
 from embedstream.connections import TRANSIENT
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
@@ -32,11 +31,6 @@ local before = redis.call('XLEN', KEYS[1])
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'p', ARGV[2], 'reason', ARGV[3], 'id', ARGV[4], 'worker', ARGV[5])
 return before + 1 - redis.call('XLEN', KEYS[1])
 """
-
-
-def now_ms() -> float:
-    """Wall-clock milliseconds, the unit of deadlines across processes."""
-    return time.time() * 1000.0
 
 
 class Outbox:
@@ -94,7 +88,7 @@ class Outbox:
             value, failed, dims = jobstore.RESULT + wire.encode_reply(answer), 0, answer.dimensions
         return (
             [keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
-            [job.chunk, value, len(job.inputs), failed, dims, int(now_ms()), message],
+            [job.chunk, value, len(job.inputs), failed, dims, int(clock.now_ms()), message],
         )
 
     def answer(self, entry: Entry) -> wire.Reply:

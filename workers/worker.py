@@ -22,10 +22,10 @@ import numpy as np
 from embedstream.workers import finish, spans
 from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
 from embedstream.workers.model import Model, Source, Tokens
-from embedstream.workers.outbox import Outbox, now_ms
+from embedstream.workers.outbox import Outbox
 from embedstream.workers.recovery import READ_ENTRIES, RENEW, Recovery
 
-from embedstream import jobstore, keys, metrics, tracing, wire
+from embedstream import clock, jobstore, keys, metrics, tracing, wire
 from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
@@ -130,8 +130,8 @@ class Worker(Recovery):
             "normalizes": int(self.model.normalizes),
         }
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(keys.workers(self.spec.name), {self.name: now_ms()})
-        pipe.zremrangebyscore(keys.workers(self.spec.name), 0, now_ms() - 60_000)
+        pipe.zadd(keys.workers(self.spec.name), {self.name: clock.now_ms()})
+        pipe.zremrangebyscore(keys.workers(self.spec.name), 0, clock.now_ms() - 60_000)
         pipe.hset(keys.model_info(self.spec.name), mapping=info)
         await pipe.execute()
 
@@ -181,7 +181,7 @@ class Worker(Recovery):
     ) -> None:
         """Decode, drop the expired, tokenize on the prep thread, pool the rest."""
         fresh: list[tuple[bytes, bytes, wire.Job]] = []
-        now = now_ms()
+        now = clock.now_ms()
         for stream_id, fields in raw:
             if (stream, stream_id) in self._held:  # a redelivery of work we still hold
                 continue
@@ -293,7 +293,7 @@ class Worker(Recovery):
             self._space.set()
             if not batch:
                 continue
-            started = now_ms()
+            started = clock.now_ms()
             for item in batch:
                 if not item.entry.started_ms:
                     item.entry.started_ms = started
@@ -348,7 +348,7 @@ class Worker(Recovery):
         the entry (XDEL on cancel or timeout), or its job was cancelled or expired.
         One pipelined XRANGE (or HGET of the job's state) per entry."""
         entries = list({id(it.entry): it.entry for it in batch}.values())
-        now = now_ms()
+        now = clock.now_ms()
         gone: dict[int, str] = {e_id: "expired" for e_id, e in ((id(e), e) for e in entries) if e.expired(now)}
         unchecked = [e for e in entries if id(e) not in gone]
         if unchecked:
