@@ -12,6 +12,7 @@ from embedstream.gateway.directory import Directory
 from embedstream.gateway.replies import ReplyRouter
 
 from embedstream import clock, keys, metrics, tracing, wire
+from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec
@@ -133,7 +134,7 @@ class Dispatcher:
     async def _enqueue(self, spec: ModelSpec, job: wire.Job, deadline: float, wait_for_room: bool) -> bytes:
         payload = wire.encode_job(job)
         args = [spec.max_queue_entries, spec.max_queue_entries * 2 + 1000, keys.PAYLOAD, payload]
-        delay = 0.005
+        backoff = Backoff(first=0.005, most=0.1)
         while True:
             try:
                 stream_id = await asyncio.wait_for(self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s)
@@ -151,10 +152,9 @@ class Dispatcher:
                     f"retry with backoff, after {hint} ms or more",
                     retry_after_ms=hint,
                 )
-            if time.time() + delay >= deadline:
+            if time.time() + backoff.delay >= deadline:
                 raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue was full")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            await backoff.wait()
 
     def _withdraw(self, model: str, stream_id: bytes) -> None:
         # Batched: a client leaving a stream withdraws hundreds of entries at

@@ -17,6 +17,7 @@ from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
 from embedstream import clock, jobstore, keys, metrics, wire
+from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
@@ -100,16 +101,15 @@ class Outbox:
         unreachable; None when giving up because the worker is stopping."""
         # A reply that cannot be written is retried until Redis is back; the
         # entry stays pending (and reclaimable) until then, so nothing is lost.
-        delay = 0.05
+        backoff = Backoff()
         while True:
             try:
                 return await operation()
             except TRANSIENT as exc:
-                if self.stopping.is_set() and delay >= 1.0:
+                if self.stopping.is_set() and backoff.longest:
                     log.error("giving up a reply while stopping: %s", exc)
                     return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await backoff.wait()
 
     async def acknowledge(self, entries: list[tuple[str, bytes]]) -> None:
         """XACK + XDEL: the entries are done (answered, or nobody waits for them)."""

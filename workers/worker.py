@@ -26,6 +26,7 @@ from embedstream.workers.outbox import Outbox
 from embedstream.workers.recovery import READ_ENTRIES, RENEW, Recovery
 
 from embedstream import clock, jobstore, keys, metrics, tracing, wire
+from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
@@ -136,20 +137,19 @@ class Worker(Recovery):
         await pipe.execute()
 
     async def _until_redis(self, action: Any) -> None:
-        delay = 0.05
+        backoff = Backoff()
         while not self._stopping.is_set():
             try:
                 await action()
                 return
             except TRANSIENT as exc:
                 log.warning("redis unreachable (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await backoff.wait()
 
     # -- reading -----------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        delay = 0.05
+        backoff = Backoff()
         while not self._stopping.is_set():
             if len(self.batcher) >= self.prefetch:
                 # Blocking on the bulk stream alone would leave interactive work
@@ -162,11 +162,10 @@ class Worker(Recovery):
                 streams[self.bulk_queue] = ">"
             try:
                 got = await self.redis.xreadgroup(keys.GROUP, self.name, streams, count=READ_ENTRIES, block=1000)
-                delay = 0.05
+                backoff.reset()
             except TRANSIENT as exc:
                 log.warning("read failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await backoff.wait()
                 continue
             except Exception as exc:
                 if "NOGROUP" in str(exc):  # Redis lost its data: recreate and go on
