@@ -18,7 +18,7 @@ from typing import Any
 
 from embedstream.workers.batcher import Batcher, Entry
 
-from embedstream import clock, keys, metrics, wire
+from embedstream import heartbeat, keys, metrics, wire
 from embedstream.connections import TRANSIENT
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
@@ -164,9 +164,7 @@ class Recovery:
         a live heartbeat is never touched: DELCONSUMER would drop entries it had
         just read from the pending list, and with them the chance to reclaim them."""
         horizon_ms = self.settings.consumer_gc_s * 1000
-        cutoff = clock.now_ms() - self.settings.worker_liveness_s * 1000
-        members = await self.redis.zrangebyscore(keys.workers(self.spec.name), cutoff, "+inf")
-        live = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        live = await heartbeat.live(self.redis, self.spec.name, self.settings.worker_liveness_s)
         for stream in (self.queue, self.bulk_queue):
             try:
                 consumers = await self.redis.xinfo_consumers(stream, keys.GROUP)

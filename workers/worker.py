@@ -25,7 +25,7 @@ from embedstream.workers.model import Model, Source, Tokens
 from embedstream.workers.outbox import Outbox
 from embedstream.workers.recovery import READ_ENTRIES, RENEW, Recovery
 
-from embedstream import clock, jobstore, keys, metrics, tracing, wire
+from embedstream import clock, heartbeat, jobstore, keys, metrics, tracing, wire
 from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import Code
@@ -98,7 +98,7 @@ class Worker(Recovery):
             if self._replies:
                 await asyncio.gather(*self._replies, return_exceptions=True)
             try:
-                await self.redis.zrem(keys.workers(self.spec.name), self.name)
+                await heartbeat.leave(self.redis, self.spec.name, self.name)
                 await self._hand_back()
             except TRANSIENT as exc:
                 log.warning("could not hand back pending entries (%s); they are reclaimed after the timeout", exc)
@@ -123,17 +123,15 @@ class Worker(Recovery):
         await self._heartbeat()
 
     async def _heartbeat(self) -> None:
-        info: dict[str | bytes, str | bytes | int | float] = {
-            "family": self.model.family,
-            "output": self.model.output,
-            "dimensions": self.model.dimensions,
-            "max_input_tokens": self.model.max_input_tokens,
-            "normalizes": int(self.model.normalizes),
-        }
+        info = heartbeat.ModelInfo(
+            family=self.model.family,
+            output=self.model.output,
+            dimensions=self.model.dimensions,
+            max_input_tokens=self.model.max_input_tokens,
+            normalizes=self.model.normalizes,
+        )
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(keys.workers(self.spec.name), {self.name: clock.now_ms()})
-        pipe.zremrangebyscore(keys.workers(self.spec.name), 0, clock.now_ms() - 60_000)
-        pipe.hset(keys.model_info(self.spec.name), mapping=info)
+        heartbeat.beat(pipe, self.spec.name, self.name, info)
         await pipe.execute()
 
     async def _until_redis(self, action: Any) -> None:
