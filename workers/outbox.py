@@ -16,7 +16,7 @@ from embedstream.workers import finish
 from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
-from embedstream import clock, jobstore, keys, metrics, wire
+from embedstream import jobstore, keys, metrics, wire
 from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT
 from embedstream.errors import Code
@@ -46,7 +46,7 @@ class Outbox:
         self.runner = model
         self.worker = worker
         self.stopping = stopping
-        self._record = redis.register_script(jobstore.RECORD)
+        self.jobs = jobstore.JobStore(redis)
         self._dead = redis.register_script(DEAD_LETTER)
         self.cluster = isinstance(redis, RedisCluster)
         self.max_dead_letters = max_dead_letters
@@ -68,29 +68,21 @@ class Outbox:
                 pipe.xadd(stream, {keys.PAYLOAD: reply}, nomkstream=True)
             if self.cluster:
                 written = list(await pipe.execute()) if replies else []
-                return written + [await self._record(keys=k, args=a) for k, a in chunks]
-            for k, a in chunks:
-                await self._record(keys=k, args=a, client=pipe)  # queues EVALSHA on the pipeline
+                return written + [await self.jobs.record(chunk) for chunk in chunks]
+            for chunk in chunks:
+                await self.jobs.record(chunk, client=pipe)  # queues EVALSHA on the pipeline
             _acknowledge(pipe, done)
             return list(await pipe.execute())
 
         if await self.retrying(write) is not None and self.cluster:
             await self.acknowledge(done)
 
-    def _chunk(self, entry: Entry, error: str = "") -> tuple[list[str], list[Any]]:
-        """Keys and arguments of the script that stores a job chunk's vectors (or failure)
-        in its job; the script counts each chunk once, however often it is answered."""
-        job = entry.job
+    def _chunk(self, entry: Entry, error: str = "") -> jobstore.Call:
+        """The write that stores a job chunk's vectors (or its failure) in its job."""
         message = error or (entry.error[1] if entry.error else "")
         if message:
-            value, failed, dims = jobstore.failure(len(job.inputs), message), 1, 0
-        else:
-            answer = self.answer(entry)
-            value, failed, dims = jobstore.RESULT + wire.encode_reply(answer), 0, answer.dimensions
-        return (
-            [keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
-            [job.chunk, value, len(job.inputs), failed, dims, int(clock.now_ms()), message],
-        )
+            return jobstore.recording(entry.job, jobstore.Chunk(failed=len(entry.job.inputs), error=message))
+        return jobstore.recording(entry.job, jobstore.Chunk(self.answer(entry)))
 
     def answer(self, entry: Entry) -> wire.Reply:
         """The reply message for a finished (or failed) entry."""
@@ -140,7 +132,7 @@ class Outbox:
             fields = [self.max_dead_letters, payload, reason, stream_id, self.worker]
             trimmed = await self._dead(keys=[keys.dead_letters(self.model)], args=fields)
             if chunk is not None:
-                await self._record(keys=chunk[0], args=chunk[1])
+                await self.jobs.record(chunk)
             elif job is not None:
                 reply = wire.Reply(
                     job.id,
