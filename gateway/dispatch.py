@@ -26,38 +26,14 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4]
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """A validated request's options, as its queue entries carry them (``wire.Job``)."""
+class Options(wire.Options):
+    """A validated request's options; the gateway makes its queue entries from them."""
 
-    normalize: bool | None = None
-    truncate: bool = True
-    input_type: str = ""
-    prompt: str = ""
-    dimensions: int = 0
-    output_type: str = "float32"
-    return_tokens: bool = False
-    query: str = ""
+    __slots__ = ()
 
     def job(self, id: str, reply_to: str, deadline_ms: int, inputs: list[str | bytes], **chunk: Any) -> wire.Job:
-        """The queue entry for ``inputs`` with these options, carrying the current span's context."""
-        return wire.Job(
-            id=id,
-            reply_to=reply_to,
-            deadline_ms=deadline_ms,
-            enqueued_ms=int(clock.now_ms()),
-            inputs=inputs,
-            normalize=self.normalize,
-            truncate=self.truncate,
-            input_type=self.input_type,
-            prompt=self.prompt,
-            dimensions=self.dimensions,
-            output_type=self.output_type,
-            query=self.query,
-            return_tokens=self.return_tokens,
-            trace=tracing.traceparent(),
-            **chunk,
-        )
+        """The queue entry for ``inputs`` with these options, stamped now, carrying the current span's context."""
+        return self.to_job(id, reply_to, deadline_ms, int(clock.now_ms()), inputs, trace=tracing.traceparent(), **chunk)
 
 
 @dataclass(slots=True)
