@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from embedstream.workers import finish
+from embedstream.workers import finish, spans
 from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
@@ -120,7 +120,7 @@ class Outbox:
     async def dead_letter(
         self, stream: str, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None
     ) -> None:
-        """Move an entry to the dead-letter stream and tell its caller, if known."""
+        """Move an entry to the dead-letter stream and tell its caller, if known; its span records why."""
         log.warning("dead-lettering %s of model %s: %s", stream_id, self.model, reason)
         metrics.DEAD_LETTERED.labels(self.model).inc()
         chunk = None
@@ -148,6 +148,8 @@ class Outbox:
             metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(trimmed)
         if trimmed is not None:
             await self.acknowledge([(stream, stream_id)])
+        if job is not None:
+            spans.record(job, self.model, self.worker, error=f"dead-lettered: {reason}")
 
 
 def _acknowledge(pipe: Any, entries: list[tuple[str, bytes]]) -> None:
