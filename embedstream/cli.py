@@ -86,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--ready", action="store_true", help="with --worker: also its Redis heartbeat is recent")
     check.add_argument("--max-age", type=float, default=30.0, help="with --worker: seconds counted as recent")
+    call = _add(sub, "call", parents=[tls], help="call an RPC with JSON, as grpcurl -plaintext -d does")
+    call.add_argument(
+        "-d", dest="data", default="", help="request JSON; @ reads messages from stdin, @FILE from a file"
+    )
+    call.add_argument("-H", dest="headers", action="append", default=[], help="a header, 'name: value' (repeatable)")
+    call.add_argument("-plaintext", "--plaintext", action="store_true", help="no TLS (the default without --tls*)")
+    call.add_argument("-max-time", "--max-time", type=float, default=60.0, help="seconds before the call gives up")
+    call.add_argument("target", help="gateway address, host:port")
+    call.add_argument("method", help="e.g. embedstream.v1.Embedder/Embed")
     keys = _add(sub, "api-key", help="create or revoke API keys (the key file holds their SHA-256 only)")
     key_sub = keys.add_subparsers(dest="action", required=True)
     new = _add(key_sub, "new", help="print a new key once and append its hash to the key file")
@@ -173,6 +182,21 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     except grpc.RpcError as exc:
         print(f"embedstream embed-file: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def _call(settings: Settings, args: argparse.Namespace) -> int:
+    import grpc
+
+    from embedstream.call import Call, run
+
+    try:
+        return run(Call(args.target, args.method, args.data, tuple(args.headers), _tls(args), args.max_time))
+    except (ValueError, OSError) as exc:
+        print(f"embedstream call: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"ERROR:\n  Code: {exc.code().name}\n  Message: {exc.details()}", file=sys.stderr)
         return 1
 
 
@@ -289,6 +313,7 @@ COMMANDS = {
     "gateway": _gateway,
     "worker": _worker,
     "check": _check,
+    "call": _call,
     "embed-file": _embed_file,
     "api-key": _api_key,
     "redis-acl": _redis_acl,
