@@ -305,7 +305,8 @@ def test_matryoshka_sparse_and_multi_vector_models_through_the_service(
     port, env = tiny_port
     result = run_eval(command, port, env, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "note: model splade skips 128, 64" in result.stderr
+    assert "note: model splade skips 256, 128, 64" in result.stderr
+    assert "note: model colbert skips 256, 64" in result.stderr
     report = json.loads((tmp_path / "eval.json").read_text())
     got = [(c["candidate"], c["kind"], c["dimensions"]) for c in report["candidates"]]
     assert got == [

@@ -54,8 +54,10 @@ class Options:
 def candidates(served: list[pb.ModelInfo], opts: Options) -> list[Candidate]:
     """Every model x size x output type asked for that the model serves, in that order.
 
-    A size or output type that one model does not serve is skipped for it with a note
-    (a sparse model has one size and float32 only); one that no model serves is an error.
+    A size or output type that one model does not serve is skipped for it with a note (a
+    model without Matryoshka sizes is evaluated at its full size; a sparse model returns
+    float32 only); one that no model serves, or a Matryoshka model none of whose sizes is
+    listed, is an error.
     """
     names = {alias: m for m in served for alias in (m.name, *m.aliases)}
     default = next((m for m in served if m.is_default), None)
@@ -73,9 +75,14 @@ def candidates(served: list[pb.ModelInfo], opts: Options) -> list[Candidate]:
             raise CandidateError(f"--model {info.name}: a {family} model returns no embeddings to search")
         sizes = sorted({info.dimensions, *info.capabilities.matryoshka_dimensions} - {0}, reverse=True)
         types = [t for t, v in OUTPUT_TYPES.items() if v in info.capabilities.output_types]
-        wanted_sizes = [s for s in opts.dimensions if s in sizes] if opts.dimensions else [info.dimensions]
+        # A model without Matryoshka sizes is still compared, at its one size.
+        cuttable = bool(opts.dimensions and info.capabilities.matryoshka_dimensions)
+        wanted_sizes = [s for s in opts.dimensions if s in sizes] if cuttable else [info.dimensions]
+        if cuttable and not wanted_sizes:
+            raise CandidateError(f"--dimensions: model {info.name} accepts {sizes}, none of {opts.dimensions}")
         wanted_types = [t for t in opts.output_types if t in types]
-        skipped = [str(s) for s in opts.dimensions if s not in sizes] + [t for t in opts.output_types if t not in types]
+        skipped = [str(s) for s in opts.dimensions if s not in wanted_sizes]
+        skipped += [t for t in opts.output_types if t not in types]
         if skipped:
             print(
                 f"note: model {info.name} skips {', '.join(skipped)} (sizes {sizes}, output types {', '.join(types)})",
