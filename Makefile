@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-export HF_HUB_OFFLINE := 1
+# Offline unless the caller says otherwise (HF_HUB_OFFLINE=0 make run lets hf: paths download).
+export HF_HUB_OFFLINE ?= 1
 
 .PHONY: run test bench bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean image image-cuda
 

@@ -150,6 +150,7 @@ def append(path: str, entry: Entry) -> None:
     """Add ``entry`` to the key file (created with mode 0600 when missing)."""
     if Path(path).exists():
         read_file(path)  # never append to a file the gateway would refuse
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as out:
         if out.tell() and not Path(path).read_bytes().endswith(b"\n"):

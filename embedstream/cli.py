@@ -38,22 +38,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embedstream",
         description="Self-hosted embedding inference over gRPC, queued through Redis streams.",
-        epilog="Environment (flags win over variables):\n" + env_help(),
+        epilog="Environment (flags win over variables):\n"
+        + env_help()
+        + "\n\nembed-file sends EMBEDSTREAM_API_KEY as its API key when that variable is set.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", help="Redis URL (EMBEDSTREAM_REDIS_URL)")
     common.add_argument("--registry", help="model registry TOML (EMBEDSTREAM_REGISTRY)")
-    serve = sub.add_parser(
-        "serve", parents=[common], help="Redis (unless --redis-url), a gateway and a worker per model"
-    )
+    serve = _add(sub, "serve", parents=[common], help="Redis (unless --redis-url), a gateway and a worker per model")
     serve.add_argument("--port", type=int, help="gRPC port (EMBEDSTREAM_PORT, default 50051)")
     serve.add_argument("--data-dir", default=".embedstream", help="where the private Redis keeps its AOF")
     serve.add_argument("--threads", type=int, help="torch threads per worker (EMBEDSTREAM_THREADS)")
-    gateway = sub.add_parser("gateway", parents=[common], help="run one gateway")
+    gateway = _add(sub, "gateway", parents=[common], help="run one gateway")
     gateway.add_argument("--port", type=int, help="gRPC port (EMBEDSTREAM_PORT, default 50051)")
-    worker = sub.add_parser("worker", parents=[common], help="run one worker for one model")
+    worker = _add(sub, "worker", parents=[common], help="run one worker for one model")
     worker.add_argument("--model", default="", help="model name from the registry (default: the default model)")
     worker.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")
     tls = argparse.ArgumentParser(add_help=False)
@@ -62,9 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-cert", help="PEM client certificate, for a gateway that requires one (mTLS)")
     tls.add_argument("--tls-key", help="PEM key of --tls-cert")
     tls.add_argument("--tls-server-name", default="", help="name to verify in the gateway's certificate")
-    embed = sub.add_parser(
-        "embed-file", parents=[tls], help="embed every record of a file (resumable, with a progress bar)"
-    )
+    embed = _add(sub, "embed-file", parents=[tls], help="embed every record of a file (resumable, with a progress bar)")
     embed.add_argument("input", help=".txt (a line each), .jsonl, .csv or .parquet")
     embed.add_argument("--output", "-o", required=True, help=".npy, .parquet (id + vector) or .jsonl")
     embed.add_argument("--model", default="", help="model name (default: the server's default model)")
@@ -75,11 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _eval_parser(sub, tls)
-    check = sub.add_parser(
-        "check", parents=[common, tls], help="exit 0 when the gateway reports SERVING (--worker: the worker is alive)"
+    check = _add(
+        sub, "check", parents=[tls], help="exit 0 when the gateway reports SERVING (--worker: the worker is alive)"
     )
     check.add_argument("--host", default="127.0.0.1", help="gateway host (default 127.0.0.1)")
-    check.add_argument("--port", type=int, help="gateway port")
+    check.add_argument("--port", type=int, help="gateway port (EMBEDSTREAM_PORT, default 50051)")
     check.add_argument("--service", default="", help="health service name (a model name checks that model)")
     check.add_argument(
         "--worker",
@@ -88,35 +86,62 @@ def _parser() -> argparse.ArgumentParser:
         "alive = its event loop ticked recently",
     )
     check.add_argument("--ready", action="store_true", help="with --worker: also its Redis heartbeat is recent")
-    check.add_argument("--max-age", type=float, default=30.0, help="with --worker: seconds counted as recent (30)")
-    keys = sub.add_parser("api-key", help="create or revoke API keys (the key file holds their SHA-256 only)")
+    check.add_argument("--max-age", type=float, default=30.0, help="with --worker: seconds counted as recent")
+    keys = _add(sub, "api-key", help="create or revoke API keys (the key file holds their SHA-256 only)")
     key_sub = keys.add_subparsers(dest="action", required=True)
-    new = key_sub.add_parser("new", help="print a new key once and append its hash to the key file")
+    new = _add(key_sub, "new", help="print a new key once and append its hash to the key file")
     new.add_argument("--tenant", required=True, help="the tenant the key belongs to")
     new.add_argument("--file", help="key file (default EMBEDSTREAM_API_KEYS_FILE)")
     new.add_argument("--rate", type=float, help="the tenant's inputs per second (default EMBEDSTREAM_RATE_LIMIT)")
     new.add_argument("--burst", type=int, help="the tenant's burst (default EMBEDSTREAM_RATE_BURST)")
     new.add_argument("--name", default="", help="a label for the key")
-    revoke = key_sub.add_parser("revoke", help="remove keys from the key file (gateways stop accepting them)")
+    revoke = _add(key_sub, "revoke", help="remove keys from the key file (gateways stop accepting them)")
     revoke.add_argument("--file", help="key file (default EMBEDSTREAM_API_KEYS_FILE)")
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--hash", help="the key's SHA-256, or its first 8+ characters")
     which.add_argument("--name", help="the key's name= label")
     which.add_argument("--tenant", help="every key of this tenant")
-    sub.add_parser("redis-acl", help="print the ACL SETUSER commands of the gateway and worker Redis users")
+    _add(sub, "redis-acl", help="print the ACL SETUSER commands of the gateway and worker Redis users")
+    return parser
+
+
+class _Defaults(argparse.HelpFormatter):
+    """Shows an option's default in --help unless it is empty, off, or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser: --help shows defaults."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Defaults)
+        super().__init__(**kwargs)
+
+
+def _add(sub: Any, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with its one-line help."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, **kwargs)
     return parser
 
 
 def _eval_parser(sub: Any, tls: argparse.ArgumentParser) -> None:
     from embedstream.vectors import OUTPUT_TYPES
 
-    ev = sub.add_parser(
+    ev = _add(
+        sub,
         "eval",
         parents=[tls],
         help="retrieval quality (nDCG@10, MRR@10, recall@1/10/100) and speed of served models on labelled data",
-        description="Embed a labelled dataset through the running service with each candidate (every --model x "
-        "--dimensions x --output-type), search it exactly, and report quality and speed: a table on stdout, "
-        "--json and --chart. See docs/eval.md.",
+    )
+    ev.description = (
+        f"{ev.description}. Embeds the dataset through the running service with each candidate (every --model x "
+        "--dimensions x --output-type), searches it exactly, and prints a table, with the same figures in --json "
+        "and a chart in --chart. See docs/eval.md."
     )
     data = ev.add_mutually_exclusive_group(required=True)
     data.add_argument(
@@ -333,7 +358,11 @@ def _new_key(path: str, args: argparse.Namespace) -> int:
     entry = apikeys.Entry(apikeys.check_tenant(args.tenant), apikeys.digest(key), args.rate, args.burst, args.name)
     apikeys.parse(entry.line(), "the new entry")  # the same checks a gateway makes
     if path:
-        apikeys.append(path, entry)
+        try:
+            apikeys.append(path, entry)
+        except OSError as exc:
+            print(f"embedstream api-key: cannot write {path}: {exc.strerror}", file=sys.stderr)
+            return 2
         print(f"added a key for tenant {entry.tenant} to {path}; it is shown only now:", file=sys.stderr)
     else:
         print(

@@ -43,8 +43,8 @@ class RedisServer:
         """The redis:// URL of this server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Launch and wait until it answers PING."""
+    def start(self, timeout_s: float = 10.0, new_session: bool = False) -> RedisServer:
+        """Launch and wait until it answers PING; ``new_session`` puts it out of reach of the terminal's Ctrl-C."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; run `make deps` or apt-get install redis-server")
@@ -63,7 +63,9 @@ class RedisServer:
             **self.options,
         }
         args = [binary] + [part for key, value in options.items() for part in (f"--{key}", value)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=new_session
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

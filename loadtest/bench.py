@@ -38,7 +38,7 @@ from embedstream.settings import Settings  # noqa: E402
 from embedstream.v1 import embedder_pb2 as pb  # noqa: E402
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc  # noqa: E402
 from loadtest.corpus import mixed_texts  # noqa: E402
-from tests.procs import Proc, base_env, start_gateway, start_worker  # noqa: E402
+from tests.support.processes import Proc, base_env, start_gateway, start_worker  # noqa: E402
 
 PER_REQUEST = 16
 
@@ -46,7 +46,7 @@ PER_REQUEST = 16
 def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> float:
     """Texts/s of tokenize + batch + forward in this process, as the worker does it."""
     from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, complete
-    from embedstream.workers.model import load
+    from embedstream.workers.loader import load
 
     from embedstream.wire import Job
 

@@ -36,14 +36,14 @@ from loadtest.corpus import mixed_texts  # noqa: E402
 
 def photos(n: int) -> list[bytes]:
     """``n`` distinct 640x480 JPEGs (decode cost is part of the image path)."""
-    from tests.images import picture
+    from tests.support.images import picture
 
     return [picture(k, (640, 480), "JPEG", quality=85) for k in range(n)]
 
 
 def raw_images(spec: registry.ModelSpec, threads: int, images: list[bytes]) -> float:
     """Images/s of decode + preprocess + image tower in this process, in the worker's batch size."""
-    from embedstream.workers.model import load
+    from embedstream.workers.loader import load
 
     model = load(spec, threads)
     warm = model.tokenize(images[:4])
@@ -58,7 +58,7 @@ def raw_images(spec: registry.ModelSpec, threads: int, images: list[bytes]) -> f
 
 def tiny_clip(folder: Path) -> tuple[Path, str]:
     """A tiny image-text model folder and its backend: open_clip if installed, else SigLIP."""
-    from tests import tinymodels
+    from tests.support import tinymodels
 
     if importlib.util.find_spec("open_clip") is not None:
         return tinymodels.open_clip_model(folder), "open_clip"

@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from embedstream.workers.model import DebugModel, Tokens  # noqa: E402
+from embedstream.workers.debug import DebugModel  # noqa: E402
+from embedstream.workers.model import Tokens  # noqa: E402
 
 from embedstream import registry  # noqa: E402
 from loadtest.bench import Service, concurrent_throughput, save  # noqa: E402

@@ -13,9 +13,10 @@ import redis
 
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
-from tests.conftest import REGISTRY, Service
-from tests.images import png_bomb, truncated_jpeg
-from tests.procs import Proc, start_gateway
+from tests.conftest import Service
+from tests.support.images import png_bomb, truncated_jpeg
+from tests.support.models import REGISTRY
+from tests.support.processes import Proc, start_gateway
 
 PATHS = ("unary", "stream", "job")
 #: Placeholder swapped for invalid UTF-8 in the serialized request.

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from embedstream.redis_server import free_port
 from embedstream.v1 import embedder_pb2 as pb
-from tests.procs import ROOT, base_env, stub, wait_until
+from tests.support import ROOT
+from tests.support.processes import base_env, stub, wait_until
 
 
 def check(port: int, service: str, env: dict[str, str]) -> int:

@@ -11,14 +11,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import AsyncClient, Client, Retry
 from embedstream.redis_server import free_port
 from embedstream.v1 import jobs_pb2 as jpb
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.procs import Proc
+from tests.support.corpora import texts
+from tests.support.processes import Proc
 
 
 def test_embed_any_length_equals_reference(service: Service, reference: object) -> None:

@@ -11,6 +11,7 @@ import pytest
 from embedstream import registry
 from embedstream.errors import ConfigError, NotFound
 from embedstream.settings import ENV_PREFIX, Settings
+from tests.support import documents
 
 
 def test_settings_from_env_and_overrides() -> None:
@@ -48,9 +49,8 @@ def test_the_tracing_endpoint_embedstreams_variable_wins_then_otels_own() -> Non
 
 
 def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme.split("\n## Configuration\n", 1)[1].split("\n### ", 1)[0]
-    documented = set(re.findall(r"`(EMBEDSTREAM_[A-Z0-9_]+)`", table))
+    table = documents.table("## Configuration")
+    documented = {name for row in table for cell in row for name in re.findall(r"`(EMBEDSTREAM_[A-Z0-9_]+)`", cell)}
     fields = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
     assert fields - documented == set(), "settings missing from the README's Configuration table"
 

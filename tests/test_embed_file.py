@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import Client
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.procs import ROOT, wait_until
+from tests.support import ROOT
+from tests.support.corpora import texts
+from tests.support.processes import wait_until
 
 
 def embed_file(service: Service, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from embedstream.evaluation import DatasetError, compute, load, maxsim_scores, s
 from embedstream.evaluation.scoring import as_float
 from embedstream.redis_server import RedisServer
 from embedstream.vectors import quantize
-from tests import tinymodels
 from tests.conftest import Service
-from tests.procs import ROOT, Proc, base_env, start_gateway, start_workers
+from tests.support import ROOT, tinymodels
+from tests.support.processes import Proc, base_env, start_gateway, start_workers
 
 DOC = ROOT / "docs" / "eval.md"
 
@@ -156,30 +155,6 @@ def test_datasets_load_and_malformed_ones_name_file_line_and_field(tmp_path: Pat
     cmd = [sys.executable, "-m", "embedstream", "eval", "--dataset", str(folder), "--target", "127.0.0.1:9"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "corpus.jsonl:1: field 'text' is missing" in result.stderr
-
-
-def test_the_sample_ships_in_the_wheel(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = tmp_path.glob("embedstream-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
-        assert f"embedstream/data/eval-sample/{name}" in names
-    assert "embedstream/evaluation/runner.py" in names
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -21,9 +21,9 @@ from PIL import Image
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
-from tests import tinymodels
-from tests.images import picture, rotated_jpeg
-from tests.procs import Proc, base_env, entries_added, start_gateway, start_workers, wait_until
+from tests.support import tinymodels
+from tests.support.images import picture, rotated_jpeg
+from tests.support.processes import Proc, base_env, entries_added, start_gateway, start_workers, wait_until
 
 PROMPTS = {"query": "query: ", "document": "passage: ", "classify": "classify this: "}
 TEXTS = ["a photo of a cat", "Redis streams hold the queue.", "embedding models turn text into vectors, fast!"]
@@ -362,7 +362,7 @@ def test_rerank_matches_cross_encoder(stub: pb_grpc.EmbedderStub, families: Fami
 
 
 def test_hostile_images_are_refused_before_queueing(stub: pb_grpc.EmbedderStub, r: redis.Redis) -> None:
-    from tests.images import SVG, gif, png_bomb, truncated_jpeg
+    from tests.support.images import SVG, gif, png_bomb, truncated_jpeg
 
     before = entries_added(r, "clip")
     for data, needle in (
@@ -388,7 +388,7 @@ def test_the_worker_survives_hostile_images_that_skip_the_gateway(
     import time
 
     from embedstream import keys, wire
-    from tests.images import SVG, png_bomb, truncated_jpeg
+    from tests.support.images import SVG, png_bomb, truncated_jpeg
 
     replies = "test-hostile-replies"
     r.xadd(replies, {"x": "start"})

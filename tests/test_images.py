@@ -7,7 +7,7 @@ import time
 import pytest
 
 from embedstream import images
-from tests.images import SVG, gif, picture, png_bomb, rotated_jpeg, truncated_jpeg
+from tests.support.images import SVG, gif, picture, png_bomb, rotated_jpeg, truncated_jpeg
 
 LIMITS = (8 << 20, 25_000_000)
 

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream import keys
 from embedstream.redis_server import RedisServer
@@ -19,7 +19,7 @@ from embedstream.v1 import embedder_pb2 as epb
 from embedstream.v1 import jobs_pb2 as pb
 from embedstream.v1 import jobs_pb2_grpc as pb_grpc
 from tests.conftest import Service
-from tests.procs import base_env, start_gateway, start_worker, wait_until
+from tests.support.processes import base_env, start_gateway, start_worker, wait_until
 
 
 def jobs(port: int) -> tuple[grpc.Channel, pb_grpc.JobsStub]:

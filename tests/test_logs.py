@@ -19,8 +19,9 @@ import redis
 from embedstream import logs
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
-from tests.otlp import Collector, traceparent
-from tests.procs import ROOT, base_env, start_gateway, start_worker, stub
+from tests.support import ROOT
+from tests.support.otlp import Collector, traceparent
+from tests.support.processes import base_env, start_gateway, start_worker, stub
 
 MODEL = "json-debug"
 KEYS = {"ts", "level", "logger", "message", "pid", "role"}

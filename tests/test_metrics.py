@@ -10,7 +10,8 @@ import redis
 from embedstream.redis_server import RedisServer, free_port
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
-from tests.procs import ROOT, scrape, start_gateway, start_worker, stub
+from tests.support import documents
+from tests.support.processes import scrape, start_gateway, start_worker, stub
 
 SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -29,8 +30,8 @@ def exported(port: int) -> set[str]:
 
 
 def documented() -> set[str]:
-    readme = (ROOT / "README.md").read_text()
-    return set(re.findall(r"^\| `(embedstream_[a-z_]+)` \|", readme, flags=re.MULTILINE))
+    rows = documents.table("## Metrics")
+    return {found.group(1) for row in rows if (found := re.fullmatch(r"`(embedstream_[a-z_]+)`", row[0]))}
 
 
 def test_every_metric_is_exported_from_start_and_documented(

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 from embedstream.workers.text import SentenceTransformerModel
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
-from tests import tinymodels
-from tests.conftest import MINILM
+from tests.support import tinymodels
+from tests.support.models import MINILM
 
 TEXTS = ["hello world", "Ünïcode and emoji 🚀 text", "a " * 300, "Mixed CASE words.", "x"]
 
@@ -70,7 +70,7 @@ def test_debug_vectors_are_deterministic_and_normalized() -> None:
 
 @pytest.mark.parametrize("family", ["text-dense", "image-text", "sparse", "multi-vector", "rerank"])
 def test_a_hub_id_without_internet_is_a_config_error_naming_the_model(family: str) -> None:
-    from embedstream.workers.model import load
+    from embedstream.workers.loader import load
 
     spec = ModelSpec(name="hubbed", family=family, path="hf:nobody-here/no-such-model")
     with pytest.raises(ConfigError, match=r"model hubbed: cannot load hf:nobody-here/no-such-model \(HF_HUB_OFFLINE"):

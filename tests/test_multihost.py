@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import Host, Network, unavailable_reason
-from tests.procs import wait_until
+from tests.support.netns import Host, Network, unavailable_reason
+from tests.support.processes import wait_until
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"multi-host test needs network namespaces: {REASON}")
@@ -35,7 +35,7 @@ CLIENT = r"""
 import json, sys, time, pathlib
 import numpy as np
 from embedstream.client import Client, Retry
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 target, stop, out = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 sent = ok = wrong = failed = 0
 errors = []

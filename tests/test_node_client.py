@@ -12,7 +12,7 @@ import pytest
 
 from embedstream.client import Client
 from tests.conftest import Service
-from tests.corpus import texts
+from tests.support.corpora import texts
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
 

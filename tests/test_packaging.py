@@ -12,7 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_wheel_installs_gateway_and_workers_under_embedstream(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
@@ -22,6 +33,10 @@ def test_the_wheel_installs_gateway_and_workers_under_embedstream(tmp_path: Path
     assert tops == {"embedstream"}
     for module in ("gateway/server.py", "gateway/main.py", "workers/worker.py", "workers/main.py"):
         assert f"embedstream/{module}" in names
+    # `embedstream eval --sample` reads its dataset from the installed package.
+    for data in ("evaluation/runner.py", *(f"data/eval-sample/{f}" for f in ("corpus.jsonl", "queries.jsonl"))):
+        assert f"embedstream/{data}" in names
+    assert "embedstream/data/eval-sample/qrels/test.tsv" in names
 
 
 def test_the_shared_layer_imports_nothing_from_gateway_or_workers() -> None:

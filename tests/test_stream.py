@@ -17,8 +17,8 @@ import redis
 from embedstream import keys
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.procs import start_gateway, stub
+from tests.support.corpora import texts
+from tests.support.processes import start_gateway, stub
 
 WINDOW = 256
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.model import DEBUG_RAISE, debug_vectors
+from embedstream.workers.debug import DEBUG_RAISE, debug_vectors
 
 from embedstream import keys
 from embedstream.client import Client, Retry
 from embedstream.v1 import embedder_pb2 as pb
-from tests.procs import Proc, base_env, start_gateway, stub, wait_until
-from tests.topologies import Cluster, SentinelGroup
+from tests.support.processes import Proc, base_env, start_gateway, stub, wait_until
+from tests.support.topologies import Cluster, SentinelGroup
 
 CANDIDATES = [f"shard-{c}" for c in "abcdefghijklmnop"]
 DIMS = 16

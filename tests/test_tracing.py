@@ -22,8 +22,9 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from embedstream.v1 import jobs_pb2 as jpb
 from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
-from tests.otlp import CONSUMER, ERROR, INTERNAL, SERVER, Collector, Span, traceparent
-from tests.procs import ROOT, base_env, start_gateway, start_worker
+from tests.support import ROOT
+from tests.support.otlp import CONSUMER, ERROR, INTERNAL, SERVER, Collector, Span, traceparent
+from tests.support.processes import base_env, start_gateway, start_worker
 
 MODEL = "otel-debug"
 #: A model no worker serves: its job chunks stay in its bulk stream to be read raw.

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers.model import Source, Tokens, weights
-from embedstream.workers.text import cut_tokenizer, init_torch, torch_dtype
+from embedstream.workers.encoding import cut_tokenizer, init_torch, torch_dtype, weights
+from embedstream.workers.model import Source, Tokens
 
 from embedstream import images
 from embedstream.registry import HUB_SCHEME, ModelSpec

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from embedstream.workers.model import Tokens, read_json, weights
-from embedstream.workers.text import Encoder, modules_of
+from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
+from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec

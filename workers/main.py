@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from embedstream import logs, tracing
 from embedstream import registry as registry_mod
+from embedstream.errors import ConfigError
 from embedstream.runner import run_async
 from embedstream.settings import Settings
 
@@ -19,11 +21,13 @@ def run(settings: Settings, model_name: str) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = registry_mod.load(settings.registry)
     spec = registry.resolve(model_name)
+    if spec.path and not spec.path.startswith(registry_mod.HUB_SCHEME) and not Path(spec.path).exists():
+        raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
     logs.set_model(spec.name)
     tracing.setup(settings, "worker")
     # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
-    from embedstream.workers import model as model_mod
+    from embedstream.workers.loader import load
     from embedstream.workers.worker import serve
     from transformers.utils import logging as hf_logging
 
@@ -33,6 +37,11 @@ def run(settings: Settings, model_name: str) -> int:
         hf_logging.enable_propagation()
     threads = settings.torch_threads()
     log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
-    model = model_mod.load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+    try:
+        model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+    except (OSError, ImportError, ValueError) as exc:
+        # Missing or unreadable weights, a missing package, a folder that is not this family:
+        # restarting cannot mend any of them, so they end the worker as configuration errors.
+        raise ConfigError(f"model {spec.name}: cannot load {spec.path or spec.family}: {exc}") from exc
     run_async(serve(spec, model, settings))
     return 0

@@ -10,25 +10,15 @@ returns depends on the family's ``output``:
 * ``sparse``: a list with one (indices, weights) pair per input;
 * ``score``: an array (batch, 1) of relevance scores.
 
-The families live in their own modules; :func:`load` picks one from the registry.
-:class:`DebugModel` (test-only, never in the default registry) gives vectors
-from a hash of the text at zero compute cost: the pipeline's own ceiling.
+The families live in their own modules and :func:`embedstream.workers.loader.load`
+picks one from the registry. The debug model (:mod:`embedstream.workers.debug`)
+gives vectors from a hash of the text at zero compute cost: the pipeline's own ceiling.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
-
-import numpy as np
-
-from embedstream.errors import ConfigError
-from embedstream.registry import HUB_SCHEME, ModelSpec
 
 #: What one input is before tokenization.
 Source = str | bytes | tuple[str, str]
@@ -69,149 +59,3 @@ class Model(Protocol):
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> Any:
         """The batch's outputs (see the module docstring); runs on the model thread."""
         ...
-
-
-def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000)) -> Model:
-    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused.
-
-    A folder the loaders cannot read, or a hub id without internet, is a :class:`ConfigError` naming the model.
-    """
-    try:
-        return _load(spec, threads, image_limits)
-    except ConfigError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        offline = (
-            " (HF_HUB_OFFLINE=1: hub ids need internet and HF_HUB_OFFLINE=0)"
-            if spec.path.startswith(HUB_SCHEME)
-            else ""
-        )
-        raise ConfigError(f"model {spec.name}: cannot load {spec.path}{offline}: {exc}") from None
-
-
-def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model:
-    if spec.family == "debug":
-        return DebugModel(spec)
-    if spec.family == "image-text":
-        from embedstream.workers.clip import load_image_text
-
-        model: Model = load_image_text(spec, threads, image_limits)
-        return model
-    if spec.family == "sparse":
-        from embedstream.workers.sparse import SpladeModel
-
-        return SpladeModel(spec, threads)
-    if spec.family == "multi-vector":
-        from embedstream.workers.colbert import ColbertModel
-
-        return ColbertModel(spec, threads)
-    if spec.family == "rerank":
-        from embedstream.workers.rerank import CrossEncoderModel
-
-        return CrossEncoderModel(spec, threads)
-    from embedstream.workers.text import SentenceTransformerModel
-
-    return SentenceTransformerModel(spec, threads)
-
-
-def weights(spec: ModelSpec) -> str:
-    """What ``from_pretrained`` takes for the spec's path: a folder (that must exist), or a hub id."""
-    if spec.path.startswith(HUB_SCHEME):
-        return spec.path[len(HUB_SCHEME) :]
-    if not Path(spec.path).is_dir():
-        raise ConfigError(f"model {spec.name}: {spec.path} is not a folder")
-    return spec.path
-
-
-def read_json(path: Path, name: str) -> Any:
-    """A JSON file of a model folder; errors name the model."""
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"model {name}: cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"model {name}: {path} is not JSON: {exc}") from None
-
-
-def read_json_optional(path: Path) -> dict[str, Any]:
-    """A JSON file that may be missing ({} then)."""
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def not_text(model: str) -> Tokens:
-    """Tokens carrying the error for an input a text model cannot take."""
-    return Tokens(None, 1, False, "", error=f"model {model} takes text only")
-
-
-#: Trigger words of the debug model (registry ``triggers = true``): an input
-#: containing one makes forward raise, kill the process, return NaN, or hang.
-#: They are fault-injection tools for tests and never active by default.
-DEBUG_RAISE = "__embedstream_debug_raise__"
-DEBUG_EXIT = "__embedstream_debug_exit__"
-DEBUG_NAN = "__embedstream_debug_nan__"
-DEBUG_HANG = "__embedstream_debug_hang__"
-#: Exit status of a worker killed by :data:`DEBUG_EXIT`.
-DEBUG_EXIT_STATUS = 86
-
-
-class DebugModel:
-    """Deterministic vectors from a hash of each text; no compute, optional latency.
-
-    Test-only. With ``triggers`` on, inputs carrying a trigger word inject faults.
-    """
-
-    family = "debug"
-    output = "dense"
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.name = spec.name
-        self.dimensions = spec.dimensions
-        self.max_input_tokens = spec.max_input_tokens
-        self.normalizes = True
-        self.latency_s = spec.latency_ms / 1000.0
-        self.triggers = spec.triggers
-
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Count whitespace words (+2 special tokens) as the token length."""
-        out = []
-        for text in sources:
-            if not isinstance(text, str):
-                out.append(not_text(self.name))
-                continue
-            n = len(text.split()) + 2
-            out.append(Tokens(None, min(n, self.max_input_tokens), n > self.max_input_tokens, text))
-        return out
-
-    def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
-        """Hash each text into a vector; sleep ``latency_ms`` once per batch."""
-        if self.latency_s:
-            time.sleep(self.latency_s)
-        texts = [t.text for t in batch]
-        vecs = debug_vectors(texts, self.dimensions, normalize)
-        if self.triggers:
-            self._inject(texts, vecs)
-        return vecs
-
-    @staticmethod
-    def _inject(texts: list[str], vecs: np.ndarray) -> None:
-        joined = "\n".join(texts)
-        if DEBUG_EXIT in joined:
-            os._exit(DEBUG_EXIT_STATUS)  # a crash: no cleanup, no reply, no ack
-        if DEBUG_HANG in joined:
-            while True:
-                time.sleep(3600)
-        if DEBUG_RAISE in joined:
-            raise RuntimeError("debug model asked to fail")
-        for i, text in enumerate(texts):
-            if DEBUG_NAN in text:
-                vecs[i, 0] = np.nan
-
-
-def debug_vectors(texts: list[str], dimensions: int, normalize: list[bool]) -> np.ndarray:
-    """The debug model's vectors; tests use this to check what came back."""
-    raw = b"".join(hashlib.shake_128(t.encode()).digest(dimensions) for t in texts)
-    vecs = np.frombuffer(raw, dtype=np.int8).reshape(len(texts), dimensions).astype(np.float32)
-    vecs /= 128.0
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    scale = np.where(np.asarray(normalize)[:, None], 1.0 / np.maximum(norms, 1e-12), 1.0)
-    return (vecs * scale).astype(np.float32)

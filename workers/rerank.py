@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers.model import Tokens, read_json_optional, weights
-from embedstream.workers.text import Encoder
+from embedstream.workers.encoding import Encoder, read_json_optional, weights
+from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec

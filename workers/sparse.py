@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers.model import Tokens, read_json, weights
-from embedstream.workers.text import Encoder, modules_of
+from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
+from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec

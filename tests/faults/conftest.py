@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import SCORECARDS, Cluster
+from tests.support.faults import SCORECARDS, Cluster
 
 
 @pytest.fixture

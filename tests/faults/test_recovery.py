@@ -19,9 +19,9 @@ from embedstream import keys, wire
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
-from tests.corpus import texts
-from tests.faults.harness import consumer_pending
-from tests.procs import base_env, start_gateway, start_worker, stub, wait_until
+from tests.support.corpora import texts
+from tests.support.faults import consumer_pending
+from tests.support.processes import answers, base_env, start_gateway, start_worker, stub, wait_until
 
 
 def test_two_workers_share_work_and_kill9_loses_nothing(
@@ -99,15 +99,6 @@ def test_two_workers_share_work_and_kill9_loses_nothing(
     assert r.xpending(keys.queue("pair"), keys.GROUP)["pending"] == 0
 
 
-def _embed_ok(port: int) -> bool:
-    try:
-        with stub(port) as s:
-            s.Embed(pb.EmbedRequest(model="debug", inputs=[pb.Input(text="ping")]), timeout=2)
-        return True
-    except grpc.RpcError:
-        return False
-
-
 def _expect_unavailable_fast(port: int) -> None:
     started = time.monotonic()
     with stub(port) as s, pytest.raises(grpc.RpcError) as err:
@@ -125,7 +116,7 @@ def test_redis_paused_or_killed_gives_unavailable_and_recovers(
     gateway, port = start_gateway(env, log_dir)
     worker = start_worker(env, log_dir, "debug", client)
     try:
-        wait_until(lambda: _embed_ok(port), 10, what="first answer")
+        wait_until(lambda: answers(port, "debug"), 10, what="first answer")
         assert server.proc is not None
         # A silent blackhole: the server holds connections but answers nothing.
         os.kill(server.proc.pid, signal.SIGSTOP)
@@ -134,7 +125,7 @@ def test_redis_paused_or_killed_gives_unavailable_and_recovers(
             _expect_unavailable_fast(port)
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
-        wait_until(lambda: _embed_ok(port), 15, what="recovery after pause")
+        wait_until(lambda: answers(port, "debug"), 15, what="recovery after pause")
         # Killed outright, then back on the same port with empty memory.
         server.proc.kill()
         server.proc.wait()
@@ -146,7 +137,7 @@ def test_redis_paused_or_killed_gives_unavailable_and_recovers(
 
         wait_until(nothing_serving, 2, what="ListModels to show no model serving")
         server = RedisServer(tmp_path / "redis", port=server.port, appendonly=False).start()
-        wait_until(lambda: _embed_ok(port), 20, what="recovery after restart")
+        wait_until(lambda: answers(port, "debug"), 20, what="recovery after restart")
         assert gateway.alive() and worker.alive()
     finally:
         gateway.stop()
@@ -212,7 +203,7 @@ def test_entry_delivered_too_often_is_dead_lettered_and_its_caller_told(
 
 
 def test_poison_input_fails_alone_and_is_dead_lettered(service: Service, r: redis.Redis) -> None:
-    from embedstream.workers.model import DEBUG_RAISE
+    from embedstream.workers.debug import DEBUG_RAISE
 
     before = r.xlen(keys.dead_letters("slow"))
     with stub(service.port) as s:

@@ -16,14 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.model import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
+from embedstream.workers.debug import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
 
 from embedstream import keys
 from embedstream.client import CHANNEL_OPTIONS, Client, Retry, retry_after
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
-from tests.faults.harness import Cluster, Ledger, consumer_pending, expected, metrics_port, score
-from tests.procs import Proc, scrape, stub, wait_until
+from tests.support.faults import Cluster, Ledger, consumer_pending, expected, metrics_port, score
+from tests.support.processes import Proc, answers, scrape, stub, wait_until
 
 
 def corpus(n: int, tag: str) -> list[str]:
@@ -218,7 +218,7 @@ def test_redis_paused_then_killed_and_restarted_with_aof(cluster: Cluster) -> No
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         resumed = time.monotonic()
-        wait_until(lambda: _try_embed(port), 20, what="recovery after the pause")
+        wait_until(lambda: answers(port, "fault", "are you back?", timeout=3), 20, what="recovery after the pause")
         pause_recovery = time.monotonic() - resumed
 
         # Killed outright (no shutdown save), then restarted on the same port from its AOF.
@@ -227,7 +227,7 @@ def test_redis_paused_then_killed_and_restarted_with_aof(cluster: Cluster) -> No
         wait_until(lambda: not _serving(port), 5, what="health NOT_SERVING while Redis is down")
         server.start()
         restarted = time.monotonic()
-        wait_until(lambda: _try_embed(port), 30, what="recovery after the restart")
+        wait_until(lambda: answers(port, "fault", "are you back?", timeout=3), 30, what="recovery after the restart")
         restart_recovery = time.monotonic() - restarted
         assert _serving(port)
 
@@ -248,14 +248,6 @@ def test_redis_paused_then_killed_and_restarted_with_aof(cluster: Cluster) -> No
         pause_recovery_s=round(pause_recovery, 2),
         unavailable_after_s=round(max(pause_took, kill_took), 2),
     )
-
-
-def _try_embed(port: int) -> bool:
-    try:
-        _embed(port, "are you back?", timeout=3)
-        return True
-    except grpc.RpcError:
-        return False
 
 
 def test_producers_at_five_times_capacity(cluster: Cluster) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tests.conftest import MINILM
+from tests.support.models import MINILM
 
 TINY_OPEN_CLIP = {
     "embed_dim": 32,

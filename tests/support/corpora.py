@@ -11,6 +11,9 @@ WORDS = (
     "quickly slowly carefully quietly brightly green blue red yellow small large ancient modern"
 ).split()
 
+#: Input text that must never reach a log.
+SENTINEL = "zebra-sentinel-7f3a: private words"
+
 
 def texts(n: int, seed: int = 0, min_words: int = 3, max_words: int = 12) -> list[str]:
     """``n`` distinct texts (a serial number makes each unique)."""

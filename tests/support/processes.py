@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,9 +18,9 @@ import grpc
 import redis
 
 from embedstream import keys
+from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 
 class Proc:
@@ -145,10 +145,20 @@ def stub(port: int) -> Iterator[embedder_pb2_grpc.EmbedderStub]:
         yield embedder_pb2_grpc.EmbedderStub(channel)
 
 
-def entries_added(r: redis.Redis, model: str) -> int:
-    """How many entries were ever XADDed to the model's queue (0 if none)."""
+def answers(port: int, model: str, text: str = "ping", timeout: float = 2) -> bool:
+    """Whether the gateway on ``port`` answers one Embed of ``text`` for ``model`` (a gRPC error: no)."""
     try:
-        return int(r.xinfo_stream(keys.queue(model))["entries-added"])
+        with stub(port) as s:
+            s.Embed(pb.EmbedRequest(model=model, inputs=[pb.Input(text=text)]), timeout=timeout)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def entries_added(r: redis.Redis, model: str, stream: Callable[[str], str] = keys.queue) -> int:
+    """How many entries were ever XADDed to the model's queue, or its ``keys.bulk`` stream (0 if none)."""
+    try:
+        return int(r.xinfo_stream(stream(model))["entries-added"])
     except redis.ResponseError:
         return 0
 
@@ -162,3 +172,10 @@ def scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] += float(value)
     return out
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m embedstream *args`` to completion (60 s at most), capturing its text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "embedstream", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
+    )

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from tests.procs import ROOT
+from tests.support import ROOT
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,52 @@
+"""Sections and tables of the Markdown documents that tests hold the code to (README.md today).
+
+Every reader takes the document as a parameter, so a table that moves to a page under docs/
+needs one changed argument in the test that reads it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.support import ROOT
+
+README = ROOT / "README.md"
+
+
+def _level(line: str) -> int:
+    """The heading level of a Markdown line (0: not a heading)."""
+    found = re.match(r"(#{1,6}) ", line)
+    return len(found.group(1)) if found else 0
+
+
+def section(heading: str, doc: Path = README) -> str:
+    """The text under the line ``heading`` (such as ``"## Deploy"``) up to the next heading of its
+    level or above; lines inside fenced code blocks (shell comments) are never headings."""
+    level, lines, inside, fenced = _level(heading), [], False, False
+    for line in doc.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and inside and 0 < _level(line) <= level:
+            break
+        elif not fenced and line == heading:
+            inside = True
+            continue
+        if inside:
+            lines.append(line)
+    assert inside, f"{doc.name} has no heading {heading!r}"
+    return "\n".join(lines)
+
+
+def table(heading: str, doc: Path = README) -> list[list[str]]:
+    """The body rows of the first table under ``heading``, before any subheading, as lists of cells."""
+    rows: list[list[str]] = []
+    for line in section(heading, doc).splitlines():
+        if _level(line):
+            break
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+        elif rows:
+            break
+    assert len(rows) > 2, f"no table under {heading!r} in {doc.name}"
+    return rows[2:]  # past the header row and the |---| row

@@ -1,0 +1,47 @@
+"""The family factory: the model a registry entry names, loaded through its family's module."""
+
+from __future__ import annotations
+
+from embedstream.workers.clip import load_image_text
+from embedstream.workers.colbert import ColbertModel
+from embedstream.workers.debug import DebugModel
+from embedstream.workers.model import Model
+from embedstream.workers.rerank import CrossEncoderModel
+from embedstream.workers.sparse import SpladeModel
+from embedstream.workers.text import SentenceTransformerModel
+
+from embedstream.errors import ConfigError
+from embedstream.registry import HUB_SCHEME, ModelSpec
+
+
+def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000)) -> Model:
+    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused.
+
+    A folder the loaders cannot read, or a hub id without internet, is a :class:`ConfigError` naming the model.
+    """
+    try:
+        return _load(spec, threads, image_limits)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        offline = (
+            " (HF_HUB_OFFLINE=1: hub ids need internet and HF_HUB_OFFLINE=0)"
+            if spec.path.startswith(HUB_SCHEME)
+            else ""
+        )
+        raise ConfigError(f"model {spec.name}: cannot load {spec.path}{offline}: {exc}") from None
+
+
+def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model:
+    if spec.family == "debug":
+        return DebugModel(spec)
+    if spec.family == "image-text":
+        model: Model = load_image_text(spec, threads, image_limits)
+        return model
+    if spec.family == "sparse":
+        return SpladeModel(spec, threads)
+    if spec.family == "multi-vector":
+        return ColbertModel(spec, threads)
+    if spec.family == "rerank":
+        return CrossEncoderModel(spec, threads)
+    return SentenceTransformerModel(spec, threads)
