@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from embedstream.workers.model import debug_vectors
+from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import AsyncClient, AsyncJobHandle, Client, JobHandle, Retry
 from embedstream.redis_server import free_port
