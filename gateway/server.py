@@ -212,8 +212,9 @@ async def serve(settings: Settings, registry: Registry, ready: asyncio.Event | N
     metrics.start_server(settings.metrics_port)
     gateway = Gateway(settings, registry)
     await gateway.start()
-    http = "" if gateway.http is None else f", HTTP on {settings.host}:{gateway.http.port}"
-    logs.announce(f"embedstream gateway listening on {settings.host}:{gateway.port}{http}")
+    logs.announce(f"embedstream gateway listening on {settings.host}:{gateway.port}")
+    if gateway.http is not None:
+        logs.announce(f"embedstream gateway serving HTTP on {settings.host}:{gateway.http.port}")
     if ready is not None:
         ready.set()
     try:
