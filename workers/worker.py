@@ -33,6 +33,7 @@ from embedstream.workers.model import Model
 from embedstream.workers.outbox import Outbox
 from embedstream.workers.pools import Pools
 from embedstream.workers.recovery import Recovery
+from embedstream.workers.threads import ThreadPolicy, set_torch_threads
 
 from embedstream import clock, heartbeat, jobstore, keys, metrics, tracing
 from embedstream.backoff import Backoff
@@ -42,6 +43,9 @@ from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Entries read less than this many seconds before their batch runs skip the withdrawal check.
+FRESH_S = 0.05
 
 
 class Worker:
@@ -55,6 +59,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._replies: set[asyncio.Task[None]] = set()
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # Adaptive only on CPU: beside an accelerator torch's CPU threads do little.
+        fixed = settings.threads if spec.device == "cpu" else settings.torch_threads()
+        self.threads = ThreadPolicy(fixed, set_torch_threads, settings.torch_threads())
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
         self.pools = Pools(spec, settings.prefetch_inputs)
         self.outbox = Outbox(self.redis, spec, model, self.name, self._stopping, settings.max_dead_letters)
@@ -149,18 +156,22 @@ class Worker:
     async def _batch_loop(self) -> None:
         wait_s = self.settings.max_wait_ms / 1000.0
         wake = self.pools.wake
+        idle_since = 0.0
         while not self._stopping.is_set():
             pool = await self._next_pool()
             if not len(pool):
                 wake.clear()
                 await wake.wait()
                 continue
-            if wait_s and pool is not self.pools.isolated and not pool.full():
-                # The model is idle and the pool holds less than a batch: give
-                # inputs that are already on their way a moment to join.
+            left = idle_since + wait_s - time.monotonic()
+            if left > 0 and pool is not self.pools.isolated and not pool.full():
+                # The model just finished a batch and the pool holds less than one:
+                # give inputs already on their way (callers answered by that batch
+                # sending their next) a moment to join. The wait counts from the end
+                # of the last pass, so a call reaching an idle worker runs at once.
                 wake.clear()
                 try:
-                    await asyncio.wait_for(wake.wait(), wait_s)
+                    await asyncio.wait_for(wake.wait(), left)
                 except TimeoutError:
                     pass
                 if self._stopping.is_set():
@@ -185,6 +196,7 @@ class Worker:
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(batch))
             metrics.BATCH_TOKENS.labels(self.spec.name).observe(sum(it.length for it in batch))
             metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(elapsed / 1000.0)
+            idle_since = time.monotonic()
             batch, vectors = await self._refuse_nonfinite(batch, vectors)
             self._reply_soon(complete(batch, vectors, elapsed))
 
@@ -192,6 +204,7 @@ class Worker:
         """Run the model on the model thread; the heartbeat watches how long it takes."""
 
         def run() -> Any:
+            self.threads.apply()
             with self.liveness.forwarding():
                 return self.model.forward(
                     [it.entry.tokens[it.index] for it in batch], [it.entry.normalize for it in batch]
@@ -223,7 +236,11 @@ class Worker:
         entries = list({id(it.entry): it.entry for it in batch}.values())
         now = clock.now_ms()
         gone: dict[int, str] = {id(e): "expired" for e in entries if e.expired(now)}
-        unchecked = [e for e in entries if id(e) not in gone]
+        # An entry read moments ago is almost never withdrawn yet: asking Redis would put a
+        # round trip on an idle worker's latency path to save, rarely, one input's compute
+        # (a withdrawn entry's answer is dropped by the gateway all the same).
+        read_before = time.monotonic() - FRESH_S
+        unchecked = [e for e in entries if id(e) not in gone and e.read_at < read_before]
         if unchecked:
             pipe = self.redis.pipeline(transaction=False)
             for entry in unchecked:
