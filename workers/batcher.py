@@ -53,8 +53,6 @@ class Entry:
     #: Inputs in the largest batch this entry ran in (its span reports it).
     batch_inputs: int = 0
     leased_at: float = field(default_factory=time.monotonic)
-    #: When this worker read the entry (time.monotonic()).
-    read_at: float = field(default_factory=time.monotonic)
     error: tuple[str, str] | None = None
     #: Times Redis has delivered the entry (1 when first read); > 1 means a worker
     #: died or stalled holding it, so it may be what killed that worker.

@@ -44,9 +44,6 @@ from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Entries read less than this many seconds before their batch runs skip the withdrawal check.
-FRESH_S = 0.05
-
 
 class Worker:
     """Serves one model from its Redis stream until stopped."""
@@ -238,11 +235,7 @@ class Worker:
         entries = list({id(it.entry): it.entry for it in batch}.values())
         now = clock.now_ms()
         gone: dict[int, str] = {id(e): "expired" for e in entries if e.expired(now)}
-        # An entry read moments ago is almost never withdrawn yet: asking Redis would put a
-        # round trip on an idle worker's latency path to save, rarely, one input's compute
-        # (a withdrawn entry's answer is dropped by the gateway all the same).
-        read_before = time.monotonic() - FRESH_S
-        unchecked = [e for e in entries if id(e) not in gone and e.read_at < read_before]
+        unchecked = [e for e in entries if id(e) not in gone]
         if unchecked:
             pipe = self.redis.pipeline(transaction=False)
             for entry in unchecked:
