@@ -13,7 +13,7 @@ from embedstream.gateway.replies import ReplyRouter
 
 from embedstream import clock, keys, metrics, tracing, wire
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT
+from embedstream.connections import REDIS_ERRORS, TRANSIENT, refusal
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec
 
@@ -114,9 +114,10 @@ class Dispatcher:
         while True:
             try:
                 stream_id = await asyncio.wait_for(self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s)
-            except TRANSIENT as exc:
-                self.directory.redis_ok = False  # until the next refresh proves otherwise
-                raise Unavailable(f"the queue (Redis) is unreachable: {type(exc).__name__}") from None
+            except REDIS_ERRORS as exc:
+                if isinstance(exc, TRANSIENT):
+                    self.directory.redis_ok = False  # until the next refresh proves otherwise
+                raise refusal(exc, "the queue (Redis)") from None
             if stream_id is not None:
                 metrics.INPUTS.labels(spec.name).inc(len(job.inputs))
                 return bytes(stream_id)
@@ -144,5 +145,5 @@ class Dispatcher:
             model, ids = self._withdrawals.popitem()
             try:
                 await asyncio.wait_for(self._redis.xdel(keys.queue(model), *ids), self.timeout_s)  # type: ignore[attr-defined]
-            except (*TRANSIENT, TimeoutError):
+            except REDIS_ERRORS:
                 pass  # the worker still skips them once their deadline passes

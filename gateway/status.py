@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from embedstream import metrics
-from embedstream.errors import EmbedstreamError
+from embedstream.errors import CLIP, EmbedstreamError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def unary(rpc: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
     def wrap(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @wraps(handler)
         async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-            model = getattr(request, "model", "") or "-"
+            model = (getattr(request, "model", "") or "-")[:CLIP]
             try:
                 result = await handler(self, request, context)
             except asyncio.CancelledError:
