@@ -92,7 +92,9 @@ def refusal(exc: BaseException, what: str = "Redis") -> EmbedstreamError:
         return Unavailable(
             f"{what} is unreachable or not taking writes now ({kind} {code}".rstrip() + "); retry shortly"
         )
-    if isinstance(exc, (NoPermissionError, AuthenticationError)) or code in ("NOPERM", "NOAUTH", "WRONGPASS"):
+    # A denial inside a script reads "ERR The user executing the script can't run this command" (7.0).
+    denied = code in ("NOPERM", "NOAUTH", "WRONGPASS") or "user executing the script" in str(exc)
+    if isinstance(exc, (NoPermissionError, AuthenticationError)) or denied:
         log.error("Redis refused this service's user (%s): %s", kind, clip(exc, 200))
         return Unavailable(f"{what} refused this service's Redis user ({code or kind}); an operator must fix its ACL")
     log.error("Redis refused a command (%s): %s", kind, clip(exc, 200))

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from embedstream import clock, heartbeat, keys, metrics
-from embedstream.connections import REDIS_ERRORS, stop_tasks
+from embedstream.connections import REDIS_ERRORS, TRANSIENT, stop_tasks
 from embedstream.loops import Mishaps
 from embedstream.registry import Registry
 
@@ -79,7 +79,10 @@ class Directory:
             self._mishaps.recovered()
         except REDIS_ERRORS as exc:
             self._mishaps.failed(exc)
-            self.redis_ok = False
+            # Only an unreachable Redis fails the calls waiting on it; a refused read (a command
+            # the ACL denies, say) keeps the last snapshot until a refresh goes through.
+            if isinstance(exc, TRANSIENT):
+                self.redis_ok = False
             results = None
         if results is not None:
             for i, name in enumerate(names):

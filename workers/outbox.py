@@ -90,7 +90,7 @@ class Outbox:
         self.cluster = isinstance(redis, RedisCluster)
         self.max_dead_letters = max_dead_letters
         self.visibility_timeout_s = visibility_timeout_s
-        self._mishaps = Mishaps(f"model {spec.name}: storing answers")
+        self._mishaps = Mishaps("storing answers")
 
     async def deliver(self, entries: list[Entry]) -> list[Entry]:
         """Store every reply and job result, confirm each, then XACK + XDEL the entries whose
