@@ -140,7 +140,8 @@ class Jobs(pb_grpc.JobsServicer):
         """With ``redis_min_replicas`` set, answer "accepted" only once that many replicas
         hold everything written so far, so a failover to one of them keeps the job."""
         wanted = self.settings.redis_min_replicas
-        if wanted and not await replicated(self.redis, wanted, self.settings.redis_timeout_s):
+        timeout_s = self.settings.redis_timeout_s
+        if wanted and not await self._redis(replicated(self.redis, wanted, timeout_s), timeout_s * 2):
             raise Unavailable(
                 f"the job was written but fewer than {wanted} Redis replicas confirmed it in "
                 f"{self.settings.redis_timeout_s} s; retry with the same idempotency key"
@@ -299,8 +300,8 @@ class Jobs(pb_grpc.JobsServicer):
         await self._redis(self.store.cancel(request.id))
         return await self._job(request.id)
 
-    async def _redis(self, awaitable: Any) -> Any:
-        return await call(awaitable, self.settings.redis_timeout_s, "the job store (Redis)")
+    async def _redis(self, awaitable: Any, timeout_s: float = 0.0) -> Any:
+        return await call(awaitable, timeout_s or self.settings.redis_timeout_s, "the job store (Redis)")
 
 
 def _digest(spec: pb.JobSpec, inputs: Sequence[Any] | None) -> str:
