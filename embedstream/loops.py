@@ -33,7 +33,6 @@ class Mishaps:
     def failed(self, exc: BaseException) -> None:
         """Count one failed iteration; log it unless this loop logged one within ``every_s``."""
         self._counter.inc()
-        self._failing = True
         now = time.monotonic()
         if now - self._logged < self.every_s:
             self._quiet += 1
@@ -41,6 +40,7 @@ class Mishaps:
         more = f" (and {self._quiet} more since the last report)" if self._quiet else ""
         log.warning("%s failed: %s: %s%s; carrying on", self.loop, type(exc).__name__, clip(exc, 200), more)
         self._logged, self._quiet = now, 0
+        self._failing = True  # only a failure that was logged is followed by "works again"
 
     def recovered(self) -> None:
         """An iteration went through: say so once after failures."""

@@ -117,7 +117,11 @@ class Dispatcher:
             except REDIS_ERRORS as exc:
                 if isinstance(exc, TRANSIENT):
                     self.directory.redis_ok = False  # until the next refresh proves otherwise
-                raise refusal(exc, "the queue (Redis)") from None
+                error = refusal(exc, "the queue (Redis)")
+                # Redis full is a full queue by another name: a stream waits for room.
+                if not (wait_for_room and isinstance(error, ResourceExhausted)):
+                    raise error from None
+                stream_id = None
             if stream_id is not None:
                 metrics.INPUTS.labels(spec.name).inc(len(job.inputs))
                 return bytes(stream_id)
@@ -130,7 +134,7 @@ class Dispatcher:
                     retry_after_ms=hint,
                 )
             if time.time() + backoff.delay >= deadline:
-                raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue was full")
+                raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue (or Redis) was full")
             await backoff.wait()
 
     def _withdraw(self, model: str, stream_id: bytes) -> None:
