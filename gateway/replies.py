@@ -15,8 +15,9 @@ import uuid
 
 from embedstream import keys, metrics, wire
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT, connect, stop_tasks
+from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
 from embedstream.errors import EmbedstreamError
+from embedstream.loops import Mishaps
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class ReplyRouter:
             await stop_tasks([self._task], grace_s=BLOCK_MS / 1000 + STOP_WAIT_S, cancel_wait_s=STOP_WAIT_S)
         try:
             await asyncio.wait_for(self._redis.delete(self.stream), STOP_WAIT_S)
-        except (*TRANSIENT, TimeoutError):
+        except REDIS_ERRORS:
             log.warning("reply stream %s left to its TTL", self.stream)
         try:
             await asyncio.wait_for(self._redis.aclose(), STOP_WAIT_S)
@@ -94,6 +95,7 @@ class ReplyRouter:
         renewed = 0.0
         unread, trimmed = 0, 0.0
         loop = asyncio.get_running_loop()
+        mishaps = Mishaps("reply reader")
         while not self._closing:
             try:
                 if loop.time() - renewed > STREAM_TTL_S / 4:
@@ -101,8 +103,9 @@ class ReplyRouter:
                     renewed = loop.time()
                 got = await self._redis.xread({self.stream: last}, count=2048, block=BLOCK_MS)
                 backoff.reset()
-            except TRANSIENT as exc:
-                log.warning("reply stream read failed (%s); retrying", exc)
+                mishaps.recovered()
+            except Exception as exc:  # whatever it was (Redis full, a command denied), read again
+                mishaps.failed(exc)
                 renewed = 0.0
                 await backoff.wait()
                 continue
@@ -119,7 +122,7 @@ class ReplyRouter:
             try:
                 await self._redis.xtrim(self.stream, minid=_successor(last_id))
                 unread, trimmed = 0, loop.time()
-            except TRANSIENT:
+            except REDIS_ERRORS:
                 renewed = 0.0
 
     def _deliver(self, payload: bytes | None) -> None:

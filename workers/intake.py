@@ -23,8 +23,8 @@ from embedstream.workers.pools import Pools
 
 from embedstream import clock, keys, metrics, wire
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT
-from embedstream.errors import Code
+from embedstream.errors import Code, clip
+from embedstream.loops import Mishaps
 from embedstream.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class Intake:
         """Read until stopping; ends within one blocking read (1 s) once it is set."""
         pools = self.pools
         backoff = Backoff()
+        mishaps = Mishaps("read")
         while not self.stopping.is_set():
             if len(pools.interactive) >= pools.prefetch:
                 # Blocking on the bulk stream alone would leave interactive work
@@ -87,17 +88,15 @@ class Intake:
             try:
                 got = await self.redis.xreadgroup(keys.GROUP, self.worker, streams, count=READ_ENTRIES, block=1000)
                 backoff.reset()
-            except TRANSIENT as exc:
-                log.warning("read failed (%s); retrying", exc)
-                await backoff.wait()
-                continue
+                mishaps.recovered()
+                for stream, entries in got or []:
+                    await self.accept(entries, stream.decode())
             except Exception as exc:
                 if "NOGROUP" in str(exc):  # Redis lost its data: recreate and go on
                     await self._recreate()
                     continue
-                raise
-            for stream, entries in got or []:
-                await self.accept(entries, stream.decode())
+                mishaps.failed(exc)  # whatever it was, the next read tries again
+                await backoff.wait()
 
     def close(self) -> None:
         """Let go of the prep thread."""
@@ -175,7 +174,7 @@ def sources_of(job: wire.Job, spec: ModelSpec, model: Model) -> list[Source]:
 def refusal(job: wire.Job, toks: list[Tokens], spec: ModelSpec, model: Model) -> tuple[str, str] | None:
     """Why an entry cannot run (checked again here: entries may come from anywhere)."""
     if job.prompt and job.prompt not in spec.prompts:
-        return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {job.prompt!r}"
+        return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {clip(job.prompt)}"
     if model.output == "score" and not job.query:
         return Code.INVALID_ARGUMENT.value, f"query: model {spec.name} is a rerank model and needs a query"
     for i, tok in enumerate(toks):

@@ -37,7 +37,7 @@ from embedstream.workers.threads import ThreadPolicy, set_torch_threads
 
 from embedstream import clock, heartbeat, jobstore, keys, metrics, tracing
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT, connect, stop_tasks
+from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
@@ -63,7 +63,15 @@ class Worker:
         self.threads = ThreadPolicy(fixed, set_torch_threads, settings.torch_threads())
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
         self.pools = Pools(spec, settings.prefetch_inputs)
-        self.outbox = Outbox(self.redis, spec, model, self.name, self._stopping, settings.max_dead_letters)
+        self.outbox = Outbox(
+            self.redis,
+            spec,
+            model,
+            self.name,
+            self._stopping,
+            settings.max_dead_letters,
+            settings.visibility_timeout_s,
+        )
         self.ledger = Ledger(self.redis, spec.name, self.name, settings.visibility_timeout_s, self.pools.drop)
         info = heartbeat.ModelInfo(
             family=model.family,
@@ -111,7 +119,7 @@ class Worker:
             try:
                 await heartbeat.leave(self.redis, self.spec.name, self.name)
                 await self.recovery.hand_back()
-            except TRANSIENT as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("could not hand back pending entries (%s); they are reclaimed after the timeout", exc)
             await self.redis.aclose()
             self.intake.close()
@@ -138,7 +146,7 @@ class Worker:
             try:
                 await action()
                 return
-            except TRANSIENT as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("redis unreachable (%s); retrying", exc)
                 await backoff.wait()
 
@@ -245,7 +253,7 @@ class Worker:
                     pipe.xrange(entry.stream, entry.stream_id, entry.stream_id)
             try:
                 found = await pipe.execute()
-            except TRANSIENT:
+            except REDIS_ERRORS:
                 found = [b"1"] * len(unchecked)  # cannot tell: do the work
             cancelled = str(jobstore.CANCELLED).encode()
             gone.update({id(e): "cancelled" for e, rows in zip(unchecked, found) if not rows or rows == cancelled})
@@ -290,11 +298,17 @@ class Worker:
         entries = await self.ledger.answerable(entries)
         if not entries:
             return
-        await self.outbox.deliver(entries)
+        unstored = await self.outbox.deliver(entries)
         for entry in entries:
             self.ledger.release(entry)
+        if unstored:
+            # Released first, so this worker's own reclaim scan may take them straight back.
+            await self.outbox.hand_back([(e.stream, e.stream_id) for e in unstored])
+        refused = {id(e) for e in unstored}
+        answered = [e for e in entries if id(e) not in refused]
+        for entry in answered:
             spans.record(entry.job, self.spec.name, self.name, entry)
-        metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(entries))
+        metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(answered))
 
 
 async def serve(spec: ModelSpec, model: Model, settings: Settings) -> None:
