@@ -11,6 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 .PHONY: run test bench bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean image image-cuda
 
 run: deps
+	@echo "make run: in another terminal, 'source $(VENV)/bin/activate' puts embedstream, python and pytest of $(VENV) on PATH"
 	$(BIN)/embedstream serve
 
 test: deps node lint typecheck

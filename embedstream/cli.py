@@ -69,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--field", default="text", help="the text field of .jsonl/.csv/.parquet records")
     embed.add_argument("--id-field", default="", help="field to use as id in .parquet/.jsonl output (default: row)")
     embed.add_argument("--job", action="store_true", help="submit as an async job and collect its results")
-    embed.add_argument("--batch-size", type=int, default=64, help="texts per streamed request")
+    embed.add_argument("--batch-size", type=int, default=64, help="texts per request")
+    embed.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    embed.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out records whose text is empty or blank (reported; ids keep their record numbers)",
+    )
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     check = _add(
@@ -161,6 +167,8 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         id_field=args.id_field,
         job=args.job,
         batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        skip_empty=args.skip_empty,
         progress=not args.no_progress,
         tls=_tls(args),
     )
@@ -171,8 +179,8 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"embedstream embed-file: {exc}", file=sys.stderr)
         return 2
-    except grpc.RpcError as exc:
-        print(f"embedstream embed-file: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except grpc.RpcError as exc:  # the client's EmbedstreamError: one line, with the reason
+        print(f"embedstream embed-file: {exc}", file=sys.stderr)
         return 1
 
 
@@ -194,7 +202,9 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=2
             )
     except grpc.RpcError as exc:
-        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        from embedstream.client.errors import Explainer
+
+        print(f"embedstream check: {Explainer(target, tls)(exc)}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
         print(f"{target}: TLS: {exc}", file=sys.stderr)
