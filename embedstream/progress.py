@@ -16,7 +16,12 @@ class Progress:
     """``update(done)`` moves the bar to ``done`` items; ``close()`` ends it. Silent when ``enabled`` is false."""
 
     def __init__(
-        self, total: int | None, label: str = "", enabled: bool = True, stream: TextIO | None = None, unit: str = "it"
+        self,
+        total: int | None,
+        label: str = "",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        unit: str = "items",
     ) -> None:
         self._bar = tqdm(
             total=total,

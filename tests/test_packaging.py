@@ -40,6 +40,9 @@ def test_the_wheel_installs_gateway_and_workers_under_embedstream(tmp_path: Path
     for folder in ("gateway", "workers"):
         sources |= {f"embedstream/{folder}/{p.relative_to(ROOT / folder)}" for p in (ROOT / folder).rglob("*.py")}
     assert sources <= set(names), sorted(sources - set(names))
+    # `embedstream eval --sample` reads its dataset from the installed package.
+    for data in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        assert f"embedstream/data/eval-sample/{data}" in names
 
 
 def test_the_shared_layer_imports_nothing_from_gateway_or_workers() -> None:

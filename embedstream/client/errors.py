@@ -69,7 +69,7 @@ class Explainer:
             return exc
         code, message = exc.code(), exc.details() or ""
         trailers = _trailers(exc)
-        if code != grpc.StatusCode.UNAVAILABLE or not any(p in message for p in _CHANNEL_SIDE):
+        if not self.target or code != grpc.StatusCode.UNAVAILABLE or not any(p in message for p in _CHANNEL_SIDE):
             return EmbedstreamError(code, message, "", trailers)
         return EmbedstreamError(code, message, self.reason(message), trailers)
 
