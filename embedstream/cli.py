@@ -1,4 +1,4 @@
-"""The `embedstream` command: serve, gateway, worker, check, embed-file, eval, api-key, redis-acl."""
+"""The `embedstream` command: serve, gateway, worker, check, embed-file, eval, api-key, redis-acl, pull."""
 
 from __future__ import annotations
 
@@ -117,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--name", help="the key's name= label")
     which.add_argument("--tenant", help="every key of this tenant")
     _add(sub, "redis-acl", help="print the ACL SETUSER commands of the gateway and worker Redis users")
+    pull = _add(
+        sub,
+        "pull",
+        help="download a model from the Hugging Face hub (resumable, sha256-checked) and print its registry entry",
+    )
+    pull.add_argument("repo", help="hub id, like sentence-transformers/all-MiniLM-L6-v2")
+    pull.add_argument("--to", help="copy it into this folder (default: it stays in the Hugging Face cache)")
+    pull.add_argument("--revision", help="branch, tag or commit (default: main)")
     return parser
 
 
@@ -410,6 +418,16 @@ def _new_key(path: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull(settings: Settings, args: argparse.Namespace) -> int:
+    from embedstream import hub
+
+    where = hub.pull(args.repo, Path(args.to) if args.to else None, args.revision)
+    print(f"pulled {args.repo} into {where}; serve it with this registry entry:", file=sys.stderr)
+    print(hub.registry_lines(args.repo, where), end="")
+    print("(workers read it with HF_HUB_OFFLINE=1, the default: nothing more is downloaded)", file=sys.stderr)
+    return 0
+
+
 def _redis_acl(settings: Settings, args: argparse.Namespace) -> int:
     print(acl.render(), end="")
     return 0
@@ -425,4 +443,5 @@ COMMANDS = {
     "eval": _eval,
     "api-key": _api_key,
     "redis-acl": _redis_acl,
+    "pull": _pull,
 }
