@@ -12,6 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 
 # gRPC on localhost:50051, HTTP (OpenAI-style /v1/embeddings) on localhost:8080.
 run: deps
+	@echo "make run: in another terminal, 'source $(VENV)/bin/activate' puts embedstream, python and pytest of $(VENV) on PATH"
 	$(BIN)/embedstream serve
 
 test: deps node lint typecheck

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
 
-from embedstream import logs, tracing
+from embedstream import hub, logs, tracing
 from embedstream import registry as registry_mod
 from embedstream.errors import ConfigError
 from embedstream.runner import run_async
@@ -35,7 +36,10 @@ def run(settings: Settings, model_name: str) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = registry_mod.load(settings.registry)
     spec = registry.resolve(model_name)
-    if spec.path and not spec.path.startswith(registry_mod.HUB_SCHEME) and not Path(spec.path).exists():
+    if spec.path.startswith(registry_mod.HUB_SCHEME):
+        # The snapshot in the cache (downloaded first only with HF_HUB_OFFLINE=0): every loader sees a folder.
+        spec = dataclasses.replace(spec, path=hub.folder(spec.name, spec.path[len(registry_mod.HUB_SCHEME) :]))
+    if spec.path and not Path(spec.path).exists():
         raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
     logs.set_model(spec.name)
     tracing.setup(settings, "worker")
