@@ -16,6 +16,7 @@ class Code(str, enum.Enum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     CANCELLED = "CANCELLED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
     INTERNAL = "INTERNAL"
 
 
@@ -80,6 +81,12 @@ class Cancelled(EmbedstreamError):
     code = Code.CANCELLED
 
 
+class FailedPrecondition(EmbedstreamError):
+    """The call cannot succeed until an operator acts (a model that failed to load)."""
+
+    code = Code.FAILED_PRECONDITION
+
+
 class InternalError(EmbedstreamError):
     code = Code.INTERNAL
 
@@ -98,6 +105,7 @@ _BY_CODE: dict[str, type[EmbedstreamError]] = {
         DeadlineExceeded,
         Unavailable,
         Cancelled,
+        FailedPrecondition,
         InternalError,
     )
 }

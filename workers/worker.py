@@ -19,16 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from embedstream.workers import finish, spans
+from embedstream.workers import finish, profiles, spans
 from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item, complete
 from embedstream.workers.model import Model, Source, Tokens
 from embedstream.workers.outbox import Outbox, now_ms
 from embedstream.workers.recovery import READ_ENTRIES, RENEW, Recovery
 
-from embedstream import jobstore, keys, metrics, tracing, wire
+from embedstream import jobstore, keys, loadfailure, metrics, profile, tracing, wire
 from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import Code
-from embedstream.registry import ModelSpec
+from embedstream.registry import ModelSpec, select_prompt
 from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Worker(Recovery):
         self.model = model
         self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.profile = profiles.describe(spec, model)
         self.queue = keys.queue(spec.name)
         self.bulk_queue = keys.bulk(spec.name)
         padding = PADDING_FACTOR if spec.device == "cpu" else 0.0
@@ -120,6 +121,7 @@ class Worker(Recovery):
                 if "BUSYGROUP" not in str(exc):
                     raise
         await self._heartbeat()
+        await loadfailure.clear(self.redis, self.spec.name)  # this model loads: a past failure is over
 
     async def _heartbeat(self) -> None:
         info: dict[str | bytes, str | bytes | int | float] = {
@@ -133,6 +135,7 @@ class Worker(Recovery):
         pipe.zadd(keys.workers(self.spec.name), {self.name: now_ms()})
         pipe.zremrangebyscore(keys.workers(self.spec.name), 0, now_ms() - 60_000)
         pipe.hset(keys.model_info(self.spec.name), mapping=info)
+        profile.publish(pipe, self.spec.name, self.profile)
         await pipe.execute()
 
     async def _until_redis(self, action: Any) -> None:
@@ -209,6 +212,7 @@ class Worker(Recovery):
             start += len(job.inputs)
             for tok in toks:
                 tok.task = job.input_type
+                tok.dimensions = job.dimensions
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
@@ -231,12 +235,12 @@ class Worker(Recovery):
         (query, document) pairs for rerankers."""
         if self.model.output == "score":
             return [(job.query, doc) if isinstance(doc, str) else doc for doc in job.inputs]
-        prefix = self.spec.prompts.get(job.prompt, "")
+        prefix = self.profile.prompts.get(select_prompt(self.profile, job.input_type, job.prompt), "")
         return [prefix + item if isinstance(item, str) and prefix else item for item in job.inputs]
 
     def _refusal(self, job: wire.Job, toks: list[Tokens]) -> tuple[str, str] | None:
         """Why an entry cannot run (checked again here: entries may come from anywhere)."""
-        if job.prompt and job.prompt not in self.spec.prompts:
+        if job.prompt and job.prompt not in self.profile.prompts:
             return Code.INVALID_ARGUMENT.value, f"prompt_name: model {self.spec.name} has no prompt {job.prompt!r}"
         if self.model.output == "score" and not job.query:
             return Code.INVALID_ARGUMENT.value, f"query: model {self.spec.name} is a rerank model and needs a query"
