@@ -9,6 +9,7 @@ and the weights. A missing package is named too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -78,8 +79,12 @@ def check(
 
 def missing_package(name: str, exc: ImportError) -> ConfigError:
     """The refusal for a package the model needs but this machine lacks."""
-    package = exc.name or str(exc)
-    return ConfigError(f"model {name}: needs the Python package {package!r}, which is not installed: {exc}")
+    # transformers raises ImportError("X requires the SentencePiece library ...") without a name.
+    text = " ".join(str(exc).split())
+    found = re.search(r"requires the (\S+) library", text)
+    package = exc.name or (found.group(1) if found else "")
+    what = f"the Python package {package!r}" if package else "a Python package"
+    return ConfigError(f"model {name}: needs {what}, which is not installed here ({text})")
 
 
 def _real(keys: Iterable[str], harmless: tuple[str, ...]) -> list[str]:
