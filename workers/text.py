@@ -86,7 +86,9 @@ class SentenceTransformerModel(Encoder):
         folder = st.get("prompts") or {}
         if not isinstance(folder, dict) or not all(isinstance(v, str) for v in folder.values()):
             raise ConfigError(f"model {spec.name}: config_sentence_transformers.json prompts must map names to text")
-        prompts = {**convention.prompts, **folder}
+        # sentence-transformers writes empty "query"/"document" prompts into every folder it saves:
+        # they prepend nothing, and would hide the architecture's own prompt of that name.
+        prompts = {**convention.prompts, **{k: v for k, v in folder.items() if v}}
         if spec.instruction:
             if not convention.instruction:
                 raise ConfigError(f"model {spec.name}: instruction is for decoder embedders, not {self.architecture}")

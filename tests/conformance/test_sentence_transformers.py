@@ -10,6 +10,7 @@ import pytest
 
 from embedstream.v1 import embedder_pb2 as pb
 from tests.support import familymodels as fm
+from tests.support import references
 from tests.support.conformance import TEXTS, FamilyModels, Served, check_single_and_batched
 
 #: name -> (pooling, include_prompt, dense)
@@ -37,13 +38,13 @@ def served(family_models: FamilyModels, serve: Callable[..., Served]) -> Served:
 
 
 def reference(family_models: FamilyModels, name: str) -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(family_models.get(name, lambda d: d)), device="cpu")
+    return references.sentence_transformer(family_models.get(name, lambda d: d))
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_every_pooling_mode_matches_sentence_transformers(served: Served, family_models: FamilyModels, name: str) -> None:
+def test_every_pooling_mode_matches_sentence_transformers(
+    served: Served, family_models: FamilyModels, name: str
+) -> None:
     ref = reference(family_models, name)
     check_single_and_batched(served, name, ref.encode(TEXTS), f"{name} plain")
     check_single_and_batched(

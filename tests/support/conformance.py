@@ -74,7 +74,7 @@ def registry_toml(models: dict[str, dict[str, object]]) -> str:
         return str(v)
 
     return "\n".join(
-        f"[models.{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in raw.items()) for name, raw in models.items()
+        f'[models."{name}"]\n' + "".join(f"{k} = {value(v)}\n" for k, v in raw.items()) for name, raw in models.items()
     )
 
 

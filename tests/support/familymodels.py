@@ -81,7 +81,12 @@ def nomic(folder: Path) -> Path:
 
     hf = folder.parent / f"{folder.name}-hf"
     torch.manual_seed(0)
-    NomicBertModel(NomicBertConfig(vocab_size=30528, max_position_embeddings=256, **SMALL)).save_pretrained(hf)
+    model = NomicBertModel(NomicBertConfig(vocab_size=30528, max_position_embeddings=256, **SMALL))
+    with torch.no_grad():  # trained layer-norm biases: pooled vectors off zero mean, as real ones are
+        for name, param in model.named_parameters():
+            if "norm" in name and name.endswith("bias"):
+                param.normal_(0, 0.5)
+    model.save_pretrained(hf)
     AutoTokenizer.from_pretrained(MINILM).save_pretrained(hf)
     return _save_st(folder, hf, "mean", True, {})
 
