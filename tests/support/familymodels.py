@@ -187,3 +187,32 @@ def set_json(path: Path, **values: Any) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(values)
     path.write_text(json.dumps(data, indent=2))
+
+
+def xlm_roberta(folder: Path) -> Path:
+    """A BGE-M3-like folder: XLMRobertaModel weights only (no masked-LM head)."""
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+    torch.manual_seed(0)
+    XLMRobertaModel(XLMRobertaConfig(vocab_size=30522, max_position_embeddings=130, **SMALL)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(folder)
+    return folder
+
+
+def jina_v3_remote(folder: Path) -> Path:
+    """A jina-embeddings-v3-like folder: its weights (``mixer.Wqkv``, ...) under a config that says
+    ``xlm-roberta`` with remote code, as the hub checkpoint's does."""
+    from transformers import AutoTokenizer, JinaEmbeddingsV3Config, JinaEmbeddingsV3Model
+
+    torch.manual_seed(0)
+    JinaEmbeddingsV3Model(
+        JinaEmbeddingsV3Config(vocab_size=30522, max_position_embeddings=130, **SMALL)
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(folder)
+    set_json(
+        folder / "config.json",
+        model_type="xlm-roberta",
+        architectures=["XLMRobertaLoRA"],
+        auto_map={"AutoModel": "jinaai/xlm-roberta-flash-implementation--modeling_lora.XLMRobertaLoRA"},
+    )
+    return folder
