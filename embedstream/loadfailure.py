@@ -12,11 +12,10 @@ Layout (one JSON string at ``keys.load_failure``): ``{"v": 1, "reason", "worker"
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from embedstream import keys
+from embedstream import clock, keys
 
 #: Seconds a failure record lives unless a serving worker clears it first.
 TTL_S = 24 * 3600
@@ -50,7 +49,7 @@ def decode(raw: bytes | str | None) -> LoadFailure | None:
 
 def record(redis: Any, model: str, reason: str, worker: str) -> Any:
     """Store why ``model`` failed to load (a sync client's result, an awaitable, or queued on a pipeline)."""
-    failure = LoadFailure(reason, worker, int(time.time() * 1000))
+    failure = LoadFailure(reason, worker, int(clock.now_ms()))
     return redis.set(keys.load_failure(model), encode(failure), ex=TTL_S)
 
 
