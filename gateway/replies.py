@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000
 STREAM_TTL_S = 120
+#: Replies read are trimmed from the stream once this many wait, or this long after the last trim.
+TRIM_ENTRIES = 256
+TRIM_S = 0.25
 #: The longest each shutdown step may take.
 STOP_WAIT_S = 2.0
 # Create the stream only when missing (XADD MAXLEN 0 leaves it empty; on a live
@@ -89,6 +92,7 @@ class ReplyRouter:
         last = "0-0"
         backoff = Backoff()
         renewed = 0.0
+        unread, trimmed = 0, 0.0
         loop = asyncio.get_running_loop()
         while not self._closing:
             try:
@@ -109,8 +113,12 @@ class ReplyRouter:
                 self._deliver(fields.get(keys.PAYLOAD.encode()))
             last_id = entries[-1][0].decode()
             last = last_id
+            unread += len(entries)
+            if unread < TRIM_ENTRIES and loop.time() - trimmed < TRIM_S:
+                continue  # a round trip less before the next read, while replies flow
             try:
                 await self._redis.xtrim(self.stream, minid=_successor(last_id))
+                unread, trimmed = 0, loop.time()
             except TRANSIENT:
                 renewed = 0.0
 

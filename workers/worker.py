@@ -33,6 +33,7 @@ from embedstream.workers.model import Model
 from embedstream.workers.outbox import Outbox
 from embedstream.workers.pools import Pools
 from embedstream.workers.recovery import Recovery
+from embedstream.workers.threads import ThreadPolicy, set_torch_threads
 
 from embedstream import clock, heartbeat, jobstore, keys, loadfailure, metrics, tracing
 from embedstream.backoff import Backoff
@@ -55,6 +56,11 @@ class Worker:
         self._stopping = asyncio.Event()
         self._replies: set[asyncio.Task[None]] = set()
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # Adaptive only for torch on CPU: beside an accelerator torch's CPU threads do little,
+        # and the debug model runs no torch at all.
+        adaptive = spec.device == "cpu" and spec.family != "debug"
+        fixed = settings.threads if adaptive else settings.torch_threads()
+        self.threads = ThreadPolicy(fixed, set_torch_threads, settings.torch_threads())
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
         self.pools = Pools(spec, settings.prefetch_inputs)
         self.outbox = Outbox(self.redis, spec, model, self.name, self._stopping, settings.max_dead_letters)
@@ -151,18 +157,22 @@ class Worker:
     async def _batch_loop(self) -> None:
         wait_s = self.settings.max_wait_ms / 1000.0
         wake = self.pools.wake
+        idle_since = 0.0
         while not self._stopping.is_set():
             pool = await self._next_pool()
             if not len(pool):
                 wake.clear()
                 await wake.wait()
                 continue
-            if wait_s and pool is not self.pools.isolated and not pool.full():
-                # The model is idle and the pool holds less than a batch: give
-                # inputs that are already on their way a moment to join.
+            left = idle_since + wait_s - time.monotonic()
+            if left > 0 and pool is not self.pools.isolated and not pool.full():
+                # The model just finished a batch and the pool holds less than one:
+                # give inputs already on their way (callers answered by that batch
+                # sending their next) a moment to join. The wait counts from the end
+                # of the last pass, so a call reaching an idle worker runs at once.
                 wake.clear()
                 try:
-                    await asyncio.wait_for(wake.wait(), wait_s)
+                    await asyncio.wait_for(wake.wait(), left)
                 except TimeoutError:
                     pass
                 if self._stopping.is_set():
@@ -187,6 +197,7 @@ class Worker:
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(batch))
             metrics.BATCH_TOKENS.labels(self.spec.name).observe(sum(it.length for it in batch))
             metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(elapsed / 1000.0)
+            idle_since = time.monotonic()
             batch, vectors = await self._refuse_nonfinite(batch, vectors)
             self._reply_soon(complete(batch, vectors, elapsed))
 
@@ -194,6 +205,7 @@ class Worker:
         """Run the model on the model thread; the heartbeat watches how long it takes."""
 
         def run() -> Any:
+            self.threads.apply()
             with self.liveness.forwarding():
                 return self.model.forward(
                     [it.entry.tokens[it.index] for it in batch], [it.entry.normalize for it in batch]
