@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from embedstream.workers import chunking
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -52,6 +53,7 @@ class Intake:
         stopping: asyncio.Event,
         reply: Callable[[list[Entry]], None],
         recreate: Callable[[], Awaitable[None]],
+        chunk_limits: tuple[int, int] = (256, 2048),
     ) -> None:
         self.redis = redis
         self.spec = spec
@@ -63,6 +65,8 @@ class Intake:
         self.stopping = stopping
         self._reply = reply
         self._recreate = recreate
+        #: Chunks allowed per input and per entry (settings max_chunks_per_input / _request).
+        self.chunk_limits = chunk_limits
         self.queue = keys.queue(spec.name)
         self.bulk_queue = keys.bulk(spec.name)
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
@@ -122,20 +126,20 @@ class Intake:
             return
         if stream == self.queue:
             self.pools.saw_interactive()
-        sources = [source for _, _, job in fresh for source in sources_of(job, self.spec, self.model)]
+        work = [
+            (job, sources_of(job, self.spec, self.model), self.spec.prompts.get(job.prompt, "")) for *_, job in fresh
+        ]
         loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self._prep, self.model.tokenize, sources)
-        start = 0
-        for stream_id, payload, job in fresh:
-            toks = tokens[start : start + len(job.inputs)]
-            start += len(job.inputs)
+        prepared = await loop.run_in_executor(self._prep, chunking.prepare, self.model, work, *self.chunk_limits)
+        for (stream_id, payload, job), (toks, layout, chunk_error) in zip(fresh, prepared):
             for tok in toks:
                 tok.task = job.input_type
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
+            entry.chunks = layout
             self.ledger.hold(entry)
-            entry.error = refusal(job, toks, self.spec, self.model)
+            entry.error = chunk_error or refusal(job, toks, self.spec, self.model)
             if entry.error:
                 self._reply([entry])
                 continue
