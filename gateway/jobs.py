@@ -293,8 +293,8 @@ def _results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[
             pb.JobResult(index=chunk_start + i) for i in range(len(chunk.reply.spans) and chunk.reply.spans[-5] + 1)
         ]
         for e in chunked(chunk.reply, encoding):
-            results[e.chunk.input].chunks.append(e)
-            e.chunk.input += chunk_start
+            e.chunk.input += chunk_start  # the input's index in the job, as JobResult.index
+            results[e.chunk.input - chunk_start].chunks.append(e)
         return results[first - chunk_start :]
     items = embeddings(chunk.reply, encoding, first - chunk_start)
     return [pb.JobResult(index=first + i, embedding=e) for i, e in enumerate(items)]

@@ -253,3 +253,20 @@ def test_every_command_in_the_long_inputs_page_runs(service: Service) -> None:
         assert done.returncode == 0, done.stderr
         response = json.loads(done.stdout)
         assert response["metadata"]["chunks"] >= 1 and response["embeddings"]
+
+
+def test_chunked_entries_and_replies_are_version_2_and_version_1_still_decodes() -> None:
+    from embedstream import wire
+
+    plain = wire.Options().to_job("a", "r", 1, 0, ["x"])
+    chunked = wire.Options(chunking=True, chunk_tokens=64, chunk_overlap=0, chunk_vectors=True).to_job(
+        "b", "r", 1, 0, ["x"]
+    )
+    assert wire.decode_job(wire.encode_job(plain)) == plain
+    assert wire.decode_job(wire.encode_job(chunked)) == chunked
+    assert b"\xa1v\x01" in wire.encode_job(plain) and b"\xa1v\x02" in wire.encode_job(chunked)
+    reply = wire.Reply("b", vectors=b"\0" * 8, dimensions=1, count=2, spans=[0, 0, 3, 0, 9, 0, 2, 5, 6, 20], chunks=2)
+    back = wire.decode_reply(wire.encode_reply(reply))
+    assert back.spans == reply.spans and back.chunks == 2
+    with pytest.raises(wire.WireError, match="spans"):
+        wire.decode_reply(wire.encode_reply(wire.Reply("c", vectors=b"\0" * 4, dimensions=1, count=1, spans=[0])))
