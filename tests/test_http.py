@@ -477,3 +477,16 @@ def test_every_command_in_the_http_docs_runs_against_a_real_gateway(api: Api) ->
         script = block.replace("localhost:8080", host)
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, (block, result.stderr)
+
+
+def test_long_inputs_chunk_pooled_over_http_equals_the_grpc_embed(api: Api) -> None:
+    text = " ".join(TEXTS * 20)
+    body = {"input": [text], "long_inputs": "chunk", "chunk_size_tokens": 64, "chunk_overlap_tokens": 8}
+    got = api.post("/v1/embeddings", body).json()
+    chunking = pb.ChunkOptions(size_tokens=64, overlap_tokens=8)
+    want = floats(api.embed([text], long_inputs=pb.LONG_INPUTS_CHUNK, chunking=chunking))
+    assert np.abs(np.array([d["embedding"] for d in got["data"]]) - want).max() <= 1e-6
+    refused = api.post("/v1/embeddings", {"input": [text], "long_inputs": "error"})
+    assert refused.status_code == 400 and "input" in refused.text
+    bad = api.post("/v1/embeddings", {"input": ["x"], "long_inputs": "fold"})
+    assert bad.status_code == 400 and "long_inputs" in bad.text
