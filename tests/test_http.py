@@ -479,6 +479,14 @@ def test_every_command_in_the_http_docs_runs_against_a_real_gateway(api: Api) ->
         assert result.returncode == 0, (block, result.stderr)
 
 
+def test_every_error_code_has_an_http_status() -> None:
+    from embedstream.gateway.status import HTTP_STATUS
+
+    from embedstream.errors import Code
+
+    assert set(HTTP_STATUS) == set(Code)
+
+
 def test_long_inputs_chunk_pooled_over_http_equals_the_grpc_embed(api: Api) -> None:
     text = " ".join(TEXTS * 20)
     body = {"input": [text], "long_inputs": "chunk", "chunk_size_tokens": 64, "chunk_overlap_tokens": 8}
