@@ -144,7 +144,7 @@ def test_a_worker_serves_an_hf_path_from_the_cache_and_names_pull_when_missing(
 def test_every_command_of_the_weights_page_parses_and_those_needing_internet_say_so() -> None:
     import shlex
 
-    from embedstream.cli import _parser
+    from embedstream.arguments import parser as _parser
 
     page = (ROOT / "docs/weights.md").read_text()
     blocks = re.findall(r"```sh\n(.*?)```", page, flags=re.S)
