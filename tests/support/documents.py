@@ -1,4 +1,4 @@
-"""Sections and tables of the Markdown documents that tests hold the code to (README.md today).
+"""Sections and tables of the Markdown documents that tests hold the code to (README.md, docs/*.md).
 
 Every reader takes the document as a parameter, so a table that moves to a page under docs/
 needs one changed argument in the test that reads it.
@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.support import ROOT
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
 def _level(line: str) -> int:
