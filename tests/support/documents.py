@@ -7,6 +7,7 @@ needs one changed argument in the test that reads it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import ROOT
@@ -51,3 +52,43 @@ def table(heading: str, doc: Path = README) -> list[list[str]]:
             break
     assert len(rows) > 2, f"no table under {heading!r} in {doc.name}"
     return rows[2:]  # past the header row and the |---| row
+
+
+DOCUMENTS = [README, *sorted(DOCS.glob("*.md"))]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block: where it is, its info string's words, and its text."""
+
+    doc: Path
+    line: int  # of the opening fence, 1-based
+    info: tuple[str, ...]
+    code: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def lang(self) -> str:
+        return self.info[0] if self.info else ""
+
+    @property
+    def runnable(self) -> bool:
+        return "runnable" in self.info[1:]
+
+
+def blocks(doc: Path = README) -> list[Block]:
+    """Every fenced code block of ``doc``, in order."""
+    found, opened, info, code = [], 0, (), []
+    for number, line in enumerate(doc.read_text().splitlines(), start=1):
+        if not opened and line.startswith("```"):
+            opened, info, code = number, tuple(line[3:].split()), []
+        elif opened and line.startswith("```"):
+            found.append(Block(doc, opened, info, "\n".join(code) + "\n"))
+            opened = 0
+        elif opened:
+            code.append(line)
+    assert not opened, f"{doc.name}:{opened}: a code block is never closed"
+    return found
