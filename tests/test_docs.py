@@ -29,7 +29,7 @@ BLOCKS = [block for doc in DOCUMENTS for block in documents.blocks(doc)]
 SHELL = [b for b in BLOCKS if b.lang == "sh" and b.runnable]
 PYTHON_PAGES = sorted({b.doc for b in BLOCKS if b.lang == "python" and b.runnable})
 
-READY = re.compile(r"embedstream ready: gRPC on \S+; models (.*?); metrics (.*)")
+READY = re.compile(r"^embedstream ready: ", re.M)
 #: Registry folders of docs/models.md's example, by the tiny model that stands in for each.
 TINY = {
     "/models/e5-small-v2": lambda root: tinymodels.bert(root / "e5", "dense", hidden_size=384),
@@ -97,13 +97,14 @@ class Served:
     """The service the runnable blocks call, and how to run a block as a reader would."""
 
     port: int
+    http: int
     metrics: int
     env: dict[str, str]
     scratch: Path
 
     def rewrite(self, code: str) -> str:
-        """The docs' addresses (gRPC 50051, metrics 9464 + n) become this service's."""
-        code = code.replace("50051", str(self.port))
+        """The docs' addresses (gRPC 50051, HTTP 8080, metrics 9464 + n) become this service's."""
+        code = code.replace("50051", str(self.port)).replace("localhost:8080", f"localhost:{self.http}")
         return re.sub(r"\b94(6[4-9]|7[01])\b", lambda m: str(self.metrics + int(m.group(0)) - 9464), code)
 
     def run(self, what: str, args: list[str]) -> None:
@@ -113,10 +114,10 @@ class Served:
         assert done.returncode == 0, f"{what} exited {done.returncode}\n{report}"
 
 
-def _free_run(count: int, but: int) -> int:
-    """The first of ``count`` consecutive free ports, none of them ``but``."""
+def _free_run(count: int, avoid: set[int]) -> int:
+    """The first of ``count`` consecutive free ports, none of them in ``avoid``."""
     for base in range(20000, 60000, 97):
-        if base <= but < base + count:
+        if avoid & set(range(base, base + count)):
             continue
         try:
             for port in range(base, base + count):
@@ -159,8 +160,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     registry = root / "models.toml"
     registry.write_text(_registry(root / "models"))
     port = free_port()
-    metrics = _free_run(METRICS_PORTS, but=port)
+    http = _free_run(1, avoid={port})
+    metrics = _free_run(METRICS_PORTS, avoid={port, http})
     env = base_env("", registry, EMBEDSTREAM_THREADS="1", EMBEDSTREAM_METRICS_PORT=str(metrics))
+    env["EMBEDSTREAM_HTTP_PORT"] = str(http)
     del env["EMBEDSTREAM_REDIS_URL"]
     log = root / "serve.log"
     args = [sys.executable, "-m", "embedstream", "serve", "--port", str(port), "--data-dir", str(root / "data")]
@@ -178,7 +181,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         block_env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
         block_env.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", EMBEDSTREAM_PORT=str(port))
         block_env.update(VIRTUAL_ENV=str(Path(bin_dir).parent), HF_HUB_OFFLINE="1")
-        yield Served(port, metrics, block_env, _scratch(root / "scratch"))
+        yield Served(port, http, metrics, block_env, _scratch(root / "scratch"))
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in the terminal that runs `make run`
         try:

@@ -43,10 +43,15 @@ def section(heading: str, doc: Path = README) -> str:
 def table(heading: str, doc: Path = README) -> list[list[str]]:
     """The body rows of the first table under ``heading``, before any subheading, as lists of cells."""
     rows: list[list[str]] = []
+    fenced = False
     for line in section(heading, doc).splitlines():
-        if _level(line):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif fenced:
+            continue
+        elif _level(line):
             break
-        if line.startswith("|"):
+        elif line.startswith("|"):
             rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
         elif rows:
             break
