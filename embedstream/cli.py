@@ -1,4 +1,4 @@
-"""The `embedstream` command: serve, gateway, worker, check, embed-file, eval, api-key, redis-acl."""
+"""The `embedstream` command: serve, gateway, worker, check, embed-file, eval, api-key, redis-acl, pull."""
 
 from __future__ import annotations
 
@@ -72,7 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--field", default="text", help="the text field of .jsonl/.csv/.parquet records")
     embed.add_argument("--id-field", default="", help="field to use as id in .parquet/.jsonl output (default: row)")
     embed.add_argument("--job", action="store_true", help="submit as an async job and collect its results")
-    embed.add_argument("--batch-size", type=int, default=64, help="texts per streamed request")
+    embed.add_argument("--batch-size", type=int, default=64, help="texts per request")
+    embed.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    embed.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out records whose text is empty or blank (reported; ids keep their record numbers)",
+    )
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _eval_parser(sub, tls)
@@ -114,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--name", help="the key's name= label")
     which.add_argument("--tenant", help="every key of this tenant")
     _add(sub, "redis-acl", help="print the ACL SETUSER commands of the gateway and worker Redis users")
+    pull = _add(
+        sub,
+        "pull",
+        help="download a model from the Hugging Face hub (resumable, sha256-checked) and print its registry entry",
+    )
+    pull.add_argument("repo", help="hub id, like sentence-transformers/all-MiniLM-L6-v2")
+    pull.add_argument("--to", help="copy it into this folder (default: it stays in the Hugging Face cache)")
+    pull.add_argument("--revision", help="branch, tag or commit (default: main)")
     return parser
 
 
@@ -241,6 +255,8 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         id_field=args.id_field,
         job=args.job,
         batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        skip_empty=args.skip_empty,
         progress=not args.no_progress,
         tls=_tls(args),
     )
@@ -278,7 +294,10 @@ def _exit_code(command: str, work: Callable[[], int]) -> int:
         print(f"embedstream {command}: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        print(f"embedstream {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        from embedstream.client.errors import Explainer
+
+        # The client's EmbedstreamError already says it in one line; a raw stub error gets the same.
+        print(f"embedstream {command}: {Explainer('', None)(exc)}", file=sys.stderr)
         return 1
 
 
@@ -315,7 +334,9 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=2
             )
     except grpc.RpcError as exc:
-        print(f"{target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        from embedstream.client.errors import Explainer
+
+        print(f"embedstream check: {Explainer(target, tls)(exc)}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
         print(f"{target}: TLS: {exc}", file=sys.stderr)
@@ -400,6 +421,16 @@ def _new_key(path: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull(settings: Settings, args: argparse.Namespace) -> int:
+    from embedstream import hub
+
+    where = hub.pull(args.repo, Path(args.to) if args.to else None, args.revision)
+    print(f"pulled {args.repo} into {where}; serve it with this registry entry:", file=sys.stderr)
+    print(hub.registry_lines(args.repo, where), end="")
+    print("(workers read it with HF_HUB_OFFLINE=1, the default: nothing more is downloaded)", file=sys.stderr)
+    return 0
+
+
 def _redis_acl(settings: Settings, args: argparse.Namespace) -> int:
     print(acl.render(), end="")
     return 0
@@ -415,4 +446,5 @@ COMMANDS = {
     "eval": _eval,
     "api-key": _api_key,
     "redis-acl": _redis_acl,
+    "pull": _pull,
 }

@@ -10,6 +10,7 @@ class Code(str, enum.Enum):
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
@@ -52,6 +53,10 @@ class NotFound(EmbedstreamError):
     code = Code.NOT_FOUND
 
 
+class AlreadyExists(EmbedstreamError):
+    code = Code.ALREADY_EXISTS
+
+
 class Unauthenticated(EmbedstreamError):
     code = Code.UNAUTHENTICATED
 
@@ -89,6 +94,19 @@ class InternalError(EmbedstreamError):
     code = Code.INTERNAL
 
 
+#: The most characters of a caller-supplied string that an error message, log line or span copies.
+CLIP = 64
+
+
+def clip(text: object, limit: int = CLIP) -> str:
+    """``text`` quoted (repr) and cut to about ``limit`` characters, saying how much was cut: a caller's
+    string in a message must not make the message itself too big for the caller to receive."""
+    value = str(text)
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
 class ConfigError(Exception):
     """A bad setting or registry entry; raised at start, names the key."""
 
@@ -98,6 +116,7 @@ _BY_CODE: dict[str, type[EmbedstreamError]] = {
     for cls in (
         InvalidArgument,
         NotFound,
+        AlreadyExists,
         Unauthenticated,
         ResourceExhausted,
         DeadlineExceeded,

@@ -29,20 +29,38 @@ class ModelInfo:
     normalizes: bool = False
 
 
-def beat(pipe: Any, model: str, worker: str, info: ModelInfo) -> None:
-    """Queue on ``pipe`` one heartbeat of ``worker``, which serves ``model``."""
-    pipe.zadd(keys.workers(model), {worker: clock.now_ms()})
-    pipe.zremrangebyscore(keys.workers(model), 0, clock.now_ms() - FORGET_MS)
-    pipe.hset(
-        keys.model_info(model),
-        mapping={
-            "family": info.family,
-            "output": info.output,
-            "dimensions": info.dimensions,
-            "max_input_tokens": info.max_input_tokens,
-            "normalizes": int(info.normalizes),
-        },
-    )
+# One beat: score the worker, prune the long silent, publish the model's info. allow-oom (Redis 7):
+# a beat moves a score and rewrites the same few fields, so it grows nothing, and a worker that
+# could not beat while Redis is full would look dead to every gateway (UNAVAILABLE, not the
+# RESOURCE_EXHAUSTED that says what is wrong). KEYS: live set, info. ARGV: now ms, worker,
+# forget ms, then the info's field, value pairs.
+BEAT = """#!lua flags=allow-oom
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[1]) - tonumber(ARGV[3]))
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+return 0
+"""
+
+
+class Beat:
+    """Writes the heartbeats of one worker, which serves one model."""
+
+    def __init__(self, redis: Any, model: str, worker: str, info: ModelInfo) -> None:
+        self._script = redis.register_script(BEAT)
+        self.model = model
+        self.worker = worker
+        self._info = [
+            *("family", info.family, "output", info.output, "dimensions", info.dimensions),
+            *("max_input_tokens", info.max_input_tokens, "normalizes", int(info.normalizes)),
+        ]
+
+    async def __call__(self) -> None:
+        """Write one heartbeat."""
+        now = int(clock.now_ms())
+        await self._script(
+            keys=[keys.workers(self.model), keys.model_info(self.model)],
+            args=[now, self.worker, FORGET_MS, *self._info],
+        )
 
 
 def leave(redis: Any, model: str, worker: str) -> Any:

@@ -7,6 +7,8 @@ Lua admission script and pipelines stay single-slot.
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "embedstream"
 #: The consumer group every worker of a model joins.
 GROUP = "workers"
@@ -44,24 +46,30 @@ def bulk(model: str) -> str:
     return f"{PREFIX}:{model_tag(model)}:bulk"
 
 
+#: Characters of a job id that make its hash tag: a job made under an idempotency key starts
+#: with that key's tag (``idempotency_tag``), so the key and the job's record share a slot
+#: and one script creates both.
+JOB_TAG = 16
+
+
 def job_tag(job_id: str) -> str:
-    """The hash tag shared by every key of one job."""
-    return "{job:" + job_id + "}"
+    """The hash tag shared by every key of one job (and by the idempotency key that made it)."""
+    return "{job:" + job_id[:JOB_TAG] + "}"
 
 
 def job_meta(job_id: str) -> str:
     """Hash: state, model, counts, times, chunk size of one job."""
-    return f"{PREFIX}:{job_tag(job_id)}:meta"
+    return f"{PREFIX}:{job_tag(job_id)}:{job_id}:meta"
 
 
 def job_results(job_id: str) -> str:
     """Hash: chunk index -> the chunk's stored answer (``jobstore.encode_chunk``)."""
-    return f"{PREFIX}:{job_tag(job_id)}:results"
+    return f"{PREFIX}:{job_tag(job_id)}:{job_id}:results"
 
 
 def job_errors(job_id: str) -> str:
     """List: the first few error messages of failed chunks."""
-    return f"{PREFIX}:{job_tag(job_id)}:errors"
+    return f"{PREFIX}:{job_tag(job_id)}:{job_id}:errors"
 
 
 def tenant_tag(tenant: str) -> str:
@@ -69,9 +77,15 @@ def tenant_tag(tenant: str) -> str:
     return "{t:" + tenant + "}"
 
 
+def idempotency_tag(tenant: str, key: str) -> str:
+    """The first ``JOB_TAG`` characters of the id of every job ``tenant`` makes under idempotency ``key``."""
+    return hashlib.blake2b(f"{tenant}\0{key}".encode(), digest_size=JOB_TAG // 2).hexdigest()
+
+
 def idempotency(tenant: str, key: str) -> str:
-    """String: the job id an idempotency key already created, for one tenant."""
-    return f"{PREFIX}:{tenant_tag(tenant)}:idem:" + key
+    """Hash: the job (``job``) an idempotency key of one tenant made and the digest of its request
+    (``digest``); it expires with that job, and shares its slot."""
+    return f"{PREFIX}:" + "{job:" + idempotency_tag(tenant, key) + "}:idem"
 
 
 def rate(tenant: str) -> str:

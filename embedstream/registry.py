@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedstream.errors import ConfigError, NotFound
+from embedstream.errors import ConfigError, NotFound, clip
 from embedstream.vectors import OUTPUT_TYPES
 
 FAMILIES = ("text-dense", "image-text", "sparse", "multi-vector", "rerank", "debug")
@@ -135,7 +135,7 @@ class Registry:
         for spec in self.models.values():
             if name in spec.aliases:
                 return spec
-        raise NotFound(f"model {name!r} is not served; ListModels shows the served models")
+        raise NotFound(f"model {clip(name)} is not served; ListModels shows the served models")
 
 
 def builtin() -> Registry:

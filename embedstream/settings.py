@@ -53,7 +53,9 @@ class Settings:
     max_job_inline_inputs: int = _f(10000, "Inputs accepted inline by one SubmitJob (UploadJob has no such cap)")
     max_job_inputs: int = _f(10_000_000, "Inputs accepted by one job")
     max_bulk_entries: int = _f(200_000, "Job chunks (64 inputs each) queued per model before new jobs are refused")
-    threads: int = _f(0, "Torch intra-op threads per worker; 0 leaves one core for gateway and Redis")
+    threads: int = _f(
+        0, "Torch threads per worker; 0: all cores, one fewer for a pass while other processes use CPU (adaptive)"
+    )
     visibility_timeout_s: float = _f(30.0, "Idle time after which a dead worker's entries are reclaimed")
     consumer_gc_s: float = _f(3600.0, "A consumer idle this long with nothing pending is removed from its group")
     max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")
@@ -63,7 +65,7 @@ class Settings:
     shutdown_delay_s: float = _f(1.0, "SIGTERM: a gateway reports NOT_SERVING this long before closing")
     shutdown_grace_s: float = _f(25.0, "SIGTERM: how long a gateway lets calls in flight finish")
     prefetch_inputs: int = _f(1024, "Inputs a worker reads ahead; a larger pool sorts by length better")
-    max_wait_ms: float = _f(2.0, "How long an idle worker waits to fill a batch")
+    max_wait_ms: float = _f(2.0, "How long after its last batch a worker waits for inputs to fill the next one")
     metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
     log_level: str = _f("INFO", "Python logging level")
     log_format: str = _f("text", "Log lines as text, or json: one object per line (ts, level, logger, message, ...)")
@@ -163,8 +165,14 @@ class Settings:
         return self.redis_url
 
     def torch_threads(self) -> int:
-        """Intra-op threads for the model: the setting, or all cores but one."""
-        return self.threads or max(1, (os.cpu_count() or 2) - 1)
+        """Intra-op threads for the model: the setting, or every core this process may use
+        (the worker's adaptive policy, workers/threads.py, drops to one fewer while others are busy)."""
+        if self.threads:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

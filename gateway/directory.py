@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from embedstream import clock, heartbeat, keys, metrics
-from embedstream.connections import TRANSIENT, stop_tasks
+from embedstream.connections import REDIS_ERRORS, TRANSIENT, stop_tasks
+from embedstream.loops import Mishaps
 from embedstream.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Directory:
         self._listeners: list[Callable[[], Awaitable[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._mishaps = Mishaps("directory")
 
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` after every refresh."""
@@ -74,10 +76,13 @@ class Directory:
         try:
             results = await pipe.execute()
             self.redis_ok = True
-        except TRANSIENT as exc:
-            if self.redis_ok:
-                log.warning("redis unreachable: %s", exc)
-            self.redis_ok = False
+            self._mishaps.recovered()
+        except REDIS_ERRORS as exc:
+            self._mishaps.failed(exc)
+            # Only an unreachable Redis fails the calls waiting on it; a refused read (a command
+            # the ACL denies, say) keeps the last snapshot until a refresh goes through.
+            if isinstance(exc, TRANSIENT):
+                self.redis_ok = False
             results = None
         if results is not None:
             for i, name in enumerate(names):
@@ -102,7 +107,7 @@ class Directory:
         """Ask Redis now whether ``model`` has a live worker; the snapshot may be stale."""
         try:
             live = await heartbeat.count_live(self._redis, model, self.liveness_s)
-        except TRANSIENT:
+        except REDIS_ERRORS:
             return False
         self.states[model].workers = int(live)
         return self.redis_ok and int(live) > 0
@@ -122,5 +127,5 @@ class Directory:
             await asyncio.sleep(REFRESH_S)
             try:
                 await self.refresh()
-            except Exception:
-                log.exception("directory refresh failed")
+            except Exception as exc:  # a listener's failure, say: the next refresh runs all the same
+                self._mishaps.failed(exc)

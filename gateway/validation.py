@@ -19,7 +19,7 @@ from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 
 from embedstream import images
-from embedstream.errors import InvalidArgument, TooLarge
+from embedstream.errors import InvalidArgument, TooLarge, clip
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
@@ -88,7 +88,9 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         raise InvalidArgument(f"{prefix}output_type: {where} returns {', '.join(spec.output_types)} only")
     if msg.prompt_name and msg.prompt_name not in spec.prompts:
         known = sorted(spec.prompts) or "none"
-        raise InvalidArgument(f"{prefix}prompt_name: {where} has no prompt {msg.prompt_name!r}; its prompts: {known}")
+        raise InvalidArgument(
+            f"{prefix}prompt_name: {where} has no prompt {clip(msg.prompt_name)}; its prompts: {known}"
+        )
     if msg.return_tokens and spec.family != "sparse":
         raise InvalidArgument(f"{prefix}return_tokens: only sparse models return tokens; {where} does not")
     dimensions = 0

@@ -60,10 +60,11 @@ def test_settings_repr_hides_the_redis_password() -> None:
     assert "s3cret" not in repr(s) and "user:***@host:6379" in repr(s)
 
 
-def test_default_thread_count_leaves_a_core() -> None:
+def test_default_thread_count_is_every_core_the_worker_may_use() -> None:
     import os
 
-    assert Settings.from_env({}).torch_threads() == max(1, (os.cpu_count() or 2) - 1)
+    # Issue 14: the ceiling is all cores; workers/threads.py drops to one fewer while others are busy.
+    assert Settings.from_env({}).torch_threads() == len(os.sched_getaffinity(0))
     assert Settings.from_env({"EMBEDSTREAM_THREADS": "3"}).torch_threads() == 3
 
 

@@ -476,3 +476,11 @@ def test_every_command_in_the_http_docs_runs_against_a_real_gateway(api: Api) ->
         script = block.replace("localhost:8080", host)
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, (block, result.stderr)
+
+
+def test_every_error_code_has_an_http_status() -> None:
+    from embedstream.gateway.status import HTTP_STATUS
+
+    from embedstream.errors import Code
+
+    assert set(HTTP_STATUS) == set(Code)

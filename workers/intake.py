@@ -23,14 +23,17 @@ from embedstream.workers.pools import Pools
 
 from embedstream import clock, keys, metrics, wire
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT
-from embedstream.errors import Code
+from embedstream.errors import Code, clip
+from embedstream.loops import Mishaps
 from embedstream.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
 #: Entries read (or reclaimed) per Redis call.
 READ_ENTRIES = 64
+#: Text up to this many characters in one read is tokenized on the event loop (~0.1 ms):
+#: handing it to the prep thread and back costs more than that, mostly on a busy machine.
+INLINE_CHARS = 2048
 
 #: Stream entries as XREADGROUP and XAUTOCLAIM return them.
 Raw = list[tuple[bytes, dict[bytes, bytes]]]
@@ -71,6 +74,7 @@ class Intake:
         """Read until stopping; ends within one blocking read (1 s) once it is set."""
         pools = self.pools
         backoff = Backoff()
+        mishaps = Mishaps("read")
         while not self.stopping.is_set():
             if len(pools.interactive) >= pools.prefetch:
                 # Blocking on the bulk stream alone would leave interactive work
@@ -84,17 +88,15 @@ class Intake:
             try:
                 got = await self.redis.xreadgroup(keys.GROUP, self.worker, streams, count=READ_ENTRIES, block=1000)
                 backoff.reset()
-            except TRANSIENT as exc:
-                log.warning("read failed (%s); retrying", exc)
-                await backoff.wait()
-                continue
+                mishaps.recovered()
+                for stream, entries in got or []:
+                    await self.accept(entries, stream.decode())
             except Exception as exc:
                 if "NOGROUP" in str(exc):  # Redis lost its data: recreate and go on
                     await self._recreate()
                     continue
-                raise
-            for stream, entries in got or []:
-                await self.accept(entries, stream.decode())
+                mishaps.failed(exc)  # whatever it was, the next read tries again
+                await backoff.wait()
 
     def close(self) -> None:
         """Let go of the prep thread."""
@@ -123,8 +125,10 @@ class Intake:
         if stream == self.queue:
             self.pools.saw_interactive()
         sources = [source for _, _, job in fresh for source in sources_of(job, self.spec, self.model)]
-        loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self._prep, self.model.tokenize, sources)
+        if _small(sources):
+            tokens = self.model.tokenize(sources)
+        else:
+            tokens = await asyncio.get_running_loop().run_in_executor(self._prep, self.model.tokenize, sources)
         start = 0
         for stream_id, payload, job in fresh:
             toks = tokens[start : start + len(job.inputs)]
@@ -146,6 +150,18 @@ class Intake:
         self.pools.wake.set()
 
 
+def _small(sources: list[Source]) -> bool:
+    """Text only, and little of it: cheaper to tokenize here than to hand to the prep thread."""
+    size = 0
+    for source in sources:
+        if isinstance(source, bytes):
+            return False
+        size += len(source) if isinstance(source, str) else len(source[0]) + len(source[1])
+        if size > INLINE_CHARS:
+            return False
+    return True
+
+
 def sources_of(job: wire.Job, spec: ModelSpec, model: Model) -> list[Source]:
     """What the model prepares for each input: the prompt prepended to texts;
     (query, document) pairs for rerankers."""
@@ -158,7 +174,7 @@ def sources_of(job: wire.Job, spec: ModelSpec, model: Model) -> list[Source]:
 def refusal(job: wire.Job, toks: list[Tokens], spec: ModelSpec, model: Model) -> tuple[str, str] | None:
     """Why an entry cannot run (checked again here: entries may come from anywhere)."""
     if job.prompt and job.prompt not in spec.prompts:
-        return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {job.prompt!r}"
+        return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {clip(job.prompt)}"
     if model.output == "score" and not job.query:
         return Code.INVALID_ARGUMENT.value, f"query: model {spec.name} is a rerank model and needs a query"
     for i, tok in enumerate(toks):

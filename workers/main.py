@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
-from embedstream import logs, tracing
+from embedstream import hub, logs, tracing
 from embedstream import registry as registry_mod
 from embedstream.errors import ConfigError
 from embedstream.runner import run_async
 from embedstream.settings import Settings
 
 log = logging.getLogger("embedstream")
+
+#: Packages transformers imports whenever they are installed (image processors, object-detection
+#: losses, torch.compile's kernels) that only the image-text family uses: hidden from the other
+#: families' workers, they cost those no memory (~110 MB and 550 modules for MiniLM).
+IMAGE_STACKS = ("torchvision", "PIL", "timm", "open_clip", "scipy", "triton")
+
+
+def hide_image_stacks() -> None:
+    """Make the image stacks look uninstalled to this process (a text-only worker)."""
+    for name in IMAGE_STACKS:
+        # A None entry makes `import name` raise ImportError and find_spec() return None,
+        # which is how transformers asks whether an optional package is there.
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def run(settings: Settings, model_name: str) -> int:
@@ -21,12 +36,20 @@ def run(settings: Settings, model_name: str) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = registry_mod.load(settings.registry)
     spec = registry.resolve(model_name)
-    if spec.path and not spec.path.startswith(registry_mod.HUB_SCHEME) and not Path(spec.path).exists():
+    if spec.path.startswith(registry_mod.HUB_SCHEME):
+        # The snapshot in the cache (downloaded first only with HF_HUB_OFFLINE=0): every loader sees a folder.
+        spec = dataclasses.replace(spec, path=hub.folder(spec.name, spec.path[len(registry_mod.HUB_SCHEME) :]))
+    if spec.path and not Path(spec.path).exists():
         raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
     logs.set_model(spec.name)
     tracing.setup(settings, "worker")
     # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
+    from embedstream.workers import threads as thread_policy
+
+    thread_policy.prepare_environment()  # before torch is imported
+    if spec.family != "image-text":
+        hide_image_stacks()
     from embedstream.workers.loader import load
     from embedstream.workers.worker import serve
     from transformers.utils import logging as hf_logging
@@ -36,7 +59,9 @@ def run(settings: Settings, model_name: str) -> int:
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()
     threads = settings.torch_threads()
-    log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
+    policy = "" if settings.threads else " (adaptive: one fewer while other processes are busy)"
+    source = spec.path or spec.family
+    log.info("loading model %s (%s) on %s with %d threads%s", spec.name, source, spec.device, threads, policy)
     try:
         model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
     except (OSError, ImportError, ValueError) as exc:

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from embedstream.client.embeddings import SparseVector, matrix, sparse
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
 
@@ -59,19 +60,6 @@ class EmbedOptions:
         return (self.request(chunk) for chunk in chunks(items, MAX_INPUTS))
 
 
-def vectors(resp: pb.EmbedResponse) -> np.ndarray:
-    """The response's vectors as a (n, dimensions) float32 array."""
-    if resp.embeddings and resp.embeddings[0].packed:
-        raw = b"".join(e.packed for e in resp.embeddings)
-        return np.frombuffer(raw, dtype="<f4").reshape(len(resp.embeddings), resp.dimensions).astype(np.float32)
-    return np.array([list(e.values) for e in resp.embeddings], dtype=np.float32).reshape(-1, resp.dimensions)
-
-
-def stacked(parts: Sequence[pb.EmbedResponse]) -> np.ndarray:
-    """The vectors of ``parts`` in order as one array; (0, 0) for none."""
-    return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
-
-
 def rerank_request(query: str, documents: Sequence[str], model: str, top_n: int) -> pb.RerankRequest:
     """A RerankRequest for ``documents`` against ``query``."""
     return pb.RerankRequest(model=model, query=query, documents=list(documents), top_n=top_n)
@@ -109,11 +97,17 @@ def results_request(job_id: str, offset: int) -> jpb.GetJobResultsRequest:
     return jpb.GetJobResultsRequest(id=job_id, offset=offset, encoding=pb.VECTOR_ENCODING_PACKED_F32LE)
 
 
-def job_result(job_id: str, result: jpb.JobResult) -> tuple[int, np.ndarray]:
-    """(index, vector) of one job result; a failed input raises ``RuntimeError`` naming it."""
+def job_result(job_id: str, result: jpb.JobResult, dimensions: int) -> tuple[int, np.ndarray | SparseVector]:
+    """(index, embedding) of one job result: a vector, a :class:`SparseVector`, or a (tokens, d) array
+    for a multi-vector model; a failed input raises ``RuntimeError`` naming it."""
     if result.error:
         raise RuntimeError(f"job {job_id} input {result.index} failed: {result.error}")
-    return result.index, np.frombuffer(result.embedding.packed, dtype="<f4")
+    emb = result.embedding
+    if emb.HasField("sparse"):
+        return result.index, sparse(emb, dimensions)
+    if emb.rows:
+        return result.index, matrix(emb, dimensions)
+    return result.index, np.frombuffer(emb.packed, dtype="<f4")
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

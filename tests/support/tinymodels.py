@@ -193,3 +193,20 @@ def build_all(root: Path) -> dict[str, Path]:
         "colbert": colbert(root / "colbert"),
         "rerank": bert(root / "rerank", "xenc"),
     }
+
+
+def sparse_and_colbert(root: Path) -> tuple[dict[str, Path], str]:
+    """A tiny SPLADE and a tiny ColBERT under ``root``, and a registry serving them as splade and colbert."""
+    models = {"splade": bert(root / "splade", "splade"), "colbert": colbert(root / "colbert")}
+    registry = f"""
+default = "splade"
+
+[models.splade]
+family = "sparse"
+path = "{models["splade"]}"
+
+[models.colbert]
+family = "multi-vector"
+path = "{models["colbert"]}"
+"""
+    return models, registry
