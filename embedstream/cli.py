@@ -1,4 +1,4 @@
-"""The `embedstream` command: serve, gateway, worker, check, embed-file, eval, api-key, redis-acl, pull."""
+"""The `embedstream` command and its subcommands (serve, gateway, worker, check, call, embed-file, eval, ...)."""
 
 from __future__ import annotations
 
@@ -119,6 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--hash", help="the key's SHA-256, or its first 8+ characters")
     which.add_argument("--name", help="the key's name= label")
     which.add_argument("--tenant", help="every key of this tenant")
+    inspect = _add(
+        sub, "inspect", help="print how a model folder would be served, without serving it (exit 2: refused)"
+    )
+    inspect.add_argument("folder", help="the model folder")
+    inspect.add_argument(
+        "--family",
+        default="",
+        help="text-dense, image-text, sparse, multi-vector or rerank (default: detected from the folder)",
+    )
+    inspect.add_argument("--instruction", default="", help="decoder embedders: the task of the query instruction")
+    inspect.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")
     _add(sub, "redis-acl", help="print the ACL SETUSER commands of the gateway and worker Redis users")
     pull = _add(
         sub,
@@ -228,6 +239,10 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     return _role("embedstream.workers.main")(settings, args.model)
+
+
+def _inspect(settings: Settings, args: argparse.Namespace) -> int:
+    return _role("embedstream.workers.inspection")(settings, args.folder, args.family, args.instruction)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -447,4 +462,5 @@ COMMANDS = {
     "api-key": _api_key,
     "redis-acl": _redis_acl,
     "pull": _pull,
+    "inspect": _inspect,
 }

@@ -17,6 +17,7 @@ class Code(str, enum.Enum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     CANCELLED = "CANCELLED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
     INTERNAL = "INTERNAL"
 
 
@@ -90,6 +91,12 @@ class Cancelled(EmbedstreamError):
     code = Code.CANCELLED
 
 
+class FailedPrecondition(EmbedstreamError):
+    """The call cannot succeed until an operator acts (a model that failed to load)."""
+
+    code = Code.FAILED_PRECONDITION
+
+
 class InternalError(EmbedstreamError):
     code = Code.INTERNAL
 
@@ -122,6 +129,7 @@ _BY_CODE: dict[str, type[EmbedstreamError]] = {
         DeadlineExceeded,
         Unavailable,
         Cancelled,
+        FailedPrecondition,
         InternalError,
     )
 }

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from embedstream import clock, keys
+from embedstream import clock, keys, profile
+from embedstream.profile import Profile
 
 #: Members silent this long are pruned from the live set by any beat.
 FORGET_MS = 60_000
@@ -27,17 +28,21 @@ class ModelInfo:
     dimensions: int = 0
     max_input_tokens: int = 0
     normalizes: bool = False
+    #: How the model is served (:mod:`embedstream.profile`), rewritten with every beat.
+    profile: Profile | None = None
 
 
 # One beat: score the worker, prune the long silent, publish the model's info. allow-oom (Redis 7):
 # a beat moves a score and rewrites the same few fields, so it grows nothing, and a worker that
 # could not beat while Redis is full would look dead to every gateway (UNAVAILABLE, not the
 # RESOURCE_EXHAUSTED that says what is wrong). KEYS: live set, info. ARGV: now ms, worker,
-# forget ms, then the info's field, value pairs.
+# forget ms, the encoded profile ('' for none; KEYS[3] is where it goes), then the info's field,
+# value pairs.
 BEAT = """#!lua flags=allow-oom
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[1]) - tonumber(ARGV[3]))
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 return 0
 """
 
@@ -49,6 +54,7 @@ class Beat:
         self._script = redis.register_script(BEAT)
         self.model = model
         self.worker = worker
+        self._profile = profile.encode(info.profile) if info.profile is not None else ""
         self._info = [
             *("family", info.family, "output", info.output, "dimensions", info.dimensions),
             *("max_input_tokens", info.max_input_tokens, "normalizes", int(info.normalizes)),
@@ -58,8 +64,8 @@ class Beat:
         """Write one heartbeat."""
         now = int(clock.now_ms())
         await self._script(
-            keys=[keys.workers(self.model), keys.model_info(self.model)],
-            args=[now, self.worker, FORGET_MS, *self._info],
+            keys=[keys.workers(self.model), keys.model_info(self.model), keys.profile(self.model)],
+            args=[now, self.worker, FORGET_MS, self._profile, *self._info],
         )
 
 

@@ -41,6 +41,16 @@ def model_info(model: str) -> str:
     return f"{PREFIX}:{model_tag(model)}:info"
 
 
+def load_failure(model: str) -> str:
+    """String: why the model's last worker failed to load it (:mod:`embedstream.loadfailure`); expires."""
+    return f"{PREFIX}:{model_tag(model)}:failed"
+
+
+def profile(model: str) -> str:
+    """String: how the model is served, as its workers load it (:mod:`embedstream.profile`)."""
+    return f"{PREFIX}:{model_tag(model)}:profile"
+
+
 def bulk(model: str) -> str:
     """The stream of async-job chunks for ``model``; read only when interactive work is done."""
     return f"{PREFIX}:{model_tag(model)}:bulk"

@@ -12,8 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from embedstream import clock, heartbeat, keys, metrics
+from embedstream import clock, heartbeat, keys, loadfailure, metrics, profile
 from embedstream.connections import REDIS_ERRORS, TRANSIENT, stop_tasks
+from embedstream.errors import FailedPrecondition
 from embedstream.loops import Mishaps
 from embedstream.registry import Registry
 
@@ -33,6 +34,10 @@ class ModelState:
     dimensions: int = 0
     max_input_tokens: int = 0
     normalizes: bool = False
+    #: Why its last worker could not load it ("" = no failure on record).
+    failure: str = ""
+    #: How its workers serve it, once one has loaded it.
+    profile: profile.Profile | None = None
 
 
 class Directory:
@@ -73,6 +78,8 @@ class Directory:
             pipe.xlen(keys.queue(name))
             heartbeat.read_info(pipe, name)
             pipe.xrange(keys.queue(name), count=1)
+            loadfailure.read(pipe, name)
+            profile.read(pipe, name)
         try:
             results = await pipe.execute()
             self.redis_ok = True
@@ -86,7 +93,7 @@ class Directory:
             results = None
         if results is not None:
             for i, name in enumerate(names):
-                live, depth, info, oldest = results[4 * i : 4 * i + 4]
+                live, depth, info, oldest, failed, served = results[6 * i : 6 * i + 6]
                 state = self.states[name]
                 state.workers, state.queue_depth = int(live), int(depth)
                 published = heartbeat.decode_info(info)
@@ -94,6 +101,9 @@ class Directory:
                     state.dimensions = published.dimensions
                     state.max_input_tokens = published.max_input_tokens
                     state.normalizes = published.normalizes
+                found = loadfailure.decode(failed)
+                state.failure = found.reason if found else ""
+                state.profile = profile.decode(served) or state.profile
                 metrics.QUEUE_DEPTH.labels(name).set(state.queue_depth)
                 metrics.LIVE_WORKERS.labels(name).set(state.workers)
                 # Finished entries are deleted, so the oldest left is the oldest unfinished.
@@ -121,6 +131,21 @@ class Directory:
     def serving(self, model: str) -> bool:
         """True when Redis answers and the model has a live worker."""
         return self.redis_ok and self.states[model].workers > 0
+
+    def failure(self, model: str) -> str:
+        """Why ``model`` cannot serve: its load failure, while no live worker serves it ("" = none)."""
+        return "" if self.serving(model) else self.states[model].failure
+
+    def refuse_failed(self, model: str) -> None:
+        """FAILED_PRECONDITION naming ``model`` and its load failure, where its worker refused to load it."""
+        failure = self.failure(model)
+        if failure:
+            raise FailedPrecondition(f"model {model!r} failed to load and serves nothing until fixed: {failure}")
+
+    def prompts(self, model: str) -> dict[str, str]:
+        """The prompts ``model``'s workers serve (its folder's and family's with the registry's on top)."""
+        found = self.states[model].profile
+        return {**(found.prompts if found else {}), **self.registry.models[model].prompts}
 
     async def _loop(self) -> None:
         while True:

@@ -68,6 +68,7 @@ class Dispatcher:
         tracing.annotate({"embedstream.model": spec.name, "embedstream.inputs": len(request.inputs)})
         if not self.directory.redis_ok:
             raise Unavailable("the queue (Redis) is unreachable; retry shortly")
+        self.directory.refuse_failed(spec.name)
         if (
             not spec.scale_to_zero
             and not self.directory.serving(spec.name)

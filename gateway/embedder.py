@@ -20,6 +20,7 @@ from embedstream.gateway.window import Window
 
 from embedstream import metrics, tracing, wire
 from embedstream.errors import DeadlineExceeded, EmbedstreamError
+from embedstream.profile import Profile
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
@@ -165,6 +166,7 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
     out = []
     for name, spec in registry.models.items():
         state = directory.states[name]
+        served = state.profile
         out.append(
             pb.ModelInfo(
                 name=name,
@@ -185,14 +187,44 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
                     text=True,
                     image=spec.images,
                     matryoshka_dimensions=list(spec.matryoshka_dimensions),
-                    prompts=sorted(spec.prompts),
+                    prompts=sorted(directory.prompts(name)),
                     output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
-                    query_prompt=spec.query_prompt,
-                    document_prompt=spec.document_prompt,
+                    query_prompt=spec.query_prompt or (served.query_prompt if served else ""),
+                    document_prompt=spec.document_prompt or (served.document_prompt if served else ""),
                 ),
+                state=_state(directory, name),
+                failure=directory.failure(name),
+                profile=_profile(served),
             )
         )
     return out
+
+
+def _state(directory: Directory, name: str) -> pb.ModelState.ValueType:
+    if directory.serving(name):
+        return pb.MODEL_STATE_SERVING
+    return pb.MODEL_STATE_FAILED if directory.failure(name) else pb.MODEL_STATE_WAITING
+
+
+def _profile(found: Profile | None) -> pb.ModelProfile | None:
+    if found is None:
+        return None
+    return pb.ModelProfile(
+        loader=found.loader,
+        architecture=found.architecture,
+        pooling=found.pooling,
+        include_prompt=found.include_prompt,
+        normalizes=found.normalizes,
+        prompts=found.prompts,
+        query_prompt=found.query_prompt,
+        document_prompt=found.document_prompt,
+        default_prompt=found.default_prompt,
+        matryoshka_dimensions=list(found.matryoshka_dimensions),
+        matryoshka_layer_norm=found.matryoshka_layer_norm,
+        heads=list(found.heads),
+        max_input_tokens=found.max_input_tokens,
+        padding_side=found.padding_side,
+    )
 
 
 def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:

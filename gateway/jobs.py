@@ -151,6 +151,7 @@ class Jobs(pb_grpc.JobsServicer):
         model = self.registry.resolve(spec.model)
         if model.family == "rerank":
             raise InvalidArgument(f"spec.model: {model.name!r} is a rerank model; call Rerank or RerankStream")
+        self.directory.refuse_failed(model.name)
         if spec.ttl_seconds > self.settings.max_job_ttl_s:
             raise InvalidArgument(
                 f"spec.ttl_seconds: {spec.ttl_seconds} exceeds the limit of {self.settings.max_job_ttl_s}"

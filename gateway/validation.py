@@ -86,8 +86,9 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
     output_type = OUTPUT_TYPES[msg.output_type]
     if output_type not in spec.output_types:
         raise InvalidArgument(f"{prefix}output_type: {where} returns {', '.join(spec.output_types)} only")
-    if msg.prompt_name and msg.prompt_name not in spec.prompts:
-        known = sorted(spec.prompts) or "none"
+    prompts = directory.prompts(spec.name)
+    if msg.prompt_name and msg.prompt_name not in prompts:
+        known = sorted(prompts) or "none"
         raise InvalidArgument(
             f"{prefix}prompt_name: {where} has no prompt {clip(msg.prompt_name)}; its prompts: {known}"
         )

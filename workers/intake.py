@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from embedstream.workers import profiles
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -25,7 +26,8 @@ from embedstream import clock, keys, metrics, wire
 from embedstream.backoff import Backoff
 from embedstream.errors import Code, clip
 from embedstream.loops import Mishaps
-from embedstream.registry import ModelSpec
+from embedstream.profile import Profile
+from embedstream.registry import ModelSpec, select_prompt
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class Intake:
         self.redis = redis
         self.spec = spec
         self.model = model
+        self.profile = profiles.describe(spec, model)
         self.worker = worker
         self.pools = pools
         self.ledger = ledger
@@ -124,7 +127,7 @@ class Intake:
             return
         if stream == self.queue:
             self.pools.saw_interactive()
-        sources = [source for _, _, job in fresh for source in sources_of(job, self.spec, self.model)]
+        sources = [source for _, _, job in fresh for source in sources_of(job, self.profile, self.model)]
         if _small(sources):
             tokens = self.model.tokenize(sources)
         else:
@@ -135,11 +138,12 @@ class Intake:
             start += len(job.inputs)
             for tok in toks:
                 tok.task = job.input_type
+                tok.dimensions = job.dimensions
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
             self.ledger.hold(entry)
-            entry.error = refusal(job, toks, self.spec, self.model)
+            entry.error = refusal(job, toks, self.spec, self.model, self.profile)
             if entry.error:
                 self._reply([entry])
                 continue
@@ -162,18 +166,20 @@ def _small(sources: list[Source]) -> bool:
     return True
 
 
-def sources_of(job: wire.Job, spec: ModelSpec, model: Model) -> list[Source]:
-    """What the model prepares for each input: the prompt prepended to texts;
-    (query, document) pairs for rerankers."""
+def sources_of(job: wire.Job, profile: Profile, model: Model) -> list[Source]:
+    """What the model prepares for each input: the prompt prepended to texts (the one the job
+    names, else the model's own for its input type); (query, document) pairs for rerankers."""
     if model.output == "score":
         return [(job.query, doc) if isinstance(doc, str) else doc for doc in job.inputs]
-    prefix = spec.prompts.get(job.prompt, "")
+    prefix = profile.prompts.get(select_prompt(profile, job.input_type, job.prompt), "")
     return [prefix + item if isinstance(item, str) and prefix else item for item in job.inputs]
 
 
-def refusal(job: wire.Job, toks: list[Tokens], spec: ModelSpec, model: Model) -> tuple[str, str] | None:
+def refusal(
+    job: wire.Job, toks: list[Tokens], spec: ModelSpec, model: Model, profile: Profile
+) -> tuple[str, str] | None:
     """Why an entry cannot run (checked again here: entries may come from anywhere)."""
-    if job.prompt and job.prompt not in spec.prompts:
+    if job.prompt and job.prompt not in profile.prompts:
         return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {clip(job.prompt)}"
     if model.output == "score" and not job.query:
         return Code.INVALID_ARGUMENT.value, f"query: model {spec.name} is a rerank model and needs a query"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
-from embedstream import hub, logs, tracing
+from embedstream import hub, loadfailure, logs, tracing
 from embedstream import registry as registry_mod
+from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import ConfigError
 from embedstream.runner import run_async
 from embedstream.settings import Settings
@@ -36,11 +38,6 @@ def run(settings: Settings, model_name: str) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = registry_mod.load(settings.registry)
     spec = registry.resolve(model_name)
-    if spec.path.startswith(registry_mod.HUB_SCHEME):
-        # The snapshot in the cache (downloaded first only with HF_HUB_OFFLINE=0): every loader sees a folder.
-        spec = dataclasses.replace(spec, path=hub.folder(spec.name, spec.path[len(registry_mod.HUB_SCHEME) :]))
-    if spec.path and not Path(spec.path).exists():
-        raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
     logs.set_model(spec.name)
     tracing.setup(settings, "worker")
     # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
@@ -63,10 +60,30 @@ def run(settings: Settings, model_name: str) -> int:
     source = spec.path or spec.family
     log.info("loading model %s (%s) on %s with %d threads%s", spec.name, source, spec.device, threads, policy)
     try:
-        model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
-    except (OSError, ImportError, ValueError) as exc:
-        # Missing or unreadable weights, a missing package, a folder that is not this family:
-        # restarting cannot mend any of them, so they end the worker as configuration errors.
-        raise ConfigError(f"model {spec.name}: cannot load {spec.path or spec.family}: {exc}") from exc
+        if spec.path.startswith(registry_mod.HUB_SCHEME):
+            # The snapshot in the cache (downloaded first only with HF_HUB_OFFLINE=0): every loader sees a folder.
+            spec = dataclasses.replace(spec, path=hub.folder(spec.name, spec.path[len(registry_mod.HUB_SCHEME) :]))
+        if spec.path and not Path(spec.path).exists():
+            raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
+        try:
+            model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+        except (OSError, ImportError, ValueError) as exc:
+            # Missing or unreadable weights, a missing package, a folder that is not this family:
+            # restarting cannot mend any of them, so they end the worker as configuration errors.
+            raise ConfigError(f"model {spec.name}: cannot load {spec.path or spec.family}: {exc}") from exc
+    except ConfigError as exc:
+        run_async(_record_failure(settings, spec.name, str(exc)))
+        raise
     run_async(serve(spec, model, settings))
     return 0
+
+
+async def _record_failure(settings: Settings, model: str, reason: str) -> None:
+    """Leave the reason in Redis for the gateway (ListModels, health, callers); best effort."""
+    redis = connect(settings.redis_url, settings.redis_timeout_s)
+    try:
+        await loadfailure.record(redis, model, reason, f"{socket.gethostname()}-{os.getpid()}")
+    except TRANSIENT as exc:
+        log.warning("could not record the load failure of %s in Redis: %s", model, exc)
+    finally:
+        await redis.aclose()

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from embedstream.workers import finish, spans
+from embedstream.workers import finish, profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
 from embedstream.workers.intake import Intake
 from embedstream.workers.ledger import Ledger
@@ -35,7 +35,7 @@ from embedstream.workers.pools import Pools
 from embedstream.workers.recovery import Recovery
 from embedstream.workers.threads import ThreadPolicy, set_torch_threads
 
-from embedstream import clock, heartbeat, jobstore, keys, metrics, tracing
+from embedstream import clock, heartbeat, jobstore, keys, loadfailure, metrics, tracing
 from embedstream.backoff import Backoff
 from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
 from embedstream.errors import Code
@@ -79,6 +79,7 @@ class Worker:
             dimensions=model.dimensions,
             max_input_tokens=model.max_input_tokens,
             normalizes=model.normalizes,
+            profile=profiles.describe(spec, model),
         )
         self.liveness = Liveness(
             self.redis, spec.name, self.name, info, settings.heartbeat_s, settings.batch_timeout_s, self.ledger.renew
@@ -139,6 +140,7 @@ class Worker:
                 if "BUSYGROUP" not in str(exc):
                     raise
         await self.liveness.beat()
+        await loadfailure.clear(self.redis, self.spec.name)  # this model loads: a past failure is over
 
     async def _until_redis(self, action: Callable[[], Awaitable[None]]) -> None:
         backoff = Backoff()

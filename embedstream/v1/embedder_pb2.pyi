@@ -155,6 +155,32 @@ MODEL_FAMILY_DEBUG: ModelFamily.ValueType  # 15
 """Test-only model: vectors derived from a hash of the input, no compute."""
 Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015
 
+class _ModelState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
+    MODEL_STATE_SERVING: _ModelState.ValueType  # 1
+    """A live worker serves it."""
+    MODEL_STATE_WAITING: _ModelState.ValueType  # 2
+    """No live worker (none started yet, or all gone); calls fail UNAVAILABLE, or queue (scale_to_zero)."""
+    MODEL_STATE_FAILED: _ModelState.ValueType  # 3
+    """Its worker refused to load it; calls fail FAILED_PRECONDITION with the reason until one serves it."""
+
+class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper):
+    """Whether a model can take calls."""
+
+MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
+MODEL_STATE_SERVING: ModelState.ValueType  # 1
+"""A live worker serves it."""
+MODEL_STATE_WAITING: ModelState.ValueType  # 2
+"""No live worker (none started yet, or all gone); calls fail UNAVAILABLE, or queue (scale_to_zero)."""
+MODEL_STATE_FAILED: ModelState.ValueType  # 3
+"""Its worker refused to load it; calls fail FAILED_PRECONDITION with the reason until one serves it."""
+Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+
 @_typing.final
 class Input(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -461,6 +487,9 @@ class ModelInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     family: Global___ModelFamily.ValueType
     dimensions: _builtins.int
@@ -483,6 +512,12 @@ class ModelInfo(_message.Message):
     device: _builtins.str
     """Where and how it runs: "cpu" or "cuda:N", and float32/float16/bfloat16."""
     dtype: _builtins.str
+    state: Global___ModelState.ValueType
+    """Serving, waiting for a worker, or failed to load (see failure)."""
+    failure: _builtins.str
+    """Why its last worker could not load it (state MODEL_STATE_FAILED): the model,
+    the missing or unexpected weights, the missing package, the failed self-test.
+    """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names that resolve to this model."""
@@ -490,6 +525,10 @@ class ModelInfo(_message.Message):
     @_builtins.property
     def capabilities(self) -> Global___Capabilities:
         """What requests to it may ask for."""
+
+    @_builtins.property
+    def profile(self) -> Global___ModelProfile:
+        """How its workers serve it, as `embedstream inspect` prints it; unset until a worker loaded it."""
 
     def __init__(
         self,
@@ -509,14 +548,110 @@ class ModelInfo(_message.Message):
         device: _builtins.str = ...,
         dtype: _builtins.str = ...,
         capabilities: Global___Capabilities | None = ...,
+        state: Global___ModelState.ValueType = ...,
+        failure: _builtins.str = ...,
+        profile: Global___ModelProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "device", b"device", "dimensions", b"dimensions", "dtype", b"dtype", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "queue_depth", b"queue_depth", "serving", b"serving", "version", b"version", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "device", b"device", "dimensions", b"dimensions", "dtype", b"dtype", "failure", b"failure", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "profile", b"profile", "queue_depth", b"queue_depth", "serving", b"serving", "state", b"state", "version", b"version", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ModelProfile(_message.Message):
+    """How a model folder is served: what `embedstream inspect FOLDER` prints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PromptsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LOADER_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    POOLING_FIELD_NUMBER: _builtins.int
+    INCLUDE_PROMPT_FIELD_NUMBER: _builtins.int
+    NORMALIZES_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    QUERY_PROMPT_FIELD_NUMBER: _builtins.int
+    DOCUMENT_PROMPT_FIELD_NUMBER: _builtins.int
+    DEFAULT_PROMPT_FIELD_NUMBER: _builtins.int
+    MATRYOSHKA_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    MATRYOSHKA_LAYER_NORM_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    PADDING_SIDE_FIELD_NUMBER: _builtins.int
+    loader: _builtins.str
+    """What read the folder: "sentence-transformers", "transformers", "open_clip", ..."""
+    architecture: _builtins.str
+    """The transformers model type (bert, nomic_bert, qwen3, ...) or the backend."""
+    pooling: _builtins.str
+    """cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken ("" where it does not apply)."""
+    include_prompt: _builtins.bool
+    """Prompt tokens count in the pooled vector."""
+    normalizes: _builtins.bool
+    query_prompt: _builtins.str
+    document_prompt: _builtins.str
+    default_prompt: _builtins.str
+    matryoshka_layer_norm: _builtins.bool
+    """A Matryoshka cut layer-normalizes the full vector first (Nomic Embed v1.5)."""
+    max_input_tokens: _builtins.int
+    padding_side: _builtins.str
+    """"right" or "left"."""
+    @_builtins.property
+    def prompts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Prompt name -> the text prepended (the folder's, the family's, then the registry's)."""
+
+    @_builtins.property
+    def matryoshka_dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Modules and heads found after the encoder."""
+
+    def __init__(
+        self,
+        *,
+        loader: _builtins.str = ...,
+        architecture: _builtins.str = ...,
+        pooling: _builtins.str = ...,
+        include_prompt: _builtins.bool = ...,
+        normalizes: _builtins.bool = ...,
+        prompts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        query_prompt: _builtins.str = ...,
+        document_prompt: _builtins.str = ...,
+        default_prompt: _builtins.str = ...,
+        matryoshka_dimensions: _abc.Iterable[_builtins.int] | None = ...,
+        matryoshka_layer_norm: _builtins.bool = ...,
+        heads: _abc.Iterable[_builtins.str] | None = ...,
+        max_input_tokens: _builtins.int = ...,
+        padding_side: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "default_prompt", b"default_prompt", "document_prompt", b"document_prompt", "heads", b"heads", "include_prompt", b"include_prompt", "loader", b"loader", "matryoshka_dimensions", b"matryoshka_dimensions", "matryoshka_layer_norm", b"matryoshka_layer_norm", "max_input_tokens", b"max_input_tokens", "normalizes", b"normalizes", "padding_side", b"padding_side", "pooling", b"pooling", "prompts", b"prompts", "query_prompt", b"query_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelProfile: _TypeAlias = ModelProfile  # noqa: Y015
 
 @_typing.final
 class Capabilities(_message.Message):
