@@ -106,3 +106,18 @@ def rate(tenant: str) -> str:
 def replies(gateway_id: str) -> str:
     """The reply stream of one gateway process, read by that process only."""
     return f"{PREFIX}:" + "{gw:" + gateway_id + "}:replies"
+
+
+def cache_record(model: str, digest: str) -> str:
+    """String: one cached model output (``embedstream.cache``), expiring with the cache TTL."""
+    return f"{PREFIX}:{model_tag(model)}:cache:" + digest
+
+
+def cache_index(model: str) -> str:
+    """Sorted set: the model's cached records (``<digest>:<bytes>``) by last use (ms), for eviction."""
+    return f"{PREFIX}:{model_tag(model)}:cache-index"
+
+
+def cache_bytes(model: str) -> str:
+    """String: bytes the model's cached records take, kept within the cache budget."""
+    return f"{PREFIX}:{model_tag(model)}:cache-bytes"

@@ -38,6 +38,8 @@ class Settings:
     http_port: int = _f(8080, "HTTP port of the gateway (OpenAI-style /v1/embeddings); 0 picks a free one, -1 is off")
     max_inputs_per_request: int = _f(256, "Inputs accepted in one EmbedRequest")
     max_text_bytes: int = _f(65536, "UTF-8 bytes accepted in one text input")
+    max_chunks_per_input: int = _f(256, "Chunks one text may split into with long_inputs=chunk")
+    max_chunks_per_request: int = _f(2048, "Chunks one request (or job chunk of 64 inputs) may split into")
     max_image_bytes: int = _f(8 * 1024 * 1024, "Encoded bytes accepted in one image input")
     max_image_pixels: int = _f(25_000_000, "Pixels (width x height) accepted in one image input")
     max_concurrent_rpcs: int = _f(
@@ -110,6 +112,8 @@ class Settings:
         positive = (
             "max_inputs_per_request",
             "max_text_bytes",
+            "max_chunks_per_input",
+            "max_chunks_per_request",
             "max_image_bytes",
             "max_image_pixels",
             "stream_window",

@@ -17,6 +17,11 @@ import msgpack
 from embedstream.vectors import OUTPUT_TYPES, row_bytes
 
 VERSION = 1
+#: Entries and replies that use chunking carry this version, so a worker or
+#: gateway from before chunking refuses them (dead letter, error) instead of
+#: silently truncating; version 1 payloads stay decodable.
+VERSION_CHUNKS = 2
+VERSIONS = (VERSION, VERSION_CHUNKS)
 
 
 class WireError(ValueError):
@@ -40,6 +45,14 @@ class Options:
     query: str = ""
     #: Sparse: also send each index's token string.
     return_tokens: bool = False
+    #: Split over-long texts into chunks of tokens instead of cutting them.
+    chunking: bool = False
+    #: Chunk size in tokens, specials included (0 = the model's max input tokens).
+    chunk_tokens: int = 0
+    #: Tokens a chunk repeats from the one before (-1 = chunk size / 8).
+    chunk_overlap: int = -1
+    #: Return every chunk's vector and span instead of one pooled vector per input.
+    chunk_vectors: bool = False
 
     def to_job(
         self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[str | bytes], **rest: Any
@@ -85,6 +98,11 @@ class Reply:
     token_strings: list[str] | None = None
     tokens: int = 0
     truncated: int = 0
+    #: Chunking: (input, token start, token end, char start, char end) per chunk,
+    #: flattened, when the reply holds one vector per chunk (``count`` = chunks).
+    spans: list[int] | None = None
+    #: Chunks embedded (0 without chunking).
+    chunks: int = 0
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -114,6 +132,8 @@ def encode_job(job: Job) -> bytes:
     if job.job_id:
         body["j"] = job.job_id
         body["k"] = job.chunk
+    if job.chunking:
+        body.update(v=VERSION_CHUNKS, ch=True, cs=job.chunk_tokens, co=job.chunk_overlap, cv=job.chunk_vectors)
     optional = {
         "it": job.input_type,
         "pn": job.prompt,
@@ -151,6 +171,10 @@ def decode_job(data: bytes) -> Job:
             truncate=_typed(body.get("u", True), bool, "u"),
             job_id=_typed(body.get("j", ""), str, "j"),
             chunk=_typed(body.get("k", -1), int, "k"),
+            chunking=_typed(body.get("ch", False), bool, "ch"),
+            chunk_tokens=_typed(body.get("cs", 0), int, "cs"),
+            chunk_overlap=_typed(body.get("co", -1), int, "co"),
+            chunk_vectors=_typed(body.get("cv", False), bool, "cv"),
             input_type=_typed(body.get("it", ""), str, "it"),
             prompt=_typed(body.get("pn", ""), str, "pn"),
             dimensions=_typed(body.get("dm", 0), int, "dm"),
@@ -188,6 +212,10 @@ def encode_reply(reply: Reply) -> bytes:
             body["nz"] = reply.nnz
         if reply.token_strings is not None:
             body["ts"] = reply.token_strings
+        if reply.chunks:
+            body.update(v=VERSION_CHUNKS, cn=reply.chunks)
+        if reply.spans is not None:
+            body.update(v=VERSION_CHUNKS, sp=reply.spans)
     return _pack(body)
 
 
@@ -215,6 +243,8 @@ def decode_reply(data: bytes) -> Reply:
         if strings is not None and (not isinstance(strings, list) or not all(isinstance(t, str) for t in strings)):
             raise WireError("field 'ts' must be a list of strings")
         reply.token_strings = strings
+        reply.chunks = _typed(body.get("cn", 0), int, "cn")
+        reply.spans = _int_list(body.get("sp"), "sp")
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
     _check_sizes(reply)
@@ -224,6 +254,8 @@ def decode_reply(data: bytes) -> Reply:
 def _check_sizes(reply: Reply) -> None:
     if reply.output_type not in OUTPUT_TYPES:
         raise WireError(f"unknown output type {reply.output_type!r}")
+    if reply.spans is not None and len(reply.spans) != 5 * reply.count:
+        raise WireError("reply spans do not match count")
     if reply.nnz is not None:
         total = sum(reply.nnz)
         if len(reply.nnz) != reply.count or len(reply.indices) != 4 * total or len(reply.vectors) != 4 * total:
@@ -260,7 +292,7 @@ def _unpack(data: bytes) -> dict[str, Any]:
         raise WireError(f"not msgpack: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise WireError("payload is not a map")
-    if body.get("v") != VERSION:
+    if body.get("v") not in VERSIONS:
         raise WireError(f"unsupported wire version {body.get('v')!r}")
     return body
 

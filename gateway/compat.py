@@ -27,6 +27,8 @@ ENCODING_FORMATS = ("float", "base64")
 #: The enum values of the JSON strings, from the table validation reads them back with.
 INPUT_TYPES = {name: value for value, name in validation.INPUT_TYPES.items() if name}
 OUTPUT_TYPES = {name: value for value, name in validation.OUTPUT_TYPES.items()}
+#: ``long_inputs`` in a JSON body; chunked inputs come back pooled, one vector per input.
+LONG_INPUTS = {"truncate": pb.LONG_INPUTS_TRUNCATE, "chunk": pb.LONG_INPUTS_CHUNK, "error": pb.LONG_INPUTS_ERROR}
 #: OpenAI's error ``type`` per HTTP status.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -60,6 +62,10 @@ def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
             setattr(request, name, flag)
     if body.get("dimensions") is not None:
         request.dimensions = _count(body, "dimensions", 1)
+    request.long_inputs = _choice(body, "long_inputs", LONG_INPUTS, pb.LONG_INPUTS_DEFAULT)
+    for name in ("chunk_size_tokens", "chunk_overlap_tokens"):
+        if body.get(name) is not None:
+            setattr(request.chunking, name.removeprefix("chunk_"), _count(body, name, 0))
     return request, encoding_format
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from embedstream.gateway import spans
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher, Request
-from embedstream.gateway.shape import embeddings
+from embedstream.gateway.shape import chunked
 from embedstream.gateway.status import streaming, unary
 from embedstream.gateway.validation import OUTPUT_TYPES, validate, validate_rerank, verify_images
 from embedstream.gateway.window import Window
@@ -235,13 +235,17 @@ def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
         total_ms=(time.perf_counter() - received) * 1000.0,
         worker=reply.worker,
         truncated_inputs=reply.truncated,
+        chunks=reply.chunks,
     )
 
 
 def _checked_reply(valid: Request, reply: wire.Reply) -> None:
     if not reply.ok:
         raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
-    if reply.count != len(valid.inputs):
+    if reply.spans is not None:
+        if {reply.spans[k] for k in range(0, len(reply.spans), 5)} != set(range(len(valid.inputs))):
+            raise EmbedstreamError.from_code("INTERNAL", "worker returned chunks that do not cover every input")
+    elif reply.count != len(valid.inputs):
         raise EmbedstreamError.from_code(
             "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.inputs)} inputs"
         )
@@ -253,7 +257,7 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
     out = pb.EmbedResponse(
         request_id=request.request_id or uuid.uuid4().hex,
         model=valid.spec.name,
-        embeddings=embeddings(reply, request.encoding),
+        embeddings=chunked(reply, request.encoding),
         dimensions=reply.dimensions,
         output_type=OUTPUT_TYPE_VALUES[reply.output_type],
     )

@@ -19,9 +19,9 @@ import grpc
 from embedstream.gateway.auth import DEFAULT_TENANT, current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options
-from embedstream.gateway.shape import embeddings
+from embedstream.gateway.shape import chunked, embeddings
 from embedstream.gateway.status import streaming, unary
-from embedstream.gateway.validation import check_options, validate_inputs, verify_images
+from embedstream.gateway.validation import check_chunks, check_options, validate_inputs, verify_images
 
 from embedstream import jobstore, keys, tracing, wire
 from embedstream.connections import REDIS_ERRORS, call, replicated
@@ -67,6 +67,7 @@ class Jobs(pb_grpc.JobsServicer):
         model, options = self._check_spec(request.spec)
         tracing.annotate({"embedstream.model": model.name, "embedstream.inputs": n})
         inputs = validate_inputs(request.inputs, model, self.settings, self.directory, options.truncate)
+        check_chunks(inputs, options, self.settings, per_request=False)
         await verify_images(inputs, self.settings)
         await self._room_for(model, -(-n // jobstore.CHUNK))
         job_id, expires = await self._create(request.spec, model, _digest(request.spec, request.inputs))
@@ -112,6 +113,7 @@ class Jobs(pb_grpc.JobsServicer):
                 items = validate_inputs(
                     message.chunk.inputs, model, self.settings, self.directory, options.truncate, start=total
                 )
+                check_chunks(items, options, self.settings, start=total, per_request=False)
                 await verify_images(items, self.settings, start=total)
                 total += len(items)
                 if total > self.settings.max_job_inputs:
@@ -329,5 +331,13 @@ def _results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[
         raise InternalError(str(exc)) from None
     if chunk.reply is None:
         return [pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]
+    if chunk.reply.spans is not None:
+        results = [
+            pb.JobResult(index=chunk_start + i) for i in range(len(chunk.reply.spans) and chunk.reply.spans[-5] + 1)
+        ]
+        for e in chunked(chunk.reply, encoding):
+            e.chunk.input += chunk_start  # the input's index in the job, as JobResult.index
+            results[e.chunk.input - chunk_start].chunks.append(e)
+        return results[first - chunk_start :]
     items = embeddings(chunk.reply, encoding, first - chunk_start)
     return [pb.JobResult(index=first + i, embedding=e) for i, e in enumerate(items)]

@@ -484,3 +484,16 @@ def test_every_error_code_has_an_http_status() -> None:
     from embedstream.errors import Code
 
     assert set(HTTP_STATUS) == set(Code)
+
+
+def test_long_inputs_chunk_pooled_over_http_equals_the_grpc_embed(api: Api) -> None:
+    text = " ".join(TEXTS * 20)
+    body = {"input": [text], "long_inputs": "chunk", "chunk_size_tokens": 64, "chunk_overlap_tokens": 8}
+    got = api.post("/v1/embeddings", body).json()
+    chunking = pb.ChunkOptions(size_tokens=64, overlap_tokens=8)
+    want = floats(api.embed([text], long_inputs=pb.LONG_INPUTS_CHUNK, chunking=chunking))
+    assert np.abs(np.array([d["embedding"] for d in got["data"]]) - want).max() <= 1e-6
+    refused = api.post("/v1/embeddings", {"input": [text], "long_inputs": "error"})
+    assert refused.status_code == 400 and "input" in refused.text
+    bad = api.post("/v1/embeddings", {"input": ["x"], "long_inputs": "fold"})
+    assert bad.status_code == 400 and "long_inputs" in bad.text

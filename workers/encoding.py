@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from embedstream.workers import strict
+from embedstream.workers.chunking import encode_prefixes
 from embedstream.workers.model import Source, Tokens
 
 from embedstream.errors import ConfigError
@@ -113,7 +114,8 @@ class Encoder:
         self._type_ids = "token_type_ids" in self.tokenizer.model_input_names
 
     def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens; ``overflowing`` marks a cut."""
+        """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens; ``overflowing`` marks a cut.
+        Long texts cost the tokenization of a bounded prefix only (:func:`encode_prefixes`)."""
         out: list[Tokens | None] = [None] * len(sources)
         texts: list[Any] = []
         where: list[int] = []
@@ -125,7 +127,8 @@ class Encoder:
                 source = source.lower() if isinstance(source, str) else (source[0].lower(), source[1].lower())
             texts.append(source)
             where.append(i)
-        for i, text, enc in zip(where, texts, self._backend.encode_batch(texts) if texts else []):
+        encoded = encode_prefixes(self._backend.encode_batch, texts, self.max_input_tokens) if texts else []
+        for i, text, enc in zip(where, texts, encoded):
             pair = isinstance(text, tuple)
             out[i] = Tokens(
                 enc.ids,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from embedstream.workers import chunking
 from embedstream.workers.batcher import Entry
 
 from embedstream import vectors, wire
@@ -40,8 +41,16 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
         worker=worker,
     )
     kind = model.output
+    results = entry.results
+    if entry.chunks is not None:
+        out.chunks = len(results)
+        if job.chunk_vectors:
+            out.spans = entry.chunks.flat()
+        else:
+            results = chunking.pool(kind, results, entry.chunks, job.dimensions, entry.normalize)
+            out.count = len(results)
     if kind == "sparse":
-        pairs: list[tuple[np.ndarray, np.ndarray]] = entry.results
+        pairs: list[tuple[np.ndarray, np.ndarray]] = results
         out.dimensions = model.dimensions
         out.nnz = [len(idx) for idx, _ in pairs]
         out.indices = b"".join(idx.astype("<u4", copy=False).tobytes() for idx, _ in pairs)
@@ -50,11 +59,11 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
             out.token_strings = [s for idx, _ in pairs for s in model.token_strings(idx)]
         return out
     if kind == "multi":
-        matrices: list[np.ndarray] = entry.results
+        matrices: list[np.ndarray] = results
         out.rows = [m.shape[0] for m in matrices]
         stacked = np.concatenate(matrices) if matrices else np.zeros((0, model.dimensions), np.float32)
     else:
-        stacked = np.stack(entry.results)
+        stacked = np.stack(results)
     out.dimensions = min(job.dimensions or stacked.shape[1], stacked.shape[1])
     out.output_type = job.output_type
     out.vectors = vectors.finish(stacked, job.dimensions, entry.normalize, job.output_type, value_range)

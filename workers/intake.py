@@ -10,12 +10,13 @@ then it is refused (answered with an error at once) or pooled for the batch loop
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream.workers import profiles
+from embedstream.workers import chunking, profiles
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -57,6 +58,7 @@ class Intake:
         stopping: asyncio.Event,
         reply: Callable[[list[Entry]], None],
         recreate: Callable[[], Awaitable[None]],
+        chunk_limits: tuple[int, int] = (256, 2048),
     ) -> None:
         self.redis = redis
         self.spec = spec
@@ -69,6 +71,8 @@ class Intake:
         self.stopping = stopping
         self._reply = reply
         self._recreate = recreate
+        #: Chunks allowed per input and per entry (settings max_chunks_per_input / _request).
+        self.chunk_limits = chunk_limits
         self.queue = keys.queue(spec.name)
         self.bulk_queue = keys.bulk(spec.name)
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
@@ -127,23 +131,22 @@ class Intake:
             return
         if stream == self.queue:
             self.pools.saw_interactive()
-        sources = [source for _, _, job in fresh for source in sources_of(job, self.profile, self.model)]
-        if _small(sources):
-            tokens = self.model.tokenize(sources)
+        work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for *_, job in fresh]
+        prepare = functools.partial(chunking.prepare, self.model, work, *self.chunk_limits)
+        if not any(job.chunking for *_, job in fresh) and _small([s for _, sources, _ in work for s in sources]):
+            prepared = prepare()
         else:
-            tokens = await asyncio.get_running_loop().run_in_executor(self._prep, self.model.tokenize, sources)
-        start = 0
-        for stream_id, payload, job in fresh:
-            toks = tokens[start : start + len(job.inputs)]
-            start += len(job.inputs)
+            prepared = await asyncio.get_running_loop().run_in_executor(self._prep, prepare)
+        for (stream_id, payload, job), (toks, layout, chunk_error) in zip(fresh, prepared):
             for tok in toks:
                 tok.task = job.input_type
                 tok.dimensions = job.dimensions
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
+            entry.chunks = layout
             self.ledger.hold(entry)
-            entry.error = refusal(job, toks, self.spec, self.model, self.profile)
+            entry.error = chunk_error or refusal(job, toks, self.spec, self.model, self.profile)
             if entry.error:
                 self._reply([entry])
                 continue
@@ -171,8 +174,13 @@ def sources_of(job: wire.Job, profile: Profile, model: Model) -> list[Source]:
     names, else the model's own for its input type); (query, document) pairs for rerankers."""
     if model.output == "score":
         return [(job.query, doc) if isinstance(doc, str) else doc for doc in job.inputs]
-    prefix = profile.prompts.get(select_prompt(profile, job.input_type, job.prompt), "")
+    prefix = prompt_of(job, profile)
     return [prefix + item if isinstance(item, str) and prefix else item for item in job.inputs]
+
+
+def prompt_of(job: wire.Job, profile: Profile) -> str:
+    """The prompt prepended to the job's texts: the one it names, else the model's own for its input type."""
+    return profile.prompts.get(select_prompt(profile, job.input_type, job.prompt), "")
 
 
 def refusal(

@@ -95,6 +95,7 @@ class Worker:
             self._stopping,
             self._reply_soon,
             lambda: self._until_redis(self._setup),
+            (settings.max_chunks_per_input, settings.max_chunks_per_request),
         )
         self.recovery = Recovery(
             self.redis, spec.name, self.name, settings, self.pools, self.intake, self.outbox, self._stopping

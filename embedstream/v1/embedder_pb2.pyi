@@ -117,6 +117,64 @@ INPUT_TYPE_QUERY: InputType.ValueType  # 1
 INPUT_TYPE_DOCUMENT: InputType.ValueType  # 2
 Global___InputType: _TypeAlias = InputType  # noqa: Y015
 
+class _LongInputs:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LongInputsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LongInputs.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LONG_INPUTS_DEFAULT: _LongInputs.ValueType  # 0
+    """As `truncate` says (unset: cut), today's behaviour."""
+    LONG_INPUTS_TRUNCATE: _LongInputs.ValueType  # 1
+    """Cut it to the model's max input tokens (tokenizing only a bounded prefix)."""
+    LONG_INPUTS_CHUNK: _LongInputs.ValueType  # 2
+    """Split it into overlapping chunks of tokens, embed every chunk, and return
+    the chunks or one pooled vector per input (ChunkOptions.output).
+    """
+    LONG_INPUTS_ERROR: _LongInputs.ValueType  # 3
+    """Refuse it with INVALID_ARGUMENT naming the input."""
+
+class LongInputs(_LongInputs, metaclass=_LongInputsEnumTypeWrapper):
+    """What happens to a text longer than the model's max input tokens."""
+
+LONG_INPUTS_DEFAULT: LongInputs.ValueType  # 0
+"""As `truncate` says (unset: cut), today's behaviour."""
+LONG_INPUTS_TRUNCATE: LongInputs.ValueType  # 1
+"""Cut it to the model's max input tokens (tokenizing only a bounded prefix)."""
+LONG_INPUTS_CHUNK: LongInputs.ValueType  # 2
+"""Split it into overlapping chunks of tokens, embed every chunk, and return
+the chunks or one pooled vector per input (ChunkOptions.output).
+"""
+LONG_INPUTS_ERROR: LongInputs.ValueType  # 3
+"""Refuse it with INVALID_ARGUMENT naming the input."""
+Global___LongInputs: _TypeAlias = LongInputs  # noqa: Y015
+
+class _ChunkOutput:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChunkOutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChunkOutput.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHUNK_OUTPUT_POOLED: _ChunkOutput.ValueType  # 0
+    """One vector per input: dense, the mean of its chunk vectors (re-normalized
+    when normalizing); sparse, the max of each weight; multi-vector, the
+    chunks' token vectors concatenated.
+    """
+    CHUNK_OUTPUT_CHUNKS: _ChunkOutput.ValueType  # 1
+    """One Embedding per chunk, each with its ChunkSpan, inputs in order."""
+
+class ChunkOutput(_ChunkOutput, metaclass=_ChunkOutputEnumTypeWrapper):
+    """What a chunked request returns."""
+
+CHUNK_OUTPUT_POOLED: ChunkOutput.ValueType  # 0
+"""One vector per input: dense, the mean of its chunk vectors (re-normalized
+when normalizing); sparse, the max of each weight; multi-vector, the
+chunks' token vectors concatenated.
+"""
+CHUNK_OUTPUT_CHUNKS: ChunkOutput.ValueType  # 1
+"""One Embedding per chunk, each with its ChunkSpan, inputs in order."""
+Global___ChunkOutput: _TypeAlias = ChunkOutput  # noqa: Y015
+
 class _ModelFamily:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -182,6 +240,77 @@ MODEL_STATE_FAILED: ModelState.ValueType  # 3
 Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
 
 @_typing.final
+class ChunkOptions(_message.Message):
+    """How LONG_INPUTS_CHUNK splits texts. Limits: docs/long-inputs.md."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_TOKENS_FIELD_NUMBER: _builtins.int
+    OVERLAP_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    size_tokens: _builtins.int
+    """Tokens per chunk, the model's special tokens included; 0 = the model's
+    max input tokens; at most that, at least 8.
+    """
+    overlap_tokens: _builtins.int
+    """Tokens a chunk repeats from the one before; unset = size_tokens / 8;
+    at most size_tokens / 2.
+    """
+    output: Global___ChunkOutput.ValueType
+    def __init__(
+        self,
+        *,
+        size_tokens: _builtins.int = ...,
+        overlap_tokens: _builtins.int | None = ...,
+        output: Global___ChunkOutput.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_overlap_tokens", b"_overlap_tokens", "overlap_tokens", b"overlap_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_overlap_tokens", b"_overlap_tokens", "output", b"output", "overlap_tokens", b"overlap_tokens", "size_tokens", b"size_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__overlap_tokens: _TypeAlias = _typing.Literal["overlap_tokens"]  # noqa: Y015
+    _WhichOneofArgType__overlap_tokens: _TypeAlias = _typing.Literal["_overlap_tokens", b"_overlap_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__overlap_tokens) -> _WhichOneofReturnType__overlap_tokens | None: ...
+
+Global___ChunkOptions: _TypeAlias = ChunkOptions  # noqa: Y015
+
+@_typing.final
+class ChunkSpan(_message.Message):
+    """Where one chunk lies in its input. Offsets are half-open; tokens count the
+    input's tokens without special tokens, characters count Unicode code points.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    TOKEN_START_FIELD_NUMBER: _builtins.int
+    TOKEN_END_FIELD_NUMBER: _builtins.int
+    CHAR_START_FIELD_NUMBER: _builtins.int
+    CHAR_END_FIELD_NUMBER: _builtins.int
+    input: _builtins.int
+    """The input's position in the request."""
+    token_start: _builtins.int
+    token_end: _builtins.int
+    char_start: _builtins.int
+    char_end: _builtins.int
+    def __init__(
+        self,
+        *,
+        input: _builtins.int = ...,
+        token_start: _builtins.int = ...,
+        token_end: _builtins.int = ...,
+        char_start: _builtins.int = ...,
+        char_end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["char_end", b"char_end", "char_start", b"char_start", "input", b"input", "token_end", b"token_end", "token_start", b"token_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChunkSpan: _TypeAlias = ChunkSpan  # noqa: Y015
+
+@_typing.final
 class Input(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -222,6 +351,8 @@ class EmbedRequest(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
+    LONG_INPUTS_FIELD_NUMBER: _builtins.int
+    CHUNKING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias from ListModels; empty means the default model."""
     request_id: _builtins.str
@@ -250,9 +381,15 @@ class EmbedRequest(_message.Message):
     """Number type of the vectors; dense and multi-vector models only."""
     return_tokens: _builtins.bool
     """Sparse models: also return the token string of each dimension."""
+    long_inputs: Global___LongInputs.ValueType
+    """Over-long texts: cut, chunk or refuse; the zero value follows `truncate`."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]:
         """One or more inputs, embedded in order."""
+
+    @_builtins.property
+    def chunking(self) -> Global___ChunkOptions:
+        """With LONG_INPUTS_CHUNK: chunk size, overlap and output."""
 
     def __init__(
         self,
@@ -268,10 +405,12 @@ class EmbedRequest(_message.Message):
         dimensions: _builtins.int | None = ...,
         output_type: Global___OutputType.ValueType = ...,
         return_tokens: _builtins.bool = ...,
+        long_inputs: Global___LongInputs.ValueType = ...,
+        chunking: Global___ChunkOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -297,6 +436,7 @@ class Embedding(_message.Message):
     INT_VALUES_FIELD_NUMBER: _builtins.int
     SPARSE_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
     packed: _builtins.bytes
     """The vector as raw bytes, when encoding is VECTOR_ENCODING_PACKED_F32LE or
     VECTOR_ENCODING_PACKED. Multi-vector: `rows` vectors, row-major.
@@ -320,6 +460,10 @@ class Embedding(_message.Message):
     def sparse(self) -> Global___SparseVector:
         """Sparse models: the non-zero dimensions instead of a dense vector."""
 
+    @_builtins.property
+    def chunk(self) -> Global___ChunkSpan:
+        """With CHUNK_OUTPUT_CHUNKS: the chunk this vector embeds."""
+
     def __init__(
         self,
         *,
@@ -328,10 +472,11 @@ class Embedding(_message.Message):
         int_values: _abc.Iterable[_builtins.int] | None = ...,
         sparse: Global___SparseVector | None = ...,
         rows: _builtins.int = ...,
+        chunk: Global___ChunkSpan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sparse", b"sparse"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "sparse", b"sparse"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["int_values", b"int_values", "packed", b"packed", "rows", b"rows", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "int_values", b"int_values", "packed", b"packed", "rows", b"rows", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,6 +528,7 @@ class ResponseMetadata(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
     TRUNCATED_INPUTS_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     tokens: _builtins.int
     """Real (unpadded) tokens the model read, special tokens included."""
     queue_ms: _builtins.float
@@ -395,6 +541,8 @@ class ResponseMetadata(_message.Message):
     """The worker that embedded the request."""
     truncated_inputs: _builtins.int
     """Inputs that were cut to the model's max input tokens."""
+    chunks: _builtins.int
+    """Chunks embedded for LONG_INPUTS_CHUNK (0 without chunking)."""
     def __init__(
         self,
         *,
@@ -404,10 +552,11 @@ class ResponseMetadata(_message.Message):
         total_ms: _builtins.float = ...,
         worker: _builtins.str = ...,
         truncated_inputs: _builtins.int = ...,
+        chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inference_ms", b"inference_ms", "queue_ms", b"queue_ms", "tokens", b"tokens", "total_ms", b"total_ms", "truncated_inputs", b"truncated_inputs", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "inference_ms", b"inference_ms", "queue_ms", b"queue_ms", "tokens", b"tokens", "total_ms", b"total_ms", "truncated_inputs", b"truncated_inputs", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,7 +580,7 @@ class EmbedResponse(_message.Message):
     output_type: Global___OutputType.ValueType
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
-        """One per input, in input order."""
+        """One per input, in input order (CHUNK_OUTPUT_CHUNKS: one per chunk)."""
 
     @_builtins.property
     def metadata(self) -> Global___ResponseMetadata: ...
