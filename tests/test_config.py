@@ -48,11 +48,11 @@ def test_the_tracing_endpoint_embedstreams_variable_wins_then_otels_own() -> Non
     assert Settings.from_env({**both, "EMBEDSTREAM_OTEL_ENDPOINT": ""}).otel_endpoint == ""  # set empty: off
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    table = documents.table("## Configuration")
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = documents.table("# Configuration", documents.DOCS / "configuration.md")
     documented = {name for row in table for cell in row for name in re.findall(r"`(EMBEDSTREAM_[A-Z0-9_]+)`", cell)}
     fields = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
-    assert fields - documented == set(), "settings missing from the README's Configuration table"
+    assert fields - documented == set(), "settings missing from docs/configuration.md's table"
 
 
 def test_settings_repr_hides_the_redis_password() -> None:
