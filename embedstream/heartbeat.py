@@ -36,12 +36,12 @@ class ModelInfo:
 # a beat moves a score and rewrites the same few fields, so it grows nothing, and a worker that
 # could not beat while Redis is full would look dead to every gateway (UNAVAILABLE, not the
 # RESOURCE_EXHAUSTED that says what is wrong). KEYS: live set, info. ARGV: now ms, worker,
-# forget ms, the encoded profile ('' for none; KEYS[3] is where it goes), then the info's field,
-# value pairs.
+# forget ms, the encoded profile ('' for none; KEYS[3], kept a day past the last beat so no key stays
+# forever), then the info's field, value pairs.
 BEAT = """#!lua flags=allow-oom
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[1]) - tonumber(ARGV[3]))
-if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', 86400000) end
 redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 return 0
 """
