@@ -111,7 +111,13 @@ def start_workers(
 ) -> dict[str, Proc]:
     """Workers for ``models``, started together; returns once every heartbeat is in Redis."""
     procs = {model: Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir) for model in models}
-    return {model: wait_worker(proc, model, r, timeout) for model, proc in procs.items()}
+    try:
+        return {model: wait_worker(proc, model, r, timeout) for model, proc in procs.items()}
+    except BaseException:
+        # A fixture that fails never reaches its teardown: stop the others here, or they outlive the run.
+        for proc in procs.values():
+            proc.kill()
+        raise
 
 
 def wait_worker(proc: Proc, model: str, r: redis.Redis, timeout: float) -> Proc:
