@@ -41,6 +41,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.PERMISSION_DENIED: 403,
     Code.NOT_FOUND: 404,
     Code.ALREADY_EXISTS: 409,
+    # A model its workers refused to load: a server-side state no retry mends until an operator acts.
+    Code.FAILED_PRECONDITION: 503,
     Code.RESOURCE_EXHAUSTED: 429,
     Code.CANCELLED: 499,
     Code.INTERNAL: 500,
