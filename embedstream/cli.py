@@ -122,14 +122,14 @@ def _call(settings: Settings, args: argparse.Namespace) -> int:
 
     from embedstream.call import Call, run
 
-    try:
-        return run(Call(args.target, args.method, args.data, tuple(args.headers), _tls(args), args.max_time))
-    except (ValueError, OSError) as exc:
-        print(f"embedstream call: {exc}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as exc:
-        print(f"ERROR:\n  Code: {exc.code().name}\n  Message: {exc.details()}", file=sys.stderr)
-        return 1
+    def work() -> int:
+        try:
+            return run(Call(args.target, args.method, args.data, tuple(args.headers), _tls(args), args.max_time))
+        except grpc.RpcError as exc:  # grpcurl's own error layout, for scripts that read it
+            print(f"ERROR:\n  Code: {exc.code().name}\n  Message: {exc.details()}", file=sys.stderr)
+            return 1
+
+    return _exit_code("call", work)
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
