@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 
+from embedstream import mediawire
 from embedstream.vectors import OUTPUT_TYPES, row_bytes
 
 VERSION = 1
@@ -21,7 +22,10 @@ VERSION = 1
 #: gateway from before chunking refuses them (dead letter, error) instead of
 #: silently truncating; version 1 payloads stay decodable.
 VERSION_CHUNKS = 2
-VERSIONS = (VERSION, VERSION_CHUNKS)
+#: Entries holding video or audio, and replies with segments, carry this version, so a worker
+#: or gateway from before media refuses them instead of taking a video for an image.
+VERSION_MEDIA = 3
+VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_MEDIA)
 
 
 class WireError(ValueError):
@@ -53,6 +57,8 @@ class Options:
     chunk_overlap: int = -1
     #: Return every chunk's vector and span instead of one pooled vector per input.
     chunk_vectors: bool = False
+    #: How video and audio inputs are sampled, segmented and returned.
+    media: mediawire.Media = mediawire.DEFAULT
 
     def to_job(
         self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[str | bytes], **rest: Any
@@ -70,8 +76,11 @@ class Job(Options):
     reply_to: str
     deadline_ms: int
     enqueued_ms: int
-    #: Texts (str) and encoded images (bytes), in request order.
+    #: Texts (str) and encoded images, videos and audio (bytes), in request order.
     inputs: list[str | bytes]
+    #: One letter per input (``mediawire.KINDS``) when any input is video or audio; "" otherwise
+    #: (then str is text, bytes an image).
+    kinds: str = ""
     #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
     job_id: str = ""
     chunk: int = -1
@@ -103,6 +112,9 @@ class Reply:
     spans: list[int] | None = None
     #: Chunks embedded (0 without chunking).
     chunks: int = 0
+    #: Video and audio: ``mediawire.SEGMENT_FIELDS`` integers per vector (input, index, start and end in
+    #: microseconds, pooled 0/1, frames), flattened; ``count`` = vectors.
+    segments: list[int] | None = None
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -134,6 +146,8 @@ def encode_job(job: Job) -> bytes:
         body["k"] = job.chunk
     if job.chunking:
         body.update(v=VERSION_CHUNKS, ch=True, cs=job.chunk_tokens, co=job.chunk_overlap, cv=job.chunk_vectors)
+    if job.kinds:
+        body.update(v=VERSION_MEDIA, kd=job.kinds, md=job.media.encode())
     optional = {
         "it": job.input_type,
         "pn": job.prompt,
@@ -182,9 +196,17 @@ def decode_job(data: bytes) -> Job:
             query=_typed(body.get("qy", ""), str, "qy"),
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
             trace=_typed(body.get("tr", ""), str, "tr"),
+            **_media(body, len(inputs)),
         )
     except KeyError as exc:
         raise WireError(f"job lacks field {exc.args[0]!r}") from None
+
+
+def _media(body: dict[str, Any], n: int) -> dict[str, Any]:
+    try:
+        return mediawire.decode_options(body, n)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
 
 
 def encode_reply(reply: Reply) -> bytes:
@@ -216,6 +238,8 @@ def encode_reply(reply: Reply) -> bytes:
             body.update(v=VERSION_CHUNKS, cn=reply.chunks)
         if reply.spans is not None:
             body.update(v=VERSION_CHUNKS, sp=reply.spans)
+        if reply.segments is not None:
+            body.update(v=VERSION_MEDIA, sg=reply.segments)
     return _pack(body)
 
 
@@ -245,6 +269,7 @@ def decode_reply(data: bytes) -> Reply:
         reply.token_strings = strings
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
         reply.spans = _int_list(body.get("sp"), "sp")
+        reply.segments = _int_list(body.get("sg"), "sg")
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
     _check_sizes(reply)
@@ -256,6 +281,8 @@ def _check_sizes(reply: Reply) -> None:
         raise WireError(f"unknown output type {reply.output_type!r}")
     if reply.spans is not None and len(reply.spans) != 5 * reply.count:
         raise WireError("reply spans do not match count")
+    if reply.segments is not None and len(reply.segments) != mediawire.SEGMENT_FIELDS * reply.count:
+        raise WireError("reply segments do not match count")
     if reply.nnz is not None:
         total = sum(reply.nnz)
         if len(reply.nnz) != reply.count or len(reply.indices) != 4 * total or len(reply.vectors) != 4 * total:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
-from embedstream.gateway import spans
+from embedstream.gateway import mediacheck, spans
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher, Request
 from embedstream.gateway.shape import chunked
@@ -18,7 +18,7 @@ from embedstream.gateway.status import streaming, unary
 from embedstream.gateway.validation import OUTPUT_TYPES, validate, validate_rerank, verify_images
 from embedstream.gateway.window import Window
 
-from embedstream import metrics, tracing, wire
+from embedstream import mediawire, metrics, tracing, wire
 from embedstream.errors import DeadlineExceeded, EmbedstreamError
 from embedstream.profile import Profile
 from embedstream.registry import Registry
@@ -29,6 +29,7 @@ from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 FAMILIES = {
     "text-dense": pb.MODEL_FAMILY_TEXT_DENSE,
     "image-text": pb.MODEL_FAMILY_IMAGE_TEXT,
+    "audio-text": pb.MODEL_FAMILY_AUDIO_TEXT,
     "sparse": pb.MODEL_FAMILY_SPARSE,
     "multi-vector": pb.MODEL_FAMILY_MULTI_VECTOR,
     "rerank": pb.MODEL_FAMILY_RERANK,
@@ -60,7 +61,8 @@ class Embedder(pb_grpc.EmbedderServicer):
         """``request`` validated (images decoded once, off the loop), ready to dispatch."""
         valid = validate(request, self.registry, self.settings, self.directory)
         if valid.spec.images:
-            await verify_images(valid.inputs, self.settings)
+            await verify_images(valid.inputs, self.settings, kinds=valid.kinds)
+        await mediacheck.verify(valid.inputs, valid.kinds, valid.options.media, self.settings)
         return valid
 
     async def check_rerank(self, request: pb.RerankRequest) -> Request:
@@ -184,8 +186,10 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
                 device=spec.device,
                 dtype=spec.dtype,
                 capabilities=pb.Capabilities(
-                    text=True,
+                    text="text" in spec.takes,
                     image=spec.images,
+                    video="video" in spec.takes,
+                    audio="audio" in spec.takes,
                     matryoshka_dimensions=list(spec.matryoshka_dimensions),
                     prompts=sorted(directory.prompts(name)),
                     output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
@@ -245,6 +249,9 @@ def _checked_reply(valid: Request, reply: wire.Reply) -> None:
     if reply.spans is not None:
         if {reply.spans[k] for k in range(0, len(reply.spans), 5)} != set(range(len(valid.inputs))):
             raise EmbedstreamError.from_code("INTERNAL", "worker returned chunks that do not cover every input")
+    elif reply.segments is not None:
+        if {s.input for s in mediawire.unflatten(reply.segments)} != set(range(len(valid.inputs))):
+            raise EmbedstreamError.from_code("INTERNAL", "worker returned segments that do not cover every input")
     elif reply.count != len(valid.inputs):
         raise EmbedstreamError.from_code(
             "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.inputs)} inputs"

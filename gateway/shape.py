@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedstream import vectors, wire
+from embedstream import mediawire, vectors, wire
 from embedstream.v1 import embedder_pb2 as pb
 
 PACKED = (pb.VECTOR_ENCODING_PACKED_F32LE, pb.VECTOR_ENCODING_PACKED)
@@ -44,8 +44,20 @@ def embeddings(reply: wire.Reply, encoding: int, first: int = 0) -> list[pb.Embe
 
 
 def chunked(reply: wire.Reply, encoding: int) -> list[pb.Embedding]:
-    """Every Embedding of ``reply``, each with its ChunkSpan when the reply holds chunks."""
+    """Every Embedding of ``reply``, each with its ChunkSpan when the reply holds chunks, or its
+    Segment when the request held video or audio."""
     out = embeddings(reply, encoding)
+    for embedding, seg in zip(out, mediawire.unflatten(reply.segments or [])):
+        embedding.segment.CopyFrom(
+            pb.Segment(
+                input=seg.input,
+                index=seg.index,
+                start_s=seg.start_s,
+                end_s=seg.end_s,
+                pooled=seg.pooled,
+                frames=seg.frames,
+            )
+        )
     spans = reply.spans or []
     for k, embedding in enumerate(out[: len(spans) // 5]):
         i, ts, te, cs, ce = spans[5 * k : 5 * k + 5]

@@ -6,7 +6,8 @@ way for Embed, EmbedStream, Rerank and jobs. :func:`validate_inputs` only lets
 images through to image models; :func:`verify_images` then checks each one off
 the event loop, header first (format, bytes, pixels: cheap, so a decompression
 bomb never costs a decode), then one cheap decode that refuses truncated or
-corrupt data.
+corrupt data. Video and audio inputs go only to models that take them
+(the registry's modalities); ``gateway/mediacheck.py`` checks each clip.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from embedstream.gateway import mediacheck
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 
@@ -57,7 +59,7 @@ def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, direc
         )
     inputs = validate_inputs(req.inputs, spec, settings, directory, options.truncate)
     check_chunks(inputs, options, settings)
-    return Request(spec, inputs, options)
+    return Request(spec, inputs, options, mediacheck.kinds_of(req.inputs))
 
 
 def validate_rerank(req: pb.RerankRequest, registry: Registry, settings: Settings, directory: Directory) -> Request:
@@ -120,6 +122,7 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         dimensions=dimensions,
         output_type=output_type,
         return_tokens=bool(msg.return_tokens),
+        media=mediacheck.options(msg, spec, prefix),
         **chunk,
     )
 
@@ -197,20 +200,19 @@ def validate_inputs(
     field: str = "inputs",
     start: int = 0,
 ) -> list[str | bytes]:
-    """The texts and images of ``inputs``, or :class:`InvalidArgument` naming ``field[i]``."""
+    """The texts, images, videos and audio of ``inputs``, or :class:`InvalidArgument` naming ``field[i]``."""
     out: list[str | bytes] = []
     for i, item in enumerate(inputs, start):
         kind = item.WhichOneof("content")
-        if kind == "image":
-            if not spec.images:
-                raise InvalidArgument(
-                    f"{field}[{i}].image: model {spec.name!r} is a {spec.family} model and takes text only"
-                )
-            out.append(item.image)  # checked by verify_images before anything is queued
-        elif kind == "text":
+        if kind == "text":
             out.append(check_text(item.text, f"{field}[{i}].text", spec, settings, directory, truncate))
+        elif kind in ("image", "video", "audio"):
+            if kind not in spec.takes:
+                raise mediacheck.refuse_kind(kind, f"{field}[{i}]", spec)
+            # checked by verify_images / mediacheck.verify before anything is queued
+            out.append(getattr(item, kind))
         else:
-            raise InvalidArgument(f"{field}[{i}]: set text" + (" or image" if spec.images else ""))
+            raise InvalidArgument(f"{field}[{i}]: set one of {', '.join(spec.takes)}")
     return out
 
 
@@ -232,10 +234,14 @@ def check_text(text: str, field: str, spec: ModelSpec, settings: Settings, direc
 
 
 async def verify_images(
-    inputs: Sequence[str | bytes], settings: Settings, field: str = "inputs", start: int = 0
+    inputs: Sequence[str | bytes], settings: Settings, field: str = "inputs", start: int = 0, kinds: str = ""
 ) -> None:
     """Decode every image once, off the event loop; a corrupt or truncated one is refused."""
-    pending = [(i, item) for i, item in enumerate(inputs, start) if isinstance(item, bytes)]
+    pending = [
+        (i, item)
+        for i, item in enumerate(inputs, start)
+        if isinstance(item, bytes) and (not kinds or kinds[i - start] == "i")
+    ]
     if not pending:
         return
     loop = asyncio.get_running_loop()

@@ -59,6 +59,8 @@ class Entry:
     deliveries: int = 1
     #: Chunking: where each of ``tokens`` lies in the inputs (a ``chunking.Layout``); None without.
     chunks: Any = None
+    #: Video and audio: the vectors its tokens pool into (a ``media.Layout``); None without.
+    media: Any = None
 
     @property
     def suspect(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from embedstream.workers import chunking
+from embedstream.workers import chunking, media
 from embedstream.workers.batcher import Entry
 
 from embedstream import vectors, wire
@@ -42,7 +42,11 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
     )
     kind = model.output
     results = entry.results
-    if entry.chunks is not None:
+    if entry.media is not None:
+        results = media.pool(results, entry.media, job.dimensions, entry.normalize)
+        out.count = len(results)
+        out.segments = entry.media.flat()
+    elif entry.chunks is not None:
         out.chunks = len(results)
         if job.chunk_vectors:
             out.spans = entry.chunks.flat()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from embedstream.workers import selftest, strict
+from embedstream.workers.clap import ClapAudioModel
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
@@ -45,6 +46,8 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
     if spec.family == "image-text":
         model: Model = load_image_text(spec, threads, image_limits)
         return model
+    if spec.family == "audio-text":
+        return ClapAudioModel(spec, threads)
     if spec.family == "sparse":
         return SpladeModel(spec, threads)
     if spec.family == "multi-vector":

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from embedstream.workers import finish, profiles, spans
+from embedstream.workers import finish, media, profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
 from embedstream.workers.intake import Intake
 from embedstream.workers.ledger import Ledger
@@ -96,6 +96,7 @@ class Worker:
             self._reply_soon,
             lambda: self._until_redis(self._setup),
             (settings.max_chunks_per_input, settings.max_chunks_per_request),
+            media.Budget.of(settings),
         )
         self.recovery = Recovery(
             self.redis, spec.name, self.name, settings, self.pools, self.intake, self.outbox, self._stopping

@@ -59,6 +59,7 @@ class JobSpec(_message.Message):
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
     LONG_INPUTS_FIELD_NUMBER: _builtins.int
     CHUNKING_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias; empty means the default model."""
     idempotency_key: _builtins.str
@@ -76,6 +77,12 @@ class JobSpec(_message.Message):
     long_inputs: _embedder_pb2.LongInputs.ValueType
     @_builtins.property
     def chunking(self) -> _embedder_pb2.ChunkOptions: ...
+    @_builtins.property
+    def media(self) -> _embedder_pb2.MediaOptions:
+        """As in EmbedRequest. A job with video or audio inputs holds one input per
+        chunk entry (the header of an UploadJob must set it to send them).
+        """
+
     def __init__(
         self,
         *,
@@ -91,10 +98,11 @@ class JobSpec(_message.Message):
         return_tokens: _builtins.bool = ...,
         long_inputs: _embedder_pb2.LongInputs.ValueType = ...,
         chunking: _embedder_pb2.ChunkOptions | None = ...,
+        media: _embedder_pb2.MediaOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "media", b"media", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -304,7 +312,8 @@ class JobResult(_message.Message):
     @_builtins.property
     def chunks(self) -> _containers.RepeatedCompositeFieldContainer[_embedder_pb2.Embedding]:
         """CHUNK_OUTPUT_CHUNKS: the input's chunk vectors, each with its span,
-        instead of `embedding`.
+        instead of `embedding`; a video or audio input: its segment vectors
+        (and pooled vector), each with its Segment.
         """
 
     def __init__(
