@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
+from embedstream.gateway import mediacheck
 from embedstream.gateway.auth import DEFAULT_TENANT, current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options
@@ -68,13 +69,16 @@ class Jobs(pb_grpc.JobsServicer):
         tracing.annotate({"embedstream.model": model.name, "embedstream.inputs": n})
         inputs = validate_inputs(request.inputs, model, self.settings, self.directory, options.truncate)
         check_chunks(inputs, options, self.settings, per_request=False)
-        await verify_images(inputs, self.settings)
-        await self._room_for(model, -(-n // jobstore.CHUNK))
-        job_id, expires = await self._create(request.spec, model, _digest(request.spec, request.inputs))
+        kinds = mediacheck.kinds_of(request.inputs)
+        await verify_images(inputs, self.settings, kinds=kinds)
+        await mediacheck.verify(inputs, kinds, options.media, self.settings)
+        size = mediacheck.JOB_CHUNK if kinds else jobstore.CHUNK
+        await self._room_for(model, -(-n // size))
+        job_id, expires = await self._create(request.spec, model, _digest(request.spec, request.inputs), size)
         tracing.annotate({"embedstream.job_id": job_id})
         if expires is not None:
             try:
-                await self._enqueue(job_id, model, options, inputs, 0, expires)
+                await self._enqueue(job_id, model, options, inputs, 0, expires, kinds, size)
                 await self._redis(self.store.complete(job_id, n))
             except BaseException:
                 # Not accepted (Redis full, say): no job, and the key is free for the retry.
@@ -97,7 +101,9 @@ class Jobs(pb_grpc.JobsServicer):
         spec = first.header
         model, options = self._check_spec(spec)
         await self._room_for(model, 1)
-        job_id, expires = await self._create(spec, model, _digest(spec, None))
+        # A header that sets media makes a media job: one input (a clip) per chunk entry.
+        size = mediacheck.JOB_CHUNK if spec.HasField("media") else jobstore.CHUNK
+        job_id, expires = await self._create(spec, model, _digest(spec, None), size)
         tracing.annotate({"embedstream.model": model.name, "embedstream.job_id": job_id})
         if expires is None:
             async for _ in stream:  # the job exists: read and drop the repeated upload
@@ -106,6 +112,7 @@ class Jobs(pb_grpc.JobsServicer):
             return await self._job(job_id)
         total = 0
         buffered: list[str | bytes] = []
+        kinds = ""
         try:
             async for message in stream:
                 if message.WhichOneof("part") != "chunk":
@@ -114,21 +121,25 @@ class Jobs(pb_grpc.JobsServicer):
                     message.chunk.inputs, model, self.settings, self.directory, options.truncate, start=total
                 )
                 check_chunks(items, options, self.settings, start=total, per_request=False)
-                await verify_images(items, self.settings, start=total)
+                more = mediacheck.job_kinds(message.chunk.inputs, size, total)
+                await verify_images(items, self.settings, start=total, kinds=more)
+                await mediacheck.verify(items, more, options.media, self.settings, start=total)
                 total += len(items)
                 if total > self.settings.max_job_inputs:
                     raise InvalidArgument(f"inputs: a job takes at most {self.settings.max_job_inputs} inputs")
                 buffered.extend(items)
-                whole = len(buffered) // jobstore.CHUNK * jobstore.CHUNK
+                kinds += more
+                whole = len(buffered) // size * size
                 if whole:
-                    chunk_index = (total - len(buffered)) // jobstore.CHUNK
-                    await self._enqueue(job_id, model, options, buffered[:whole], chunk_index, expires)
+                    chunk_index = (total - len(buffered)) // size
+                    await self._enqueue(job_id, model, options, buffered[:whole], chunk_index, expires, kinds, size)
                     del buffered[:whole]
+                    kinds = kinds[whole:]
             if total == 0:
                 raise InvalidArgument("inputs: the upload held no inputs")
             if buffered:
-                chunk_index = (total - len(buffered)) // jobstore.CHUNK
-                await self._enqueue(job_id, model, options, buffered, chunk_index, expires)
+                chunk_index = (total - len(buffered)) // size
+                await self._enqueue(job_id, model, options, buffered, chunk_index, expires, kinds, size)
             tracing.annotate({"embedstream.inputs": total})
             await self._redis(self.store.complete(job_id, total))
             await self._replicated()
@@ -170,7 +181,9 @@ class Jobs(pb_grpc.JobsServicer):
                 "retry later"
             )
 
-    async def _create(self, spec: pb.JobSpec, model: ModelSpec, digest: str) -> tuple[str, int | None]:
+    async def _create(
+        self, spec: pb.JobSpec, model: ModelSpec, digest: str, size: int = jobstore.CHUNK
+    ) -> tuple[str, int | None]:
         """A new job's record (state UPLOADING) and its expiry (unix ms), or the job an
         idempotency key already made and None, once that job's creation is complete.
 
@@ -182,7 +195,7 @@ class Jobs(pb_grpc.JobsServicer):
         key = spec.idempotency_key
         give_up = time.monotonic() + self.settings.max_deadline_s
         while True:
-            made = await self._redis(self.store.create(model.name, current_tenant(), ttl_ms, key, digest))
+            made = await self._redis(self.store.create(model.name, current_tenant(), ttl_ms, key, digest, size))
             if made.expires is not None:
                 return made.job_id, made.expires
             if made.digest != digest:
@@ -202,14 +215,23 @@ class Jobs(pb_grpc.JobsServicer):
             # The call that made it failed and forgot it (key and record together): make it anew.
 
     async def _enqueue(
-        self, job_id: str, model: ModelSpec, options: Options, inputs: Sequence[str | bytes], first: int, expires: int
+        self,
+        job_id: str,
+        model: ModelSpec,
+        options: Options,
+        inputs: Sequence[str | bytes],
+        first: int,
+        expires: int,
+        kinds: str = "",
+        size: int = jobstore.CHUNK,
     ) -> None:
-        """XADD ``inputs`` as chunk entries ``first``, ``first + 1``, ... of the job."""
+        """XADD ``inputs`` (of ``kinds``) as chunk entries ``first``, ``first + 1``, ... of ``size`` inputs."""
         pipe = self.redis.pipeline(transaction=False)
-        for k in range(0, len(inputs), jobstore.CHUNK):
-            chunk = first + k // jobstore.CHUNK
+        for k in range(0, len(inputs), size):
+            chunk = first + k // size
+            part = mediacheck.kinds_only_with_media(kinds[k : k + size])
             job = options.job(
-                f"{job_id}:{chunk}", "", expires, list(inputs[k : k + jobstore.CHUNK]), job_id=job_id, chunk=chunk
+                f"{job_id}:{chunk}", "", expires, list(inputs[k : k + size]), job_id=job_id, chunk=chunk, kinds=part
             )
             pipe.xadd(keys.bulk(model.name), {keys.PAYLOAD: wire.encode_job(job)})
         await self._redis(pipe.execute())
@@ -331,6 +353,8 @@ def _results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[
         raise InternalError(str(exc)) from None
     if chunk.reply is None:
         return [pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]
+    if chunk.reply.segments is not None:
+        return mediacheck.job_results(chunked(chunk.reply, encoding), chunk_start, first)
     if chunk.reply.spans is not None:
         results = [
             pb.JobResult(index=chunk_start + i) for i in range(len(chunk.reply.spans) and chunk.reply.spans[-5] + 1)

@@ -31,6 +31,8 @@ OUTPUTS = {
     pb.MEDIA_OUTPUT_POOLED: "pooled",
 }
 LETTERS = {"text": "t", "image": "i", "video": "v", "audio": "a"}
+#: Inputs per chunk entry of a job holding video or audio: each clip is an entry of its own.
+JOB_CHUNK = 1
 
 _probes: dict[int, asyncio.Semaphore] = {}
 
@@ -39,6 +41,38 @@ def kinds_of(inputs: Sequence[pb.Input]) -> str:
     """One letter per input (``mediawire.KINDS``) when any is video or audio, else ""."""
     kinds = "".join(LETTERS.get(item.WhichOneof("content") or "", "t") for item in inputs)
     return kinds if any(k in mediawire.MEDIA_KINDS for k in kinds) else ""
+
+
+def kinds_only_with_media(kinds: str) -> str:
+    """``kinds`` where it names a video or audio input, else "" (an entry of texts and images)."""
+    return kinds if any(k in mediawire.MEDIA_KINDS for k in kinds) else ""
+
+
+def job_kinds(inputs: Sequence[pb.Input], size: int, start: int) -> str:
+    """The kinds of an upload's chunk of inputs (all letters, for slicing); a clip in a job whose
+    header set no media (entries of ``size`` inputs, too large for clips) is refused."""
+    kinds = "".join(LETTERS.get(item.WhichOneof("content") or "", "t") for item in inputs)
+    for i, kind in enumerate(kinds, start):
+        if kind in mediawire.MEDIA_KINDS and size != JOB_CHUNK:
+            name = mediawire.KINDS[kind]
+            raise InvalidArgument(
+                f"inputs[{i}].{name}: a job with video or audio sets media in its header (spec.media), "
+                "so each clip is an entry of its own"
+            )
+    return kinds
+
+
+def job_results(embeddings: list[Any], chunk_start: int, first: int) -> list[Any]:
+    """The JobResults of one stored chunk whose reply holds segments: each input's vectors in
+    ``chunks``, its Segment.input its index in the job; from input ``first`` on."""
+    from embedstream.v1 import jobs_pb2 as jpb
+
+    results: dict[int, Any] = {}
+    for embedding in embeddings:
+        embedding.segment.input += chunk_start
+        index = embedding.segment.input
+        results.setdefault(index, jpb.JobResult(index=index)).chunks.append(embedding)
+    return [results[i] for i in sorted(results) if i >= first]
 
 
 def options(msg: Any, spec: ModelSpec, prefix: str = "") -> mediawire.Media:
