@@ -1,0 +1,63 @@
+"""A worker killed with SIGKILL in the middle of a video job loses nothing: another worker reclaims its
+entries (clips), and every clip's segments come back once, equal to the same clip embedded on its own."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import redis
+
+from embedstream import keys
+from embedstream.client import Client, MediaEmbedding, Sampling
+from tests.support import media, tinymodels
+from tests.support.faults import REGISTRY, Cluster, score
+from tests.support.processes import wait_until
+
+CLIPS = [(1.0, 1.5, 1.5), (2.0, 2.0), (0.5, 1.0, 2.5), (4.0,)]
+COPIES = 8
+SAMPLING = Sampling(frame_interval_s=0.1, scenes=True, output="both")
+
+
+def bulk_pending(r: redis.Redis, pid: int, model: str) -> int:
+    """Job entries the worker process ``pid`` holds unacknowledged."""
+    for row in r.xinfo_consumers(keys.bulk(model), keys.GROUP):
+        if f"-{pid}-" in row["name"].decode():
+            return int(row["pending"])
+    return 0
+
+
+def test_worker_kill9_mid_video_job(cluster: Cluster) -> None:
+    model = tinymodels.open_clip_model(cluster.root / "clip")
+    (cluster.root / "models.toml").write_text(REGISTRY + f'\n[models.clip]\nfamily = "image-text"\npath = "{model}"\n')
+    _, port = cluster.gateway()
+    victim, survivor = cluster.worker("clip"), cluster.worker("clip")
+    clips = [media.video(scenes) for scenes in CLIPS]
+    with Client(f"127.0.0.1:{port}", model="clip", timeout=60) as client:
+        alone = client.embed_media(clips, sampling=SAMPLING)
+        handle = client.upload_media_job([clips[i % len(clips)] for i in range(len(clips) * COPIES)], sampling=SAMPLING)
+        wait_until(
+            lambda: handle.refresh().inputs_done >= 2 and bulk_pending(cluster.r, victim.pid, "clip") > 0,
+            60,
+            interval=0.01,
+            what="the victim to hold clips of a job under way",
+        )
+        held = bulk_pending(cluster.r, victim.pid, "clip")
+        victim.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: bulk_pending(cluster.r, victim.pid, "clip") == 0, 30, what="its clips to be reclaimed")
+        recovery = time.monotonic() - killed
+        job = handle.wait(timeout=180)
+        results = list(handle.results())
+    counts = {"lost": len(clips) * COPIES - len(results), "duplicated": 0, "mixed_up": 0, "non_finite": 0}
+    counts["duplicated"] = max(0, job.inputs_done + job.inputs_failed - len(clips) * COPIES)
+    for index, got in results:
+        want = alone[index % len(clips)]
+        assert isinstance(got, MediaEmbedding) and got.pooled is not None
+        counts["non_finite"] += int(not np.isfinite(got.vectors).all())
+        same = got.vectors.shape == want.vectors.shape and np.abs(got.vectors - want.vectors).max() <= 1e-5
+        counts["mixed_up"] += int(not same or not np.allclose(got.start_s, want.start_s))
+    assert held > 0 and survivor.alive() and job.inputs_failed == 0
+    wait_until(lambda: cluster.pending(("clip",)) == 0, 20, what="the clip streams to drain")
+    score("worker kill -9 mid video job", cluster, counts, recovery, held=held, clips=len(results))
