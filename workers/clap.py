@@ -7,7 +7,11 @@ log-mel features are computed on the prep thread, exactly as ``ClapProcessor``
 computes them, and the model thread runs ``get_audio_features``. Windows are at
 most the extractor's ``max_length_s``, so its random cropping of longer clips
 (``rand_trunc``, ``fusion``) never runs: the same window always gives the same
-vector. Texts go through ``get_text_features`` with an attention mask.
+vector. A fused checkpoint gets ``is_longer`` false for every window, as
+laion_clap sets it for clips within the limit (the feature extractor would mark
+a random clip of a batch holding no long one as longer, so a vector would
+depend on its batch-mates). Texts go through ``get_text_features`` with an
+attention mask.
 """
 
 from __future__ import annotations
@@ -76,9 +80,7 @@ class ClapAudioModel:
     def prepare_window(self, samples: np.ndarray) -> Tokens:
         """One window of mono samples at ``sample_rate`` as the feature extractor's input features."""
         features = self.extractor(samples, sampling_rate=self.sample_rate, return_tensors="pt")
-        pixels = features["input_features"][0]
-        longer = bool(features["is_longer"][0]) if "is_longer" in features else False
-        return Tokens(None, WINDOW_COST, False, "", pixels=pixels, type_ids=[int(longer)])
+        return Tokens(None, WINDOW_COST, False, "", pixels=features["input_features"][0])
 
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
         """Texts and windows each through their tower, normalized where asked, in input order."""
@@ -100,6 +102,6 @@ class ClapAudioModel:
         """``get_audio_features`` of the windows' input features."""
         torch = self._torch
         features = torch.stack([t.pixels for t in batch]).to(self.device, self.dtype)
-        longer = torch.tensor([[bool(t.type_ids and t.type_ids[0])] for t in batch], device=self.device)
+        longer = torch.zeros((len(batch), 1), dtype=torch.bool, device=self.device)  # windows are never longer
         out = self.model.get_audio_features(input_features=features, is_longer=longer)
         return getattr(out, "pooler_output", out)

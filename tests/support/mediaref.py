@@ -77,7 +77,9 @@ def windows(samples: np.ndarray, rate: int, window_s: float, overlap_s: float) -
 
 
 def clap_audio(folder: Path, samples: np.ndarray, rate: int, spans: list[tuple[float, float]]) -> np.ndarray:
-    """ClapModel ``get_audio_features`` (normalized) of each window, features by its ClapProcessor."""
+    """ClapModel ``get_audio_features`` (normalized) of each window, features by its ClapProcessor,
+    ``is_longer`` false (windows are within the model's 10 s; a fused extractor marks a random clip of
+    a batch without long ones as longer, which laion_clap never does for such clips)."""
     from transformers import ClapModel, ClapProcessor
 
     model = ClapModel.from_pretrained(folder).eval()
@@ -85,7 +87,8 @@ def clap_audio(folder: Path, samples: np.ndarray, rate: int, spans: list[tuple[f
     clips = [samples[round(s * rate) : round(e * rate)] for s, e in spans]
     inputs = processor(audio=clips, sampling_rate=rate, return_tensors="pt")
     with torch.no_grad():
-        out = model.get_audio_features(input_features=inputs["input_features"], is_longer=inputs["is_longer"])
+        longer = torch.zeros_like(inputs["is_longer"], dtype=torch.bool)
+        out = model.get_audio_features(input_features=inputs["input_features"], is_longer=longer)
     return torch.nn.functional.normalize(out.pooler_output, dim=-1).numpy()
 
 

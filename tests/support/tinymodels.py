@@ -121,10 +121,10 @@ def siglip_model(folder: Path) -> Path:
     return folder
 
 
-def clap_model(folder: Path) -> Path:
-    """A transformers ClapModel folder laid out as laion/clap-htsat-unfused: HTSAT audio tower on 64 mel
-    bins at 48 kHz (10 s windows, ``rand_trunc``, ``repeatpad``), RoBERTa text tower with a byte-level BPE
-    tokenizer (a tiny vocabulary), ``ClapProcessor`` saved beside it."""
+def clap_model(folder: Path, fused: bool = False) -> Path:
+    """A transformers ClapModel folder laid out as laion/clap-htsat-unfused (``fused``: -fused): HTSAT audio
+    tower on 64 mel bins at 48 kHz (10 s windows, ``rand_trunc`` or ``fusion``, ``repeatpad``), RoBERTa text
+    tower with a byte-level BPE tokenizer (a tiny vocabulary), ``ClapProcessor`` saved beside it."""
     from open_clip.tokenizer import bytes_to_unicode
     from transformers import (
         ClapAudioConfig,
@@ -156,11 +156,17 @@ def clap_model(folder: Path) -> Path:
         eos_token_id=2,
     )
     audio = ClapAudioConfig(
-        patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2], hidden_size=32, enable_fusion=False
+        patch_embeds_hidden_size=16,
+        depths=[1, 1],
+        num_attention_heads=[1, 2],
+        hidden_size=32,
+        enable_fusion=fused,
+        fusion_type="aff_2d" if fused else None,
     )
     torch.manual_seed(0)
     ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16)).save_pretrained(folder)
-    extractor = ClapFeatureExtractor(frequency_min=50, frequency_max=14000, truncation="rand_trunc")
+    truncation = "fusion" if fused else "rand_trunc"
+    extractor = ClapFeatureExtractor(frequency_min=50, frequency_max=14000, truncation=truncation)
     ClapProcessor(feature_extractor=extractor, tokenizer=tok).save_pretrained(folder)
     return folder
 
