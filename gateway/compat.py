@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from embedstream.gateway import validation
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from embedstream import vectors
 from embedstream.errors import EmbedstreamError, InvalidArgument
@@ -39,8 +39,11 @@ ERROR_TYPES = {
     429: "rate_limit_error",
     504: "timeout_error",
 }
-#: The gRPC message's field path as the HTTP body names it: ``inputs[2].text`` is ``input[2]``.
+#: The gRPC message's field path as the HTTP body names it: ``inputs[2].text`` is ``input[2]``,
+#: ``inputs[2].video`` is ``input[2].video``.
 _INPUTS_FIELD = re.compile(r"^inputs(\[\d+\])?(\.text)?")
+#: The multimodal form of an input (Jina's): an object with one of these keys, the bytes base64.
+INPUT_KINDS = ("text", "image", "video", "audio")
 
 
 def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
@@ -51,7 +54,7 @@ def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
     _text(body, "user", "")  # accepted, as OpenAI does; it only labels the caller
     request = pb.EmbedRequest(
         model=_text(body, "model", ""),
-        inputs=[pb.Input(text=t) for t in _inputs(body)],
+        inputs=_inputs(body),
         encoding=pb.VECTOR_ENCODING_PACKED,
         prompt_name=_text(body, "prompt_name", ""),
         output_type=_choice(body, "output_type", OUTPUT_TYPES, pb.OUTPUT_TYPE_FLOAT32),
@@ -66,23 +69,45 @@ def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
     for name in ("chunk_size_tokens", "chunk_overlap_tokens"):
         if body.get(name) is not None:
             setattr(request.chunking, name.removeprefix("chunk_"), _count(body, name, 0))
+    if body.get("media") is not None:
+        try:
+            ParseDict(body["media"], request.media)
+        except (ParseError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(f"media: {exc}") from None
     return request, encoding_format
 
 
-def _inputs(body: dict[str, Any]) -> list[str]:
+def _inputs(body: dict[str, Any]) -> list[pb.Input]:
     if "input" not in body:
         raise InvalidArgument("input: required (a string or a list of strings)")
     value = body["input"]
     if isinstance(value, str):
-        return [value]
+        return [pb.Input(text=value)]
     if not isinstance(value, list):
         raise InvalidArgument("input: must be a string or a list of strings")
     if (value and all(isinstance(v, int) for v in value)) or any(isinstance(v, list) for v in value):
         raise InvalidArgument("input: token-id arrays are not served yet; send the text")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise InvalidArgument(f"input[{i}]: must be a string")
-    return value
+    return [_input(item, i) for i, item in enumerate(value)]
+
+
+def _input(item: Any, i: int) -> pb.Input:
+    """A string (a text), or ``{"text": ...}``, ``{"image" | "video" | "audio": "<base64>"}``."""
+    if isinstance(item, str):
+        return pb.Input(text=item)
+    if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in INPUT_KINDS:
+        raise InvalidArgument(f"input[{i}]: must be a string, or an object with one of {', '.join(INPUT_KINDS)}")
+    kind, data = next(iter(item.items()))
+    if not isinstance(data, str):
+        raise InvalidArgument(f"input[{i}].{kind}: must be a string" + ("" if kind == "text" else " (base64)"))
+    if kind == "text":
+        return pb.Input(text=data)
+    try:
+        decoded = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise InvalidArgument(f"input[{i}].{kind}: not valid base64") from None
+    out = pb.Input()
+    setattr(out, kind, decoded)
+    return out
 
 
 def embeddings_body(response: pb.EmbedResponse, encoding_format: str) -> dict[str, Any]:
@@ -96,9 +121,15 @@ def embeddings_body(response: pb.EmbedResponse, encoding_format: str) -> dict[st
         raw = b"".join(e.packed for e in response.embeddings)
         data = vectors.unpack(raw, output_type, response.dimensions).tolist()
     tokens = response.metadata.tokens
+    items = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)]
+    for item, e in zip(items, response.embeddings):
+        if e.HasField("segment"):  # a request holding video or audio: where each vector lies
+            item["segment"] = MessageToDict(
+                e.segment, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)],
+        "data": items,
         "model": response.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }

@@ -41,6 +41,7 @@ class Media:
     port: int
     models: dict[str, Path]
     workers: dict[str, Proc]
+    gateway: Proc
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ dimensions = 8
     except BaseException:
         gateway.kill()
         raise
-    yield Media(port, models, workers)
+    yield Media(port, models, workers, gateway)
     for proc in [gateway, *workers.values()]:
         proc.stop()
 
@@ -411,3 +412,60 @@ def test_embed_file_writes_a_folder_of_clips_as_a_parquet_table_of_segments(serv
         assert [round(s, 2) for s in table["start"]] == [0.0, 2.0, 3.5, 0.0, 0.0, 1.0, 0.0]
         assert [round(e, 2) for e in table["end"]] == [2.0, 3.5, 6.0, 6.0, 1.0, 2.0, 2.0]
         assert all(len(v) == 32 for v in table["vector"])
+
+
+def test_http_takes_the_multimodal_form_of_the_embeddings_request(stub: pb_grpc.EmbedderStub, served: Media) -> None:
+    import base64
+    import json
+    import re
+    import urllib.error
+    import urllib.request
+
+    http_port = re.findall(r"serving HTTP on 127\.0\.0\.1:(\d+)", served.gateway.log())[0]
+
+    def post(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}/v1/embeddings",
+            json.dumps(body).encode(),
+            {"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    clip = media.video(SCENES)
+    options = {"segments": "MEDIA_SEGMENTS_SCENES", "output": "MEDIA_OUTPUT_SEGMENTS_AND_POOLED"}
+    status, body = post(
+        {
+            "model": "clip",
+            "input": [{"text": "a red scene"}, {"video": base64.b64encode(clip).decode()}],
+            "media": options,
+        }
+    )
+    assert status == 200, body
+    data = body["data"]
+    assert isinstance(data, list) and len(data) == 5
+    assert [(d["segment"]["input"], d["segment"]["index"], d["segment"]["pooled"]) for d in data] == [
+        (0, 0, False),
+        (1, 0, False),
+        (1, 1, False),
+        (1, 2, False),
+        (1, 3, True),
+    ]
+    assert [round(d["segment"]["start_s"], 2) for d in data[1:4]] == [0.0, 2.0, 3.5]
+    grpc_options = pb.MediaOptions(segments=pb.MEDIA_SEGMENTS_SCENES, output=pb.MEDIA_OUTPUT_SEGMENTS_AND_POOLED)
+    inputs = [pb.Input(text="a red scene"), pb.Input(video=clip)]
+    direct = values(stub.Embed(pb.EmbedRequest(model="clip", inputs=inputs, media=grpc_options), timeout=60))
+    assert np.abs(np.array([d["embedding"] for d in data], dtype=np.float32) - direct).max() <= TOL
+    for item, param, needle in (
+        ({"video": "not base64!"}, "input[0].video", "not valid base64"),
+        ({"video": base64.b64encode(media.random_bytes()).decode()}, "input[0].video", "unknown format"),
+        ({"audio": base64.b64encode(clip).decode()}, "input[0].audio", "takes text, image, video"),
+        ({"film": "x"}, "input[0]", "an object with one of text, image, video, audio"),
+    ):
+        status, body = post({"model": "clip", "input": [item]})
+        error = body["error"]
+        assert status == 400 and isinstance(error, dict), body
+        assert error["param"] == param and needle in str(error["message"]), error
