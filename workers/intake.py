@@ -146,7 +146,8 @@ class Intake:
         if not any(job.chunking or job.kinds for *_, job in fresh) and _small([s for _, s_, _ in work for s in s_]):
             prepared = prepare()
         else:
-            prepared = await asyncio.get_running_loop().run_in_executor(self._prep, prepare)
+            running = asyncio.get_running_loop().run_in_executor(self._prep, prepare)
+            prepared = await self.ledger.leased_while(stream, [stream_id for stream_id, *_ in fresh], running)
         for (stream_id, payload, job), (toks, layout, chunk_error) in zip(fresh, prepared):
             for tok in toks:
                 tok.task = job.input_type

@@ -61,3 +61,19 @@ def test_worker_kill9_mid_video_job(cluster: Cluster) -> None:
     assert held > 0 and survivor.alive() and job.inputs_failed == 0
     wait_until(lambda: cluster.pending(("clip",)) == 0, 20, what="the clip streams to drain")
     score("worker kill -9 mid video job", cluster, counts, recovery, held=held, clips=len(results))
+
+
+def test_a_clip_that_decodes_longer_than_the_visibility_timeout_is_not_reclaimed(cluster: Cluster) -> None:
+    model = tinymodels.open_clip_model(cluster.root / "clip")
+    (cluster.root / "models.toml").write_text(REGISTRY + f'\n[models.clip]\nfamily = "image-text"\npath = "{model}"\n')
+    _, port = cluster.gateway()
+    workers = [cluster.worker("clip"), cluster.worker("clip")]
+    # A minute of 640x360 at 30 fps, every frame compared for scene cuts: seconds of decoding, past
+    # the 1.5 s visibility timeout; its worker renews the entry's lease while it prepares it.
+    clip = media.video([3.0] * 20, fps=30, size=(640, 360))
+    with Client(f"127.0.0.1:{port}", model="clip", timeout=120) as client:
+        started = time.monotonic()
+        (got,) = client.embed_media([clip], sampling=Sampling(scenes=True, frame_interval_s=10.0))
+        took = time.monotonic() - started
+    assert len(got) == 20 and took > 1.5, took  # else the clip decoded too fast to prove anything
+    assert not any("reclaimed" in w.log() for w in workers), [w.log()[-2000:] for w in workers]
