@@ -155,10 +155,11 @@ async def verify(
             raise InvalidArgument(f"{field}[{i}].{name}: {exc}") from None
         frames, option, value = frames_of(kind, info, opts)
         if frames > settings.max_media_frames:
+            unit = "frames" if kind == "v" else "windows"
             raise InvalidArgument(
-                f"{field}[{i}].{name}: {info.duration_s:.0f} s make {frames} {'frames' if kind == 'v' else 'windows'}"
-                f" at media.{option} {value:g}, over the limit of {settings.max_media_frames} per input; "
-                f"raise media.{option} or split the clip"
+                f"{field}[{i}].{name}: {info.duration_s:.0f} s make up to {frames} {unit} at media.{option} "
+                f"{value:g}, over the limit of {settings.max_media_frames} per input; raise media.{option} or "
+                "split the clip"
             )
 
     for i, kind, data in pending:

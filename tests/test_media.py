@@ -247,7 +247,7 @@ def test_too_many_frames_and_bad_options_are_refused_naming_the_option(stub: pb_
         (
             pb.MediaOptions(frame_interval_s=0.05),
             "clip",
-            "inputs[0].video: 6 s make 121 frames at media.frame_interval_s 0.05, over the limit of 64",
+            "inputs[0].video: 6 s make up to 121 frames at media.frame_interval_s 0.05, over the limit of 64",
         ),
         (pb.MediaOptions(frame_interval_s=0.001), "clip", "media.frame_interval_s: at least 0.04 s"),
         (pb.MediaOptions(scene_threshold=2), "clip", "media.scene_threshold: a mean frame difference between 0 and 1"),
