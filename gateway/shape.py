@@ -1,6 +1,6 @@
 """A worker's reply as protobuf Embeddings, in the encoding the caller asked for.
 
-Shared by Embed, EmbedStream and GetJobResults. The reply already holds the
+Shared by Embed, EmbedStream and GetJobResults (``job_results`` reads a stored job chunk). The reply already holds the
 final bytes (cut, normalized, quantized by the worker); shaping only slices
 them, or turns them into number lists for VECTOR_ENCODING_FLOAT_LIST.
 """
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedstream import vectors, wire
+from embedstream import jobstore, vectors, wire
+from embedstream.errors import InternalError
 from embedstream.v1 import embedder_pb2 as pb
+from embedstream.v1 import jobs_pb2 as jobs_pb
 
 PACKED = (pb.VECTOR_ENCODING_PACKED_F32LE, pb.VECTOR_ENCODING_PACKED)
 
@@ -72,3 +74,24 @@ def _sparse(reply: wire.Reply, first: int) -> list[pb.Embedding]:
             sparse.tokens.extend(reply.token_strings[lo:hi])
         out.append(pb.Embedding(sparse=sparse))
     return out
+
+
+def job_results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[jobs_pb.JobResult]:
+    """The JobResults of one stored chunk (``jobstore.encode_chunk``), from input ``first`` on."""
+    try:
+        chunk = jobstore.decode_chunk(value)
+    except wire.WireError as exc:
+        raise InternalError(str(exc)) from None
+    if chunk.reply is None:
+        return [jobs_pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]
+    if chunk.reply.spans is not None:
+        results = [
+            jobs_pb.JobResult(index=chunk_start + i)
+            for i in range(len(chunk.reply.spans) and chunk.reply.spans[-5] + 1)
+        ]
+        for e in chunked(chunk.reply, encoding):
+            e.chunk.input += chunk_start  # the input's index in the job, as JobResult.index
+            results[e.chunk.input - chunk_start].chunks.append(e)
+        return results[first - chunk_start :]
+    items = embeddings(chunk.reply, encoding, first - chunk_start)
+    return [jobs_pb.JobResult(index=first + i, embedding=e) for i, e in enumerate(items)]
