@@ -71,6 +71,7 @@ class Outbox:
         self.jobs = jobstore.JobStore(redis)
         self._answered = {kind: redis.register_script(lua) for kind, lua in scripts.ANSWERED.items()}
         self._dead = {kind: redis.register_script(lua) for kind, lua in scripts.DEAD_LETTERED.items()}
+        self._dead_alone = redis.register_script(scripts.DEAD_LETTER)
         self._hand_back = redis.register_script(scripts.HAND_BACK)
         self.cluster = isinstance(redis, RedisCluster)
         self.max_dead_letters = max_dead_letters
@@ -223,28 +224,35 @@ class Outbox:
                 error_message=f"request failed on model {self.model} and was dead-lettered: {reason}",
             )
             tell = ("reply", ([job.reply_to], [wire.encode_reply(reply)]))
-        # The dead letter shares its entry's slot, so it is written and acknowledged in one step.
         dead_keys = [keys.dead_letters(self.model), stream]
         dead_args = [self.max_dead_letters, payload, reason, stream_id, self.worker, keys.GROUP, stream_id]
+        steps: set[str] = set()
         trimmed = 0
 
         async def write() -> None:
-            nonlocal tell, trimmed
-            if tell is not None and self.cluster:
-                # The caller's answer lives in another slot: told first, then dead-lettered and
-                # acknowledged. Told again if the entry is rerun; the gateway (or the job's
-                # record) drops a second answer.
-                await self._store(tell, self.redis)
-                tell = None
-            if tell is None:
-                done = await self._dead[None](keys=dead_keys, args=dead_args)
-            else:
-                kind, (names, args) = tell
+            nonlocal trimmed
+            if tell is None or not self.cluster:
+                # One script: the caller's answer (if any), the dead letter, the acknowledgement.
+                kind, (names, args) = tell if tell is not None else (None, ([], []))
                 done = await self._dead[kind](keys=[*names, *dead_keys], args=[*args, *dead_args])
-            trimmed = int(done[-2])  # the DEAD step's result; ACK's is last
+                trimmed = int(done[-2])  # the DEAD step's result; ACK's is last
+                return
+            # A Cluster, where the caller's answer lives in another slot: the dead letter first (a
+            # caller told its request was dead-lettered finds it there), then the answer, then the
+            # acknowledgement. Step by step, so a retry writes nothing twice; an entry handed back
+            # after its dead letter was written gets a second one when it is run again.
+            if "dead" not in steps:
+                trimmed = int((await self._dead_alone(keys=dead_keys[:1], args=dead_args[:5]))[0])
+                steps.add("dead")
+            if "told" not in steps:
+                await self._store(tell, self.redis)
+                steps.add("told")
+            pipe = self.redis.pipeline(transaction=False)
+            _acknowledge(pipe, [(stream, stream_id)])
+            await pipe.execute()
 
         stored, _ = await self._persist(write, "dead_letter")
-        if stored:
+        if stored or "dead" in steps:
             metrics.DEAD_LETTERED.labels(self.model).inc()
             if trimmed:
                 metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(trimmed)

@@ -13,8 +13,10 @@ one (an XACK, say) would go through and let the rest run over the limit.
 In a Redis Cluster the answer lives in another slot than the entry (the reply stream under
 the gateway's hash tag, a job's keys under the job's, the queue under the model's), and a
 script may touch one slot only; there the outbox stores the answer, reads Redis's reply,
-then acknowledges in a second step. A dead letter shares the entry's slot, so it is
-written and acknowledged in one script everywhere.
+then acknowledges in a second step. A dead letter shares the entry's slot: written with
+the acknowledgement in one script where nobody is to be told, else before the caller is
+told (so a caller told its request was dead-lettered finds it there), with the
+acknowledgement last.
 """
 
 from __future__ import annotations
@@ -83,8 +85,11 @@ return before + 1 - redis.call('XLEN', KEYS[1])
 ANSWERED = {"reply": atomic(REPLY, ACK), "record": atomic(RECORD, ACK)}
 
 #: Answer kind (None: nobody to tell) -> the script that tells the caller, writes the dead
-#: letter and acknowledges its entry (one Redis).
+#: letter and acknowledges its entry (one Redis; in a Cluster only where nobody is told).
 DEAD_LETTERED = {None: atomic(DEAD, ACK), "reply": atomic(REPLY, DEAD, ACK), "record": atomic(RECORD, DEAD, ACK)}
+
+#: The dead letter alone: the first of three steps in a Cluster, where the caller is told in another slot.
+DEAD_LETTER = atomic(DEAD)
 
 # Give entries this worker still owns back to the group: idle as if timed out, so the next
 # reclaim scan takes them, and with the delivery that failed to store its answer uncounted.
