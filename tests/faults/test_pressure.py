@@ -129,7 +129,7 @@ def test_redis_full_under_a_flood_of_jobs_and_calls_then_memory_freed(cluster: C
     recovery = time.monotonic() - freed
     # Answers a worker could not store and handed back, unacknowledged, to be run again.
     handed_back = sum(
-        scrape(p).get('embedstream_worker_unstored_total{model="quick",kind="answer"}', 0) for p in worker_metrics
+        scrape(p).get('embedstream_worker_unstored_total{kind="answer",model="quick"}', 0) for p in worker_metrics
     )
     assert refusals > 0 and codes["RESOURCE_EXHAUSTED"] > 0, (refusals, dict(codes))
     assert set(codes) <= {"RESOURCE_EXHAUSTED"}, (dict(codes), odd[:5])  # never INTERNAL, UNKNOWN or UNAVAILABLE
