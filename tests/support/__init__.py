@@ -15,6 +15,7 @@
 - ``topologies``: a real Redis Cluster and a Sentinel group.
 - ``netns``: several hosts on one machine (network namespaces).
 - ``otlp``: a real OTLP/gRPC trace receiver.
+- ``hubserver``: a local Hugging Face hub that huggingface_hub downloads from (HF_ENDPOINT).
 - ``faults``: the fault-injection cluster, its ledger and the scorecard.
 
 Import the module you need (``from tests.support.processes import Proc``): this package

@@ -149,17 +149,23 @@ def bert(folder: Path, head: str, **config: Any) -> Path:
 
 
 def sentence_transformer(
-    folder: Path, pooling: str = "mean", dense: bool = False, normalize: bool = True, max_seq_length: int = 128
+    folder: Path,
+    pooling: str = "mean",
+    dense: bool = False,
+    normalize: bool = True,
+    max_seq_length: int = 128,
+    **config: Any,
 ) -> Path:
-    """A sentence-transformers folder: tiny BERT, the given pooling, optional Dense (to 16, tanh) and Normalize."""
+    """A sentence-transformers folder: tiny BERT, the given pooling, optional Dense (to 16, tanh) and Normalize;
+    ``config`` overrides the BERT's config (``hidden_size=128``: a 16 MB model.safetensors)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
-    hf = bert(folder.parent / f"{folder.name}-hf", "dense")
+    hf = bert(folder.parent / f"{folder.name}-hf", "dense", **config)
     transformer = Transformer(str(hf), max_seq_length=max_seq_length)
     modules: list[torch.nn.Module] = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
     if dense:
-        modules.append(Dense(32, 16, activation_function=torch.nn.Tanh()))
+        modules.append(Dense(transformer.get_embedding_dimension(), 16, activation_function=torch.nn.Tanh()))
     if normalize:
         modules.append(Normalize())
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))
