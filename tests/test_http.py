@@ -7,17 +7,13 @@ import base64
 import concurrent.futures
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -31,8 +27,9 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ROOT, tinymodels
 from tests.support.documents import blocks
+from tests.support.http import Response, call, http_port
 from tests.support.models import MINILM
-from tests.support.processes import Proc, base_env, entries_added, scrape, start_gateway, start_workers
+from tests.support.processes import base_env, entries_added, scrape, start_gateway, start_workers
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -43,38 +40,6 @@ TEXTS = [
 DOCS = ["Redis is an in-memory data store.", "Cats sleep a lot.", "Streams are append-only logs."]
 NODE_DIR = ROOT / "examples" / "node"
 MODELS = ("all-MiniLM-L6-v2", "rerank", "slow", "orphan")
-
-
-@dataclass
-class Response:
-    """What an HTTP call got back (urllib's, without raising on 4xx/5xx)."""
-
-    status_code: int
-    headers: dict[str, str]
-    text: str
-
-    def json(self) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(self.text)
-        return body
-
-
-def call(method: str, url: str, body: object = None, headers: dict[str, str] | None = None) -> Response:
-    """One HTTP call with the standard library; ``body`` is JSON-encoded unless it is bytes."""
-    content = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=content, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as got:
-            return Response(got.status, {k.lower(): v for k, v in got.headers.items()}, got.read().decode())
-    except urllib.error.HTTPError as got:
-        with got:
-            return Response(got.code, {k.lower(): v for k, v in got.headers.items()}, got.read().decode())
-
-
-def http_port(gateway: Proc) -> int:
-    """The HTTP port a gateway announced (it binds a free one in tests)."""
-    found = re.search(r"HTTP on [^\s:]+:(\d+)", gateway.log())
-    assert found, gateway.log()
-    return int(found.group(1))
 
 
 def free_port() -> int:
@@ -293,7 +258,11 @@ BAD = [
     ({"input": []}, "input"),
     ({"input": 42}, "input"),
     ({"input": ["ok", 7]}, "input[1]"),
-    ({"input": [[101, 2023, 102]]}, "input"),
+    ({"input": [[101, 2023, 99999]]}, "input[0]"),
+    ({"input": [101, -1]}, "input"),
+    ({"input": [[101, 102], "text"]}, "input[1]"),
+    ({"input": [[]]}, "input[0]"),
+    ({"input": "x", "truncation_side": "middle"}, "truncation_side"),
     ({"input": "x", "model": 3}, "model"),
     ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
     ({"input": "x", "dimensions": 100}, "dimensions"),
