@@ -39,7 +39,7 @@ TEXTS = [
 ]
 DOCS = ["Redis is an in-memory data store.", "Cats sleep a lot.", "Streams are append-only logs."]
 NODE_DIR = ROOT / "examples" / "node"
-MODELS = ("all-MiniLM-L6-v2", "rerank", "slow", "orphan")
+MODELS = ("all-MiniLM-L6-v2", "rerank", "sentiment", "slow", "orphan")
 
 
 def free_port() -> int:
@@ -86,6 +86,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[Api
     server = RedisServer(root / "redis", appendonly=False).start()
     admin = redis.Redis.from_url(server.url)
     rerank = tinymodels.bert(root / "xenc", "xenc")
+    sentiment = tinymodels.classifier(root / "sentiment", ["negative", "neutral", "positive"])
     registry = root / "models.toml"
     registry.write_text(f"""
 default = "all-MiniLM-L6-v2"
@@ -99,6 +100,10 @@ matryoshka_dimensions = [256, 128]
 [models.rerank]
 family = "rerank"
 path = "{rerank}"
+
+[models.sentiment]
+family = "classify"
+path = "{sentiment}"
 
 [models.slow]
 family = "debug"
@@ -122,7 +127,7 @@ dimensions = 8
         EMBEDSTREAM_MAX_INPUTS_PER_REQUEST="8",
         EMBEDSTREAM_MAX_TEXT_BYTES="4096",
     )
-    workers = start_workers(env, log_dir, ["all-MiniLM-L6-v2", "rerank", "slow"], admin)
+    workers = start_workers(env, log_dir, ["all-MiniLM-L6-v2", "rerank", "sentiment", "slow"], admin)
     gateway, port = start_gateway(dict(env, EMBEDSTREAM_METRICS_PORT=str(metrics_port)), log_dir)
     yield Api(f"http://127.0.0.1:{http_port(gateway)}", port, metrics_port, key, tight, admin, env)
     for proc in [gateway, *workers.values()]:
