@@ -327,8 +327,10 @@ def test_a_body_that_is_not_a_json_object_is_400(api: Api) -> None:
 def test_a_missing_malformed_or_unknown_key_is_401_and_enqueues_nothing(api: Api, authorization: str | None) -> None:
     before = api.added()
     headers = {} if authorization is None else {"Authorization": authorization}
-    for method, path in (("POST", "/v1/embeddings"), ("GET", "/v1/models"), ("POST", "/v1/rerank")):
-        response = call(method, api.url + path, {"input": "x"} if method == "POST" else None, headers)
+    routes = ("/v1/embeddings", "/v1/rerank", "/tokenize", "/decode", "/classify", "/predict")
+    for method, path in (("GET", "/v1/models"), *(("POST", route) for route in routes)):
+        body = {"input": "x", "inputs": "x", "ids": [101]} if method == "POST" else None
+        response = call(method, api.url + path, body, headers)
         assert response.status_code == 401, (path, response.text)
         error = response.json()["error"]
         assert error["type"] == "authentication_error" and "es_not_a_key" not in error["message"]

@@ -78,6 +78,10 @@ path = "{tinymodels.open_clip_model(root / "clip")}"
 [models.tk-debug]
 family = "debug"
 dimensions = 8
+
+[models.tk-orphan]
+family = "text-dense"
+path = "{MINILM}"
 """)
     env = base_env(redis_server.url, registry, EMBEDSTREAM_THREADS="1", EMBEDSTREAM_MAX_INPUTS_PER_REQUEST="8")
     workers = start_workers(env, root, list(MODELS), r)
@@ -289,6 +293,20 @@ def test_decode_refusals_name_the_field_and_enqueue_nothing(
     assert http.status_code == 400 and http.json()["error"]["param"] == param, http.text
     assert text.post("/decode", {"model": model, "ids": "101"}).json()["error"]["param"] == "ids"
     assert text.added() == before
+
+
+def test_without_a_live_worker_tokenize_is_unavailable_and_a_passed_deadline_is_504(text: Text) -> None:
+    for rpc, request in (
+        (text.stub.Tokenize, pb.TokenizeRequest(model="tk-orphan", inputs=["x"])),
+        (text.stub.Decode, pb.DecodeRequest(model="tk-orphan", inputs=[pb.TokenIds(ids=[101])])),
+    ):
+        error = refused(lambda rpc=rpc, request=request: rpc(request, timeout=10))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and "no live worker" in (error.details() or "")
+    for path, body in (("/tokenize", {"inputs": "x"}), ("/decode", {"ids": [101]})):
+        response = text.post(path, {"model": "tk-orphan", **body})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+    late = call("POST", text.url + "/tokenize", {"inputs": "x"}, {"X-Request-Timeout": "0.000001"})
+    assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
 
 
 def test_a_worker_refuses_what_the_gateway_would_have(text: Text) -> None:
