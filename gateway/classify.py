@@ -8,17 +8,14 @@ and cut to ``top_k``.
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import numpy as np
 from embedstream.gateway import tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
-from embedstream.gateway.shape import checked, metadata
+from embedstream.gateway.shape import answered, checked
 from embedstream.gateway.validation import check_text, count
 
-from embedstream import metrics, wire
+from embedstream import wire
 from embedstream.errors import EmbedstreamError, InvalidArgument
 from embedstream.registry import Registry
 from embedstream.settings import Settings
@@ -69,10 +66,4 @@ def respond_classify(
             for item, j in zip(labels, order):
                 item.logit = float(logits[row, j])
         results.append(pb.Classification(labels=labels))
-    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
-    return pb.ClassifyResponse(
-        request_id=request.request_id or uuid.uuid4().hex,
-        model=valid.spec.name,
-        results=results,
-        metadata=metadata(reply, received),
-    )
+    return pb.ClassifyResponse(results=results, **answered(request.request_id, valid, reply, received))

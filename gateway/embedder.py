@@ -16,7 +16,7 @@ from embedstream.gateway.catalog import OUTPUT_TYPE_VALUES, model_infos
 from embedstream.gateway.classify import respond_classify, validate_classify
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher, Request
-from embedstream.gateway.shape import checked, chunked, metadata
+from embedstream.gateway.shape import answered, checked, chunked, metadata
 from embedstream.gateway.status import streaming, unary
 from embedstream.gateway.tokenizer import respond_decode, respond_tokenize, validate_decode, validate_tokenize
 from embedstream.gateway.validation import validate, validate_rerank, verify_images
@@ -223,13 +223,7 @@ def respond_rerank(request: pb.RerankRequest, valid: Request, reply: wire.Reply,
         )
         for i in order
     ]
-    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
-    return pb.RerankResponse(
-        request_id=request.request_id or uuid.uuid4().hex,
-        model=valid.spec.name,
-        results=results,
-        metadata=metadata(reply, received),
-    )
+    return pb.RerankResponse(results=results, **answered(request.request_id, valid, reply, received))
 
 
 __all__ = ["DeadlineExceeded", "Embedder", "respond", "respond_rerank"]

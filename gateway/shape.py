@@ -9,11 +9,13 @@ response's metadata, and the check that a reply answers its request, are here to
 from __future__ import annotations
 
 import time
+import uuid
+from typing import Any
 
 import numpy as np
 from embedstream.gateway.dispatch import Request
 
-from embedstream import vectors, wire
+from embedstream import metrics, vectors, wire
 from embedstream.errors import EmbedstreamError
 from embedstream.v1 import embedder_pb2 as pb
 
@@ -90,6 +92,16 @@ def metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
         truncated_inputs=reply.truncated,
         chunks=reply.chunks,
     )
+
+
+def answered(request_id: str, valid: Request, reply: wire.Reply, received: float) -> dict[str, Any]:
+    """What every response but Embed's carries (request id, model, metadata); the call's latency is recorded."""
+    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
+    return {
+        "request_id": request_id or uuid.uuid4().hex,
+        "model": valid.spec.name,
+        "metadata": metadata(reply, received),
+    }
 
 
 def checked(valid: Request, reply: wire.Reply) -> None:

@@ -9,16 +9,13 @@ the model runs.
 
 from __future__ import annotations
 
-import time
-import uuid
-
 from embedstream.gateway import tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
-from embedstream.gateway.shape import checked, metadata
+from embedstream.gateway.shape import answered, checked
 from embedstream.gateway.validation import check_text, count
 
-from embedstream import metrics, wire
+from embedstream import wire
 from embedstream.errors import EmbedstreamError, TooLarge
 from embedstream.registry import Registry
 from embedstream.settings import Settings
@@ -73,15 +70,9 @@ def respond_tokenize(
             items.append(pb.Token(id=token_id, text=covered, token=token, special=bool(special)))
             items[-1].start, items[-1].stop = start, stop
         results.append(pb.TokenizedText(tokens=items, total=found.total, truncated=found.truncated))
-    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
-    state = directory.states[valid.spec.name]
-    return pb.TokenizeResponse(
-        request_id=request.request_id or uuid.uuid4().hex,
-        model=valid.spec.name,
-        results=results,
-        max_input_tokens=state.max_input_tokens or valid.spec.max_input_tokens,
-        metadata=metadata(reply, received),
-    )
+    max_tokens = directory.states[valid.spec.name].max_input_tokens or valid.spec.max_input_tokens
+    common = answered(request.request_id, valid, reply, received)
+    return pb.TokenizeResponse(results=results, max_input_tokens=max_tokens, **common)
 
 
 def respond_decode(request: pb.DecodeRequest, valid: Request, reply: wire.Reply, received: float) -> pb.DecodeResponse:
@@ -89,10 +80,4 @@ def respond_decode(request: pb.DecodeRequest, valid: Request, reply: wire.Reply,
     checked(valid, reply)
     if reply.texts is None:
         raise EmbedstreamError.from_code("INTERNAL", "worker answered Decode without texts")
-    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
-    return pb.DecodeResponse(
-        request_id=request.request_id or uuid.uuid4().hex,
-        model=valid.spec.name,
-        texts=reply.texts,
-        metadata=metadata(reply, received),
-    )
+    return pb.DecodeResponse(texts=reply.texts, **answered(request.request_id, valid, reply, received))
