@@ -19,7 +19,7 @@ from tests.support import familymodels as fm
 from tests.support import tinymodels
 from tests.support.conformance import TEXTS, FamilyModels, Served
 from tests.support.http import call, http_port
-from tests.support.processes import Proc, entries_added, wait_until
+from tests.support.processes import Proc, cli, entries_added, wait_until
 
 MOODS = ["negative", "neutral", "positive"]
 TOPICS = ["news", "sport", "tech", "art"]
@@ -229,3 +229,12 @@ def test_a_classifier_without_its_head_is_refused(
     with pytest.raises(grpc.RpcError) as caught:
         refused.stub.Classify(pb.ClassifyRequest(model="headless", inputs=["x"]), timeout=10)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_inspect_detects_a_classifier_and_prints_its_labels(family_models: FamilyModels) -> None:
+    folder = family_models.get("classifier-topics", lambda d: tinymodels.classifier(d, TOPICS, multi_label=True))
+    done = cli("inspect", str(folder))
+    assert done.returncode == 0, done.stderr
+    facts = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert facts["family"] == "classify" and facts["labels"] == "news, sport, tech, art (scores: sigmoid)"
+    assert facts["vocabulary"] == "30522"
