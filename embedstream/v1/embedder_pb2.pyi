@@ -1192,7 +1192,9 @@ class TokenizedText(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     total: _builtins.int
-    """Tokens of the whole text, special tokens included, before any cut."""
+    """Tokens of the whole text before any cut (special tokens included when
+    added).
+    """
     truncated: _builtins.bool
     """The text is longer than the model's max input tokens: Embed cuts it
     (truncate) or refuses it (truncate = false).
