@@ -169,11 +169,13 @@ def family(where: Path) -> str:
         return "sparse"
     if "MultiVector" in kinds:
         return "multi-vector"
-    architectures = " ".join((_json(where / "config.json") or {}).get("architectures") or [])
+    config = _json(where / "config.json") or {}
+    architectures = " ".join(config.get("architectures") or [])
     if "CLIP" in architectures or "Siglip" in architectures:
         return "image-text"
     if "ForSequenceClassification" in architectures:
-        return "rerank"
+        # One label scores a (query, document) pair; more are a classifier's labels.
+        return "classify" if len(config.get("id2label") or {0: ""}) > 1 else "rerank"
     if "ForMaskedLM" in architectures and not modules:
         return "sparse"
     return "text-dense"

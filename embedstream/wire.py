@@ -14,6 +14,8 @@ from typing import Any
 
 import msgpack
 
+from embedstream import textwire
+from embedstream.textwire import TokenList
 from embedstream.vectors import OUTPUT_TYPES, row_bytes
 
 VERSION = 1
@@ -21,7 +23,12 @@ VERSION = 1
 #: gateway from before chunking refuses them (dead letter, error) instead of
 #: silently truncating; version 1 payloads stay decodable.
 VERSION_CHUNKS = 2
-VERSIONS = (VERSION, VERSION_CHUNKS)
+#: Entries and replies of the text operations (``embedstream.textwire``): a worker from
+#: before them refuses such an entry instead of embedding what it was asked to tokenize.
+VERSION_TEXT = 3
+VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT)
+#: One input: a text, an encoded image, or token ids.
+Item = textwire.Item
 
 
 class WireError(ValueError):
@@ -53,9 +60,18 @@ class Options:
     chunk_overlap: int = -1
     #: Return every chunk's vector and span instead of one pooled vector per input.
     chunk_vectors: bool = False
+    #: "embed" (a forward pass), "tokenize" or "decode" (the tokenizer only).
+    kind: str = "embed"
+    #: Which end of an over-long text is cut: "right" keeps the start, "left" the end.
+    truncation_side: str = "right"
+    #: Tokenize: add the model's special tokens; decode: keep them in the text.
+    special_tokens: bool = True
+    #: Classify: the function of the logits ("" = the model's own); also send the logits.
+    function: str = ""
+    return_logits: bool = False
 
     def to_job(
-        self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[str | bytes], **rest: Any
+        self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[Item], **rest: Any
     ) -> Job:
         """The queue entry for ``inputs`` with these options (``rest``: a chunk's job id and index, the trace)."""
         mine = {f.name: getattr(self, f.name) for f in fields(Options)}
@@ -70,8 +86,8 @@ class Job(Options):
     reply_to: str
     deadline_ms: int
     enqueued_ms: int
-    #: Texts (str) and encoded images (bytes), in request order.
-    inputs: list[str | bytes]
+    #: Texts (str), encoded images (bytes) and token ids (list[int]), in request order.
+    inputs: list[Item]
     #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
     job_id: str = ""
     chunk: int = -1
@@ -103,6 +119,13 @@ class Reply:
     spans: list[int] | None = None
     #: Chunks embedded (0 without chunking).
     chunks: int = 0
+    #: Tokenize: each text's tokens; Decode: each sequence's text.
+    token_lists: list[TokenList] | None = None
+    texts: list[str] | None = None
+    #: Classify: ``vectors`` holds count x labels scores; the labels in id order, and the
+    #: logits (the same layout) where the job asked for them.
+    labels: list[str] | None = None
+    logits: bytes = b""
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -145,6 +168,8 @@ def encode_job(job: Job) -> bytes:
     body.update((k, v) for k, v in optional.items() if v)
     if job.output_type != "float32":
         body["ot"] = job.output_type
+    if text := textwire.job_body(job):
+        body.update(text, v=VERSION_TEXT)
     return _pack(body)
 
 
@@ -153,8 +178,8 @@ def decode_job(data: bytes) -> Job:
     body = _unpack(data)
     try:
         inputs = body["t"]
-        if not isinstance(inputs, list) or not all(isinstance(t, str | bytes) for t in inputs):
-            raise WireError("job inputs must be a list of strings and byte strings")
+        if not isinstance(inputs, list) or not all(isinstance(t, str | bytes) or textwire.ids(t) for t in inputs):
+            raise WireError("job inputs must be a list of strings, byte strings and token-id lists")
         normalize = body.get("n")
         if normalize is not None and not isinstance(normalize, bool):
             raise WireError("job normalize must be a bool")
@@ -182,7 +207,10 @@ def decode_job(data: bytes) -> Job:
             query=_typed(body.get("qy", ""), str, "qy"),
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
             trace=_typed(body.get("tr", ""), str, "tr"),
+            **textwire.job_options(body),
         )
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
     except KeyError as exc:
         raise WireError(f"job lacks field {exc.args[0]!r}") from None
 
@@ -216,6 +244,8 @@ def encode_reply(reply: Reply) -> bytes:
             body.update(v=VERSION_CHUNKS, cn=reply.chunks)
         if reply.spans is not None:
             body.update(v=VERSION_CHUNKS, sp=reply.spans)
+        if text := textwire.reply_body(reply):
+            body.update(text, v=VERSION_TEXT)
     return _pack(body)
 
 
@@ -245,6 +275,10 @@ def decode_reply(data: bytes) -> Reply:
         reply.token_strings = strings
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
         reply.spans = _int_list(body.get("sp"), "sp")
+        for name, value in textwire.reply_fields(body).items():
+            setattr(reply, name, value)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
     _check_sizes(reply)
@@ -256,6 +290,8 @@ def _check_sizes(reply: Reply) -> None:
         raise WireError(f"unknown output type {reply.output_type!r}")
     if reply.spans is not None and len(reply.spans) != 5 * reply.count:
         raise WireError("reply spans do not match count")
+    if problem := textwire.size_problem(reply):
+        raise WireError(problem)
     if reply.nnz is not None:
         total = sum(reply.nnz)
         if len(reply.nnz) != reply.count or len(reply.indices) != 4 * total or len(reply.vectors) != 4 * total:

@@ -83,7 +83,7 @@ class JobMaker:
             # The call that made it failed and forgot it (key and record together): make it anew.
 
     async def enqueue(
-        self, job_id: str, model: ModelSpec, options: Options, inputs: Sequence[str | bytes], first: int, expires: int
+        self, job_id: str, model: ModelSpec, options: Options, inputs: Sequence[wire.Item], first: int, expires: int
     ) -> None:
         """XADD ``inputs`` as chunk entries ``first``, ``first + 1``, ... of the job."""
         pipe = self.redis.pipeline(transaction=False)

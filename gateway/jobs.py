@@ -20,9 +20,16 @@ from embedstream.gateway.dispatch import Options
 from embedstream.gateway.jobmaking import JobMaker, digest
 from embedstream.gateway.shape import job_results
 from embedstream.gateway.status import streaming, unary
-from embedstream.gateway.validation import check_chunks, check_options, validate_inputs, verify_images
+from embedstream.gateway.validation import (
+    check_chunks,
+    check_options,
+    check_token_inputs,
+    refuse_scorers,
+    validate_inputs,
+    verify_images,
+)
 
-from embedstream import jobstore, keys, tracing
+from embedstream import jobstore, keys, tracing, wire
 from embedstream.connections import call
 from embedstream.errors import InvalidArgument, NotFound, clip
 from embedstream.registry import ModelSpec, Registry
@@ -59,6 +66,7 @@ class Jobs(pb_grpc.JobsServicer):
         model, options = self._check_spec(request.spec)
         tracing.annotate({"embedstream.model": model.name, "embedstream.inputs": n})
         inputs = validate_inputs(request.inputs, model, self.settings, self.directory, options.truncate)
+        check_token_inputs(inputs, request.spec.prompt_name, options, "spec.")
         check_chunks(inputs, options, self.settings, per_request=False)
         await verify_images(inputs, self.settings)
         await self.maker.room_for(model, -(-n // jobstore.CHUNK))
@@ -97,7 +105,7 @@ class Jobs(pb_grpc.JobsServicer):
             await self.maker.replicated()
             return await self._job(job_id)
         total = 0
-        buffered: list[str | bytes] = []
+        buffered: list[wire.Item] = []
         try:
             async for message in stream:
                 if message.WhichOneof("part") != "chunk":
@@ -105,6 +113,7 @@ class Jobs(pb_grpc.JobsServicer):
                 items = validate_inputs(
                     message.chunk.inputs, model, self.settings, self.directory, options.truncate, start=total
                 )
+                check_token_inputs(items, spec.prompt_name, options, "spec.")
                 check_chunks(items, options, self.settings, start=total, per_request=False)
                 await verify_images(items, self.settings, start=total)
                 total += len(items)
@@ -132,8 +141,7 @@ class Jobs(pb_grpc.JobsServicer):
 
     def _check_spec(self, spec: pb.JobSpec) -> tuple[ModelSpec, Options]:
         model = self.registry.resolve(spec.model)
-        if model.family == "rerank":
-            raise InvalidArgument(f"spec.model: {model.name!r} is a rerank model; call Rerank or RerankStream")
+        refuse_scorers(model, "spec.model: ")
         self.directory.refuse_failed(model.name)
         if spec.ttl_seconds > self.settings.max_job_ttl_s:
             raise InvalidArgument(

@@ -38,6 +38,7 @@ TINY = {
     "/models/splade-v3": lambda root: tinymodels.bert(root / "splade", "splade"),
     "/models/colbert": lambda root: tinymodels.colbert(root / "colbert"),
     "/models/ms-marco-MiniLM-L6": lambda root: tinymodels.bert(root / "rerank", "xenc"),
+    "/models/sentiment": lambda root: tinymodels.classifier(root / "sentiment", ["negative", "neutral", "positive"]),
 }
 METRICS_PORTS = 8  # 9464 ... 9471 in the docs: the gateway, then each worker in registry order
 

@@ -6,6 +6,7 @@
   ``start_worker(s)``), ``cli``, ``wait_until``, ``stub``, ``scrape`` a process's /metrics, ``entries_added``.
 - ``rpcs``: every RPC of the protos as one call (``RPCS``), ``bearer`` API-key metadata, ``inputs``.
 - ``documents``: a ``section`` or ``table`` of README.md or of a page under docs/.
+- ``http``: HTTP calls that never raise on an error status (``call``), a gateway's ``http_port``.
 - ``deploy``: deploy/ as the deploy tests read it: kustomize renderings, compose, Dockerfile stages.
 - ``models``: the packaged MiniLM folder (``MINILM``) and the session's ``REGISTRY``.
 - ``tinymodels``: tiny random models of every family, saved the way real ones are.

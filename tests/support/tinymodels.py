@@ -148,6 +148,26 @@ def bert(folder: Path, head: str, **config: Any) -> Path:
     return folder
 
 
+def classifier(folder: Path, labels: list[str], multi_label: bool = False) -> Path:
+    """A tiny BertForSequenceClassification with ``labels`` (id2label), single- or multi-label
+    (config ``problem_type``); its head's weights scaled up so the labels' scores spread apart."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = _bert_config(
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(folder)
+    return folder
+
+
 def sentence_transformer(
     folder: Path,
     pooling: str = "mean",
