@@ -1,10 +1,10 @@
 """A worker's reply as protobuf Embeddings, in the encoding the caller asked for.
 
-Shared by Embed, EmbedStream and GetJobResults (``job_results`` reads a stored job chunk).
-The reply already holds the
-final bytes (cut, normalized, quantized by the worker); shaping only slices
-them, or turns them into number lists for VECTOR_ENCODING_FLOAT_LIST. Every
-response's metadata, and the check that a reply answers its request, are here too.
+Shared by Embed, EmbedStream and GetJobResults (``job_results`` reads a stored job
+chunk). The reply already holds the final bytes (cut, normalized, quantized by the
+worker); shaping only slices them, or turns them into number lists for
+VECTOR_ENCODING_FLOAT_LIST. Every response's metadata, and the check that a reply
+answers its request, are here too.
 """
 
 from __future__ import annotations
