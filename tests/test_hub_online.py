@@ -23,7 +23,7 @@ from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.support import ROOT, tinymodels
 from tests.support.hubserver import Hub
-from tests.support.processes import base_env, start_gateway, start_worker, stub, wait_until
+from tests.support.processes import base_env, from_a_terminal, start_gateway, start_worker, stub, wait_until
 
 WEIGHTS = "model.safetensors"
 MIB = 1 << 20
@@ -125,7 +125,13 @@ def test_an_interrupted_pull_resumes_in_a_new_process_with_a_range_request(
     env = hub_env(hub, hf_home, HF_HUB_OFFLINE="0", HF_HUB_DOWNLOAD_TIMEOUT="120")
     hub.stall(repo, WEIGHTS, after=12 * MIB)
     first = subprocess.Popen(
-        pull_cmd(repo), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        pull_cmd(repo),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=from_a_terminal,
     )
     try:
         # huggingface_hub writes in 10 MiB chunks: the first lands, the next waits on the stalled hub.
@@ -133,7 +139,9 @@ def test_an_interrupted_pull_resumes_in_a_new_process_with_a_range_request(
         first.send_signal(signal.SIGINT)  # Ctrl-C
         _, err = first.communicate(timeout=60)
     finally:
-        first.kill()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()  # reaps it and closes its pipes
         hub.release()
     assert first.returncode == 130, err
     assert "Traceback" not in err and f"pull of {repo} interrupted; run it again to resume" in err

@@ -187,3 +187,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", "embedstream", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
     )
+
+
+def from_a_terminal() -> None:
+    """``preexec_fn`` for a process a test interrupts as Ctrl-C would: SIGINT at its default.
+    A run started in the background (a non-interactive shell's ``&``, as some CI runners do)
+    ignores SIGINT and its children inherit that, so the signal would reach nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
