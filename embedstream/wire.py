@@ -22,6 +22,8 @@ VERSION = 1
 #: silently truncating; version 1 payloads stay decodable.
 VERSION_CHUNKS = 2
 VERSIONS = (VERSION, VERSION_CHUNKS)
+#: What ``Options.cache`` may be: "" (read and write), or the request's CacheMode otherwise.
+CACHE_MODES = ("", "bypass", "refresh")
 
 
 class WireError(ValueError):
@@ -53,6 +55,10 @@ class Options:
     chunk_overlap: int = -1
     #: Return every chunk's vector and span instead of one pooled vector per input.
     chunk_vectors: bool = False
+    #: The embedding cache: "" reads and writes, "bypass" neither, "refresh" writes only.
+    cache: str = ""
+    #: Who may share cache entries (the tenant): part of every cache key.
+    cache_scope: str = ""
 
     def to_job(
         self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[str | bytes], **rest: Any
@@ -103,6 +109,8 @@ class Reply:
     spans: list[int] | None = None
     #: Chunks embedded (0 without chunking).
     chunks: int = 0
+    #: Inputs answered from the embedding cache.
+    cached: int = 0
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -141,6 +149,8 @@ def encode_job(job: Job) -> bytes:
         "qy": job.query,
         "rt": job.return_tokens,
         "tr": job.trace,
+        "ca": job.cache,
+        "sc": job.cache_scope,
     }
     body.update((k, v) for k, v in optional.items() if v)
     if job.output_type != "float32":
@@ -161,6 +171,9 @@ def decode_job(data: bytes) -> Job:
         output_type = _typed(body.get("ot", "float32"), str, "ot")
         if output_type not in OUTPUT_TYPES:
             raise WireError(f"unknown output type {output_type!r}")
+        cache = _typed(body.get("ca", ""), str, "ca")
+        if cache not in CACHE_MODES:
+            raise WireError(f"unknown cache mode {cache!r}")
         return Job(
             id=_typed(body["i"], str, "i"),
             reply_to=_typed(body["r"], str, "r"),
@@ -182,6 +195,8 @@ def decode_job(data: bytes) -> Job:
             query=_typed(body.get("qy", ""), str, "qy"),
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
             trace=_typed(body.get("tr", ""), str, "tr"),
+            cache=cache,
+            cache_scope=_typed(body.get("sc", ""), str, "sc"),
         )
     except KeyError as exc:
         raise WireError(f"job lacks field {exc.args[0]!r}") from None
@@ -214,6 +229,8 @@ def encode_reply(reply: Reply) -> bytes:
             body["ts"] = reply.token_strings
         if reply.chunks:
             body.update(v=VERSION_CHUNKS, cn=reply.chunks)
+        if reply.cached:
+            body["cd"] = reply.cached
         if reply.spans is not None:
             body.update(v=VERSION_CHUNKS, sp=reply.spans)
     return _pack(body)
@@ -244,6 +261,7 @@ def decode_reply(data: bytes) -> Reply:
             raise WireError("field 'ts' must be a list of strings")
         reply.token_strings = strings
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
+        reply.cached = _typed(body.get("cd", 0), int, "cd")
         reply.spans = _int_list(body.get("sp"), "sp")
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None

@@ -236,6 +236,7 @@ def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
         worker=reply.worker,
         truncated_inputs=reply.truncated,
         chunks=reply.chunks,
+        cached_inputs=reply.cached,
     )
 
 

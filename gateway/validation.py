@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from embedstream.gateway.auth import current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 
@@ -34,6 +35,8 @@ OUTPUT_TYPES = {
     pb.OUTPUT_TYPE_UBINARY: "ubinary",
 }
 
+#: The request's CacheMode as the queue entry carries it (``wire.CACHE_MODES``).
+CACHE_MODES = {pb.CACHE_DEFAULT: "", pb.CACHE_BYPASS: "bypass", pb.CACHE_REFRESH: "refresh"}
 
 #: Families whose texts may be chunked (long_inputs LONG_INPUTS_CHUNK).
 CHUNKED_FAMILIES = ("text-dense", "sparse", "multi-vector", "debug")
@@ -69,7 +72,8 @@ def validate_rerank(req: pb.RerankRequest, registry: Registry, settings: Setting
     truncate = req.truncate if req.HasField("truncate") else True
     query = check_text(req.query, "query", spec, settings, directory, truncate)
     docs = [check_text(d, f"documents[{i}]", spec, settings, directory, truncate) for i, d in enumerate(req.documents)]
-    return Request(spec, list(docs), Options(truncate=truncate, query=query))
+    # No field chooses the cache for a rerank call, so a ranking always runs the model.
+    return Request(spec, list(docs), Options(truncate=truncate, query=query, cache="bypass"))
 
 
 def count(n: int, settings: Settings, field: str) -> None:
@@ -90,6 +94,8 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         raise InvalidArgument(f"{prefix}input_type: unknown value {msg.input_type}")
     if msg.output_type not in OUTPUT_TYPES:
         raise InvalidArgument(f"{prefix}output_type: unknown value {msg.output_type}")
+    if msg.cache not in CACHE_MODES:
+        raise InvalidArgument(f"{prefix}cache: unknown value {msg.cache}")
     output_type = OUTPUT_TYPES[msg.output_type]
     if output_type not in spec.output_types:
         raise InvalidArgument(f"{prefix}output_type: {where} returns {', '.join(spec.output_types)} only")
@@ -120,6 +126,9 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         dimensions=dimensions,
         output_type=output_type,
         return_tokens=bool(msg.return_tokens),
+        cache=CACHE_MODES[msg.cache],
+        # Tenants never share cache entries: a hit would tell one what another embedded.
+        cache_scope=current_tenant(),
         **chunk,
     )
 

@@ -39,6 +39,7 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
         queue_ms=max(0.0, entry.started_ms - job.enqueued_ms),
         inference_ms=entry.inference_ms,
         worker=worker,
+        cached=entry.cached,
     )
     kind = model.output
     results = entry.results
