@@ -52,8 +52,8 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # job results (the RECORD script: HGET, HSETNX, HINCRBY, LLEN, RPUSH, ...),
     # lease renewal (XPENDING, XCLAIM) and capped dead letters (XADD, XLEN) in scripts.
     # Its model's load-failure record (SET with expiry, DEL once it serves) and profile (SET in the
-    # heartbeat script). The embedding cache's scripts (GET, ZADD, PEXPIRE; EXISTS, STRLEN, ZREM,
-    # SET, INCRBY, DECRBY, ZPOPMIN, DEL) and, while Redis is full, a plain MGET.
+    # heartbeat script). The embedding cache's scripts (GET, ZADD, PEXPIRE; INFO memory, EXISTS, STRLEN,
+    # ZREM, SET, INCRBY, DECRBY, ZPOPMIN, DEL) and, while Redis is full, a plain MGET.
     # Never a tenant's keys (idempotency, rate limits): a job's keys are {job:<tag>}:<id>:<what>,
     # its idempotency key {job:<tag>}:idem, which the pattern with two colons leaves out.
     "worker": (
@@ -70,6 +70,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "hset",
             "hsetnx",
             "incrby",
+            "info",
             "llen",
             "mget",
             "pexpire",

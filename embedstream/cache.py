@@ -30,6 +30,10 @@ SAMPLES = 16
 OVERHEAD = 400
 #: Records forgotten per STORE whose TTL ran out (their index members and bytes).
 STALE_PER_STORE = 32
+#: Above this share of Redis' ``maxmemory`` a STORE keeps nothing and gives back (drops) up to
+#: ``GIVE_BACK`` of the model's least recently used records: the cache yields to the queue.
+HIGH_WATER = 0.9
+GIVE_BACK = 8
 
 #: Read records and mark them used now. KEYS: index, bytes, then the records.
 #: ARGV: now_ms, ttl_ms, record key prefix, overhead. Returns each record's value or false.
@@ -54,9 +58,11 @@ end
 return found
 """
 
-#: Store one record, forget expired ones, and evict the least recently used beyond the budget.
+#: Store one record, forget expired ones, and evict the least recently used beyond the budget;
+#: with Redis nearly full, store nothing and drop the oldest records instead.
 #: KEYS: record, index, bytes. ARGV: value, ttl_ms, now_ms, budget, digest, record key prefix,
-#: overhead, stale records forgotten at most. Returns {records evicted, the model's cache bytes after}.
+#: overhead, stale records forgotten at most, high water, records given back at most.
+#: Returns {records evicted, the model's cache bytes after, 1 stored or 0 not (Redis nearly full)}.
 STORE = """
 local ttl, now, budget, overhead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[7])
 -- A member out of the index: its bytes leave the count; returns its record's digest.
@@ -64,6 +70,20 @@ local function uncount(member)
   local digest, size = string.match(member, '^(.*):(%d+)$')
   redis.call('DECRBY', KEYS[3], size)
   return digest
+end
+local function evict()
+  local oldest = redis.call('ZPOPMIN', KEYS[2])
+  if #oldest == 0 then return false end
+  redis.call('DEL', ARGV[6] .. uncount(oldest[1]))
+  return true
+end
+-- The queue's memory comes first: near maxmemory the cache shrinks instead of growing.
+local memory = redis.call('INFO', 'memory')
+local used, max = tonumber(string.match(memory, 'used_memory:(%d+)')), tonumber(string.match(memory, 'maxmemory:(%d+)'))
+if max and max > 0 and used > max * tonumber(ARGV[9]) then
+  local given = 0
+  while given < tonumber(ARGV[10]) and evict() do given = given + 1 end
+  return {given, tonumber(redis.call('GET', KEYS[3]) or '0'), 0}
 end
 -- Records whose TTL ran out left their members (and bytes) behind.
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - ttl, 'LIMIT', 0, tonumber(ARGV[8]))
@@ -83,10 +103,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[5] .. ':' .. size)
 local total = redis.call('INCRBY', KEYS[3], size)
 local evicted = 0
-while total > budget do
-  local oldest = redis.call('ZPOPMIN', KEYS[2])
-  if #oldest == 0 then break end
-  redis.call('DEL', ARGV[6] .. uncount(oldest[1]))
+while total > budget and evict() do
   total = tonumber(redis.call('GET', KEYS[3]))
   evicted = evicted + 1
 end
@@ -96,7 +113,7 @@ if total < 0 then
 end
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
-return {evicted, total}
+return {evicted, total, 1}
 """
 
 
@@ -219,7 +236,9 @@ class Store:
         return [value or None for value in found]
 
     def put(self, digest_: str, value: bytes, now_ms: int, client: Any = None) -> Any:
-        """Store one record (an awaitable of [evicted, bytes after]; queued where ``client`` is a pipeline)."""
+        """Store one record (an awaitable of [evicted, bytes after, stored]; queued where ``client``
+        is a pipeline)."""
         names = [keys.cache_record(self.model, digest_), keys.cache_index(self.model), keys.cache_bytes(self.model)]
         args = [value, self.ttl_ms, now_ms, self.budget, digest_, self.prefix, OVERHEAD, STALE_PER_STORE]
+        args += [HIGH_WATER, GIVE_BACK]
         return self._store(keys=names, args=args, client=client)

@@ -84,7 +84,7 @@ DROP_REASONS = ("expired", "cancelled", "lease_lost")
 #: What a worker may fail to store.
 UNSTORED_KINDS = ("answer", "dead_letter")
 #: What the embedding cache may fail at.
-CACHE_OPS = ("read", "write")
+CACHE_OPS = ("read", "write", "full")
 
 
 def init_gateway(models: list[str]) -> None:

@@ -144,10 +144,13 @@ class Cache:
             self._mishaps.recovered()
         for (_, value), outcome in zip(writes, outcomes):
             if not isinstance(outcome, BaseException):
-                evicted, total = outcome
-                metrics.CACHE_STORED_BYTES.labels(self.name).inc(len(value) + cache.OVERHEAD)
-                metrics.CACHE_EVICTIONS.labels(self.name).inc(int(evicted))
-                metrics.CACHE_BYTES.labels(self.name).set(int(total))
+                evicted, total, stored = (int(x) for x in outcome)
+                if stored:
+                    metrics.CACHE_STORED_BYTES.labels(self.name).inc(len(value) + cache.OVERHEAD)
+                else:  # Redis is nearly full: the cache gave memory back instead
+                    metrics.CACHE_FAILURES.labels(self.name, "full").inc()
+                metrics.CACHE_EVICTIONS.labels(self.name).inc(evicted)
+                metrics.CACHE_BYTES.labels(self.name).set(total)
 
     def records(self, entry: Entry) -> list[tuple[int, bytes]]:
         """(input, record) of each input of a finished entry that the model ran for it."""

@@ -135,7 +135,7 @@ def test_the_budget_drops_the_least_recently_used_and_reads_count_as_use(
         return outcomes, await store.get([f"d{i}" for i in range(4)], now_ms=12)
 
     outcomes, got = run(redis_server, scenario, budget=3000)
-    assert [int(e) for e, _ in outcomes] == [0, 0, 0, 1] and int(outcomes[-1][1]) == 3000
+    assert [[int(x) for x in o] for o in outcomes] == [[0, 1000, 1], [0, 2000, 1], [0, 3000, 1], [1, 3000, 1]]
     assert got[1] is None and [g is not None for g in got] == [True, False, True, True]
     assert int(r.get(keys.cache_bytes(model)) or 0) == 3000
     assert r.zcard(keys.cache_index(model)) == 3
@@ -185,3 +185,25 @@ def test_the_counted_overhead_covers_what_redis_spends_on_a_record(
     counted = int(r.get(keys.cache_bytes(model)) or 0)
     print(f"\n200 records: counted {counted} bytes, Redis reports {used}")
     assert 0.85 * used <= counted <= 1.2 * used
+
+
+def test_near_maxmemory_the_cache_gives_memory_back_to_the_queue(tmp_path: Path) -> None:
+    """Redis runs noeviction, so whatever the cache holds the queue cannot have: above 90% of
+    maxmemory a STORE keeps nothing and drops the oldest records instead, and queue writes go on."""
+    server = RedisServer(tmp_path, appendonly=False, options={"maxmemory": "4mb"}).start()
+    admin = redis.Redis.from_url(server.url)
+    try:
+
+        async def scenario(store: cache.Store) -> list[Any]:
+            return [await store.put(f"d{i}", bytes(64 << 10), now_ms=i) for i in range(80)]
+
+        outcomes = [[int(x) for x in o] for o in run(server, scenario, budget=10**9)]
+        first_refusal = next(i for i, (_, _, stored) in enumerate(outcomes) if not stored)
+        assert 20 < first_refusal < 80 and all(given > 0 for given, _, stored in outcomes[first_refusal:] if not stored)
+        memory = admin.info("memory")
+        assert memory["used_memory"] <= memory["maxmemory"]
+        assert admin.zcard(keys.cache_index("cachetest")) < first_refusal  # records went back
+        admin.xadd(keys.queue("cachetest"), {"p": b"x" * 1024})  # the queue still takes work
+    finally:
+        admin.close()
+        server.stop()
