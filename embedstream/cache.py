@@ -120,12 +120,14 @@ return {evicted, total, 1}
 def fingerprint(spec: ModelSpec, served: profile.Profile) -> str:
     """What identifies the model's outputs, computed once at load: its registry entry's
     output-changing fields, how it is served (the profile), and for a folder each file's
-    name, size and evenly spaced samples of its bytes (not its mtime, so that copies of one
-    folder on several machines share a cache)."""
-    entry = {k: v for k, v in asdict(spec).items() if k in IDENTITY}
-    h = hashlib.sha256(msgpack.packb([FORMAT, entry, profile.encode(served)], default=str))
+    name, size and evenly spaced samples of its bytes (not its path or times, so that copies of
+    one folder on several machines share a cache)."""
     root = Path(spec.path) if spec.path else None
-    if root is not None and root.is_dir():
+    folder = root is not None and root.is_dir()
+    # A folder is known by its files, wherever it lies (an hf: snapshot's path holds the user's home).
+    entry = {k: v for k, v in asdict(spec).items() if k in IDENTITY and not (folder and k == "path")}
+    h = hashlib.sha256(msgpack.packb([FORMAT, entry, profile.encode(served)]))
+    if root is not None and folder:
         for file in sorted(p for p in root.rglob("*") if p.is_file()):
             name = file.relative_to(root)
             if any(part.startswith(".") for part in name.parts):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -88,6 +89,8 @@ def test_the_fingerprint_follows_the_weights_and_the_serving_not_the_file_times(
     os.utime(weights, (1, 1))
     (tmp_path / ".cache" / "download.metadata").write_text("fetched at 13:00")
     assert cache.fingerprint(spec, served) == fp  # a copy of the folder elsewhere shares the cache
+    copy = shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-copy")
+    assert cache.fingerprint(dataclasses.replace(spec, path=str(copy)), served) == fp
     assert cache.fingerprint(dataclasses.replace(spec, max_batch_size=7, aliases=("x",)), served) == fp
     for other in (dataclasses.replace(spec, dtype="float16"), dataclasses.replace(spec, name="m2")):
         assert cache.fingerprint(other, served) != fp
