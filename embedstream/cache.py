@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from embedstream import keys, profile
 from embedstream.registry import ModelSpec
@@ -229,12 +230,19 @@ class Store:
         self._store = redis.register_script(STORE)
 
     async def get(self, digests: list[str], now_ms: int) -> list[bytes | None]:
-        """The records of ``digests`` (None where missing), each marked used now: one round trip."""
+        """The records of ``digests`` (None where missing), each marked used now: one round trip.
+        While Redis is over ``maxmemory`` it refuses the marks (ZADD is denied on OOM), and the
+        records are read without them."""
         if not digests:
             return []
         names = [keys.cache_index(self.model), keys.cache_bytes(self.model)]
         names += [keys.cache_record(self.model, d) for d in digests]
-        found = await self._lookup(keys=names, args=[now_ms, self.ttl_ms, self.prefix, OVERHEAD])
+        try:
+            found = await self._lookup(keys=names, args=[now_ms, self.ttl_ms, self.prefix, OVERHEAD])
+        except ResponseError as exc:
+            if not isinstance(exc, OutOfMemoryError) and not str(exc).startswith("OOM"):
+                raise
+            found = await self.redis.mget(names[2:])
         return [value or None for value in found]
 
     def put(self, digest_: str, value: bytes, now_ms: int, client: Any = None) -> Any:

@@ -56,7 +56,7 @@ if ARGV[4] == '1' then
   end
 else
   redis.call('HINCRBY', KEYS[1], 'done', ARGV[3])
-  if ARGV[8] and ARGV[8] ~= '0' then redis.call('HINCRBY', KEYS[1], 'cached', ARGV[8]) end
+  if ARGV[8] ~= '0' then redis.call('HINCRBY', KEYS[1], 'cached', ARGV[8]) end
   if ARGV[5] ~= '0' then redis.call('HSET', KEYS[1], 'dimensions', ARGV[5]) end
 end
 if state == 1 then redis.call('HSET', KEYS[1], 'state', 2) end
@@ -66,7 +66,7 @@ return 1
 )
 
 #: How many KEYS and ARGV :data:`RECORD` takes (as :func:`recording` builds them).
-RECORD_ARITY = (3, 7)
+RECORD_ARITY = (3, 8)
 
 #: Gateway: create a job's record (UPLOADING) and, with an idempotency key, the key with it, in
 #: one step: of concurrent calls with one key exactly one creates; the rest get its job and digest.

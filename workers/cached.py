@@ -86,7 +86,7 @@ class Cache:
         if not digests:
             return plans
         try:
-            found = await self._get(digests)
+            found = await self.store_.get(digests, int(clock.now_ms()))
         except REDIS_ERRORS as exc:
             self._failed("read", exc, len(digests))
             found = [None] * len(digests)
@@ -100,17 +100,6 @@ class Cache:
         metrics.CACHE_HITS.labels(self.name).inc(hits)
         metrics.CACHE_MISSES.labels(self.name).inc(len(digests) - hits)
         return plans
-
-    async def _get(self, digests: list[str]) -> list[bytes | None]:
-        try:
-            return await self.store_.get(digests, int(clock.now_ms()))
-        except REDIS_ERRORS as exc:
-            if "OOM" not in str(exc):
-                raise
-            # Redis is full and refuses the lookup's touches: read without marking them used.
-            names = [self.store_.prefix + d for d in digests]
-            found: list[bytes | None] = await self.redis.mget(names)
-            return found
 
     async def store(self, entries: list[Entry]) -> None:
         """Write the records of the answered entries' missing inputs, one pipeline, after their
