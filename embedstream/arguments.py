@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out records whose text is empty or blank (reported; ids keep their record numbers)",
     )
+    embed.add_argument(
+        "--cache",
+        choices=("default", "bypass", "refresh"),
+        default="default",
+        help="the server's embedding cache: use it (default), skip it, or recompute and overwrite",
+    )
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _eval_parser(sub, tls)

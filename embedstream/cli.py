@@ -75,6 +75,7 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         skip_empty=args.skip_empty,
         progress=not args.no_progress,
         tls=_tls(args),
+        cache=args.cache,
     )
     return _exit_code("embed-file", lambda: run(opts))
 

@@ -29,6 +29,8 @@ VERSION_TEXT = 3
 VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT)
 #: One input: a text, an encoded image, or token ids.
 Item = textwire.Item
+#: What ``Options.cache`` may be: "" (read and write), or the request's CacheMode otherwise.
+CACHE_MODES = ("", "bypass", "refresh")
 
 
 class WireError(ValueError):
@@ -69,6 +71,10 @@ class Options:
     #: Classify: the function of the logits ("" = the model's own); also send the logits.
     function: str = ""
     return_logits: bool = False
+    #: The embedding cache: "" reads and writes, "bypass" neither, "refresh" writes only.
+    cache: str = ""
+    #: Who may share cache entries (the tenant): part of every cache key.
+    cache_scope: str = ""
 
     def to_job(
         self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[Item], **rest: Any
@@ -126,6 +132,8 @@ class Reply:
     #: logits (the same layout) where the job asked for them.
     labels: list[str] | None = None
     logits: bytes = b""
+    #: Inputs answered from the embedding cache.
+    cached: int = 0
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -164,6 +172,8 @@ def encode_job(job: Job) -> bytes:
         "qy": job.query,
         "rt": job.return_tokens,
         "tr": job.trace,
+        "ca": job.cache,
+        "sc": job.cache_scope,
     }
     body.update((k, v) for k, v in optional.items() if v)
     if job.output_type != "float32":
@@ -186,6 +196,9 @@ def decode_job(data: bytes) -> Job:
         output_type = _typed(body.get("ot", "float32"), str, "ot")
         if output_type not in OUTPUT_TYPES:
             raise WireError(f"unknown output type {output_type!r}")
+        cache = _typed(body.get("ca", ""), str, "ca")
+        if cache not in CACHE_MODES:
+            raise WireError(f"unknown cache mode {cache!r}")
         return Job(
             id=_typed(body["i"], str, "i"),
             reply_to=_typed(body["r"], str, "r"),
@@ -208,6 +221,8 @@ def decode_job(data: bytes) -> Job:
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
             trace=_typed(body.get("tr", ""), str, "tr"),
             **textwire.job_options(body),
+            cache=cache,
+            cache_scope=_typed(body.get("sc", ""), str, "sc"),
         )
     except ValueError as exc:
         raise WireError(str(exc)) from None
@@ -242,6 +257,8 @@ def encode_reply(reply: Reply) -> bytes:
             body["ts"] = reply.token_strings
         if reply.chunks:
             body.update(v=VERSION_CHUNKS, cn=reply.chunks)
+        if reply.cached:
+            body["cd"] = reply.cached
         if reply.spans is not None:
             body.update(v=VERSION_CHUNKS, sp=reply.spans)
         if text := textwire.reply_body(reply):
@@ -274,6 +291,7 @@ def decode_reply(data: bytes) -> Reply:
             raise WireError("field 'ts' must be a list of strings")
         reply.token_strings = strings
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
+        reply.cached = _typed(body.get("cd", 0), int, "cd")
         reply.spans = _int_list(body.get("sp"), "sp")
         for name, value in textwire.reply_fields(body).items():
             setattr(reply, name, value)

@@ -30,6 +30,8 @@ INPUT_TYPES = {name: value for value, name in validation.INPUT_TYPES.items() if 
 OUTPUT_TYPES = {name: value for value, name in validation.OUTPUT_TYPES.items()}
 #: ``long_inputs`` in a JSON body; chunked inputs come back pooled, one vector per input.
 LONG_INPUTS = {"truncate": pb.LONG_INPUTS_TRUNCATE, "chunk": pb.LONG_INPUTS_CHUNK, "error": pb.LONG_INPUTS_ERROR}
+#: ``cache`` in a JSON body (docs/cache.md).
+CACHE = {"default": pb.CACHE_DEFAULT, "bypass": pb.CACHE_BYPASS, "refresh": pb.CACHE_REFRESH}
 #: OpenAI's error ``type`` per HTTP status.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -68,6 +70,7 @@ def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
         request.dimensions = integer(body, "dimensions", 1)
     request.long_inputs = choice(body, "long_inputs", LONG_INPUTS, pb.LONG_INPUTS_DEFAULT)
     request.truncation_side = truncation_side(body)
+    request.cache = choice(body, "cache", CACHE, pb.CACHE_DEFAULT)
     for name in ("chunk_size_tokens", "chunk_overlap_tokens"):
         if body.get(name) is not None:
             setattr(request.chunking, name.removeprefix("chunk_"), integer(body, name, 0))

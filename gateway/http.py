@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: The header that carries a call's deadline, in seconds (HTTP has no standard one).
 TIMEOUT_HEADER = "X-Request-Timeout"
+#: Inputs of an /v1/embeddings call answered from the embedding cache (docs/cache.md).
+CACHED_HEADER = "X-Embedstream-Cached-Inputs"
 #: Paths served without a key, as gRPC's health service is.
 OPEN_PATHS = frozenset({"/health"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -205,7 +207,9 @@ class HttpApi:
                 "vector per input (call the gRPC Embed for its output)"
             )
         reply = await self.dispatcher.embed(valid, deadline)
-        return _json(compat.embeddings_body(respond(message, valid, reply, received), encoding_format))
+        response = _json(compat.embeddings_body(respond(message, valid, reply, received), encoding_format))
+        response.headers[CACHED_HEADER] = str(reply.cached)  # OpenAI's body has no place for it
+        return response
 
     async def rerank(self, request: web.Request) -> web.Response:
         """POST /v1/rerank and /rerank: Cohere's, Jina's and TEI's shared shape."""

@@ -179,6 +179,7 @@ class Jobs(pb_grpc.JobsServicer):
             finished_at_ms=meta["finished"],
             expires_at_ms=meta["expires"],
             dimensions=meta["dimensions"],
+            inputs_cached=meta.get("cached", 0),
         )
 
     @unary("GetJob")

@@ -93,6 +93,7 @@ def metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
         worker=reply.worker,
         truncated_inputs=reply.truncated,
         chunks=reply.chunks,
+        cached_inputs=reply.cached,
     )
 
 

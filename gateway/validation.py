@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from embedstream.gateway import tokens
+from embedstream.gateway.auth import current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 
@@ -35,6 +36,8 @@ OUTPUT_TYPES = {
     pb.OUTPUT_TYPE_UBINARY: "ubinary",
 }
 
+#: The request's CacheMode as the queue entry carries it (``wire.CACHE_MODES``).
+CACHE_MODES = {pb.CACHE_DEFAULT: "", pb.CACHE_BYPASS: "bypass", pb.CACHE_REFRESH: "refresh"}
 
 #: Families whose texts may be chunked (long_inputs LONG_INPUTS_CHUNK).
 CHUNKED_FAMILIES = ("text-dense", "sparse", "multi-vector", "debug")
@@ -91,7 +94,8 @@ def validate_rerank(req: pb.RerankRequest, registry: Registry, settings: Setting
     side = tokens.side(req.truncation_side, spec, directory)
     query = check_text(req.query, "query", spec, settings, directory, truncate)
     docs = [check_text(d, f"documents[{i}]", spec, settings, directory, truncate) for i, d in enumerate(req.documents)]
-    return Request(spec, list(docs), Options(truncate=truncate, query=query, truncation_side=side))
+    # No field chooses the cache for a rerank call, so a ranking always runs the model.
+    return Request(spec, list(docs), Options(truncate=truncate, query=query, truncation_side=side, cache="bypass"))
 
 
 def count(n: int, settings: Settings, field: str) -> None:
@@ -112,6 +116,8 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         raise InvalidArgument(f"{prefix}input_type: unknown value {msg.input_type}")
     if msg.output_type not in OUTPUT_TYPES:
         raise InvalidArgument(f"{prefix}output_type: unknown value {msg.output_type}")
+    if msg.cache not in CACHE_MODES:
+        raise InvalidArgument(f"{prefix}cache: unknown value {msg.cache}")
     output_type = OUTPUT_TYPES[msg.output_type]
     if output_type not in spec.output_types:
         raise InvalidArgument(f"{prefix}output_type: {where} returns {', '.join(spec.output_types)} only")
@@ -144,6 +150,9 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         dimensions=dimensions,
         output_type=output_type,
         return_tokens=bool(msg.return_tokens),
+        cache=CACHE_MODES[msg.cache],
+        # Tenants never share cache entries: a hit would tell one what another embedded.
+        cache_scope=current_tenant(),
         **chunk,
     )
 

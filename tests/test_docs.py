@@ -171,6 +171,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env = base_env("", registry, EMBEDSTREAM_THREADS="1", EMBEDSTREAM_METRICS_PORT=str(metrics))
     env["EMBEDSTREAM_HTTP_PORT"] = str(http)
     del env["EMBEDSTREAM_REDIS_URL"]
+    del env["EMBEDSTREAM_CACHE_BYTES"]  # the embedding cache as `make run` serves it: on
     log = root / "serve.log"
     args = [sys.executable, "-m", "embedstream", "serve", "--port", str(port), "--data-dir", str(root / "data")]
     with open(log, "wb") as out:

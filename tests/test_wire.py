@@ -40,6 +40,15 @@ def test_trace_context_is_optional_and_round_trips() -> None:
     assert wire.decode_job(old) == wire.Job("id", "reply", 5, 1, ["x"])
 
 
+def test_the_cache_mode_scope_and_count_round_trip_and_are_left_out_when_unset() -> None:
+    job = wire.Job("id", "reply", 5, 1, ["x"], cache="refresh", cache_scope="acme")
+    assert wire.decode_job(wire.encode_job(job)) == job
+    assert not {"ca", "sc"} & set(msgpack.unpackb(wire.encode_job(wire.Job("id", "reply", 5, 1, ["x"]))))
+    reply = wire.Reply("id", vectors=bytes(8), dimensions=2, count=1, cached=1)
+    assert wire.decode_reply(wire.encode_reply(reply)).cached == 1
+    assert wire.decode_reply(wire.encode_reply(wire.Reply("id", vectors=bytes(8), dimensions=2, count=1))).cached == 0
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -54,6 +63,8 @@ def test_trace_context_is_optional_and_round_trips() -> None:
         msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a", 3]}),
         msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"], "n": "yes"}),
         msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"], "tr": 7}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"], "ca": "sometimes"}),
+        msgpack.packb({"v": 1, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"], "sc": 3}),
     ],
 )
 def test_malformed_jobs_raise_wire_error(payload: bytes) -> None:

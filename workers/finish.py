@@ -41,6 +41,7 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
         queue_ms=max(0.0, entry.started_ms - job.enqueued_ms),
         inference_ms=entry.inference_ms,
         worker=worker,
+        cached=entry.cached,
     )
     if job.kind != "embed":
         textops.fill(out, job.kind, entry.results)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream.workers import chunking, profiles, textops
+from embedstream.workers import cached, chunking, profiles, textops
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -61,6 +61,7 @@ class Intake:
         reply: Callable[[list[Entry]], None],
         recreate: Callable[[], Awaitable[None]],
         chunk_limits: tuple[int, int] = (256, 2048),
+        cache: cached.Cache | None = None,
     ) -> None:
         self.redis = redis
         self.spec = spec
@@ -75,6 +76,7 @@ class Intake:
         self._recreate = recreate
         #: Chunks allowed per input and per entry (settings max_chunks_per_input / _request).
         self.chunk_limits = chunk_limits
+        self.cache = cache
         self.queue = keys.queue(spec.name)
         self.bulk_queue = keys.bulk(spec.name)
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
@@ -137,13 +139,19 @@ class Intake:
             fresh = [item for item in fresh if item[2].kind == "embed"]
         if not fresh:
             return
-        work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for *_, job in fresh]
+        jobs = [job for *_, job in fresh]
+        plans: list[cached.Plan | None] = [None] * len(jobs)
+        if self.cache is not None:  # before tokenizing: hits are never tokenized
+            plans = await self.cache.lookup(jobs, [prompt_of(job, self.profile) for job in jobs])
+        rests = [cached.rest(job, plan) for job, plan in zip(jobs, plans)]
+        work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for job in rests if job]
         prepare = functools.partial(chunking.prepare, self.model, work, *self.chunk_limits)
-        if not any(job.chunking for *_, job in fresh) and _small([s for _, sources, _ in work for s in sources]):
-            prepared = prepare()
+        if not any(job.chunking for job, _, _ in work) and _small([s for _, sources, _ in work for s in sources]):
+            prepared = iter(prepare())
         else:
-            prepared = await asyncio.get_running_loop().run_in_executor(self._prep, prepare)
-        for (stream_id, payload, job), (toks, layout, chunk_error) in zip(fresh, prepared):
+            prepared = iter(await asyncio.get_running_loop().run_in_executor(self._prep, prepare))
+        for (stream_id, payload, job), plan, rest in zip(fresh, plans, rests):
+            (toks, layout, chunk_error), results = cached.merge(job, plan, next(prepared) if rest else None)
             for tok in toks:
                 tok.task = job.input_type
                 tok.dimensions = job.dimensions
@@ -151,9 +159,11 @@ class Intake:
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
             entry.chunks = layout
+            entry.cache, entry.results, entry.cached = plan, results, plan.found if plan else 0
             self.ledger.hold(entry)
             entry.error = chunk_error or refusal(job, toks, self.spec, self.model, self.profile)
-            if entry.error:
+            if entry.error or rest is None:  # refused, or every input came from the cache
+                entry.started_ms = 0.0 if entry.error else clock.now_ms()
                 self._reply([entry])
                 continue
             self.pools.add(entry)

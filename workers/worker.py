@@ -26,6 +26,7 @@ from typing import Any
 
 from embedstream.workers import profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
+from embedstream.workers.cached import Cache
 from embedstream.workers.intake import Intake
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.liveness import Liveness
@@ -74,17 +75,19 @@ class Worker:
             settings.visibility_timeout_s,
         )
         self.ledger = Ledger(self.redis, spec.name, self.name, settings.visibility_timeout_s, self.pools.drop)
+        served = profiles.describe(spec, model)
         info = heartbeat.ModelInfo(
             family=model.family,
             output=model.output,
             dimensions=model.dimensions,
             max_input_tokens=model.max_input_tokens,
             normalizes=model.normalizes,
-            profile=profiles.describe(spec, model),
+            profile=served,
         )
         self.liveness = Liveness(
             self.redis, spec.name, self.name, info, settings.heartbeat_s, settings.batch_timeout_s, self.ledger.renew
         )
+        self.cache = Cache(self.redis, spec, model, served, settings)
         self.intake = Intake(
             self.redis,
             spec,
@@ -97,6 +100,7 @@ class Worker:
             self._reply_soon,
             lambda: self._until_redis(self._setup),
             (settings.max_chunks_per_input, settings.max_chunks_per_request),
+            self.cache,
         )
         self.screen = Screen(self.redis, spec.name, model, self.pools, self.ledger, self.outbox, self._track)
         self.recovery = Recovery(
@@ -264,6 +268,7 @@ class Worker:
         for entry in answered:
             spans.record(entry.job, self.spec.name, self.name, entry)
         metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(answered))
+        await self.cache.store(answered)  # after the answers: a cache write never delays one
 
 
 async def serve(spec: ModelSpec, model: Model, settings: Settings) -> None:

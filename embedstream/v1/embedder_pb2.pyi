@@ -175,6 +175,39 @@ CHUNK_OUTPUT_CHUNKS: ChunkOutput.ValueType  # 1
 """One Embedding per chunk, each with its ChunkSpan, inputs in order."""
 Global___ChunkOutput: _TypeAlias = ChunkOutput  # noqa: Y015
 
+class _CacheMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_DEFAULT: _CacheMode.ValueType  # 0
+    """Read and write: a cached input skips the model and returns the very bytes
+    a forward pass would. On for calls and jobs alike, unless the server's
+    EMBEDSTREAM_CACHE_BYTES is 0.
+    """
+    CACHE_BYPASS: _CacheMode.ValueType  # 1
+    """Neither read nor write: every input runs through the model."""
+    CACHE_REFRESH: _CacheMode.ValueType  # 2
+    """Do not read; run every input through the model and overwrite its entry."""
+
+class CacheMode(_CacheMode, metaclass=_CacheModeEnumTypeWrapper):
+    """Whether a request uses the model's embedding cache (docs/cache.md). Only
+    workers read and write the cache, keyed by the model's fingerprint, every
+    option that changes the model's output, the tenant and the input.
+    """
+
+CACHE_DEFAULT: CacheMode.ValueType  # 0
+"""Read and write: a cached input skips the model and returns the very bytes
+a forward pass would. On for calls and jobs alike, unless the server's
+EMBEDSTREAM_CACHE_BYTES is 0.
+"""
+CACHE_BYPASS: CacheMode.ValueType  # 1
+"""Neither read nor write: every input runs through the model."""
+CACHE_REFRESH: CacheMode.ValueType  # 2
+"""Do not read; run every input through the model and overwrite its entry."""
+Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
+
 class _TruncationSide:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -446,6 +479,7 @@ class EmbedRequest(_message.Message):
     LONG_INPUTS_FIELD_NUMBER: _builtins.int
     CHUNKING_FIELD_NUMBER: _builtins.int
     TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias from ListModels; empty means the default model."""
     request_id: _builtins.str
@@ -478,6 +512,8 @@ class EmbedRequest(_message.Message):
     """Over-long texts: cut, chunk or refuse; the zero value follows `truncate`."""
     truncation_side: Global___TruncationSide.ValueType
     """Which end of an over-long text is cut when truncating."""
+    cache: Global___CacheMode.ValueType
+    """Use, skip or refresh the embedding cache."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]:
         """One or more inputs, embedded in order."""
@@ -503,10 +539,11 @@ class EmbedRequest(_message.Message):
         long_inputs: Global___LongInputs.ValueType = ...,
         chunking: Global___ChunkOptions | None = ...,
         truncation_side: Global___TruncationSide.ValueType = ...,
+        cache: Global___CacheMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -625,6 +662,7 @@ class ResponseMetadata(_message.Message):
     WORKER_FIELD_NUMBER: _builtins.int
     TRUNCATED_INPUTS_FIELD_NUMBER: _builtins.int
     CHUNKS_FIELD_NUMBER: _builtins.int
+    CACHED_INPUTS_FIELD_NUMBER: _builtins.int
     tokens: _builtins.int
     """Real (unpadded) tokens the model read, special tokens included."""
     queue_ms: _builtins.float
@@ -639,6 +677,8 @@ class ResponseMetadata(_message.Message):
     """Inputs that were cut to the model's max input tokens."""
     chunks: _builtins.int
     """Chunks embedded for LONG_INPUTS_CHUNK (0 without chunking)."""
+    cached_inputs: _builtins.int
+    """Inputs answered from the embedding cache, without the model."""
     def __init__(
         self,
         *,
@@ -649,10 +689,11 @@ class ResponseMetadata(_message.Message):
         worker: _builtins.str = ...,
         truncated_inputs: _builtins.int = ...,
         chunks: _builtins.int = ...,
+        cached_inputs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "inference_ms", b"inference_ms", "queue_ms", b"queue_ms", "tokens", b"tokens", "total_ms", b"total_ms", "truncated_inputs", b"truncated_inputs", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_inputs", b"cached_inputs", "chunks", b"chunks", "inference_ms", b"inference_ms", "queue_ms", b"queue_ms", "tokens", b"tokens", "total_ms", b"total_ms", "truncated_inputs", b"truncated_inputs", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
