@@ -52,23 +52,32 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # job results (the RECORD script: HGET, HSETNX, HINCRBY, LLEN, RPUSH, ...),
     # lease renewal (XPENDING, XCLAIM) and capped dead letters (XADD, XLEN) in scripts.
     # Its model's load-failure record (SET with expiry, DEL once it serves) and profile (SET in the
-    # heartbeat script).
+    # heartbeat script). The embedding cache's scripts (GET, ZADD, PEXPIRE; INFO memory, EXISTS, STRLEN,
+    # ZREM, SET, INCRBY, DECRBY, ZPOPMIN, DEL) and, while Redis is full, a plain MGET.
     # Never a tenant's keys (idempotency, rate limits): a job's keys are {job:<tag>}:<id>:<what>,
     # its idempotency key {job:<tag>}:idem, which the pattern with two colons leaves out.
     "worker": (
         (f"{keys.PREFIX}:{{m:*}}:*", f"{keys.PREFIX}:{{job:*}}:*:*", f"{keys.PREFIX}:{{gw:*}}:replies"),
         (
             *_COMMON,
+            "decrby",
             "del",
+            "exists",
+            "get",
             "hget",
             "hincrby",
             "hmget",
             "hset",
             "hsetnx",
+            "incrby",
+            "info",
             "llen",
+            "mget",
+            "pexpire",
             "pexpireat",
             "rpush",
             "set",
+            "strlen",
             "xack",
             "xadd",
             "xautoclaim",
@@ -82,6 +91,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "xrange",
             "xreadgroup",
             "zadd",
+            "zpopmin",
             "zrangebyscore",
             "zrem",
             "zremrangebyscore",

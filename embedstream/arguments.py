@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--media-output", choices=("segments", "both", "pooled"), default="both", help="clips: rows per file"
     )
+    embed.add_argument(
+        "--cache",
+        choices=("default", "bypass", "refresh"),
+        default="default",
+        help="the server's embedding cache: use it (default), skip it, or recompute and overwrite",
+    )
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _eval_parser(sub, tls)
@@ -108,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--family",
         default="",
-        help="text-dense, image-text, sparse, multi-vector or rerank (default: detected from the folder)",
+        help="text-dense, image-text, sparse, multi-vector, rerank or classify (default: detected from the folder)",
     )
     inspect.add_argument("--instruction", default="", help="decoder embedders: the task of the query instruction")
     inspect.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")

@@ -54,6 +54,8 @@ class Options:
     tls: TLS | None = None
     #: A folder of video and audio files: how clips become segments (``embedstream.embed_media``).
     sampling: Sampling = DEFAULT_SAMPLING
+    #: The server's embedding cache: "default", "bypass" or "refresh" (vectors are the same either way).
+    cache: str = "default"
 
 
 def run(opts: Options) -> int:
@@ -137,7 +139,7 @@ def _concurrently(client: Client, opts: Options, rows: RowFile, bar: Progress) -
         for start, chunk in _missing_chunks(texts(opts.input, opts.field, opts.skip_empty), rows, opts.batch_size):
             while len(pending) >= opts.concurrency:
                 _collect(pending, rows, bar, opts)
-            pending[pool.submit(client.embed, chunk, model=opts.model)] = start
+            pending[pool.submit(client.embed, chunk, model=opts.model, cache=opts.cache)] = start
         while pending:
             _collect(pending, rows, bar, opts)
     finally:
@@ -196,7 +198,7 @@ def _by_job(client: Client, opts: Options, rows: RowFile, bar: Progress) -> None
                 f"delete {rows.state_path} and {rows.raw} to start over"
             ) from None
     else:
-        handle = client.upload_job(texts(opts.input, opts.field, opts.skip_empty), model=opts.model)
+        handle = client.upload_job(texts(opts.input, opts.field, opts.skip_empty), model=opts.model, cache=opts.cache)
         rows.save_job(handle.id)
     offset = rows.prefix
     block: list[np.ndarray] = []

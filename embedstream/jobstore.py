@@ -38,7 +38,7 @@ end
 """
 
 #: Worker: record one chunk's result. KEYS: meta, results, errors.
-#: ARGV: chunk, value, inputs, failed (0/1), dimensions, now_ms, error.
+#: ARGV: chunk, value, inputs, failed (0/1), dimensions, now_ms, error, inputs from the cache.
 #: Returns 1 recorded, 0 duplicate, -1 job gone (expired/abandoned), -2 cancelled.
 RECORD = (
     _FINALIZE
@@ -56,6 +56,7 @@ if ARGV[4] == '1' then
   end
 else
   redis.call('HINCRBY', KEYS[1], 'done', ARGV[3])
+  if ARGV[8] ~= '0' then redis.call('HINCRBY', KEYS[1], 'cached', ARGV[8]) end
   if ARGV[5] ~= '0' then redis.call('HSET', KEYS[1], 'dimensions', ARGV[5]) end
 end
 if state == 1 then redis.call('HSET', KEYS[1], 'state', 2) end
@@ -63,6 +64,9 @@ finalize(ARGV[6])
 return 1
 """
 )
+
+#: How many KEYS and ARGV :data:`RECORD` takes (as :func:`recording` builds them).
+RECORD_ARITY = (3, 8)
 
 #: Gateway: create a job's record (UPLOADING) and, with an idempotency key, the key with it, in
 #: one step: of concurrent calls with one key exactly one creates; the rest get its job and digest.
@@ -162,10 +166,10 @@ def recording(job: wire.Job, chunk: Chunk) -> Call:
     """The RECORD call that stores ``chunk`` as the answer of ``job`` (a chunk entry), counted
     once however often it is answered. Built once, so a retried write sends the same bytes."""
     failed = int(chunk.reply is None)
-    dims = 0 if chunk.reply is None else chunk.reply.dimensions
+    dims, cached = (0, 0) if chunk.reply is None else (chunk.reply.dimensions, chunk.reply.cached)
     return (
         [keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
-        [job.chunk, encode_chunk(chunk), len(job.inputs), failed, dims, _now(), chunk.error],
+        [job.chunk, encode_chunk(chunk), len(job.inputs), failed, dims, _now(), chunk.error, cached],
     )
 
 

@@ -52,6 +52,28 @@ WORKER_UNSTORED = Counter(
     "Answers (reply, job result, dead letter) Redis refused on every try; their entries were handed back unacked",
     ["model", "kind"],
 )
+CACHE_HITS = Counter("embedstream_cache_hits_total", "Inputs answered from the embedding cache", ["model"])
+CACHE_MISSES = Counter(
+    "embedstream_cache_misses_total", "Inputs looked up in the embedding cache and not found", ["model"]
+)
+CACHE_STORED_BYTES = Counter(
+    "embedstream_cache_stored_bytes_total",
+    "Bytes of embedding cache records written (Redis' overhead included)",
+    ["model"],
+)
+CACHE_BYTES = Gauge(
+    "embedstream_cache_bytes",
+    "Bytes the model's embedding cache holds against its budget, as of this worker's last write",
+    ["model"],
+)
+CACHE_EVICTIONS = Counter(
+    "embedstream_cache_evictions_total", "Embedding cache records dropped to keep the byte budget", ["model"]
+)
+CACHE_FAILURES = Counter(
+    "embedstream_cache_failures_total",
+    "Embedding cache reads or writes Redis failed or refused; the inputs ran (or went unstored) without it",
+    ["model", "op"],
+)
 LOOP_ERRORS = Counter(
     "embedstream_loop_errors_total", "Iterations of a background loop that failed; the loop carries on", ["loop"]
 )
@@ -61,6 +83,8 @@ LOOP_ERRORS = Counter(
 DROP_REASONS = ("expired", "cancelled", "lease_lost")
 #: What a worker may fail to store.
 UNSTORED_KINDS = ("answer", "dead_letter")
+#: What the embedding cache may fail at.
+CACHE_OPS = ("read", "write", "full")
 
 
 def init_gateway(models: list[str]) -> None:
@@ -90,8 +114,15 @@ def init_worker(model: str) -> None:
         DEAD_LETTERED,
         DEAD_LETTERS_TRIMMED,
         NON_FINITE,
+        CACHE_HITS,
+        CACHE_MISSES,
+        CACHE_STORED_BYTES,
+        CACHE_BYTES,
+        CACHE_EVICTIONS,
     ):
         metric.labels(model)
+    for op in CACHE_OPS:
+        CACHE_FAILURES.labels(model, op)
     for reason in DROP_REASONS:
         WORKER_DROPPED.labels(model, reason)
     for kind in UNSTORED_KINDS:

@@ -20,8 +20,8 @@ Example::
 
 Families: text-dense, image-text (open_clip or transformers CLIP/SigLIP;
 images and video frames), audio-text (transformers CLAP), sparse (SPLADE),
-multi-vector (ColBERT-style), rerank (cross-encoders), and the test-only debug
-family. The README documents every key. Without a file, the
+multi-vector (ColBERT-style), rerank (cross-encoders), classify (sequence
+classifiers), and the test-only debug family. The README documents every key. Without a file, the
 built-in registry serves all-MiniLM-L6-v2 alone.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 from embedstream.errors import ConfigError, NotFound, clip
 from embedstream.vectors import OUTPUT_TYPES
 
-FAMILIES = ("text-dense", "image-text", "audio-text", "sparse", "multi-vector", "rerank", "debug")
+FAMILIES = ("text-dense", "image-text", "audio-text", "sparse", "multi-vector", "rerank", "classify", "debug")
 #: Families whose vectors are dense rows, so Matryoshka and every output type apply.
 DENSE_FAMILIES = ("text-dense", "image-text", "audio-text", "multi-vector", "debug")
 #: The input kinds each family can take; a registry entry's ``modalities`` may name fewer.
@@ -281,8 +281,8 @@ def _options(where: str, family: str, raw: dict[str, Any]) -> dict[str, Any]:
     prompts = raw.get("prompts", {})
     if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
         raise ConfigError(f'{where}.prompts must be a table of name = "prefix"')
-    if prompts and family == "rerank":
-        raise ConfigError(f"{where}.prompts: rerank models take no prompts")
+    if prompts and family in ("rerank", "classify"):
+        raise ConfigError(f"{where}.prompts: {family} models take no prompts")
     out["prompts"] = dict(prompts)
     for key in ("default_prompt", "query_prompt", "document_prompt"):
         if out.get(key) and out[key] not in prompts:

@@ -73,6 +73,10 @@ class Settings:
     shutdown_delay_s: float = _f(1.0, "SIGTERM: a gateway reports NOT_SERVING this long before closing")
     shutdown_grace_s: float = _f(25.0, "SIGTERM: how long a gateway lets calls in flight finish")
     prefetch_inputs: int = _f(1024, "Inputs a worker reads ahead; a larger pool sorts by length better")
+    cache_bytes: int = _f(
+        256 * 1024 * 1024, "Embedding cache budget per model in Redis, bytes (least recently used go first); 0: off"
+    )
+    cache_ttl_s: int = _f(7 * 86400, "Seconds an embedding cache entry lives after its last use; 0: cache off")
     max_wait_ms: float = _f(2.0, "How long after its last batch a worker waits for inputs to fill the next one")
     metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
     log_level: str = _f("INFO", "Python logging level")
@@ -154,7 +158,8 @@ class Settings:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be 0..65535")
         if not -1 <= self.http_port < 65536:
             raise ConfigError(f"{ENV_PREFIX}HTTP_PORT must be 0..65535, or -1 (off)")
-        for name in ("threads", "max_wait_ms", "shutdown_delay_s", "shutdown_grace_s", "rate_limit", "rate_burst"):
+        non_negative = ("threads", "cache_bytes", "cache_ttl_s", "max_wait_ms", "shutdown_delay_s", "shutdown_grace_s")
+        for name in (*non_negative, "rate_limit", "rate_burst"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):

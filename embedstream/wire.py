@@ -14,7 +14,8 @@ from typing import Any
 
 import msgpack
 
-from embedstream import mediawire
+from embedstream import mediawire, textwire
+from embedstream.textwire import TokenList
 from embedstream.vectors import OUTPUT_TYPES, row_bytes
 
 VERSION = 1
@@ -22,10 +23,18 @@ VERSION = 1
 #: gateway from before chunking refuses them (dead letter, error) instead of
 #: silently truncating; version 1 payloads stay decodable.
 VERSION_CHUNKS = 2
+#: Entries and replies of the text operations (``embedstream.textwire``): a worker from
+#: before them refuses such an entry instead of embedding what it was asked to tokenize.
+VERSION_TEXT = 3
 #: Entries holding video or audio, and replies with segments, carry this version, so a worker
-#: or gateway from before media refuses them instead of taking a video for an image.
-VERSION_MEDIA = 3
-VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_MEDIA)
+#: or gateway from before media (versions up to 3) refuses them instead of taking a video for
+#: an image. An entry carries the highest version of the features it uses.
+VERSION_MEDIA = 4
+VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT, VERSION_MEDIA)
+#: One input: a text, an encoded image, or token ids.
+Item = textwire.Item
+#: What ``Options.cache`` may be: "" (read and write), or the request's CacheMode otherwise.
+CACHE_MODES = ("", "bypass", "refresh")
 
 
 class WireError(ValueError):
@@ -59,9 +68,22 @@ class Options:
     chunk_vectors: bool = False
     #: How video and audio inputs are sampled, segmented and returned.
     media: mediawire.Media = mediawire.DEFAULT
+    #: "embed" (a forward pass), "tokenize" or "decode" (the tokenizer only).
+    kind: str = "embed"
+    #: Which end of an over-long text is cut: "right" keeps the start, "left" the end.
+    truncation_side: str = "right"
+    #: Tokenize: add the model's special tokens; decode: keep them in the text.
+    special_tokens: bool = True
+    #: Classify: the function of the logits ("" = the model's own); also send the logits.
+    function: str = ""
+    return_logits: bool = False
+    #: The embedding cache: "" reads and writes, "bypass" neither, "refresh" writes only.
+    cache: str = ""
+    #: Who may share cache entries (the tenant): part of every cache key.
+    cache_scope: str = ""
 
     def to_job(
-        self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[str | bytes], **rest: Any
+        self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[Item], **rest: Any
     ) -> Job:
         """The queue entry for ``inputs`` with these options (``rest``: a chunk's job id and index, the trace)."""
         mine = {f.name: getattr(self, f.name) for f in fields(Options)}
@@ -76,10 +98,10 @@ class Job(Options):
     reply_to: str
     deadline_ms: int
     enqueued_ms: int
-    #: Texts (str) and encoded images, videos and audio (bytes), in request order.
-    inputs: list[str | bytes]
+    #: Texts (str), encoded images, videos and audio (bytes) and token ids (list[int]), in request order.
+    inputs: list[Item]
     #: One letter per input (``mediawire.KINDS``) when any input is video or audio; "" otherwise
-    #: (then str is text, bytes an image).
+    #: (then str is text, bytes an image, a list token ids).
     kinds: str = ""
     #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
     job_id: str = ""
@@ -115,6 +137,15 @@ class Reply:
     #: Video and audio: ``mediawire.SEGMENT_FIELDS`` integers per vector (input, index, start and end in
     #: microseconds, pooled 0/1, frames), flattened; ``count`` = vectors.
     segments: list[int] | None = None
+    #: Tokenize: each text's tokens; Decode: each sequence's text.
+    token_lists: list[TokenList] | None = None
+    texts: list[str] | None = None
+    #: Classify: ``vectors`` holds count x labels scores; the labels in id order, and the
+    #: logits (the same layout) where the job asked for them.
+    labels: list[str] | None = None
+    logits: bytes = b""
+    #: Inputs answered from the embedding cache.
+    cached: int = 0
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -146,8 +177,6 @@ def encode_job(job: Job) -> bytes:
         body["k"] = job.chunk
     if job.chunking:
         body.update(v=VERSION_CHUNKS, ch=True, cs=job.chunk_tokens, co=job.chunk_overlap, cv=job.chunk_vectors)
-    if job.kinds:
-        body.update(v=VERSION_MEDIA, kd=job.kinds, md=job.media.encode())
     optional = {
         "it": job.input_type,
         "pn": job.prompt,
@@ -155,10 +184,16 @@ def encode_job(job: Job) -> bytes:
         "qy": job.query,
         "rt": job.return_tokens,
         "tr": job.trace,
+        "ca": job.cache,
+        "sc": job.cache_scope,
     }
     body.update((k, v) for k, v in optional.items() if v)
     if job.output_type != "float32":
         body["ot"] = job.output_type
+    if text := textwire.job_body(job):
+        body.update(text, v=VERSION_TEXT)
+    if job.kinds:
+        body.update(v=VERSION_MEDIA, mk=job.kinds, md=job.media.encode())
     return _pack(body)
 
 
@@ -167,14 +202,17 @@ def decode_job(data: bytes) -> Job:
     body = _unpack(data)
     try:
         inputs = body["t"]
-        if not isinstance(inputs, list) or not all(isinstance(t, str | bytes) for t in inputs):
-            raise WireError("job inputs must be a list of strings and byte strings")
+        if not isinstance(inputs, list) or not all(isinstance(t, str | bytes) or textwire.ids(t) for t in inputs):
+            raise WireError("job inputs must be a list of strings, byte strings and token-id lists")
         normalize = body.get("n")
         if normalize is not None and not isinstance(normalize, bool):
             raise WireError("job normalize must be a bool")
         output_type = _typed(body.get("ot", "float32"), str, "ot")
         if output_type not in OUTPUT_TYPES:
             raise WireError(f"unknown output type {output_type!r}")
+        cache = _typed(body.get("ca", ""), str, "ca")
+        if cache not in CACHE_MODES:
+            raise WireError(f"unknown cache mode {cache!r}")
         return Job(
             id=_typed(body["i"], str, "i"),
             reply_to=_typed(body["r"], str, "r"),
@@ -196,17 +234,15 @@ def decode_job(data: bytes) -> Job:
             query=_typed(body.get("qy", ""), str, "qy"),
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
             trace=_typed(body.get("tr", ""), str, "tr"),
-            **_media(body, len(inputs)),
+            **textwire.job_options(body),
+            **mediawire.decode_options(body, len(inputs)),
+            cache=cache,
+            cache_scope=_typed(body.get("sc", ""), str, "sc"),
         )
-    except KeyError as exc:
-        raise WireError(f"job lacks field {exc.args[0]!r}") from None
-
-
-def _media(body: dict[str, Any], n: int) -> dict[str, Any]:
-    try:
-        return mediawire.decode_options(body, n)
     except ValueError as exc:
         raise WireError(str(exc)) from None
+    except KeyError as exc:
+        raise WireError(f"job lacks field {exc.args[0]!r}") from None
 
 
 def encode_reply(reply: Reply) -> bytes:
@@ -236,8 +272,12 @@ def encode_reply(reply: Reply) -> bytes:
             body["ts"] = reply.token_strings
         if reply.chunks:
             body.update(v=VERSION_CHUNKS, cn=reply.chunks)
+        if reply.cached:
+            body["cd"] = reply.cached
         if reply.spans is not None:
             body.update(v=VERSION_CHUNKS, sp=reply.spans)
+        if text := textwire.reply_body(reply):
+            body.update(text, v=VERSION_TEXT)
         if reply.segments is not None:
             body.update(v=VERSION_MEDIA, sg=reply.segments)
     return _pack(body)
@@ -268,8 +308,13 @@ def decode_reply(data: bytes) -> Reply:
             raise WireError("field 'ts' must be a list of strings")
         reply.token_strings = strings
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
+        reply.cached = _typed(body.get("cd", 0), int, "cd")
         reply.spans = _int_list(body.get("sp"), "sp")
         reply.segments = _int_list(body.get("sg"), "sg")
+        for name, value in textwire.reply_fields(body).items():
+            setattr(reply, name, value)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
     _check_sizes(reply)
@@ -283,6 +328,8 @@ def _check_sizes(reply: Reply) -> None:
         raise WireError("reply spans do not match count")
     if reply.segments is not None and len(reply.segments) != mediawire.SEGMENT_FIELDS * reply.count:
         raise WireError("reply segments do not match count")
+    if problem := textwire.size_problem(reply):
+        raise WireError(problem)
     if reply.nnz is not None:
         total = sum(reply.nnz)
         if len(reply.nnz) != reply.count or len(reply.indices) != 4 * total or len(reply.vectors) != 4 * total:

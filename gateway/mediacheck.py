@@ -133,7 +133,7 @@ def frames_of(kind: str, info: media.Info, opts: mediawire.Media) -> tuple[int, 
 
 
 async def verify(
-    inputs: Sequence[str | bytes],
+    inputs: Sequence[Any],
     kinds: str,
     opts: mediawire.Media,
     settings: Settings,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedstream import media, mediawire, registry, wire  # noqa: E402
-from loadtest.bench import Service, save  # noqa: E402
+from loadtest.measure import Service, save  # noqa: E402
 
 
 def clips(n: int, seconds: float, size: tuple[int, int]) -> list[bytes]:

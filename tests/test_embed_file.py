@@ -20,7 +20,7 @@ from embedstream.redis_server import free_port
 from tests.conftest import Service
 from tests.support import ROOT
 from tests.support.corpora import texts
-from tests.support.processes import wait_until
+from tests.support.processes import from_a_terminal, wait_until
 
 
 def embed_file(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
@@ -43,7 +43,12 @@ def test_ctrl_c_keeps_finished_rows_and_a_rerun_embeds_only_the_rest(service: Se
     out = tmp_path / "vectors.npy"
     cmd = [sys.executable, "-m", "embedstream", "embed-file", str(source), "-o", str(out)]
     first = subprocess.Popen(
-        [*cmd, "--target", f"127.0.0.1:{service.port}"], env=service.env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+        [*cmd, "--target", f"127.0.0.1:{service.port}"],
+        env=service.env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=from_a_terminal,
     )
     progress = tmp_path / "vectors.npy.progress.json"
     wait_until(lambda: done_rows(progress) >= 900, 300, what="900 rows done")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 from embedstream.workers import frames, sound
@@ -46,6 +47,14 @@ def test_entries_with_clips_carry_kinds_and_options_and_replies_their_segments()
     job = wire.Job("a", "r", 1, 1, ["text", b"video", b"audio"], kinds="tva", media=opts)
     back = wire.decode_job(wire.encode_job(job))
     assert (back.kinds, back.media) == ("tva", opts)
+    # Media entries carry the newest version (a worker that knows only text operations refuses them),
+    # also beside a text option (left truncation, version 3); their kinds never meet the text kind.
+    left = wire.Job("a", "r", 1, 1, ["text", b"audio"], kinds="ta", truncation_side="left", cache="bypass")
+    body = msgpack.unpackb(wire.encode_job(left))
+    assert body["v"] == wire.VERSION_MEDIA > wire.VERSION_TEXT and body["mk"] == "ta" and "kd" not in body
+    assert wire.decode_job(wire.encode_job(left)) == left
+    with pytest.raises(wire.WireError):
+        wire.decode_job(msgpack.packb({**body, "v": wire.VERSION_MEDIA + 1}))
     assert wire.decode_job(wire.encode_job(wire.Job("a", "r", 1, 1, ["x"]))).kinds == ""
     forged = wire.encode_job(wire.Job("a", "r", 1, 1, ["text", b"video"], kinds="vv"))
     with pytest.raises(wire.WireError, match="kinds do not match"):

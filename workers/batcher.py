@@ -61,6 +61,10 @@ class Entry:
     chunks: Any = None
     #: Video and audio: the vectors its tokens pool into (a ``media.Layout``); None without.
     media: Any = None
+    #: The embedding cache: the entry's keys and hits (a ``cached.Plan``); None when it is not used.
+    cache: Any = None
+    #: Inputs answered from the cache; their outputs are in ``results`` before the batcher sees it.
+    cached: int = 0
 
     @property
     def suspect(self) -> bool:
@@ -108,11 +112,13 @@ class Batcher:
         return len(self._pool)
 
     def add(self, entry: Entry) -> None:
-        """Queue every input of ``entry``."""
-        entry.remaining = len(entry.tokens)
-        entry.results = [None] * len(entry.tokens)
-        for i, tok in enumerate(entry.tokens):
-            item = Item(entry, i, tok.length, next(_seq))
+        """Queue every input of ``entry`` that has no output yet (the cache answered the rest)."""
+        if len(entry.results) != len(entry.tokens):
+            entry.results = [None] * len(entry.tokens)
+        todo = [i for i, result in enumerate(entry.results) if result is None]
+        entry.remaining = len(todo)
+        for i in todo:
+            item = Item(entry, i, entry.tokens[i].length, next(_seq))
             self._pool.append(item)
             heapq.heappush(self._ages, (item.seq, item))
         self._dirty = True

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 from embedstream.workers import strict
-from embedstream.workers.encoding import cut_tokenizer, init_torch, torch_dtype, two_towers, weights
+from embedstream.workers.encoding import init_torch, torch_dtype, two_towers, weights
 from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
@@ -58,23 +59,25 @@ class ClapAudioModel:
         positions = int(getattr(self.model.config.text_config, "max_position_embeddings", 0) or 0)
         limit = min(int(self.tokenizer.model_max_length), positions - 2 if positions > 2 else 10**9)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
-        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens)
+        size = size_of(self.model, self.tokenizer)
+        self.vocabulary: Vocabulary | None = Vocabulary(self.tokenizer, self.max_input_tokens, size)
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self.dimensions = int(self.encode_texts([self.tokenize_text("a")]).shape[-1])
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Token ids for texts; an audio clip must come through ``prepare_window``."""
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
+        """Token ids for texts (cut on ``side``); an audio clip must come through ``prepare_window``."""
         out = []
         for source in sources:
             if isinstance(source, str):
-                out.append(self.tokenize_text(source))
+                out.append(self.tokenize_text(source, side))
             else:
                 out.append(Tokens(None, 1, False, "", error=f"model {self.name} takes texts and audio"))
         return out
 
-    def tokenize_text(self, text: str) -> Tokens:
-        """Fast-tokenizer ids cut at the text tower's positions."""
-        enc = self._backend.encode(text)
+    def tokenize_text(self, text: str, side: str = "right") -> Tokens:
+        """Fast-tokenizer ids cut at the text tower's positions, on ``side``."""
+        assert self.vocabulary is not None
+        enc = self.vocabulary.cutter(side).encode(text)
         return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
 
     def prepare_window(self, samples: np.ndarray) -> Tokens:

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 from embedstream.workers import strict
-from embedstream.workers.encoding import cut_tokenizer, init_torch, torch_dtype, two_towers, weights
+from embedstream.workers.encoding import init_torch, torch_dtype, two_towers, weights
 from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream import images
 from embedstream.errors import ConfigError
@@ -48,6 +49,7 @@ class _TwoTowers:
     dimensions: int
     max_input_tokens: int
     image_cost: int
+    vocabulary: Vocabulary | None = None
 
     def __init__(self, spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> None:
         self._torch, self.device = init_torch(spec, threads)
@@ -55,8 +57,8 @@ class _TwoTowers:
         self.name = spec.name
         self.image_limits = image_limits
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Token ids for texts; decoded, preprocessed pixels for images."""
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
+        """Token ids for texts (cut on ``side`` where the tokenizer can); decoded, preprocessed pixels for images."""
         out = []
         for source in sources:
             if isinstance(source, bytes):
@@ -67,8 +69,10 @@ class _TwoTowers:
                     out.append(Tokens(None, 1, False, "", error=f"image refused: {exc}"))
                     continue
                 out.append(Tokens(None, self.image_cost, False, "", pixels=pixels))
+            elif isinstance(source, str) and side != "right" and self.vocabulary is None:
+                out.append(Tokens(None, 1, False, "", error=f"model {self.name} cuts texts on the right only"))
             elif isinstance(source, str):
-                out.append(self.tokenize_text(source))
+                out.append(self.tokenize_text(source, side))
             else:
                 out.append(Tokens(None, 1, False, "", error=f"model {self.name} takes texts and images"))
         return out
@@ -93,7 +97,7 @@ class _TwoTowers:
         """The model's pixel tensor (C, H, W) for an RGB image."""
         raise NotImplementedError
 
-    def tokenize_text(self, text: str) -> Tokens:
+    def tokenize_text(self, text: str, side: str = "right") -> Tokens:
         """Token ids of one text, cut to the context length."""
         raise NotImplementedError
 
@@ -128,8 +132,8 @@ class OpenClipModel(_TwoTowers):
         """open_clip's own eval transform."""
         return self._preprocess(image)
 
-    def tokenize_text(self, text: str) -> Tokens:
-        """open_clip's tokenizer (always the full context, as open_clip runs it)."""
+    def tokenize_text(self, text: str, side: str = "right") -> Tokens:
+        """open_clip's tokenizer (always the full context, as open_clip runs it; cut on the right)."""
         ids = self.tokenizer([text])[0]
         real = int((ids != 0).sum())
         # SimpleTokenizer cuts silently; count its BPE tokens (+ start and end) to tell.
@@ -167,7 +171,7 @@ class HFClipModel(_TwoTowers):
         text_cfg = self.model.config.text_config
         limit = int(getattr(text_cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
-        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens)
+        self.vocabulary = Vocabulary(self.tokenizer, self.max_input_tokens, size_of(self.model, self.tokenizer))
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         vision = self.model.config.vision_config
         self.image_cost = int((vision.image_size // vision.patch_size) ** 2 + 1)
@@ -177,9 +181,10 @@ class HFClipModel(_TwoTowers):
         """The folder's image processor."""
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-    def tokenize_text(self, text: str) -> Tokens:
+    def tokenize_text(self, text: str, side: str = "right") -> Tokens:
         """Fast-tokenizer ids cut at the text tower's positions."""
-        enc = self._backend.encode(text)
+        assert self.vocabulary is not None
+        enc = self.vocabulary.cutter(side).encode(text)
         return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
 
     def encode_texts(self, batch: list[Tokens]) -> Any:

@@ -5,6 +5,8 @@ job pool has room, the bulk stream. Each is decoded (an undecodable one is
 dead-lettered), dropped if its caller's deadline passed, tokenized on the prep
 thread (while the model thread runs the batch before) and held in the ledger;
 then it is refused (answered with an error at once) or pooled for the batch loop.
+Tokenize and Decode entries are answered at once from the model's vocabulary
+(:mod:`embedstream.workers.textops`), never pooled.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream.workers import chunking, media, profiles
+from embedstream.workers import cached, chunking, media, profiles, textops
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -64,6 +66,7 @@ class Intake:
         recreate: Callable[[], Awaitable[None]],
         chunk_limits: tuple[int, int] = (256, 2048),
         budget: media.Budget | None = None,
+        cache: cached.Cache | None = None,
     ) -> None:
         self.redis = redis
         self.spec = spec
@@ -81,6 +84,7 @@ class Intake:
         #: What a video or audio input may become (settings max_video_*, max_audio_*, max_media_frames).
         self.budget = budget or media.Budget.of(Settings())
         self.read_entries = READ_MEDIA_ENTRIES if {"video", "audio"} & set(spec.takes) else READ_ENTRIES
+        self.cache = cache
         self.queue = keys.queue(spec.name)
         self.bulk_queue = keys.bulk(spec.name)
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
@@ -135,20 +139,30 @@ class Intake:
                 await self.outbox.finish_silently(stream, stream_id)
                 continue
             fresh.append((stream_id, payload, job))
+        if stream == self.queue and fresh:
+            self.pools.saw_interactive()
+        ops = [item for item in fresh if item[2].kind != "embed"]
+        if ops:
+            await self._answer_ops(ops, stream, deliveries)
+            fresh = [item for item in fresh if item[2].kind == "embed"]
         if not fresh:
             return
-        if stream == self.queue:
-            self.pools.saw_interactive()
-        work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for *_, job in fresh]
+        jobs = [job for *_, job in fresh]
+        plans: list[cached.Plan | None] = [None] * len(jobs)
+        if self.cache is not None:  # before tokenizing: hits are never tokenized (media entries: never used)
+            plans = await self.cache.lookup(jobs, [prompt_of(job, self.profile) for job in jobs])
+        rests = [cached.rest(job, plan) for job, plan in zip(jobs, plans)]
+        work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for job in rests if job]
         prepare: Callable[[], list[Any]] = functools.partial(chunking.prepare, self.model, work, *self.chunk_limits)
-        if any(media.has_media(job) for *_, job in fresh):
+        if any(media.has_media(job) for job, _, _ in work):
             prepare = functools.partial(media.prepare_all, self.model, work, self.chunk_limits, self.budget)
-        if not any(job.chunking or job.kinds for *_, job in fresh) and _small([s for _, s_, _ in work for s in s_]):
-            prepared = prepare()
+        if not any(job.chunking or job.kinds for job, _, _ in work) and _small([s for _, s_, _ in work for s in s_]):
+            prepared = iter(prepare())
         else:
             running = asyncio.get_running_loop().run_in_executor(self._prep, prepare)
-            prepared = await self.ledger.leased_while(stream, [stream_id for stream_id, *_ in fresh], running)
-        for (stream_id, payload, job), (toks, layout, chunk_error) in zip(fresh, prepared):
+            prepared = iter(await self.ledger.leased_while(stream, [stream_id for stream_id, *_ in fresh], running))
+        for (stream_id, payload, job), plan, rest in zip(fresh, plans, rests):
+            (toks, layout, chunk_error), results = cached.merge(job, plan, next(prepared) if rest else None)
             for tok in toks:
                 tok.task = job.input_type
                 tok.dimensions = job.dimensions
@@ -159,9 +173,11 @@ class Intake:
                 entry.media = layout
             else:
                 entry.chunks = layout
+            entry.cache, entry.results, entry.cached = plan, results, plan.found if plan else 0
             self.ledger.hold(entry)
             entry.error = chunk_error or refusal(job, toks, self.spec, self.model, self.profile)
-            if entry.error:
+            if entry.error or rest is None:  # refused, or every input came from the cache
+                entry.started_ms = 0.0 if entry.error else clock.now_ms()
                 self._reply([entry])
                 continue
             self.pools.add(entry)
@@ -170,6 +186,27 @@ class Intake:
         metrics.WORKER_QUEUED.labels(self.spec.name).set(self.pools.queued())
         self.pools.wake.set()
 
+    async def _answer_ops(
+        self, ops: list[tuple[bytes, bytes, wire.Job]], stream: str, deliveries: dict[bytes, int] | None
+    ) -> None:
+        """Answer Tokenize and Decode entries from the vocabulary (on the prep thread when large)."""
+
+        def run() -> list[textops.Answer]:
+            return [textops.answer(self.model, job) for *_, job in ops]
+
+        if _small([s for *_, job in ops for s in job.inputs]):
+            answers = run()
+        else:
+            answers = await asyncio.get_running_loop().run_in_executor(self._prep, run)
+        entries = []
+        for (stream_id, payload, job), (results, error) in zip(ops, answers):
+            entry = Entry(stream_id, job, stream, payload, [], False)
+            entry.deliveries = (deliveries or {}).get(stream_id, 1)
+            entry.results, entry.error = results, error
+            self.ledger.hold(entry)
+            entries.append(entry)
+        self._reply(entries)
+
 
 def _small(sources: list[Source]) -> bool:
     """Text only, and little of it: cheaper to tokenize here than to hand to the prep thread."""
@@ -177,7 +214,7 @@ def _small(sources: list[Source]) -> bool:
     for source in sources:
         if isinstance(source, bytes):
             return False
-        size += len(source) if isinstance(source, str) else len(source[0]) + len(source[1])
+        size += len(source) if isinstance(source, str | list) else len(source[0]) + len(source[1])
         if size > INLINE_CHARS:
             return False
     return True

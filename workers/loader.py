@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from embedstream.workers import selftest, strict
 from embedstream.workers.clap import ClapAudioModel
+from embedstream.workers.classify import SequenceClassifier
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
@@ -54,4 +55,6 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
         return ColbertModel(spec, threads)
     if spec.family == "rerank":
         return CrossEncoderModel(spec, threads)
+    if spec.family == "classify":
+        return SequenceClassifier(spec, threads)
     return SentenceTransformerModel(spec, threads)

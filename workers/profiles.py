@@ -7,6 +7,7 @@ the registry entry and the model's declared shape.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from embedstream.profile import Profile
@@ -17,9 +18,11 @@ LOADERS = {"OpenClipModel": "open_clip", "DebugModel": "debug"}
 
 def describe(spec: ModelSpec, model: Any) -> Profile:
     """How ``model`` is served: its own profile, or one from the registry and its shape."""
+    vocabulary = getattr(model, "vocabulary", None)
+    size = int(vocabulary.size) if vocabulary is not None else 0
     own = getattr(model, "profile", None)
     if isinstance(own, Profile):
-        return own
+        return replace(own, vocabulary_size=size)
     config = getattr(getattr(model, "model", None), "config", None)
     return Profile(
         family=spec.family,
@@ -35,4 +38,5 @@ def describe(spec: ModelSpec, model: Any) -> Profile:
         default_prompt=spec.default_prompt,
         matryoshka_dimensions=spec.matryoshka_dimensions,
         heads=tuple(type(m).__name__ for m in getattr(model, "heads", ())),
+        vocabulary_size=size,
     )

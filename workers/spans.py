@@ -38,6 +38,8 @@ def record(job: wire.Job, model: str, worker: str, entry: Entry | None = None, e
                 "messaging.message.id": entry.stream_id.decode(),
             }
         )
+        if entry.cached:
+            attributes["embedstream.cached_inputs"] = entry.cached
         if entry.started_ms:
             attributes["embedstream.queue_ms"] = round(max(0.0, entry.started_ms - job.enqueued_ms), 3)
             events.append(("batch started", entry.started_ms))

@@ -13,7 +13,7 @@ from embedstream.client import codec, media
 from embedstream.client.channel import aio_bearer, api_key_or_env, dial
 from embedstream.client.embeddings import Embeddings, stacked
 from embedstream.client.errors import Explainer
-from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.retry import Retry
 from embedstream.client.window import Window
 from embedstream.tls import TLS
@@ -69,10 +69,11 @@ class AsyncClient:
         input_type: str = "",
         prompt_name: str = "",
         dimensions: int | None = None,
+        cache: str = "default",
     ) -> Embeddings:
         """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
         name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions)
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache)
 
         async def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = await self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
@@ -111,9 +112,11 @@ class AsyncClient:
         model: str | None = None,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        cache: str = "default",
     ) -> AsyncIterator[Embeddings]:
         """Yield the embeddings of each ``batch_size`` texts in order, as :meth:`Client.embed_stream` (reconnecting)."""
-        options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
+        name = model if model is not None else self.model
+        options = codec.EmbedOptions(name, normalize, truncate, cache=cache)
         unanswered, cond = Window(texts, batch_size, window, options), asyncio.Condition()
         backoff = self.retry.backoff(self._explain)
         while True:
@@ -141,10 +144,11 @@ class AsyncClient:
         ttl_seconds: int = 0,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        cache: str = "default",
     ) -> AsyncJobHandle:
         """Create an async job from texts held in memory (up to the server's inline limit)."""
         spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
         )
         request = codec.submit_request(spec, texts)
         return AsyncJobHandle(self, await self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
@@ -158,11 +162,12 @@ class AsyncClient:
         ttl_seconds: int = 0,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        cache: str = "default",
         chunk_size: int = 1000,
     ) -> AsyncJobHandle:
         """Create an async job from any iterable, read lazily and streamed in chunks."""
         spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
         )
         try:
             # Not retried: the upload read ``texts`` once and cannot send them again.
@@ -244,19 +249,8 @@ async def _feed(unanswered: Window, cond: asyncio.Condition) -> AsyncIterator[pb
         yield req
 
 
-class AsyncJobHandle:
+class AsyncJobHandle(Handle["AsyncClient"]):
     """The asyncio twin of :class:`JobHandle`."""
-
-    TERMINAL = TERMINAL
-
-    def __init__(self, client: AsyncClient, job: jpb.Job) -> None:
-        self.client = client
-        self.job = job
-
-    @property
-    def id(self) -> str:
-        """The job id; any gateway answers for it until the job expires."""
-        return self.job.id
 
     async def refresh(self) -> jpb.Job:
         """Fetch the current state."""

@@ -20,6 +20,15 @@ T = TypeVar("T")
 
 #: What ``input_type=`` takes in :meth:`Client.embed`.
 INPUT_TYPES = {"": pb.INPUT_TYPE_UNSPECIFIED, "query": pb.INPUT_TYPE_QUERY, "document": pb.INPUT_TYPE_DOCUMENT}
+#: What ``cache=`` takes: use the embedding cache, skip it, or recompute and overwrite (docs/cache.md).
+CACHE_MODES = {"default": pb.CACHE_DEFAULT, "bypass": pb.CACHE_BYPASS, "refresh": pb.CACHE_REFRESH}
+
+
+def cache_mode(cache: str) -> pb.CacheMode.ValueType:
+    """The CacheMode of ``cache=``; ValueError naming the choices otherwise."""
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {sorted(CACHE_MODES)}, not {cache!r}")
+    return CACHE_MODES[cache]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +41,12 @@ class EmbedOptions:
     input_type: str = ""
     prompt_name: str = ""
     dimensions: int | None = None
+    cache: str = "default"
 
     def __post_init__(self) -> None:
         if self.input_type not in INPUT_TYPES:
             raise ValueError(f"input_type must be one of {sorted(INPUT_TYPES)}")
+        cache_mode(self.cache)
 
     def request(self, items: Sequence[str | bytes], rid: str = "") -> pb.EmbedRequest:
         """An EmbedRequest for float32 vectors: str items are texts, bytes items encoded images."""
@@ -46,6 +57,7 @@ class EmbedOptions:
             encoding=pb.VECTOR_ENCODING_PACKED_F32LE,
             input_type=INPUT_TYPES[self.input_type],
             prompt_name=self.prompt_name,
+            cache=cache_mode(self.cache),
         )
         if self.normalize is not None:
             req.normalize = self.normalize
@@ -72,9 +84,11 @@ def ranking(resp: pb.RerankResponse) -> list[tuple[int, float]]:
     return [(r.index, r.score) for r in resp.results]
 
 
-def job_spec(model: str, key: str, ttl: int, normalize: bool | None, truncate: bool | None) -> jpb.JobSpec:
+def job_spec(
+    model: str, key: str, ttl: int, normalize: bool | None, truncate: bool | None, cache: str = "default"
+) -> jpb.JobSpec:
     """The JobSpec both clients send; unset options stay unset (the model's defaults)."""
-    spec = jpb.JobSpec(model=model, idempotency_key=key, ttl_seconds=ttl)
+    spec = jpb.JobSpec(model=model, idempotency_key=key, ttl_seconds=ttl, cache=cache_mode(cache))
     if normalize is not None:
         spec.normalize = normalize
     if truncate is not None:

@@ -14,7 +14,7 @@ from embedstream.client import codec, media
 from embedstream.client.channel import Bearer, api_key_or_env, dial
 from embedstream.client.embeddings import Embeddings, stacked
 from embedstream.client.errors import Explainer
-from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.retry import Retry
 from embedstream.client.window import Window
 from embedstream.tls import TLS
@@ -70,6 +70,7 @@ class Client:
         input_type: str = "",
         prompt_name: str = "",
         dimensions: int | None = None,
+        cache: str = "default",
     ) -> Embeddings:
         """Embeddings of ``texts`` (str) and images (encoded bytes), in input order; any length.
 
@@ -77,11 +78,12 @@ class Client:
         :class:`SparseVector`; a multi-vector model a list of n float32 (tokens, dimensions)
         arrays. ``input_type`` ("query"/"document") or ``prompt_name`` pick the model's prompt
         (and a multi-vector model's query or document encoding); ``dimensions`` a Matryoshka
-        size it declares. Other output types: call :attr:`stub` with an EmbedRequest.
+        size it declares. ``cache`` ("default", "bypass", "refresh") uses, skips or recomputes the
+        server's embedding cache. Other output types: call :attr:`stub` with an EmbedRequest.
         A call that fails for good raises :class:`EmbedstreamError`.
         """
         name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions)
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache)
 
         def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
@@ -120,6 +122,7 @@ class Client:
         model: str | None = None,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        cache: str = "default",
     ) -> Iterator[Embeddings]:
         """Yield the embeddings of each ``batch_size`` texts in :meth:`embed`'s form, in order, read lazily.
 
@@ -127,7 +130,8 @@ class Client:
         stays bounded for any corpus size. A broken stream is reopened and the
         unanswered requests are sent again.
         """
-        options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
+        name = model if model is not None else self.model
+        options = codec.EmbedOptions(name, normalize, truncate, cache=cache)
         unanswered, cond = Window(texts, batch_size, window, options), threading.Condition()
         backoff = self.retry.backoff(self._explain)
         while True:
@@ -152,10 +156,11 @@ class Client:
         ttl_seconds: int = 0,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        cache: str = "default",
     ) -> JobHandle:
         """Create an async job from texts held in memory (up to the server's inline limit)."""
         spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
         )
         request = codec.submit_request(spec, texts)
         return JobHandle(self, self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
@@ -169,11 +174,12 @@ class Client:
         ttl_seconds: int = 0,
         normalize: bool | None = None,
         truncate: bool | None = None,
+        cache: str = "default",
         chunk_size: int = 1000,
     ) -> JobHandle:
         """Create an async job from any iterable, read lazily and streamed in chunks."""
         spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
         )
         messages = codec.upload_messages(spec, texts, chunk_size)
         try:
@@ -254,19 +260,8 @@ def _feed(unanswered: Window, cond: threading.Condition) -> Iterator[pb.EmbedReq
         yield req
 
 
-class JobHandle:
+class JobHandle(Handle["Client"]):
     """An async job: its last known state, waiting with progress, results, cancel."""
-
-    TERMINAL = TERMINAL
-
-    def __init__(self, client: Client, job: jpb.Job) -> None:
-        self.client = client
-        self.job = job
-
-    @property
-    def id(self) -> str:
-        """The job id; any gateway answers for it until the job expires."""
-        return self.job.id
 
     def refresh(self) -> jpb.Job:
         """Fetch the current state."""

@@ -59,6 +59,8 @@ class JobSpec(_message.Message):
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
     LONG_INPUTS_FIELD_NUMBER: _builtins.int
     CHUNKING_FIELD_NUMBER: _builtins.int
+    TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     MEDIA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias; empty means the default model."""
@@ -75,6 +77,9 @@ class JobSpec(_message.Message):
     output_type: _embedder_pb2.OutputType.ValueType
     return_tokens: _builtins.bool
     long_inputs: _embedder_pb2.LongInputs.ValueType
+    truncation_side: _embedder_pb2.TruncationSide.ValueType
+    cache: _embedder_pb2.CacheMode.ValueType
+    """As in EmbedRequest: jobs use the cache unless this says otherwise."""
     @_builtins.property
     def chunking(self) -> _embedder_pb2.ChunkOptions: ...
     @_builtins.property
@@ -98,11 +103,13 @@ class JobSpec(_message.Message):
         return_tokens: _builtins.bool = ...,
         long_inputs: _embedder_pb2.LongInputs.ValueType = ...,
         chunking: _embedder_pb2.ChunkOptions | None = ...,
+        truncation_side: _embedder_pb2.TruncationSide.ValueType = ...,
+        cache: _embedder_pb2.CacheMode.ValueType = ...,
         media: _embedder_pb2.MediaOptions | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "media", b"media", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -208,6 +215,7 @@ class Job(_message.Message):
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
     DIMENSIONS_FIELD_NUMBER: _builtins.int
+    INPUTS_CACHED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     model: _builtins.str
     state: Global___JobState.ValueType
@@ -219,6 +227,8 @@ class Job(_message.Message):
     finished_at_ms: _builtins.int
     expires_at_ms: _builtins.int
     dimensions: _builtins.int
+    inputs_cached: _builtins.int
+    """Inputs (of inputs_done) answered from the embedding cache, without the model."""
     @_builtins.property
     def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Why inputs failed, a line per failed chunk (at most a few are kept)."""
@@ -237,10 +247,11 @@ class Job(_message.Message):
         finished_at_ms: _builtins.int = ...,
         expires_at_ms: _builtins.int = ...,
         dimensions: _builtins.int = ...,
+        inputs_cached: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "dimensions", b"dimensions", "errors", b"errors", "expires_at_ms", b"expires_at_ms", "finished_at_ms", b"finished_at_ms", "id", b"id", "inputs_done", b"inputs_done", "inputs_failed", b"inputs_failed", "inputs_total", b"inputs_total", "model", b"model", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "dimensions", b"dimensions", "errors", b"errors", "expires_at_ms", b"expires_at_ms", "finished_at_ms", b"finished_at_ms", "id", b"id", "inputs_cached", b"inputs_cached", "inputs_done", b"inputs_done", "inputs_failed", b"inputs_failed", "inputs_total", b"inputs_total", "model", b"model", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,12 +68,13 @@ def test_a_clip_that_decodes_longer_than_the_visibility_timeout_is_not_reclaimed
     (cluster.root / "models.toml").write_text(REGISTRY + f'\n[models.clip]\nfamily = "image-text"\npath = "{model}"\n')
     _, port = cluster.gateway()
     workers = [cluster.worker("clip"), cluster.worker("clip")]
-    # A minute of 640x360 at 30 fps, every frame compared for scene cuts: seconds of decoding, past
-    # the 1.5 s visibility timeout; its worker renews the entry's lease while it prepares it.
-    clip = media.video([3.0] * 20, fps=30, size=(640, 360))
+    # A minute and a half of 640x360 at 30 fps, every frame compared for scene cuts: seconds of
+    # decoding, past the 1.5 s visibility timeout (a minute took 1.44 s on an idle machine); its
+    # worker renews the entry's lease while it prepares it.
+    clip = media.video([3.0] * 30, fps=30, size=(640, 360))
     with Client(f"127.0.0.1:{port}", model="clip", timeout=120) as client:
         started = time.monotonic()
         (got,) = client.embed_media([clip], sampling=Sampling(scenes=True, frame_interval_s=10.0))
         took = time.monotonic() - started
-    assert len(got) == 20 and took > 1.5, took  # else the clip decoded too fast to prove anything
+    assert len(got) == 30 and took > 1.5, took  # else the clip decoded too fast to prove anything
     assert not any("reclaimed" in w.log() for w in workers), [w.log()[-2000:] for w in workers]

@@ -47,8 +47,14 @@ def test_gateway_and_worker_run_as_the_documented_acl_users(
         EMBEDSTREAM_API_KEYS=f"acme {apikeys.digest(secure.keys['acme'])}",
         EMBEDSTREAM_RATE_LIMIT="1000",
     )
+    # The embedding cache on: the words come back through the stream and the job, so the worker
+    # runs the cache's lookup and store scripts too.
     worker_env = base_env(
-        url["worker"], registry, EMBEDSTREAM_VISIBILITY_TIMEOUT_S="0.8", EMBEDSTREAM_CONSUMER_GC_S="0.5"
+        url["worker"],
+        registry,
+        EMBEDSTREAM_VISIBILITY_TIMEOUT_S="0.8",
+        EMBEDSTREAM_CONSUMER_GC_S="0.5",
+        EMBEDSTREAM_CACHE_BYTES=str(1 << 20),
     )
     gateway, port = start_gateway(gateway_env, log_dir)
     acl_worker = start_worker(worker_env, log_dir, "acl", red.admin)

@@ -86,6 +86,9 @@ FAST = {
     "EMBEDSTREAM_THREADS": "1",
     "EMBEDSTREAM_SHUTDOWN_DELAY_S": "0.3",
     "EMBEDSTREAM_SHUTDOWN_GRACE_S": "10",
+    # The embedding cache on, as served (a small budget, so eviction runs too): every scenario's
+    # leftover-keys check covers its keys.
+    "EMBEDSTREAM_CACHE_BYTES": str(256 * 1024),
 }
 
 

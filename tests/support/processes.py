@@ -80,6 +80,10 @@ def base_env(redis_url: str, registry: Path, **extra: str) -> dict[str, str]:
         EMBEDSTREAM_SHUTDOWN_DELAY_S="0.2",
         # Many gateways run at once in tests: each takes a free HTTP port (the default is 8080).
         EMBEDSTREAM_HTTP_PORT="0",
+        # The embedding cache would answer a repeated text without the model, which tests of the
+        # model, of slow models and deadlines, and benchmarks must not see. Tests of the cache
+        # (tests/test_cache*.py), the fault suite and the docs' service turn it on.
+        EMBEDSTREAM_CACHE_BYTES="0",
     )
     env.update(extra)
     return env
@@ -202,3 +206,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", "embedstream", *args], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
     )
+
+
+def from_a_terminal() -> None:
+    """``preexec_fn`` for a process a test interrupts as Ctrl-C would: SIGINT at its default.
+    A run started in the background (a non-interactive shell's ``&``, as some CI runners do)
+    ignores SIGINT and its children inherit that, so the signal would reach nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
