@@ -21,11 +21,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 import numpy as np
 
+from embedstream import outputs as named
+from embedstream.outputs import Outputs
 from embedstream.progress import Progress
 from embedstream.tls import TLS
 from embedstream.v1 import embedder_pb2 as pb
@@ -82,6 +84,8 @@ def _request(
         req.truncate = truncate
     if opts.get("dimensions") is not None:
         req.dimensions = opts["dimensions"]
+    if opts.get("outputs") is not None:
+        req.outputs.extend(named.kinds(opts["outputs"]))
     return req
 
 
@@ -118,6 +122,13 @@ def vectors(resp: pb.EmbedResponse) -> np.ndarray:
         raw = b"".join(e.packed for e in resp.embeddings)
         return np.frombuffer(raw, dtype="<f4").reshape(len(resp.embeddings), resp.dimensions).astype(np.float32)
     return np.array([list(e.values) for e in resp.embeddings], dtype=np.float32).reshape(-1, resp.dimensions)
+
+
+def _gathered(parts: list[pb.EmbedResponse], outputs: Sequence[str] | None) -> np.ndarray | list[Outputs]:
+    """The responses of one embed() call: one array, or one Outputs per input when ``outputs`` was asked."""
+    if outputs is not None:
+        return [o for p in parts for o in named.of(p, outputs)]
+    return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 def _chunks(texts: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -164,6 +175,7 @@ class Client:
         """Close the channel."""
         self._channel.close()
 
+    @overload
     def embed(
         self,
         texts: Sequence[str | bytes],
@@ -174,17 +186,46 @@ class Client:
         input_type: str = "",
         prompt_name: str = "",
         dimensions: int | None = None,
-    ) -> np.ndarray:
+        outputs: None = None,
+    ) -> np.ndarray: ...
+
+    @overload
+    def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str],
+    ) -> list[Outputs]: ...
+
+    def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> np.ndarray | list[Outputs]:
         """Vectors for ``texts`` (str) and images (encoded bytes) as one (n, dimensions) array; any length.
 
         ``input_type`` ("query"/"document") or ``prompt_name`` pick the model's prompt;
-        ``dimensions`` a Matryoshka size it declares. Other output types, sparse and
-        multi-vector responses: call :attr:`stub` with an EmbedRequest.
+        ``dimensions`` a Matryoshka size it declares. ``outputs`` (some of "dense", "sparse",
+        "multi-vector", as the model offers) returns one :class:`Outputs` per input instead.
+        Other output types: call :attr:`stub` with an EmbedRequest.
         """
         if isinstance(texts, str | bytes):
             raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
         name = model if model is not None else self.model
-        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions}
+        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions, "outputs": outputs}
 
         def call(chunk: list[str | bytes]) -> pb.EmbedResponse:
             request = _request(chunk, name, normalize, truncate, "", options)
@@ -192,7 +233,7 @@ class Client:
             return response
 
         parts = [call(chunk) for chunk in _chunks(texts, MAX_INPUTS)]
-        return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
+        return _gathered(parts, outputs)
 
     def embed_stream(
         self,
@@ -475,6 +516,7 @@ class AsyncClient:
         """Close the channel."""
         await self._channel.close()
 
+    @overload
     async def embed(
         self,
         texts: Sequence[str | bytes],
@@ -485,12 +527,40 @@ class AsyncClient:
         input_type: str = "",
         prompt_name: str = "",
         dimensions: int | None = None,
-    ) -> np.ndarray:
+        outputs: None = None,
+    ) -> np.ndarray: ...
+
+    @overload
+    async def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str],
+    ) -> list[Outputs]: ...
+
+    async def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> np.ndarray | list[Outputs]:
         """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
         if isinstance(texts, str | bytes):
             raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
         name = model if model is not None else self.model
-        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions}
+        options = {"input_type": input_type, "prompt_name": prompt_name, "dimensions": dimensions, "outputs": outputs}
 
         async def call(chunk: list[str | bytes]) -> pb.EmbedResponse:
             request = _request(chunk, name, normalize, truncate, "", options)
@@ -498,7 +568,7 @@ class AsyncClient:
             return response
 
         parts = await asyncio.gather(*(call(chunk) for chunk in _chunks(texts, MAX_INPUTS)))
-        return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
+        return _gathered(list(parts), outputs)
 
     async def embed_stream(
         self, texts: Iterable[str], *, batch_size: int = 64, window: int = 2048, model: str | None = None
@@ -712,4 +782,4 @@ def _target(target: str) -> str:
     return target
 
 
-__all__ = ["TLS", "AsyncClient", "AsyncJobHandle", "Client", "JobHandle", "Retry", "vectors"]
+__all__ = ["TLS", "AsyncClient", "AsyncJobHandle", "Client", "JobHandle", "Outputs", "Retry", "vectors"]

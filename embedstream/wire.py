@@ -5,6 +5,13 @@ decoding failure becomes one error type, :class:`WireError`. Vectors travel as
 raw bytes in the request's output type (``embedstream.vectors``), never as
 lists of floats. Pickle is never used, so a forged entry can at worst fail to
 decode.
+
+A job that names ``outputs`` (dense, sparse, multi-vector: BGE-M3 gives all
+three from one pass) gets a reply holding each in its own fields: dense rows in
+``vectors``, sparse weights in ``sparse_weights`` beside ``indices``/``nnz``,
+token matrices in ``multi`` with ``multi_rows``. A job without ``outputs`` gets
+the model's primary output in the original layout (``vectors`` holds it all).
+Both are version 1: the new keys are optional and a decoder checks every size.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from embedstream.vectors import OUTPUT_TYPES, row_bytes
+from embedstream.vectors import OUTPUT_TYPES, OUTPUTS, row_bytes
 
 VERSION = 1
 
@@ -51,6 +58,8 @@ class Job:
     return_tokens: bool = False
     #: The W3C ``traceparent`` of the gateway span that queued it ("" = not traced).
     trace: str = ""
+    #: The outputs asked for ("dense", "sparse", "multi-vector"); () = the model's primary one, original layout.
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -77,6 +86,15 @@ class Reply:
     worker: str = ""
     error_code: str = ""
     error_message: str = ""
+    #: Set when the job named its outputs: which ones this reply carries, each in its own fields.
+    outputs: list[str] | None = None
+    #: Sparse weights (float32, aligned with ``indices``) when ``outputs`` is set.
+    sparse_weights: bytes = b""
+    sparse_dimensions: int = 0
+    #: Multi-vector rows (output type layout), vectors per input and row width, when ``outputs`` is set.
+    multi: bytes = b""
+    multi_rows: list[int] | None = None
+    multi_dimensions: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -112,6 +130,8 @@ def encode_job(job: Job) -> bytes:
     body.update((k, v) for k, v in optional.items() if v)
     if job.output_type != "float32":
         body["ot"] = job.output_type
+    if job.outputs:
+        body["os"] = list(job.outputs)
     return _pack(body)
 
 
@@ -129,6 +149,7 @@ def decode_job(data: bytes) -> Job:
         if output_type not in OUTPUT_TYPES:
             raise WireError(f"unknown output type {output_type!r}")
         return Job(
+            outputs=_outputs(body.get("os", [])),
             id=_typed(body["i"], str, "i"),
             reply_to=_typed(body["r"], str, "r"),
             deadline_ms=_typed(body["d"], int, "d"),
@@ -175,6 +196,11 @@ def encode_reply(reply: Reply) -> bytes:
             body["nz"] = reply.nnz
         if reply.token_strings is not None:
             body["ts"] = reply.token_strings
+        if reply.outputs is not None:
+            body.update(os=reply.outputs, sw=reply.sparse_weights, sd=reply.sparse_dimensions)
+            body.update(mx=reply.multi, md=reply.multi_dimensions)
+            if reply.multi_rows is not None:
+                body["mr"] = reply.multi_rows
     return _pack(body)
 
 
@@ -202,6 +228,13 @@ def decode_reply(data: bytes) -> Reply:
         if strings is not None and (not isinstance(strings, list) or not all(isinstance(t, str) for t in strings)):
             raise WireError("field 'ts' must be a list of strings")
         reply.token_strings = strings
+        if "os" in body:
+            reply.outputs = list(_outputs(body["os"]))
+            reply.sparse_weights = _typed(body.get("sw", b""), bytes, "sw")
+            reply.sparse_dimensions = _typed(body.get("sd", 0), int, "sd")
+            reply.multi = _typed(body.get("mx", b""), bytes, "mx")
+            reply.multi_rows = _int_list(body.get("mr"), "mr")
+            reply.multi_dimensions = _typed(body.get("md", 0), int, "md")
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
     _check_sizes(reply)
@@ -211,6 +244,9 @@ def decode_reply(data: bytes) -> Reply:
 def _check_sizes(reply: Reply) -> None:
     if reply.output_type not in OUTPUT_TYPES:
         raise WireError(f"unknown output type {reply.output_type!r}")
+    if reply.outputs is not None:
+        _check_outputs(reply)
+        return
     if reply.nnz is not None:
         total = sum(reply.nnz)
         if len(reply.nnz) != reply.count or len(reply.indices) != 4 * total or len(reply.vectors) != 4 * total:
@@ -225,6 +261,36 @@ def _check_sizes(reply: Reply) -> None:
         rows = sum(reply.rows)
     if len(reply.vectors) != rows * row_bytes(reply.output_type, reply.dimensions):
         raise WireError("reply vector bytes do not match count x dimensions")
+
+
+def _check_outputs(reply: Reply) -> None:
+    """Sizes of a reply that carries named outputs, each in its own fields."""
+    asked = set(reply.outputs or ())
+    dense = reply.count * row_bytes(reply.output_type, reply.dimensions) if "dense" in asked else 0
+    if len(reply.vectors) != dense:
+        raise WireError("reply dense bytes do not match count x dimensions")
+    if "sparse" in asked:
+        total = sum(reply.nnz or []) if reply.nnz is not None and len(reply.nnz) == reply.count else -1
+        if total < 0 or len(reply.indices) != 4 * total or len(reply.sparse_weights) != 4 * total:
+            raise WireError("reply sparse sizes do not match")
+        if reply.token_strings is not None and len(reply.token_strings) != total:
+            raise WireError("reply token strings do not match the indices")
+    elif reply.nnz is not None or reply.indices or reply.sparse_weights:
+        raise WireError("reply carries a sparse output nobody asked for")
+    rows = reply.multi_rows
+    if "multi-vector" in asked:
+        if rows is None or len(rows) != reply.count:
+            raise WireError("reply multi-vector rows do not match count")
+        if len(reply.multi) != sum(rows) * row_bytes(reply.output_type, reply.multi_dimensions):
+            raise WireError("reply multi-vector bytes do not match rows x dimensions")
+    elif rows is not None or reply.multi:
+        raise WireError("reply carries a multi-vector output nobody asked for")
+
+
+def _outputs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(o in OUTPUTS for o in value) or len(set(value)) != len(value):
+        raise WireError(f"field 'os' must list distinct outputs of {list(OUTPUTS)}")
+    return tuple(value)
 
 
 def _int_list(value: Any, key: str) -> list[int] | None:

@@ -37,6 +37,8 @@ class Options:
     output_type: str = "float32"
     return_tokens: bool = False
     query: str = ""
+    #: The outputs asked for; () = the model's primary output.
+    outputs: tuple[str, ...] = ()
 
     def job(self, id: str, reply_to: str, deadline_ms: int, inputs: list[str | bytes], **chunk: Any) -> wire.Job:
         """The queue entry for ``inputs`` with these options, carrying the current span's context."""
@@ -54,6 +56,7 @@ class Options:
             output_type=self.output_type,
             query=self.query,
             return_tokens=self.return_tokens,
+            outputs=self.outputs,
             trace=tracing.traceparent(),
             **chunk,
         )

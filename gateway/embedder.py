@@ -15,7 +15,7 @@ from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher, Request
 from embedstream.gateway.shape import embeddings
 from embedstream.gateway.status import streaming, unary
-from embedstream.gateway.validation import OUTPUT_TYPES, validate, validate_rerank, verify_images
+from embedstream.gateway.validation import OUTPUT_TYPES, VECTOR_KINDS, validate, validate_rerank, verify_images
 from embedstream.gateway.window import Window
 
 from embedstream import metrics, tracing, wire
@@ -34,6 +34,7 @@ FAMILIES = {
     "debug": pb.MODEL_FAMILY_DEBUG,
 }
 OUTPUT_TYPE_VALUES = {name: value for value, name in OUTPUT_TYPES.items()}
+VECTOR_KIND_VALUES = {name: value for value, name in VECTOR_KINDS.items()}
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 
@@ -182,6 +183,7 @@ class Embedder(pb_grpc.EmbedderServicer):
                         output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
                         query_prompt=spec.query_prompt,
                         document_prompt=spec.document_prompt,
+                        outputs=[VECTOR_KIND_VALUES[o] for o in spec.offered_outputs],
                     ),
                 )
             )
@@ -217,6 +219,8 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
         embeddings=embeddings(reply, request.encoding),
         dimensions=reply.dimensions,
         output_type=OUTPUT_TYPE_VALUES[reply.output_type],
+        multi_vector_dimensions=reply.multi_dimensions,
+        sparse_dimensions=reply.sparse_dimensions,
     )
     metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
     out.metadata.CopyFrom(_metadata(reply, received))

@@ -33,6 +33,11 @@ OUTPUT_TYPES = {
     pb.OUTPUT_TYPE_BINARY: "binary",
     pb.OUTPUT_TYPE_UBINARY: "ubinary",
 }
+VECTOR_KINDS = {
+    pb.VECTOR_KIND_DENSE: "dense",
+    pb.VECTOR_KIND_SPARSE: "sparse",
+    pb.VECTOR_KIND_MULTI_VECTOR: "multi-vector",
+}
 
 
 def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, directory: Directory) -> Request:
@@ -89,8 +94,11 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
     if msg.prompt_name and msg.prompt_name not in spec.prompts:
         known = sorted(spec.prompts) or "none"
         raise InvalidArgument(f"{prefix}prompt_name: {where} has no prompt {msg.prompt_name!r}; its prompts: {known}")
-    if msg.return_tokens and spec.family != "sparse":
-        raise InvalidArgument(f"{prefix}return_tokens: only sparse models return tokens; {where} does not")
+    outputs = check_outputs(msg.outputs, spec, prefix)
+    if msg.return_tokens and "sparse" not in (outputs or spec.offered_outputs[:1]):
+        raise InvalidArgument(f"{prefix}return_tokens: only sparse outputs return tokens; {where} gives none here")
+    if outputs and "sparse" in outputs and output_type != "float32" and len(outputs) == 1:
+        raise InvalidArgument(f"{prefix}output_type: sparse vectors are float32 only")
     dimensions = 0
     if msg.HasField("dimensions"):
         full = directory.states[spec.name].dimensions or spec.dimensions
@@ -109,7 +117,27 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         dimensions=dimensions,
         output_type=output_type,
         return_tokens=bool(msg.return_tokens),
+        outputs=outputs,
     )
+
+
+def check_outputs(asked: Sequence[int], spec: ModelSpec, prefix: str = "") -> tuple[str, ...]:
+    """The outputs a request names, each one the model offers and named once; () = its primary output."""
+    offered = spec.offered_outputs
+    out: list[str] = []
+    for i, value in enumerate(asked):
+        name = VECTOR_KINDS.get(pb.VectorKind.ValueType(value))
+        if name is None:
+            raise InvalidArgument(f"{prefix}outputs[{i}]: unknown value {value}; use dense, sparse or multi-vector")
+        if name not in offered:
+            raise InvalidArgument(
+                f"{prefix}outputs[{i}]: model {spec.name!r} ({spec.family}) offers {', '.join(offered) or 'no'} "
+                f"output(s), not {name}"
+            )
+        if name in out:
+            raise InvalidArgument(f"{prefix}outputs[{i}]: {name} is listed twice")
+        out.append(name)
+    return tuple(out)
 
 
 def validate_inputs(

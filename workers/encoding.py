@@ -150,6 +150,11 @@ class Encoder:
             inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
         return getattr(self.model(**inputs), task), inputs["attention_mask"]
 
+    def token_strings(self, indices: np.ndarray) -> list[str]:
+        """The vocabulary token of each index (sparse outputs' ``return_tokens``)."""
+        tokens: Any = self.tokenizer.convert_ids_to_tokens(indices.tolist())
+        return [str(t) for t in tokens]
+
     def load_dense(self, folder: Path) -> tuple[Any, Any]:
         """A sentence-transformers Dense module (linear + activation) on the model's device."""
         torch = self._torch

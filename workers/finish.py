@@ -3,7 +3,10 @@
 Dense rows and token matrices get the request's Matryoshka cut,
 re-normalization and output type here, on the worker, so the reply carries the
 final bytes and the gateway only slices them. Sparse outputs travel as indices
-and weights; rerank scores as one float32 per document.
+and weights; rerank scores as one float32 per document. A job that names its
+``outputs`` gets each in its own reply fields (``wire`` documents them); a job
+that names none gets the model's primary output in the original layout. Models
+of several outputs (BGE-M3, ``output == "outputs"``) give a dict per input.
 """
 
 from __future__ import annotations
@@ -15,9 +18,16 @@ from embedstream.workers.batcher import Entry
 
 from embedstream import vectors, wire
 
+#: The model ``output`` kind of each registry output name.
+KINDS = {"dense": "dense", "sparse": "sparse", "multi-vector": "multi"}
+NAMES = {kind: name for name, kind in KINDS.items()}
+
 
 def nonfinite(kind: str, outputs: Any) -> list[int]:
     """Rows of a batch's outputs holding NaN or Inf: they must never leave the worker."""
+    if kind == "outputs":
+        names = outputs[0] if outputs else {}
+        return sorted({i for name in names for i in nonfinite(KINDS[name], [o[name] for o in outputs])})
     if kind in ("dense", "score"):
         return [int(i) for i in np.flatnonzero(~np.isfinite(np.asarray(outputs)).all(axis=1))]
     if kind == "multi":
@@ -39,23 +49,49 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
         inference_ms=entry.inference_ms,
         worker=worker,
     )
-    kind = model.output
-    if kind == "sparse":
-        pairs: list[tuple[np.ndarray, np.ndarray]] = entry.results
-        out.dimensions = model.dimensions
+    several = model.output == "outputs"
+    if job.outputs:
+        out.outputs = list(job.outputs)
+        for name in job.outputs:
+            results = [r[name] for r in entry.results] if several else entry.results
+            _put(out, entry, name, results, model, value_range, named=True)
+        return out
+    # Rerank scores travel as a one-column dense matrix.
+    name = model.outputs[0] if several else NAMES.get(model.output, "dense")
+    results = [r[name] for r in entry.results] if several else entry.results
+    _put(out, entry, name, results, model, value_range, named=False)
+    return out
+
+
+def _put(
+    out: wire.Reply, entry: Entry, name: str, results: list[Any], model: Any, value_range: float, named: bool
+) -> None:
+    """One output's bytes into ``out``: its own fields when ``named``, else the original layout."""
+    job = entry.job
+    width = int(getattr(model, "output_dimensions", {}).get(name, model.dimensions))
+    if name == "sparse":
+        pairs: list[tuple[np.ndarray, np.ndarray]] = results
         out.nnz = [len(idx) for idx, _ in pairs]
         out.indices = b"".join(idx.astype("<u4", copy=False).tobytes() for idx, _ in pairs)
-        out.vectors = b"".join(val.astype("<f4", copy=False).tobytes() for _, val in pairs)
+        weights = b"".join(val.astype("<f4", copy=False).tobytes() for _, val in pairs)
         if job.return_tokens:
             out.token_strings = [s for idx, _ in pairs for s in model.token_strings(idx)]
-        return out
-    if kind == "multi":
-        matrices: list[np.ndarray] = entry.results
-        out.rows = [m.shape[0] for m in matrices]
-        stacked = np.concatenate(matrices) if matrices else np.zeros((0, model.dimensions), np.float32)
+        if named:
+            out.sparse_weights, out.sparse_dimensions = weights, width
+        else:
+            out.vectors, out.dimensions = weights, width
+        return
+    if name == "multi-vector":
+        matrices: list[np.ndarray] = results
+        rows = [m.shape[0] for m in matrices]
+        stacked = np.concatenate(matrices) if matrices else np.zeros((0, width), np.float32)
     else:
-        stacked = np.stack(entry.results)
-    out.dimensions = min(job.dimensions or stacked.shape[1], stacked.shape[1])
+        rows = None
+        stacked = np.stack(results)
+    dimensions = min(job.dimensions or stacked.shape[1], stacked.shape[1])
+    data = vectors.finish(stacked, job.dimensions, entry.normalize, job.output_type, value_range)
     out.output_type = job.output_type
-    out.vectors = vectors.finish(stacked, job.dimensions, entry.normalize, job.output_type, value_range)
-    return out
+    if named and name == "multi-vector":
+        out.multi, out.multi_rows, out.multi_dimensions = data, rows, dimensions
+    else:
+        out.vectors, out.rows, out.dimensions = data, rows, dimensions

@@ -5,6 +5,7 @@ from __future__ import annotations
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
+from embedstream.workers.m3 import BgeM3Model, is_m3
 from embedstream.workers.model import Model
 from embedstream.workers.rerank import CrossEncoderModel
 from embedstream.workers.sparse import SpladeModel
@@ -44,4 +45,6 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
         return ColbertModel(spec, threads)
     if spec.family == "rerank":
         return CrossEncoderModel(spec, threads)
+    if spec.outputs not in ((), ("dense",)) or (not spec.path.startswith(HUB_SCHEME) and is_m3(spec.path)):
+        return BgeM3Model(spec, threads)
     return SentenceTransformerModel(spec, threads)

@@ -8,7 +8,10 @@ returns depends on the family's ``output``:
 * ``dense``: an array (batch, dimensions), one vector per input;
 * ``multi``: a list with one (tokens, dimensions) array per input;
 * ``sparse``: a list with one (indices, weights) pair per input;
-* ``score``: an array (batch, 1) of relevance scores.
+* ``score``: an array (batch, 1) of relevance scores;
+* ``outputs``: a list with one {output name: value} dict per input, for models
+  of several outputs (BGE-M3); ``outputs`` names them, primary first, and
+  ``output_dimensions`` gives each one's width.
 
 The families live in their own modules and :func:`embedstream.workers.loader.load`
 picks one from the registry. The debug model (:mod:`embedstream.workers.debug`)

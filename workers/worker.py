@@ -238,6 +238,9 @@ class Worker(Recovery):
         """Why an entry cannot run (checked again here: entries may come from anywhere)."""
         if job.prompt and job.prompt not in self.spec.prompts:
             return Code.INVALID_ARGUMENT.value, f"prompt_name: model {self.spec.name} has no prompt {job.prompt!r}"
+        offered = self.spec.offered_outputs
+        if any(o not in offered for o in job.outputs):
+            return Code.INVALID_ARGUMENT.value, f"outputs: model {self.spec.name} offers {', '.join(offered)} only"
         if self.model.output == "score" and not job.query:
             return Code.INVALID_ARGUMENT.value, f"query: model {self.spec.name} is a rerank model and needs a query"
         for i, tok in enumerate(toks):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65mbedstream/v1/embedder.proto\x12\x0e\x65mbedstream.v1\"3\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\x88\x03\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.embedstream.v1.Input\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x30\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x1e.embedstream.v1.VectorEncoding\x12-\n\ninput_type\x18\x07 \x01(\x0e\x32\x19.embedstream.v1.InputType\x12\x13\n\x0bprompt_name\x18\x08 \x01(\t\x12\x17\n\ndimensions\x18\t \x01(\rH\x02\x88\x01\x01\x12/\n\x0boutput_type\x18\n \x01(\x0e\x32\x1a.embedstream.v1.OutputType\x12\x15\n\rreturn_tokens\x18\x0b \x01(\x08\x42\x0c\n\n_normalizeB\x0b\n\t_truncateB\r\n\x0b_dimensions\"{\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\x12\x12\n\nint_values\x18\x03 \x03(\x11\x12,\n\x06sparse\x18\x04 \x01(\x0b\x32\x1c.embedstream.v1.SparseVector\x12\x0c\n\x04rows\x18\x05 \x01(\r\"?\n\x0cSparseVector\x12\x0f\n\x07indices\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06tokens\x18\x03 \x03(\t\"\x86\x01\n\x10ResponseMetadata\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x0e\n\x06worker\x18\x05 \x01(\t\x12\x18\n\x10truncated_inputs\x18\x06 \x01(\r\"\xda\x01\n\rEmbedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\nembeddings\x18\x03 \x03(\x0b\x32\x19.embedstream.v1.Embedding\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\x32\n\x08metadata\x18\x05 \x01(\x0b\x32 .embedstream.v1.ResponseMetadata\x12/\n\x0boutput_type\x18\x06 \x01(\x0e\x32\x1a.embedstream.v1.OutputType\"\x13\n\x11ListModelsRequest\"\xe8\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x1b.embedstream.v1.ModelFamily\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\x0f\n\x07serving\x18\x05 \x01(\x08\x12\x0f\n\x07workers\x18\x06 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\x04\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\x12\x12\n\nis_default\x18\t \x01(\x08\x12\x1e\n\x16max_inputs_per_request\x18\n \x01(\r\x12\x12\n\nnormalizes\x18\x0b \x01(\x08\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\r\n\x05\x64type\x18\x0e \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x0f \x01(\x0b\x32\x1c.embedstream.v1.Capabilities\"\xbc\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04text\x18\x01 \x01(\x08\x12\r\n\x05image\x18\x02 \x01(\x08\x12\x1d\n\x15matryoshka_dimensions\x18\x03 \x03(\r\x12\x0f\n\x07prompts\x18\x04 \x03(\t\x12\x30\n\x0coutput_types\x18\x05 \x03(\x0e\x32\x1a.embedstream.v1.OutputType\x12\x14\n\x0cquery_prompt\x18\x06 \x01(\t\x12\x17\n\x0f\x64ocument_prompt\x18\x07 \x01(\t\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedstream.v1.ModelInfo\"\xa1\x01\n\rRerankRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x03(\t\x12\r\n\x05top_n\x18\x04 \x01(\r\x12\x18\n\x10return_documents\x18\x05 \x01(\x08\x12\x15\n\x08truncate\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x0b\n\t_truncate\">\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\x96\x01\n\x0eRerankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\x07results\x18\x03 \x03(\x0b\x32\x1c.embedstream.v1.RerankResult\x12\x32\n\x08metadata\x18\x04 \x01(\x0b\x32 .embedstream.v1.ResponseMetadata*n\n\x0eVectorEncoding\x12\x1e\n\x1aVECTOR_ENCODING_FLOAT_LIST\x10\x00\x12 \n\x1cVECTOR_ENCODING_PACKED_F32LE\x10\x01\x12\x1a\n\x16VECTOR_ENCODING_PACKED\x10\x02*\x9c\x01\n\nOutputType\x12\x17\n\x13OUTPUT_TYPE_FLOAT32\x10\x00\x12\x17\n\x13OUTPUT_TYPE_FLOAT16\x10\x01\x12\x14\n\x10OUTPUT_TYPE_INT8\x10\x02\x12\x15\n\x11OUTPUT_TYPE_UINT8\x10\x03\x12\x16\n\x12OUTPUT_TYPE_BINARY\x10\x04\x12\x17\n\x13OUTPUT_TYPE_UBINARY\x10\x05*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x02*\xce\x01\n\x0bModelFamily\x12\x1c\n\x18MODEL_FAMILY_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_FAMILY_TEXT_DENSE\x10\x01\x12\x1b\n\x17MODEL_FAMILY_IMAGE_TEXT\x10\x02\x12\x17\n\x13MODEL_FAMILY_SPARSE\x10\x03\x12\x1d\n\x19MODEL_FAMILY_MULTI_VECTOR\x10\x04\x12\x17\n\x13MODEL_FAMILY_RERANK\x10\x05\x12\x16\n\x12MODEL_FAMILY_DEBUG\x10\x0f\x32\x91\x03\n\x08\x45mbedder\x12\x44\n\x05\x45mbed\x12\x1c.embedstream.v1.EmbedRequest\x1a\x1d.embedstream.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x1c.embedstream.v1.EmbedRequest\x1a\x1d.embedstream.v1.EmbedResponse(\x01\x30\x01\x12S\n\nListModels\x12!.embedstream.v1.ListModelsRequest\x1a\".embedstream.v1.ListModelsResponse\x12G\n\x06Rerank\x12\x1d.embedstream.v1.RerankRequest\x1a\x1e.embedstream.v1.RerankResponse\x12Q\n\x0cRerankStream\x12\x1d.embedstream.v1.RerankRequest\x1a\x1e.embedstream.v1.RerankResponse(\x01\x30\x01\x42^\n\x12\x64\x65v.embedstream.v1P\x01ZFgithub.com/embedstream/embedstream/gen/go/embedstream/v1;embedstreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65mbedstream/v1/embedder.proto\x12\x0e\x65mbedstream.v1\"3\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\xb5\x03\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.embedstream.v1.Input\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x30\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x1e.embedstream.v1.VectorEncoding\x12-\n\ninput_type\x18\x07 \x01(\x0e\x32\x19.embedstream.v1.InputType\x12\x13\n\x0bprompt_name\x18\x08 \x01(\t\x12\x17\n\ndimensions\x18\t \x01(\rH\x02\x88\x01\x01\x12/\n\x0boutput_type\x18\n \x01(\x0e\x32\x1a.embedstream.v1.OutputType\x12\x15\n\rreturn_tokens\x18\x0b \x01(\x08\x12+\n\x07outputs\x18\x0c \x03(\x0e\x32\x1a.embedstream.v1.VectorKindB\x0c\n\n_normalizeB\x0b\n\t_truncateB\r\n\x0b_dimensions\"\xae\x01\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\x12\x12\n\nint_values\x18\x03 \x03(\x11\x12,\n\x06sparse\x18\x04 \x01(\x0b\x32\x1c.embedstream.v1.SparseVector\x12\x0c\n\x04rows\x18\x05 \x01(\r\x12\x31\n\x0cmulti_vector\x18\x06 \x01(\x0b\x32\x1b.embedstream.v1.MultiVector\"O\n\x0bMultiVector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\x12\x12\n\nint_values\x18\x03 \x03(\x11\x12\x0c\n\x04rows\x18\x04 \x01(\r\"?\n\x0cSparseVector\x12\x0f\n\x07indices\x18\x01 \x03(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06tokens\x18\x03 \x03(\t\"\x86\x01\n\x10ResponseMetadata\x12\x0e\n\x06tokens\x18\x01 \x01(\r\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x0e\n\x06worker\x18\x05 \x01(\t\x12\x18\n\x10truncated_inputs\x18\x06 \x01(\r\"\x96\x02\n\rEmbedResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\nembeddings\x18\x03 \x03(\x0b\x32\x19.embedstream.v1.Embedding\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\x32\n\x08metadata\x18\x05 \x01(\x0b\x32 .embedstream.v1.ResponseMetadata\x12/\n\x0boutput_type\x18\x06 \x01(\x0e\x32\x1a.embedstream.v1.OutputType\x12\x1f\n\x17multi_vector_dimensions\x18\x07 \x01(\r\x12\x19\n\x11sparse_dimensions\x18\x08 \x01(\r\"\x13\n\x11ListModelsRequest\"\xe8\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x06\x66\x61mily\x18\x02 \x01(\x0e\x32\x1b.embedstream.v1.ModelFamily\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\x0f\n\x07serving\x18\x05 \x01(\x08\x12\x0f\n\x07workers\x18\x06 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\x04\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\x12\x12\n\nis_default\x18\t \x01(\x08\x12\x1e\n\x16max_inputs_per_request\x18\n \x01(\r\x12\x12\n\nnormalizes\x18\x0b \x01(\x08\x12\x0f\n\x07version\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\r \x01(\t\x12\r\n\x05\x64type\x18\x0e \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x0f \x01(\x0b\x32\x1c.embedstream.v1.Capabilities\"\xe9\x01\n\x0c\x43\x61pabilities\x12\x0c\n\x04text\x18\x01 \x01(\x08\x12\r\n\x05image\x18\x02 \x01(\x08\x12\x1d\n\x15matryoshka_dimensions\x18\x03 \x03(\r\x12\x0f\n\x07prompts\x18\x04 \x03(\t\x12\x30\n\x0coutput_types\x18\x05 \x03(\x0e\x32\x1a.embedstream.v1.OutputType\x12\x14\n\x0cquery_prompt\x18\x06 \x01(\t\x12\x17\n\x0f\x64ocument_prompt\x18\x07 \x01(\t\x12+\n\x07outputs\x18\x08 \x03(\x0e\x32\x1a.embedstream.v1.VectorKind\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedstream.v1.ModelInfo\"\xa1\x01\n\rRerankRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x03(\t\x12\r\n\x05top_n\x18\x04 \x01(\r\x12\x18\n\x10return_documents\x18\x05 \x01(\x08\x12\x15\n\x08truncate\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x0b\n\t_truncate\">\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\x96\x01\n\x0eRerankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12-\n\x07results\x18\x03 \x03(\x0b\x32\x1c.embedstream.v1.RerankResult\x12\x32\n\x08metadata\x18\x04 \x01(\x0b\x32 .embedstream.v1.ResponseMetadata*n\n\x0eVectorEncoding\x12\x1e\n\x1aVECTOR_ENCODING_FLOAT_LIST\x10\x00\x12 \n\x1cVECTOR_ENCODING_PACKED_F32LE\x10\x01\x12\x1a\n\x16VECTOR_ENCODING_PACKED\x10\x02*\x9c\x01\n\nOutputType\x12\x17\n\x13OUTPUT_TYPE_FLOAT32\x10\x00\x12\x17\n\x13OUTPUT_TYPE_FLOAT16\x10\x01\x12\x14\n\x10OUTPUT_TYPE_INT8\x10\x02\x12\x15\n\x11OUTPUT_TYPE_UINT8\x10\x03\x12\x16\n\x12OUTPUT_TYPE_BINARY\x10\x04\x12\x17\n\x13OUTPUT_TYPE_UBINARY\x10\x05*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x02*v\n\nVectorKind\x12\x1b\n\x17VECTOR_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11VECTOR_KIND_DENSE\x10\x01\x12\x16\n\x12VECTOR_KIND_SPARSE\x10\x02\x12\x1c\n\x18VECTOR_KIND_MULTI_VECTOR\x10\x03*\xce\x01\n\x0bModelFamily\x12\x1c\n\x18MODEL_FAMILY_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_FAMILY_TEXT_DENSE\x10\x01\x12\x1b\n\x17MODEL_FAMILY_IMAGE_TEXT\x10\x02\x12\x17\n\x13MODEL_FAMILY_SPARSE\x10\x03\x12\x1d\n\x19MODEL_FAMILY_MULTI_VECTOR\x10\x04\x12\x17\n\x13MODEL_FAMILY_RERANK\x10\x05\x12\x16\n\x12MODEL_FAMILY_DEBUG\x10\x0f\x32\x91\x03\n\x08\x45mbedder\x12\x44\n\x05\x45mbed\x12\x1c.embedstream.v1.EmbedRequest\x1a\x1d.embedstream.v1.EmbedResponse\x12N\n\x0b\x45mbedStream\x12\x1c.embedstream.v1.EmbedRequest\x1a\x1d.embedstream.v1.EmbedResponse(\x01\x30\x01\x12S\n\nListModels\x12!.embedstream.v1.ListModelsRequest\x1a\".embedstream.v1.ListModelsResponse\x12G\n\x06Rerank\x12\x1d.embedstream.v1.RerankRequest\x1a\x1e.embedstream.v1.RerankResponse\x12Q\n\x0cRerankStream\x12\x1d.embedstream.v1.RerankRequest\x1a\x1e.embedstream.v1.RerankResponse(\x01\x30\x01\x42^\n\x12\x64\x65v.embedstream.v1P\x01ZFgithub.com/embedstream/embedstream/gen/go/embedstream/v1;embedstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,40 +32,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embedstream.v1.embedder_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.embedstream.v1P\001ZFgithub.com/embedstream/embedstream/gen/go/embedstream/v1;embedstreamv1'
-  _globals['_VECTORENCODING']._serialized_start=2066
-  _globals['_VECTORENCODING']._serialized_end=2176
-  _globals['_OUTPUTTYPE']._serialized_start=2179
-  _globals['_OUTPUTTYPE']._serialized_end=2335
-  _globals['_INPUTTYPE']._serialized_start=2337
-  _globals['_INPUTTYPE']._serialized_end=2423
-  _globals['_MODELFAMILY']._serialized_start=2426
-  _globals['_MODELFAMILY']._serialized_end=2632
+  _globals['_VECTORENCODING']._serialized_start=2349
+  _globals['_VECTORENCODING']._serialized_end=2459
+  _globals['_OUTPUTTYPE']._serialized_start=2462
+  _globals['_OUTPUTTYPE']._serialized_end=2618
+  _globals['_INPUTTYPE']._serialized_start=2620
+  _globals['_INPUTTYPE']._serialized_end=2706
+  _globals['_VECTORKIND']._serialized_start=2708
+  _globals['_VECTORKIND']._serialized_end=2826
+  _globals['_MODELFAMILY']._serialized_start=2829
+  _globals['_MODELFAMILY']._serialized_end=3035
   _globals['_INPUT']._serialized_start=49
   _globals['_INPUT']._serialized_end=100
   _globals['_EMBEDREQUEST']._serialized_start=103
-  _globals['_EMBEDREQUEST']._serialized_end=495
-  _globals['_EMBEDDING']._serialized_start=497
-  _globals['_EMBEDDING']._serialized_end=620
-  _globals['_SPARSEVECTOR']._serialized_start=622
-  _globals['_SPARSEVECTOR']._serialized_end=685
-  _globals['_RESPONSEMETADATA']._serialized_start=688
-  _globals['_RESPONSEMETADATA']._serialized_end=822
-  _globals['_EMBEDRESPONSE']._serialized_start=825
-  _globals['_EMBEDRESPONSE']._serialized_end=1043
-  _globals['_LISTMODELSREQUEST']._serialized_start=1045
-  _globals['_LISTMODELSREQUEST']._serialized_end=1064
-  _globals['_MODELINFO']._serialized_start=1067
-  _globals['_MODELINFO']._serialized_end=1427
-  _globals['_CAPABILITIES']._serialized_start=1430
-  _globals['_CAPABILITIES']._serialized_end=1618
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1620
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1683
-  _globals['_RERANKREQUEST']._serialized_start=1686
-  _globals['_RERANKREQUEST']._serialized_end=1847
-  _globals['_RERANKRESULT']._serialized_start=1849
-  _globals['_RERANKRESULT']._serialized_end=1911
-  _globals['_RERANKRESPONSE']._serialized_start=1914
-  _globals['_RERANKRESPONSE']._serialized_end=2064
-  _globals['_EMBEDDER']._serialized_start=2635
-  _globals['_EMBEDDER']._serialized_end=3036
+  _globals['_EMBEDREQUEST']._serialized_end=540
+  _globals['_EMBEDDING']._serialized_start=543
+  _globals['_EMBEDDING']._serialized_end=717
+  _globals['_MULTIVECTOR']._serialized_start=719
+  _globals['_MULTIVECTOR']._serialized_end=798
+  _globals['_SPARSEVECTOR']._serialized_start=800
+  _globals['_SPARSEVECTOR']._serialized_end=863
+  _globals['_RESPONSEMETADATA']._serialized_start=866
+  _globals['_RESPONSEMETADATA']._serialized_end=1000
+  _globals['_EMBEDRESPONSE']._serialized_start=1003
+  _globals['_EMBEDRESPONSE']._serialized_end=1281
+  _globals['_LISTMODELSREQUEST']._serialized_start=1283
+  _globals['_LISTMODELSREQUEST']._serialized_end=1302
+  _globals['_MODELINFO']._serialized_start=1305
+  _globals['_MODELINFO']._serialized_end=1665
+  _globals['_CAPABILITIES']._serialized_start=1668
+  _globals['_CAPABILITIES']._serialized_end=1901
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1903
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1966
+  _globals['_RERANKREQUEST']._serialized_start=1969
+  _globals['_RERANKREQUEST']._serialized_end=2130
+  _globals['_RERANKRESULT']._serialized_start=2132
+  _globals['_RERANKRESULT']._serialized_end=2194
+  _globals['_RERANKRESPONSE']._serialized_start=2197
+  _globals['_RERANKRESPONSE']._serialized_end=2347
+  _globals['_EMBEDDER']._serialized_start=3038
+  _globals['_EMBEDDER']._serialized_end=3439
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,7 @@ class JobSpec(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias; empty means the default model."""
     idempotency_key: _builtins.str
@@ -71,6 +72,8 @@ class JobSpec(_message.Message):
     dimensions: _builtins.int
     output_type: _embedder_pb2.OutputType.ValueType
     return_tokens: _builtins.bool
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[_embedder_pb2.VectorKind.ValueType]: ...
     def __init__(
         self,
         *,
@@ -84,10 +87,11 @@ class JobSpec(_message.Message):
         dimensions: _builtins.int | None = ...,
         output_type: _embedder_pb2.OutputType.ValueType = ...,
         return_tokens: _builtins.bool = ...,
+        outputs: _abc.Iterable[_embedder_pb2.VectorKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015

@@ -1,0 +1,81 @@
+"""Tiny random models of the families with their own heads, laid out as the real checkpoints are.
+
+BGE-M3 (XLM-R + ``sparse_linear.pt`` + ``colbert_linear.pt``), SigLIP with a
+SentencePiece tokenizer, PyLate ColBERT folders, Qwen3-Reranker and Jina
+Embeddings v3: the same architecture classes, weight names, folder files and
+tokenizer types as the real models, at a few thousand parameters, with
+tokenizers trained offline (:mod:`tests.support.spm`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tests.support import spm
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def bge_m3(folder: Path) -> Path:
+    """An XLM-R BGE-M3 folder: model.safetensors, sparse/ColBERT heads, XLM-R SentencePiece tokenizer,
+    and the sentence-transformers files the real one ships (CLS pooling, Normalize)."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tok = spm.xlm_roberta_tokenizer(folder, max_length=512)
+    cfg = XLMRobertaConfig(
+        vocab_size=len(tok),
+        max_position_embeddings=514,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        type_vocab_size=1,
+        **TINY,
+    )
+    torch.manual_seed(0)
+    XLMRobertaModel(cfg).save_pretrained(folder)
+    torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
+    torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
+    spm.write_json(folder / "sentence_bert_config.json", {"max_seq_length": 512, "do_lower_case": False})
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    spm.write_json(
+        folder / "1_Pooling" / "config.json", {"word_embedding_dimension": 32, "pooling_mode_cls_token": True}
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    spm.write_json(folder / "modules.json", modules)
+    return folder
+
+
+def flag_m3(folder: Path) -> Any:
+    """FlagEmbedding's BGEM3FlagModel on ``folder`` (fp32, CPU).
+
+    FlagEmbedding's package ``__init__`` imports its decoder rerankers, which
+    need transformers 4 modules; the embedder itself runs on transformers 5, so
+    it is imported without running the packages' ``__init__`` files.
+    """
+    import importlib.util
+    import sys
+    import types
+
+    found = importlib.util.find_spec("FlagEmbedding")
+    assert found is not None and found.submodule_search_locations
+    root = Path(next(iter(found.submodule_search_locations)))
+    for name in ("FlagEmbedding", "FlagEmbedding.inference", "FlagEmbedding.inference.embedder"):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+            sys.modules[name] = package
+    name = "FlagEmbedding.inference.embedder.encoder_only"
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(root / "inference" / "embedder" / "encoder_only")]
+        sys.modules[name] = package
+    from FlagEmbedding.inference.embedder.encoder_only.m3 import M3Embedder
+
+    return M3Embedder(str(folder), use_fp16=False, devices="cpu", normalize_embeddings=True)
