@@ -1,4 +1,4 @@
-"""The `embedstream` command: serve, gateway, worker, check, embed-file, api-key, redis-acl."""
+"""The `embedstream` command: serve, gateway, worker, check, embed-file, eval, api-key, redis-acl."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=64, help="texts per streamed request")
     embed.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
     embed.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _eval_parser(sub, tls)
     check = _add(
         sub, "check", parents=[tls], help="exit 0 when the gateway reports SERVING (--worker: the worker is alive)"
     )
@@ -86,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--ready", action="store_true", help="with --worker: also its Redis heartbeat is recent")
     check.add_argument("--max-age", type=float, default=30.0, help="with --worker: seconds counted as recent")
+    call = _add(sub, "call", parents=[tls], help="call an RPC with JSON, as grpcurl -plaintext -d does")
+    call.add_argument(
+        "-d", dest="data", default="", help="request JSON; @ reads messages from stdin, @FILE from a file"
+    )
+    call.add_argument("-H", dest="headers", action="append", default=[], help="a header, 'name: value' (repeatable)")
+    call.add_argument("-plaintext", "--plaintext", action="store_true", help="no TLS (the default without --tls*)")
+    call.add_argument("-max-time", "--max-time", type=float, default=60.0, help="seconds before the call gives up")
+    call.add_argument("target", help="gateway address, host:port")
+    call.add_argument("method", help="e.g. embedstream.v1.Embedder/Embed")
     keys = _add(sub, "api-key", help="create or revoke API keys (the key file holds their SHA-256 only)")
     key_sub = keys.add_subparsers(dest="action", required=True)
     new = _add(key_sub, "new", help="print a new key once and append its hash to the key file")
@@ -128,6 +138,73 @@ def _add(sub: Any, name: str, help: str, **kwargs: Any) -> argparse.ArgumentPars
     return parser
 
 
+def _eval_parser(sub: Any, tls: argparse.ArgumentParser) -> None:
+    from embedstream.vectors import OUTPUT_TYPES
+
+    ev = _add(
+        sub,
+        "eval",
+        parents=[tls],
+        help="retrieval quality (nDCG@10, MRR@10, recall@1/10/100) and speed of served models on labelled data",
+    )
+    ev.description = (
+        f"{ev.description}. Embeds the dataset through the running service with each candidate (every --model x "
+        "--dimensions x --output-type), searches it exactly, and prints a table, with the same figures in --json "
+        "and a chart in --chart. See docs/eval.md."
+    )
+    data = ev.add_mutually_exclusive_group(required=True)
+    data.add_argument(
+        "--dataset", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv) or a .csv with query,document"
+    )
+    data.add_argument("--sample", action="store_true", help="the small labelled dataset shipped with embedstream")
+    ev.add_argument("--split", default="test", help="BEIR qrels split: qrels/SPLIT.tsv (default test)")
+    ev.add_argument(
+        "--model",
+        action="append",
+        help="a served model to evaluate; repeat for several (default: the server's default model)",
+    )
+    ev.add_argument(
+        "--dimensions",
+        type=_sizes,
+        default=[],
+        help="comma-separated sizes, each evaluated for every model, e.g. 384,128 (Matryoshka; default: full size)",
+    )
+    ev.add_argument(
+        "--output-type",
+        type=_choices(tuple(OUTPUT_TYPES)),
+        default=["float32"],
+        help=f"comma-separated output types, each evaluated: {', '.join(OUTPUT_TYPES)} (default float32)",
+    )
+    ev.add_argument("--batch-size", type=int, default=32, help="documents per request (default 32)")
+    ev.add_argument("--concurrency", type=int, default=4, help="document requests in flight (default 4)")
+    ev.add_argument("--json", default="eval.json", help="where the JSON report goes (default eval.json)")
+    ev.add_argument("--chart", default="eval.png", help="where the PNG chart goes (default eval.png)")
+    ev.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    ev.add_argument("--target", default="", help="gateway address (default 127.0.0.1:EMBEDSTREAM_PORT)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive sizes, e.g. 384,128")
+    return sizes
+
+
+def _choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [part.strip() for part in text.split(",") if part.strip()]
+        wrong = [i for i in items if i not in allowed]
+        if wrong or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(allowed)}")
+        return items
+
+    return parse
+
+
 def _gateway(settings: Settings, args: argparse.Namespace) -> int:
     return _role("embedstream.gateway.main")(settings)
 
@@ -164,15 +241,56 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tls=_tls(args),
     )
+    return _exit_code("embed-file", lambda: run(opts))
+
+
+def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    from embedstream.evaluation import Options, run
+
+    opts = Options(
+        target=args.target or f"127.0.0.1:{settings.port}",
+        dataset=None if args.sample else Path(args.dataset),
+        split=args.split,
+        models=args.model or [""],
+        dimensions=args.dimensions,
+        output_types=args.output_type,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        json_path=Path(args.json),
+        chart_path=Path(args.chart),
+        progress=not args.no_progress,
+        tls=_tls(args),
+    )
+    return _exit_code("eval", lambda: run(opts))
+
+
+def _exit_code(command: str, work: Callable[[], int]) -> int:
+    """Run a client command: bad input or files exit 2 with the reason, a failed call 1 with its status."""
     import grpc
 
     try:
-        return run(opts)
+        return work()
     except (ValueError, OSError) as exc:
-        print(f"embedstream embed-file: {exc}", file=sys.stderr)
+        print(f"embedstream {command}: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:
-        print(f"embedstream embed-file: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"embedstream {command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+def _call(settings: Settings, args: argparse.Namespace) -> int:
+    import grpc
+
+    from embedstream.call import Call, run
+
+    try:
+        return run(Call(args.target, args.method, args.data, tuple(args.headers), _tls(args), args.max_time))
+    except (ValueError, OSError) as exc:
+        print(f"embedstream call: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"ERROR:\n  Code: {exc.code().name}\n  Message: {exc.details()}", file=sys.stderr)
         return 1
 
 
@@ -289,7 +407,9 @@ COMMANDS = {
     "gateway": _gateway,
     "worker": _worker,
     "check": _check,
+    "call": _call,
     "embed-file": _embed_file,
+    "eval": _eval,
     "api-key": _api_key,
     "redis-acl": _redis_acl,
 }

@@ -11,7 +11,10 @@ second.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from embedstream import clock, keys, wire
 
 #: Inputs per chunk entry on the bulk stream.
 CHUNK = 64
@@ -87,11 +90,38 @@ return state
 
 #: A stored chunk that succeeded: this prefix, then the worker's reply (``wire.encode_reply``).
 RESULT = b"R"
+#: A stored chunk whose inputs all failed: this prefix, then ``<inputs>:<message>``.
+FAILURE = b"E"
 
 
-def failure(inputs: int, message: str) -> bytes:
-    """The stored value of a chunk whose inputs all failed."""
-    return f"E{inputs}:{message}".encode()
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One chunk's answer as stored: the worker's reply, or the error all its inputs failed with."""
+
+    reply: wire.Reply | None = None
+    #: Inputs of a failed chunk (0 for a reply).
+    failed: int = 0
+    error: str = ""
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    """The stored value of a chunk's answer."""
+    if chunk.reply is None:
+        return FAILURE + f"{chunk.failed}:{chunk.error}".encode()
+    return RESULT + wire.encode_reply(chunk.reply)
+
+
+def decode_chunk(value: bytes) -> Chunk:
+    """A stored chunk's answer; a value of an unknown kind or a corrupt reply raises :class:`wire.WireError`."""
+    if value[:1] == FAILURE:
+        count, _, message = value[1:].decode().partition(":")
+        return Chunk(failed=int(count), error=message)
+    if value[:1] != RESULT:
+        raise wire.WireError(f"a stored result of an unknown kind ({value[:1]!r})")
+    try:
+        return Chunk(wire.decode_reply(value[1:]))
+    except wire.WireError as exc:
+        raise wire.WireError(f"a stored result is corrupt: {exc}") from None
 
 
 def decode_meta(raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -102,3 +132,69 @@ def decode_meta(raw: dict[bytes, bytes]) -> dict[str, Any]:
         text = v.decode()
         out[key] = int(text) if text.lstrip("-").isdigit() else text
     return out
+
+
+#: Keys and arguments of one script call.
+Call = tuple[list[str], list[Any]]
+
+
+def recording(job: wire.Job, chunk: Chunk) -> Call:
+    """The RECORD call that stores ``chunk`` as the answer of ``job`` (a chunk entry), counted
+    once however often it is answered. Built once, so a retried write sends the same bytes."""
+    failed = int(chunk.reply is None)
+    dims = 0 if chunk.reply is None else chunk.reply.dimensions
+    return (
+        [keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
+        [job.chunk, encode_chunk(chunk), len(job.inputs), failed, dims, _now(), chunk.error],
+    )
+
+
+def _now() -> int:
+    # Job times are whole unix milliseconds (the Job message's *_at_ms fields).
+    return int(clock.now_ms())
+
+
+class JobStore:
+    """Creates and changes job records in one Redis deployment, only through the scripts above."""
+
+    def __init__(self, redis: Any) -> None:
+        self._record = redis.register_script(RECORD)
+        self._complete = redis.register_script(COMPLETE)
+        self._cancel = redis.register_script(CANCEL)
+
+    @staticmethod
+    def create(pipe: Any, job_id: str, model: str, tenant: str, ttl_ms: int) -> int:
+        """Queue on ``pipe`` a new job's record (UPLOADING); return when it expires (unix ms)."""
+        created = _now()
+        expires = created + ttl_ms
+        meta = keys.job_meta(job_id)
+        pipe.hset(
+            meta,
+            mapping={
+                "model": model,
+                "tenant": tenant,
+                "state": UPLOADING,
+                "total": -1,
+                "done": 0,
+                "failed": 0,
+                "created": created,
+                "finished": 0,
+                "expires": expires,
+                "chunk": CHUNK,
+                "dimensions": 0,
+            },
+        )
+        pipe.pexpireat(meta, expires)
+        return expires
+
+    def complete(self, job_id: str, total: int) -> Any:
+        """The upload (or submit) of ``total`` inputs is complete (an awaitable)."""
+        return self._complete(keys=[keys.job_meta(job_id)], args=[total, _now()])
+
+    def cancel(self, job_id: str) -> Any:
+        """Cancel unless the job already ended (an awaitable of the state after)."""
+        return self._cancel(keys=[keys.job_meta(job_id)], args=[_now()])
+
+    def record(self, call: Call, client: Any = None) -> Any:
+        """Run a :func:`recording` (an awaitable; queued as EVALSHA where ``client`` is a pipeline)."""
+        return self._record(keys=call[0], args=call[1], client=client)

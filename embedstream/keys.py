@@ -55,7 +55,7 @@ def job_meta(job_id: str) -> str:
 
 
 def job_results(job_id: str) -> str:
-    """Hash: chunk index -> b"V" + float32 vectors, or b"E" + error message."""
+    """Hash: chunk index -> the chunk's stored answer (``jobstore.encode_chunk``)."""
     return f"{PREFIX}:{job_tag(job_id)}:results"
 
 

@@ -16,7 +16,7 @@ Both are version 1: the new keys are optional and a decoder checks every size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -30,21 +30,12 @@ class WireError(ValueError):
     """A payload that is not a valid embedstream message of this version."""
 
 
-@dataclass(slots=True)
-class Job:
-    """One request as it waits in a model's queue."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """What a request asks of the model besides its inputs; every queue entry carries them."""
 
-    id: str
-    reply_to: str
-    deadline_ms: int
-    enqueued_ms: int
-    #: Texts (str) and encoded images (bytes), in request order.
-    inputs: list[str | bytes]
     normalize: bool | None = None
     truncate: bool = True
-    #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
-    job_id: str = ""
-    chunk: int = -1
     #: "query", "document" or "": what the inputs are for.
     input_type: str = ""
     #: A prompt name the model declares, prepended to text inputs ("" = none).
@@ -56,10 +47,32 @@ class Job:
     query: str = ""
     #: Sparse: also send each index's token string.
     return_tokens: bool = False
-    #: The W3C ``traceparent`` of the gateway span that queued it ("" = not traced).
-    trace: str = ""
     #: The outputs asked for ("dense", "sparse", "multi-vector"); () = the model's primary one, original layout.
     outputs: tuple[str, ...] = ()
+
+    def to_job(
+        self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[str | bytes], **rest: Any
+    ) -> Job:
+        """The queue entry for ``inputs`` with these options (``rest``: a chunk's job id and index, the trace)."""
+        mine = {f.name: getattr(self, f.name) for f in fields(Options)}
+        return Job(id, reply_to, deadline_ms, enqueued_ms, inputs, **rest, **mine)
+
+
+@dataclass(frozen=True, slots=True)
+class Job(Options):
+    """One request as it waits in a model's queue: where to answer, by when, its inputs and its options."""
+
+    id: str
+    reply_to: str
+    deadline_ms: int
+    enqueued_ms: int
+    #: Texts (str) and encoded images (bytes), in request order.
+    inputs: list[str | bytes]
+    #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
+    job_id: str = ""
+    chunk: int = -1
+    #: The W3C ``traceparent`` of the gateway span that queued it ("" = not traced).
+    trace: str = ""
 
 
 @dataclass(slots=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from embedstream import keys, metrics
+from embedstream import clock, heartbeat, keys, metrics
 from embedstream.connections import TRANSIENT, stop_tasks
 from embedstream.registry import Registry
 
@@ -64,13 +63,13 @@ class Directory:
 
     async def refresh(self) -> None:
         """Read Redis once; on failure mark it unreachable."""
-        now_ms = time.time() * 1000
+        now_ms = clock.now_ms()
         pipe = self._redis.pipeline(transaction=False)  # type: ignore[attr-defined]
         names = list(self.registry.models)
         for name in names:
-            pipe.zcount(keys.workers(name), now_ms - self.liveness_s * 1000, "+inf")
+            heartbeat.count_live(pipe, name, self.liveness_s)
             pipe.xlen(keys.queue(name))
-            pipe.hgetall(keys.model_info(name))
+            heartbeat.read_info(pipe, name)
             pipe.xrange(keys.queue(name), count=1)
         try:
             results = await pipe.execute()
@@ -85,10 +84,11 @@ class Directory:
                 live, depth, info, oldest = results[4 * i : 4 * i + 4]
                 state = self.states[name]
                 state.workers, state.queue_depth = int(live), int(depth)
-                if info:
-                    state.dimensions = int(info.get(b"dimensions", 0))
-                    state.max_input_tokens = int(info.get(b"max_input_tokens", 0))
-                    state.normalizes = info.get(b"normalizes") == b"1"
+                published = heartbeat.decode_info(info)
+                if published is not None:
+                    state.dimensions = published.dimensions
+                    state.max_input_tokens = published.max_input_tokens
+                    state.normalizes = published.normalizes
                 metrics.QUEUE_DEPTH.labels(name).set(state.queue_depth)
                 metrics.LIVE_WORKERS.labels(name).set(state.workers)
                 # Finished entries are deleted, so the oldest left is the oldest unfinished.
@@ -100,9 +100,8 @@ class Directory:
 
     async def recheck(self, model: str) -> bool:
         """Ask Redis now whether ``model`` has a live worker; the snapshot may be stale."""
-        cutoff = time.time() * 1000 - self.liveness_s * 1000
         try:
-            live = await self._redis.zcount(keys.workers(model), cutoff, "+inf")  # type: ignore[attr-defined]
+            live = await heartbeat.count_live(self._redis, model, self.liveness_s)
         except TRANSIENT:
             return False
         self.states[model].workers = int(live)

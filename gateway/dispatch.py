@@ -11,7 +11,8 @@ from typing import Any
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.replies import ReplyRouter
 
-from embedstream import keys, metrics, tracing, wire
+from embedstream import clock, keys, metrics, tracing, wire
+from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec
@@ -25,41 +26,14 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4]
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    """A validated request's options, as its queue entries carry them (``wire.Job``)."""
+class Options(wire.Options):
+    """A validated request's options; the gateway makes its queue entries from them."""
 
-    normalize: bool | None = None
-    truncate: bool = True
-    input_type: str = ""
-    prompt: str = ""
-    dimensions: int = 0
-    output_type: str = "float32"
-    return_tokens: bool = False
-    query: str = ""
-    #: The outputs asked for; () = the model's primary output.
-    outputs: tuple[str, ...] = ()
+    __slots__ = ()
 
     def job(self, id: str, reply_to: str, deadline_ms: int, inputs: list[str | bytes], **chunk: Any) -> wire.Job:
-        """The queue entry for ``inputs`` with these options, carrying the current span's context."""
-        return wire.Job(
-            id=id,
-            reply_to=reply_to,
-            deadline_ms=deadline_ms,
-            enqueued_ms=int(time.time() * 1000),
-            inputs=inputs,
-            normalize=self.normalize,
-            truncate=self.truncate,
-            input_type=self.input_type,
-            prompt=self.prompt,
-            dimensions=self.dimensions,
-            output_type=self.output_type,
-            query=self.query,
-            return_tokens=self.return_tokens,
-            outputs=self.outputs,
-            trace=tracing.traceparent(),
-            **chunk,
-        )
+        """The queue entry for ``inputs`` with these options, stamped now, carrying the current span's context."""
+        return self.to_job(id, reply_to, deadline_ms, int(clock.now_ms()), inputs, trace=tracing.traceparent(), **chunk)
 
 
 @dataclass(slots=True)
@@ -136,7 +110,7 @@ class Dispatcher:
     async def _enqueue(self, spec: ModelSpec, job: wire.Job, deadline: float, wait_for_room: bool) -> bytes:
         payload = wire.encode_job(job)
         args = [spec.max_queue_entries, spec.max_queue_entries * 2 + 1000, keys.PAYLOAD, payload]
-        delay = 0.005
+        backoff = Backoff(first=0.005, most=0.1)
         while True:
             try:
                 stream_id = await asyncio.wait_for(self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s)
@@ -154,10 +128,9 @@ class Dispatcher:
                     f"retry with backoff, after {hint} ms or more",
                     retry_after_ms=hint,
                 )
-            if time.time() + delay >= deadline:
+            if time.time() + backoff.delay >= deadline:
                 raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue was full")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            await backoff.wait()
 
     def _withdraw(self, model: str, stream_id: bytes) -> None:
         # Batched: a client leaving a stream withdraws hundreds of entries at

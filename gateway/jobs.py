@@ -10,7 +10,6 @@ word for word as for an unknown id).
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -34,11 +33,6 @@ from embedstream.v1 import jobs_pb2_grpc as pb_grpc
 POLL_S = 0.2
 
 
-def now_ms() -> int:
-    """Unix milliseconds."""
-    return int(time.time() * 1000)
-
-
 class Jobs(pb_grpc.JobsServicer):
     """Create, inspect, follow, read and cancel jobs."""
 
@@ -47,8 +41,7 @@ class Jobs(pb_grpc.JobsServicer):
         self.registry = registry
         self.directory = directory
         self.redis = redis
-        self._complete = redis.register_script(jobstore.COMPLETE)
-        self._cancel = redis.register_script(jobstore.CANCEL)
+        self.store = jobstore.JobStore(redis)
 
     # -- creating ----------------------------------------------------------
 
@@ -71,7 +64,7 @@ class Jobs(pb_grpc.JobsServicer):
         tracing.annotate({"embedstream.job_id": job_id})
         if expires is not None:
             await self._enqueue(job_id, model, options, inputs, 0, expires)
-            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[n, now_ms()]))
+            await self._redis(self.store.complete(job_id, n))
         await self._replicated()  # also for an existing job: a retry must not confirm what a failover could lose
         return await self._job(job_id)
 
@@ -121,7 +114,7 @@ class Jobs(pb_grpc.JobsServicer):
                 chunk_index = (total - len(buffered)) // jobstore.CHUNK
                 await self._enqueue(job_id, model, options, buffered, chunk_index, expires)
             tracing.annotate({"embedstream.inputs": total})
-            await self._redis(self._complete(keys=[keys.job_meta(job_id)], args=[total, now_ms()]))
+            await self._redis(self.store.complete(job_id, total))
             await self._replicated()
         except BaseException:
             # An unfinished upload is no job: forget it; workers drop its chunks.
@@ -164,8 +157,6 @@ class Jobs(pb_grpc.JobsServicer):
         idempotency key already made and None."""
         job_id = uuid.uuid4().hex
         ttl_ms = (spec.ttl_seconds or self.settings.job_ttl_s) * 1000
-        created = now_ms()
-        expires = created + ttl_ms
         if spec.idempotency_key:
             idem = keys.idempotency(current_tenant(), spec.idempotency_key)
             if not await self._redis(self.redis.set(idem, job_id, nx=True, px=ttl_ms)):
@@ -173,25 +164,8 @@ class Jobs(pb_grpc.JobsServicer):
                 if existing is not None and await self._redis(self.redis.exists(keys.job_meta(existing.decode()))):
                     return existing.decode(), None
                 await self._redis(self.redis.set(idem, job_id, px=ttl_ms))
-        meta = keys.job_meta(job_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(
-            meta,
-            mapping={
-                "model": model.name,
-                "tenant": current_tenant(),
-                "state": jobstore.UPLOADING,
-                "total": -1,
-                "done": 0,
-                "failed": 0,
-                "created": created,
-                "finished": 0,
-                "expires": expires,
-                "chunk": jobstore.CHUNK,
-                "dimensions": 0,
-            },
-        )
-        pipe.pexpireat(meta, expires)
+        expires = self.store.create(pipe, job_id, model.name, current_tenant(), ttl_ms)
         await self._redis(pipe.execute())
         return job_id, expires
 
@@ -294,7 +268,7 @@ class Jobs(pb_grpc.JobsServicer):
     @unary("CancelJob")
     async def CancelJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         await self._meta(request.id)
-        await self._redis(self._cancel(keys=[keys.job_meta(request.id)], args=[now_ms()]))
+        await self._redis(self.store.cancel(request.id))
         return await self._job(request.id)
 
     async def _redis(self, awaitable: Any) -> Any:
@@ -305,15 +279,12 @@ class Jobs(pb_grpc.JobsServicer):
 
 
 def _results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[pb.JobResult]:
-    """The JobResults of one stored chunk (a reply or :func:`jobstore.failure`), from input ``first`` on."""
-    if value[:1] == b"E":
-        count, _, message = value[1:].decode().partition(":")
-        return [pb.JobResult(index=i, error=message) for i in range(first, chunk_start + int(count))]
-    if value[:1] != jobstore.RESULT:
-        raise InternalError(f"a stored result of an unknown kind ({value[:1]!r})")
+    """The JobResults of one stored chunk (``jobstore.encode_chunk``), from input ``first`` on."""
     try:
-        reply = wire.decode_reply(value[1:])
+        chunk = jobstore.decode_chunk(value)
     except wire.WireError as exc:
-        raise InternalError(f"a stored result is corrupt: {exc}") from None
-    items = embeddings(reply, encoding, first - chunk_start)
+        raise InternalError(str(exc)) from None
+    if chunk.reply is None:
+        return [pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]
+    items = embeddings(chunk.reply, encoding, first - chunk_start)
     return [pb.JobResult(index=first + i, embedding=e) for i, e in enumerate(items)]

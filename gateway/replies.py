@@ -14,6 +14,7 @@ import logging
 import uuid
 
 from embedstream import keys, metrics, wire
+from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT, connect, stop_tasks
 from embedstream.errors import EmbedstreamError
 
@@ -86,7 +87,7 @@ class ReplyRouter:
 
     async def _run(self) -> None:
         last = "0-0"
-        delay = 0.05
+        backoff = Backoff()
         renewed = 0.0
         loop = asyncio.get_running_loop()
         while not self._closing:
@@ -95,12 +96,11 @@ class ReplyRouter:
                     await self._ensure_stream()
                     renewed = loop.time()
                 got = await self._redis.xread({self.stream: last}, count=2048, block=BLOCK_MS)
-                delay = 0.05
+                backoff.reset()
             except TRANSIENT as exc:
                 log.warning("reply stream read failed (%s); retrying", exc)
                 renewed = 0.0
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await backoff.wait()
                 continue
             if not got:
                 continue

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from embedstream.workers import finish
+from embedstream.workers import finish, spans
 from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
 from embedstream import jobstore, keys, metrics, wire
+from embedstream.backoff import Backoff
 from embedstream.connections import TRANSIENT
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
@@ -34,11 +34,6 @@ return before + 1 - redis.call('XLEN', KEYS[1])
 """
 
 
-def now_ms() -> float:
-    """Wall-clock milliseconds, the unit of deadlines across processes."""
-    return time.time() * 1000.0
-
-
 class Outbox:
     """Writes for one worker of one model."""
 
@@ -51,7 +46,7 @@ class Outbox:
         self.runner = model
         self.worker = worker
         self.stopping = stopping
-        self._record = redis.register_script(jobstore.RECORD)
+        self.jobs = jobstore.JobStore(redis)
         self._dead = redis.register_script(DEAD_LETTER)
         self.cluster = isinstance(redis, RedisCluster)
         self.max_dead_letters = max_dead_letters
@@ -73,29 +68,21 @@ class Outbox:
                 pipe.xadd(stream, {keys.PAYLOAD: reply}, nomkstream=True)
             if self.cluster:
                 written = list(await pipe.execute()) if replies else []
-                return written + [await self._record(keys=k, args=a) for k, a in chunks]
-            for k, a in chunks:
-                await self._record(keys=k, args=a, client=pipe)  # queues EVALSHA on the pipeline
+                return written + [await self.jobs.record(chunk) for chunk in chunks]
+            for chunk in chunks:
+                await self.jobs.record(chunk, client=pipe)  # queues EVALSHA on the pipeline
             _acknowledge(pipe, done)
             return list(await pipe.execute())
 
         if await self.retrying(write) is not None and self.cluster:
             await self.acknowledge(done)
 
-    def _chunk(self, entry: Entry, error: str = "") -> tuple[list[str], list[Any]]:
-        """Keys and arguments of the script that stores a job chunk's vectors (or failure)
-        in its job; the script counts each chunk once, however often it is answered."""
-        job = entry.job
+    def _chunk(self, entry: Entry, error: str = "") -> jobstore.Call:
+        """The write that stores a job chunk's vectors (or its failure) in its job."""
         message = error or (entry.error[1] if entry.error else "")
         if message:
-            value, failed, dims = jobstore.failure(len(job.inputs), message), 1, 0
-        else:
-            answer = self.answer(entry)
-            value, failed, dims = jobstore.RESULT + wire.encode_reply(answer), 0, answer.dimensions
-        return (
-            [keys.job_meta(job.job_id), keys.job_results(job.job_id), keys.job_errors(job.job_id)],
-            [job.chunk, value, len(job.inputs), failed, dims, int(now_ms()), message],
-        )
+            return jobstore.recording(entry.job, jobstore.Chunk(failed=len(entry.job.inputs), error=message))
+        return jobstore.recording(entry.job, jobstore.Chunk(self.answer(entry)))
 
     def answer(self, entry: Entry) -> wire.Reply:
         """The reply message for a finished (or failed) entry."""
@@ -106,16 +93,15 @@ class Outbox:
         unreachable; None when giving up because the worker is stopping."""
         # A reply that cannot be written is retried until Redis is back; the
         # entry stays pending (and reclaimable) until then, so nothing is lost.
-        delay = 0.05
+        backoff = Backoff()
         while True:
             try:
                 return await operation()
             except TRANSIENT as exc:
-                if self.stopping.is_set() and delay >= 1.0:
+                if self.stopping.is_set() and backoff.longest:
                     log.error("giving up a reply while stopping: %s", exc)
                     return None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await backoff.wait()
 
     async def acknowledge(self, entries: list[tuple[str, bytes]]) -> None:
         """XACK + XDEL: the entries are done (answered, or nobody waits for them)."""
@@ -134,7 +120,7 @@ class Outbox:
     async def dead_letter(
         self, stream: str, stream_id: bytes, payload: bytes, reason: str, job: wire.Job | None
     ) -> None:
-        """Move an entry to the dead-letter stream and tell its caller, if known."""
+        """Move an entry to the dead-letter stream and tell its caller, if known; its span records why."""
         log.warning("dead-lettering %s of model %s: %s", stream_id, self.model, reason)
         metrics.DEAD_LETTERED.labels(self.model).inc()
         chunk = None
@@ -146,7 +132,7 @@ class Outbox:
             fields = [self.max_dead_letters, payload, reason, stream_id, self.worker]
             trimmed = await self._dead(keys=[keys.dead_letters(self.model)], args=fields)
             if chunk is not None:
-                await self._record(keys=chunk[0], args=chunk[1])
+                await self.jobs.record(chunk)
             elif job is not None:
                 reply = wire.Reply(
                     job.id,
@@ -162,6 +148,8 @@ class Outbox:
             metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(trimmed)
         if trimmed is not None:
             await self.acknowledge([(stream, stream_id)])
+        if job is not None:
+            spans.record(job, self.model, self.worker, error=f"dead-lettered: {reason}")
 
 
 def _acknowledge(pipe: Any, entries: list[tuple[str, bytes]]) -> None:

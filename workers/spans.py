@@ -10,9 +10,8 @@ Attributes are counts and timings, never input text.
 from __future__ import annotations
 
 from embedstream.workers.batcher import Entry
-from embedstream.workers.outbox import now_ms
 
-from embedstream import tracing, wire
+from embedstream import clock, tracing, wire
 
 
 def record(job: wire.Job, model: str, worker: str, entry: Entry | None = None, error: str = "") -> None:
@@ -44,4 +43,4 @@ def record(job: wire.Job, model: str, worker: str, entry: Entry | None = None, e
             events.append(("batch started", entry.started_ms))
         if entry.error and not error:
             error = f"{entry.error[0]}: {entry.error[1]}"
-    tracing.record(f"process {model}", job.trace, job.enqueued_ms, now_ms(), attributes, events, error)
+    tracing.record(f"process {model}", job.trace, job.enqueued_ms, clock.now_ms(), attributes, events, error)

@@ -1,0 +1,40 @@
+"""Python client SDK: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+Importable without torch: it needs grpcio and numpy only. Vectors come back as
+float32 numpy arrays in input order. ``api_key`` (default: ``EMBEDSTREAM_API_KEY``)
+is sent as ``authorization: Bearer <key>`` on every call; ``tls=TLS(...)``
+speaks TLS, with a client certificate for gateways that require one. Calls retry ``UNAVAILABLE`` and
+``RESOURCE_EXHAUSTED`` with capped exponential backoff and jitter, waiting at least
+as long as a rate-limited call's ``retry-after-ms`` says; a stream that
+breaks is reopened and re-sends only the requests not yet answered.
+
+Modules: ``codec`` builds requests and decodes responses, ``retry`` is the retry policy,
+``channel`` the channel options and auth interceptors, ``window`` a stream's unanswered
+requests, ``jobs`` what following a job needs, ``outputs`` what ``embed(outputs=...)``
+returns; ``sync`` and ``aio`` are the two thin clients.
+"""
+
+from embedstream.client.aio import AsyncClient, AsyncJobHandle
+from embedstream.client.channel import CHANNEL_OPTIONS
+from embedstream.client.codec import INPUT_TYPES, MAX_INPUTS, ranking, vectors
+from embedstream.client.outputs import Outputs
+from embedstream.client.retry import RETRYABLE, Retry, retry_after
+from embedstream.client.sync import Client, JobHandle
+from embedstream.tls import TLS
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "INPUT_TYPES",
+    "MAX_INPUTS",
+    "RETRYABLE",
+    "TLS",
+    "AsyncClient",
+    "AsyncJobHandle",
+    "Client",
+    "JobHandle",
+    "Outputs",
+    "Retry",
+    "ranking",
+    "retry_after",
+    "vectors",
+]

@@ -1,0 +1,283 @@
+"""The asyncio client: ``AsyncClient`` and its ``AsyncJobHandle``, the twins of the blocking ones."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, overload
+
+import grpc
+import numpy as np
+
+from embedstream.client import codec
+from embedstream.client.channel import aio_bearer, api_key_or_env, dial
+from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.outputs import Outputs
+from embedstream.client.retry import Retry
+from embedstream.client.window import Window
+from embedstream.tls import TLS
+from embedstream.v1 import embedder_pb2 as pb
+from embedstream.v1 import embedder_pb2_grpc as pb_grpc
+from embedstream.v1 import jobs_pb2 as jpb
+from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`: the same methods, options and retries, awaited."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        model: str = "",
+        timeout: float = 60.0,
+        retry: Retry | None = None,
+        channel: grpc.aio.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | None = None,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        key = api_key_or_env(api_key)
+        if channel is not None and key:
+            # grpc.aio adds interceptors only when it makes a channel.
+            raise ValueError("AsyncClient(channel=...) cannot add an API key: build the channel with it, or api_key=''")
+        self._channel = channel or dial(grpc.aio, target, tls, interceptors=aio_bearer(key) if key else None)
+        self._stub = pb_grpc.EmbedderStub(self._channel)
+        self._jobs = jpb_grpc.JobsStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    @overload
+    async def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: None = None,
+    ) -> np.ndarray: ...
+
+    @overload
+    async def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str],
+    ) -> list[Outputs]: ...
+
+    async def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> np.ndarray | list[Outputs]:
+        """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
+        name = model if model is not None else self.model
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, outputs)
+
+        async def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
+            response: pb.EmbedResponse = await self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
+            return response
+
+        return codec.gathered(await asyncio.gather(*(call(request) for request in options.requests(texts))), outputs)
+
+    async def embed_stream(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 64,
+        window: int = 2048,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> AsyncIterator[np.ndarray]:
+        """Yield one array per ``batch_size`` texts, in order, as :meth:`Client.embed_stream` (reconnecting too)."""
+        options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
+        unanswered, cond = Window(texts, batch_size, window, options), asyncio.Condition()
+        backoff = self.retry.backoff()
+        while True:
+            call = self._stub.EmbedStream(_feed(unanswered, cond))
+            try:
+                async for resp in call:
+                    async with cond:
+                        block = unanswered.answer(resp)
+                        cond.notify_all()
+                    yield block
+                    backoff.reset()
+                if unanswered.drained:
+                    return
+            except grpc.RpcError as exc:
+                await asyncio.sleep(backoff.after(exc))
+            finally:
+                call.cancel()
+
+    async def submit_job(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> AsyncJobHandle:
+        """Create an async job from texts held in memory (up to the server's inline limit)."""
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+        )
+        request = codec.submit_request(spec, texts)
+        return AsyncJobHandle(self, await self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
+
+    async def upload_job(
+        self,
+        texts: Iterable[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        chunk_size: int = 1000,
+    ) -> AsyncJobHandle:
+        """Create an async job from any iterable, read lazily and streamed in chunks."""
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+        )
+        job = await self._jobs.UploadJob(
+            codec.upload_messages(spec, texts, chunk_size), timeout=max(self.timeout, 3600)
+        )
+        return AsyncJobHandle(self, job)
+
+    async def job(self, job_id: str) -> AsyncJobHandle:
+        """A handle on an existing job (from any client or gateway)."""
+        job = await self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
+        return AsyncJobHandle(self, job)
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
+    ) -> list[tuple[int, float]]:
+        """(document index, score) pairs from a rerank model, best first."""
+        request = codec.rerank_request(query, documents, model if model is not None else self.model, top_n)
+        return codec.ranking(await self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout)))
+
+    @property
+    def stub(self) -> pb_grpc.EmbedderStub:
+        """The generated Embedder stub on this client's asyncio channel (its calls are awaited)."""
+        return self._stub
+
+    async def list_models(self) -> list[pb.ModelInfo]:
+        """The served models."""
+        resp = await self._with_retry(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
+        return list(resp.models)
+
+    async def _with_retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        backoff = self.retry.backoff()
+        while True:
+            try:
+                return await call()
+            except grpc.RpcError as exc:
+                await asyncio.sleep(backoff.after(exc))
+
+
+async def _feed(unanswered: Window, cond: asyncio.Condition) -> AsyncIterator[pb.EmbedRequest]:
+    """One stream attempt's requests: the unanswered ones again, then new ones once the window has room."""
+    async with cond:
+        attempt, resend = unanswered.restart()
+        cond.notify_all()
+    for again in resend:
+        yield again
+    while True:
+        async with cond:
+            await cond.wait_for(lambda: unanswered.ready(attempt))
+            req = unanswered.take(attempt)
+        if req is None:
+            return
+        yield req
+
+
+class AsyncJobHandle:
+    """The asyncio twin of :class:`JobHandle`."""
+
+    TERMINAL = TERMINAL
+
+    def __init__(self, client: AsyncClient, job: jpb.Job) -> None:
+        self.client = client
+        self.job = job
+
+    @property
+    def id(self) -> str:
+        """The job id; any gateway answers for it until the job expires."""
+        return self.job.id
+
+    async def refresh(self) -> jpb.Job:
+        """Fetch the current state."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = await self.client._with_retry(lambda: self.client._jobs.GetJob(request, timeout=self.client.timeout))
+        return self.job
+
+    async def wait(self, progress: bool = False, timeout: float | None = None) -> jpb.Job:
+        """Wait until the job ends, following WatchJob (reconnecting if a gateway goes away)."""
+        watch = Watch(self.job, progress, timeout)
+        try:
+            while self.job.state not in TERMINAL:
+                try:
+                    async for job in self.client._jobs.WatchJob(
+                        jpb.GetJobRequest(id=self.id), timeout=watch.remaining()
+                    ):
+                        self.job = watch.seen(job)
+                except grpc.RpcError as exc:
+                    await asyncio.sleep(watch.broken(exc))
+                    await self.refresh()
+            return self.job
+        finally:
+            watch.close()
+
+    async def results(self, offset: int = 0) -> AsyncIterator[tuple[int, np.ndarray]]:
+        """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
+
+        A failed input raises ``RuntimeError`` naming its index and cause.
+        """
+        backoff = self.client.retry.backoff()
+        while True:
+            try:
+                async for result in self.client._jobs.GetJobResults(codec.results_request(self.id, offset)):
+                    yield codec.job_result(self.id, result)
+                    offset = result.index + 1
+                    backoff.reset()
+                return
+            except grpc.RpcError as exc:
+                await asyncio.sleep(backoff.after(exc))
+
+    async def cancel(self) -> jpb.Job:
+        """Stop remaining work; finished results stay readable."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = await self.client._with_retry(
+            lambda: self.client._jobs.CancelJob(request, timeout=self.client.timeout)
+        )
+        return self.job

@@ -1,0 +1,287 @@
+"""The blocking client: ``Client`` and its ``JobHandle``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar, overload
+
+import grpc
+import numpy as np
+
+from embedstream.client import codec
+from embedstream.client.channel import Bearer, api_key_or_env, dial
+from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.outputs import Outputs
+from embedstream.client.retry import Retry
+from embedstream.client.window import Window
+from embedstream.tls import TLS
+from embedstream.v1 import embedder_pb2 as pb
+from embedstream.v1 import embedder_pb2_grpc as pb_grpc
+from embedstream.v1 import jobs_pb2 as jpb
+from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
+
+T = TypeVar("T")
+
+
+class Client:
+    """A blocking client for one gateway address (or a comma-separated list)."""
+
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        model: str = "",
+        timeout: float = 60.0,
+        retry: Retry | None = None,
+        channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | None = None,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self.retry = retry or Retry()
+        channel = channel or dial(grpc, target, tls)
+        key = api_key_or_env(api_key)
+        self._channel = grpc.intercept_channel(channel, Bearer(key)) if key else channel
+        self._stub = pb_grpc.EmbedderStub(self._channel)
+        self._jobs = jpb_grpc.JobsStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    @overload
+    def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: None = None,
+    ) -> np.ndarray: ...
+
+    @overload
+    def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str],
+    ) -> list[Outputs]: ...
+
+    def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> np.ndarray | list[Outputs]:
+        """Vectors for ``texts`` (str) and images (encoded bytes) as one (n, dimensions) array; any length.
+
+        ``input_type`` ("query"/"document") or ``prompt_name`` pick the model's prompt;
+        ``dimensions`` a Matryoshka size it declares. ``outputs`` (some of "dense", "sparse",
+        "multi-vector", as the model offers) returns one :class:`Outputs` per input instead.
+        Other output types: call :attr:`stub` with an EmbedRequest.
+        """
+        name = model if model is not None else self.model
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, outputs)
+
+        def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
+            response: pb.EmbedResponse = self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
+            return response
+
+        return codec.gathered([call(request) for request in options.requests(texts)], outputs)
+
+    def embed_stream(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 64,
+        window: int = 2048,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yield one array per ``batch_size`` texts, in order, reading ``texts`` lazily.
+
+        At most ``window`` texts are sent and unanswered at any time, so memory
+        stays bounded for any corpus size. A broken stream is reopened and the
+        unanswered requests are sent again.
+        """
+        options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
+        unanswered, cond = Window(texts, batch_size, window, options), threading.Condition()
+        backoff = self.retry.backoff()
+        while True:
+            try:
+                for resp in self._stub.EmbedStream(_feed(unanswered, cond)):
+                    with cond:
+                        block = unanswered.answer(resp)
+                        cond.notify_all()
+                    yield block
+                    backoff.reset()
+                if unanswered.drained:
+                    return
+            except grpc.RpcError as exc:
+                time.sleep(backoff.after(exc))
+
+    def submit_job(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+    ) -> JobHandle:
+        """Create an async job from texts held in memory (up to the server's inline limit)."""
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+        )
+        request = codec.submit_request(spec, texts)
+        return JobHandle(self, self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
+
+    def upload_job(
+        self,
+        texts: Iterable[str],
+        *,
+        model: str | None = None,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        chunk_size: int = 1000,
+    ) -> JobHandle:
+        """Create an async job from any iterable, read lazily and streamed in chunks."""
+        spec = codec.job_spec(
+            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
+        )
+        messages = codec.upload_messages(spec, texts, chunk_size)
+        job = self._jobs.UploadJob(messages, timeout=max(self.timeout, 3600))
+        return JobHandle(self, job)
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job (from any client or gateway)."""
+        job = self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
+        return JobHandle(self, job)
+
+    def rerank(
+        self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
+    ) -> list[tuple[int, float]]:
+        """(document index, score) pairs from a rerank model, best first."""
+        request = codec.rerank_request(query, documents, model if model is not None else self.model, top_n)
+        response: pb.RerankResponse = self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout))
+        return codec.ranking(response)
+
+    @property
+    def stub(self) -> pb_grpc.EmbedderStub:
+        """The generated Embedder stub on this client's channel, for every option of the API."""
+        return self._stub
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        """The served models."""
+        resp = self._with_retry(lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
+        return list(resp.models)
+
+    def _with_retry(self, call: Callable[[], T]) -> T:
+        backoff = self.retry.backoff()
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                time.sleep(backoff.after(exc))
+
+
+def _feed(unanswered: Window, cond: threading.Condition) -> Iterator[pb.EmbedRequest]:
+    """One stream attempt's requests (pulled on gRPC's thread): the unanswered ones again, then new ones."""
+    with cond:
+        attempt, resend = unanswered.restart()
+        cond.notify_all()
+    yield from resend
+    while True:
+        with cond:
+            cond.wait_for(lambda: unanswered.ready(attempt))
+            req = unanswered.take(attempt)
+        if req is None:
+            return
+        yield req
+
+
+class JobHandle:
+    """An async job: its last known state, waiting with progress, results, cancel."""
+
+    TERMINAL = TERMINAL
+
+    def __init__(self, client: Client, job: jpb.Job) -> None:
+        self.client = client
+        self.job = job
+
+    @property
+    def id(self) -> str:
+        """The job id; any gateway answers for it until the job expires."""
+        return self.job.id
+
+    def refresh(self) -> jpb.Job:
+        """Fetch the current state."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = self.client._with_retry(lambda: self.client._jobs.GetJob(request, timeout=self.client.timeout))
+        return self.job
+
+    def wait(self, progress: bool = False, timeout: float | None = None) -> jpb.Job:
+        """Block until the job ends, following WatchJob (reconnecting if a gateway goes away)."""
+        watch = Watch(self.job, progress, timeout)
+        try:
+            while self.job.state not in TERMINAL:
+                try:
+                    for job in self.client._jobs.WatchJob(jpb.GetJobRequest(id=self.id), timeout=watch.remaining()):
+                        self.job = watch.seen(job)
+                except grpc.RpcError as exc:
+                    time.sleep(watch.broken(exc))
+                    self.refresh()
+            return self.job
+        finally:
+            watch.close()
+
+    def results(self, offset: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
+
+        A failed input raises ``RuntimeError`` naming its index and cause.
+        """
+        backoff = self.client.retry.backoff()
+        while True:
+            try:
+                for result in self.client._jobs.GetJobResults(codec.results_request(self.id, offset)):
+                    yield codec.job_result(self.id, result)
+                    offset = result.index + 1
+                    backoff.reset()
+                return
+            except grpc.RpcError as exc:
+                time.sleep(backoff.after(exc))
+
+    def cancel(self) -> jpb.Job:
+        """Stop remaining work; finished results stay readable."""
+        request = jpb.GetJobRequest(id=self.id)
+        self.job = self.client._with_retry(lambda: self.client._jobs.CancelJob(request, timeout=self.client.timeout))
+        return self.job

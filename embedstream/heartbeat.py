@@ -1,0 +1,83 @@
+"""The worker heartbeat: who serves a model, and what that model is.
+
+Each worker scores its name in the model's live set (``keys.workers``) with the
+time of its last beat, and publishes the model's shape in ``keys.model_info``.
+Workers write it; the gateway's directory counts live workers and reads the
+shape; recovery spares the consumers of live workers. A worker is live while
+its last beat is younger than the liveness window the reader chooses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from embedstream import clock, keys
+
+#: Members silent this long are pruned from the live set by any beat.
+FORGET_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a worker publishes about its model."""
+
+    family: str = ""
+    output: str = ""
+    dimensions: int = 0
+    max_input_tokens: int = 0
+    normalizes: bool = False
+
+
+def beat(pipe: Any, model: str, worker: str, info: ModelInfo) -> None:
+    """Queue on ``pipe`` one heartbeat of ``worker``, which serves ``model``."""
+    pipe.zadd(keys.workers(model), {worker: clock.now_ms()})
+    pipe.zremrangebyscore(keys.workers(model), 0, clock.now_ms() - FORGET_MS)
+    pipe.hset(
+        keys.model_info(model),
+        mapping={
+            "family": info.family,
+            "output": info.output,
+            "dimensions": info.dimensions,
+            "max_input_tokens": info.max_input_tokens,
+            "normalizes": int(info.normalizes),
+        },
+    )
+
+
+def leave(redis: Any, model: str, worker: str) -> Any:
+    """Take ``worker`` out of ``model``'s live set (an awaitable, or queued on a pipeline)."""
+    return redis.zrem(keys.workers(model), worker)
+
+
+def count_live(redis: Any, model: str, liveness_s: float) -> Any:
+    """How many workers of ``model`` beat within ``liveness_s`` (an awaitable, or queued on a pipeline)."""
+    return redis.zcount(keys.workers(model), _cutoff(liveness_s), "+inf")
+
+
+async def live(redis: Any, model: str, liveness_s: float) -> set[str]:
+    """The names of ``model``'s workers that beat within ``liveness_s``."""
+    members = await redis.zrangebyscore(keys.workers(model), _cutoff(liveness_s), "+inf")
+    return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
+
+def read_info(redis: Any, model: str) -> Any:
+    """The raw info hash of ``model`` (an awaitable, or queued on a pipeline); see :func:`decode_info`."""
+    return redis.hgetall(keys.model_info(model))
+
+
+def decode_info(raw: dict[bytes, bytes]) -> ModelInfo | None:
+    """The published info, or None where no worker has published any yet."""
+    if not raw:
+        return None
+    return ModelInfo(
+        family=raw.get(b"family", b"").decode(),
+        output=raw.get(b"output", b"").decode(),
+        dimensions=int(raw.get(b"dimensions", 0)),
+        max_input_tokens=int(raw.get(b"max_input_tokens", 0)),
+        normalizes=raw.get(b"normalizes") == b"1",
+    )
+
+
+def _cutoff(liveness_s: float) -> float:
+    return clock.now_ms() - liveness_s * 1000
