@@ -19,6 +19,7 @@ from embedstream.workers.encoding import cut_tokenizer, init_torch, torch_dtype,
 from embedstream.workers.model import Source, Tokens
 
 from embedstream import images
+from embedstream.errors import ConfigError
 from embedstream.registry import HUB_SCHEME, ModelSpec
 
 #: Batch cost of an image when the vision tower does not say (tokens).
@@ -153,6 +154,10 @@ class HFClipModel(_TwoTowers):
 
         super().__init__(spec, threads, image_limits)
         folder = weights(spec)
+        kind = str(transformers.AutoConfig.from_pretrained(folder).model_type)
+        if kind == "siglip2":
+            # Its NaFlex image input (patches, patch mask, spatial shapes) is not wired through yet.
+            raise ConfigError(f"model {spec.name}: SigLIP2 (siglip2) folders are not supported yet; use a SigLIP one")
         self.model = transformers.AutoModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         self.processor = transformers.AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
@@ -162,7 +167,10 @@ class HFClipModel(_TwoTowers):
         text_cfg = self.model.config.text_config
         limit = int(getattr(text_cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
-        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens)
+        # SigLIP pads to its full text length whatever the registry's cut, so no vector depends on batch-mates.
+        self._full_width = limit
+        # SigLIP ships a SentencePiece model (a slow tokenizer, package sentencepiece); CLIP a fast one.
+        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens) if self.tokenizer.is_fast else None
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         vision = self.model.config.vision_config
         self.image_cost = int((vision.image_size // vision.patch_size) ** 2 + 1)
@@ -173,14 +181,20 @@ class HFClipModel(_TwoTowers):
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
     def tokenize_text(self, text: str) -> Tokens:
-        """Fast-tokenizer ids cut at the text tower's positions."""
-        enc = self._backend.encode(text)
-        return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
+        """Tokenizer ids cut at the text tower's positions (the special end token kept, as the processor cuts)."""
+        if self._backend is not None:
+            enc = self._backend.encode(text)
+            return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
+        ids: list[int] = self.tokenizer(text)["input_ids"]
+        cut = len(ids) > self.max_input_tokens
+        if cut:
+            ids = self.tokenizer(text, truncation=True, max_length=self.max_input_tokens)["input_ids"]
+        return Tokens(ids, len(ids), cut, text)
 
     def encode_texts(self, batch: list[Tokens]) -> Any:
         """``get_text_features``: SigLIP on ids padded to full length, CLIP with a mask."""
         torch = self._torch
-        width = self.max_input_tokens if self.siglip else max(t.length for t in batch)
+        width = self._full_width if self.siglip else max(t.length for t in batch)
         ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, tok in enumerate(batch):

@@ -79,3 +79,30 @@ def flag_m3(folder: Path) -> Any:
     from FlagEmbedding.inference.embedder.encoder_only.m3 import M3Embedder
 
     return M3Embedder(str(folder), use_fp16=False, devices="cpu", normalize_embeddings=True)
+
+
+def siglip(folder: Path) -> Path:
+    """A SiglipModel folder as google/siglip-so400m ships it: SentencePiece ``spiece.model`` (SiglipTokenizer),
+    64 text positions, the processor's config."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+
+    # bos_token_id: SiglipTextConfig's default (49406) is outside a small vocabulary; the real one has no BOS.
+
+    spiece = spm.train(folder / "spiece.model")
+    tok = SiglipTokenizer(vocab_file=str(spiece), model_max_length=64)
+    cfg = SiglipConfig(
+        text_config={
+            "vocab_size": len(tok),
+            "max_position_embeddings": 64,
+            "pad_token_id": 1,
+            "eos_token_id": 1,
+            "bos_token_id": None,
+            **TINY,
+        },
+        vision_config={"image_size": 32, "patch_size": 8, **TINY},
+    )
+    torch.manual_seed(0)
+    SiglipModel(cfg).save_pretrained(folder)
+    processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    processor.save_pretrained(folder)
+    return folder
