@@ -7,6 +7,7 @@ from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
 from embedstream.workers.m3 import BgeM3Model, is_m3
 from embedstream.workers.model import Model
+from embedstream.workers.pylate_colbert import PylateColbertModel, is_pylate
 from embedstream.workers.rerank import CrossEncoderModel
 from embedstream.workers.sparse import SpladeModel
 from embedstream.workers.text import SentenceTransformerModel
@@ -42,7 +43,8 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
     if spec.family == "sparse":
         return SpladeModel(spec, threads)
     if spec.family == "multi-vector":
-        return ColbertModel(spec, threads)
+        local = not spec.path.startswith(HUB_SCHEME)
+        return PylateColbertModel(spec, threads) if local and is_pylate(spec.path) else ColbertModel(spec, threads)
     if spec.family == "rerank":
         return CrossEncoderModel(spec, threads)
     if spec.outputs not in ((), ("dense",)) or (not spec.path.startswith(HUB_SCHEME) and is_m3(spec.path)):

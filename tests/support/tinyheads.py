@@ -106,3 +106,61 @@ def siglip(folder: Path) -> Path:
     processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
     processor.save_pretrained(folder)
     return folder
+
+
+def pylate_colbert(folder: Path, query_length: int = 12, document_length: int = 40) -> Path:
+    """A ColBERT folder as PyLate saves one (lightonai/colbertv2.0 layout): BERT with the ``[Q] ``/``[D] ``
+    marker tokens added, ``1_Dense`` (pylate.models.Dense, no bias) to 16, and PyLate's settings
+    (query expansion, punctuation skiplist) in ``config_sentence_transformers.json``.
+
+    Written by hand: PyLate 1.6 builds new models through sentence-transformers 5 APIs (it pins 5.3)
+    and fails under 6.2 while creating one, but loads and encodes saved folders."""
+    import string
+
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, BertModel
+
+    from tests.support.models import MINILM
+    from tests.support.tinymodels import _bert_config
+
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    tok.add_tokens(["[Q] ", "[D] "])
+    torch.manual_seed(0)
+    model = BertModel(_bert_config())
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    spm.write_json(
+        folder / "sentence_bert_config.json", {"max_seq_length": document_length - 1, "do_lower_case": False}
+    )
+    (folder / "1_Dense").mkdir(exist_ok=True)
+    spm.write_json(
+        folder / "1_Dense" / "config.json",
+        {
+            "in_features": 32,
+            "out_features": 16,
+            "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity",
+            "use_residual": False,
+        },
+    )
+    save_file({"linear.weight": torch.randn(16, 32) * 0.2}, str(folder / "1_Dense" / "model.safetensors"))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    spm.write_json(folder / "modules.json", modules)
+    settings = {
+        "prompts": {},
+        "default_prompt_name": None,
+        "similarity_fn_name": "MaxSim",
+        "query_prefix": "[Q] ",
+        "document_prefix": "[D] ",
+        "query_length": query_length,
+        "document_length": document_length,
+        "attend_to_expansion_tokens": False,
+        "skiplist_words": list(string.punctuation),
+        "do_query_expansion": True,
+    }
+    spm.write_json(folder / "config_sentence_transformers.json", settings)
+    return folder
