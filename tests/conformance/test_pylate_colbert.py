@@ -110,6 +110,6 @@ def test_queries_expand_to_query_length_and_documents_drop_punctuation(service: 
 
 
 def test_pylate_still_cannot_load_here(folder: Path) -> None:
-    pylate = pytest.importorskip("pylate")
+    models = pytest.importorskip("pylate.models")
     with pytest.raises(KeyError, match="activation_function"):
-        pylate.models.ColBERT(model_name_or_path=str(folder), device="cpu", trust_remote_code=True)
+        models.ColBERT(model_name_or_path=str(folder), device="cpu", trust_remote_code=True)

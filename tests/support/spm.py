@@ -72,3 +72,25 @@ def xlm_roberta_tokenizer(folder: Path, max_length: int = 8192) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """``data`` as JSON at ``path``."""
     path.write_text(json.dumps(data, indent=2))
+
+
+def qwen2_tokenizer(folder: Path, specials: list[str]) -> Any:
+    """A Qwen2 byte-level BPE tokenizer trained on the corpus (plus ``yes``/``no``), with ``specials``, saved."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|endoftext|>"]
+    )
+    bpe.train_from_iterator([*corpus(), *["yes no"] * 50], trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    vocab = dict(model["vocab"])
+    for word in ("yes", "no"):  # the reranker reads these two tokens' logits; real Qwen vocabularies have both
+        vocab.setdefault(word, len(vocab))
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=8192)
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    tok.save_pretrained(folder)
+    return tok

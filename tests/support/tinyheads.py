@@ -164,3 +164,22 @@ def pylate_colbert(folder: Path, query_length: int = 12, document_length: int = 
     }
     spm.write_json(folder / "config_sentence_transformers.json", settings)
     return folder
+
+
+def qwen3_reranker(folder: Path) -> Path:
+    """A Qwen3ForCausalLM folder laid out as Qwen/Qwen3-Reranker-0.6B (Qwen2 BPE tokenizer with its chat tokens)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = spm.qwen2_tokenizer(folder, ["<|im_start|>", "<|im_end|>", "<think>", "</think>"])
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        head_dim=16,
+        num_key_value_heads=1,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        architectures=["Qwen3ForCausalLM"],
+        **TINY,
+    )
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(cfg).save_pretrained(folder)
+    return folder
