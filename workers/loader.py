@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
@@ -46,6 +47,8 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
         local = not spec.path.startswith(HUB_SCHEME)
         return PylateColbertModel(spec, threads) if local and is_pylate(spec.path) else ColbertModel(spec, threads)
     if spec.family == "rerank":
+        if not spec.path.startswith(HUB_SCHEME) and is_causal(spec.path):
+            return CausalRerankModel(spec, threads)
         return CrossEncoderModel(spec, threads)
     if spec.outputs not in ((), ("dense",)) or (not spec.path.startswith(HUB_SCHEME) and is_m3(spec.path)):
         return BgeM3Model(spec, threads)

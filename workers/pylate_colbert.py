@@ -71,8 +71,8 @@ class PylateColbertModel(Encoder):
     def _marker(self, prefix: str) -> int | None:
         if not prefix:
             return None
-        found = self.tokenizer.convert_tokens_to_ids(prefix)
-        if found is None or found == self.tokenizer.unk_token_id:
+        found: Any = self.tokenizer.convert_tokens_to_ids(prefix)
+        if not isinstance(found, int) or found == self.tokenizer.unk_token_id:
             raise ConfigError(f"model {self.name}: the marker {prefix!r} is not in the tokenizer's vocabulary")
         return int(found)
 
