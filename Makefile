@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: run test bench bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean image image-cuda
 
+# gRPC on localhost:50051, HTTP (OpenAI-style /v1/embeddings) on localhost:8080.
 run: deps
 	$(BIN)/embedstream serve
 
@@ -19,6 +20,7 @@ test: deps node lint typecheck
 bench: deps
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 	$(BIN)/python loadtest/priority.py
+	$(BIN)/python loadtest/http_bench.py
 
 # One model on 1, 2 and 4 workers (debug model, fixed cost per batch): the scaling ratio.
 bench-scale: deps

@@ -52,7 +52,8 @@ def method_descriptor(name: str) -> MethodDescriptor:
     if service not in services or method not in services[service].methods_by_name:
         known = sorted(f"{s}/{m}" for s, d in services.items() for m in d.methods_by_name)
         raise ValueError(f"unknown method {name!r}; known: {', '.join(known)}")
-    return services[service].methods_by_name[method]
+    found: MethodDescriptor = services[service].methods_by_name[method]
+    return found
 
 
 def messages(data: str, kind: type[Message]) -> list[Message]:

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(
             redis_url=getattr(args, "redis_url", None),
             port=getattr(args, "port", None),
+            http_port=getattr(args, "http_port", None),
             registry=getattr(args, "registry", None),
             threads=getattr(args, "threads", None),
         )
@@ -49,10 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--registry", help="model registry TOML (EMBEDSTREAM_REGISTRY)")
     serve = _add(sub, "serve", parents=[common], help="Redis (unless --redis-url), a gateway and a worker per model")
     serve.add_argument("--port", type=int, help="gRPC port (EMBEDSTREAM_PORT, default 50051)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (EMBEDSTREAM_HTTP_PORT, default 8080; -1: off)")
     serve.add_argument("--data-dir", default=".embedstream", help="where the private Redis keeps its AOF")
     serve.add_argument("--threads", type=int, help="torch threads per worker (EMBEDSTREAM_THREADS)")
     gateway = _add(sub, "gateway", parents=[common], help="run one gateway")
     gateway.add_argument("--port", type=int, help="gRPC port (EMBEDSTREAM_PORT, default 50051)")
+    gateway.add_argument("--http-port", type=int, help="HTTP port (EMBEDSTREAM_HTTP_PORT, default 8080; -1: off)")
     worker = _add(sub, "worker", parents=[common], help="run one worker for one model")
     worker.add_argument("--model", default="", help="model name from the registry (default: the default model)")
     worker.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")

@@ -43,6 +43,11 @@ class InvalidArgument(EmbedstreamError):
     code = Code.INVALID_ARGUMENT
 
 
+class TooLarge(InvalidArgument):
+    """Over a size limit (inputs per request, bytes per text, request body): INVALID_ARGUMENT in
+    gRPC, 413 over HTTP."""
+
+
 class NotFound(EmbedstreamError):
     code = Code.NOT_FOUND
 

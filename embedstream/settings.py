@@ -35,6 +35,7 @@ class Settings:
     registry: str = _f("", "Path of the model registry TOML; empty serves the built-in default model")
     host: str = _f("127.0.0.1", "Address the gateway binds; 0.0.0.0 or [::] to serve other hosts")
     port: int = _f(50051, "gRPC port of the gateway; 0 picks a free one")
+    http_port: int = _f(8080, "HTTP port of the gateway (OpenAI-style /v1/embeddings); 0 picks a free one, -1 is off")
     max_inputs_per_request: int = _f(256, "Inputs accepted in one EmbedRequest")
     max_text_bytes: int = _f(65536, "UTF-8 bytes accepted in one text input")
     max_image_bytes: int = _f(8 * 1024 * 1024, "Encoded bytes accepted in one image input")
@@ -133,6 +134,8 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) < 65536:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be 0..65535")
+        if not -1 <= self.http_port < 65536:
+            raise ConfigError(f"{ENV_PREFIX}HTTP_PORT must be 0..65535, or -1 (off)")
         for name in ("threads", "max_wait_ms", "shutdown_delay_s", "shutdown_grace_s", "rate_limit", "rate_burst"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be >= 0")

@@ -42,6 +42,7 @@ def serve(settings: Settings, data_dir: Path) -> int:
     else:
         log.info("using Redis at %s", redact_url(settings.redis_url))
     env["EMBEDSTREAM_PORT"] = str(settings.port)
+    env["EMBEDSTREAM_HTTP_PORT"] = str(settings.http_port)
     env["EMBEDSTREAM_THREADS"] = str(settings.threads)
     if settings.registry:
         env["EMBEDSTREAM_REGISTRY"] = str(Path(settings.registry).resolve())
@@ -211,7 +212,8 @@ def _ready_check(settings: Settings, supervisor: Supervisor, ports: dict[str, in
             return False
         metrics = ", ".join(f"{name} :{port}" for name, port in ports.items())
         broken = f"; FAILED to load: {', '.join(failed)} (reason above)" if failed else ""
-        line = f"embedstream ready: gRPC on {target}; models {', '.join(serving)}{broken}; metrics {metrics}"
+        http = f"; HTTP on http://{target.rpartition(':')[0]}:{settings.http_port}" if settings.http_port > 0 else ""
+        line = f"embedstream ready: gRPC on {target}{http}; models {', '.join(serving)}{broken}; metrics {metrics}"
         print(line, flush=True)
         return True
 

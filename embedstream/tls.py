@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCreden
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
+
+
+def server_ssl_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext | None:
+    """The same TLS for the gateway's HTTP port (None: plaintext); the same files, read once more."""
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+        if client_ca:
+            context.load_verify_locations(client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"EMBEDSTREAM_TLS_CERT/KEY/CLIENT_CA cannot be loaded for HTTP: {exc}") from None
+    return context
 
 
 @dataclass(frozen=True, slots=True)

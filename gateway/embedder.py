@@ -51,39 +51,41 @@ class Embedder(pb_grpc.EmbedderServicer):
         self.directory = directory
         self.dispatcher = dispatcher
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
+    def deadline(self, remaining: float | None) -> float:
+        """The absolute deadline of a call with ``remaining`` seconds (None: none asked), capped."""
         limit = self.settings.max_deadline_s
         return time.time() + (limit if remaining is None else min(remaining, limit))
 
-    async def _checked(self, request: pb.EmbedRequest) -> Request:
+    async def check(self, request: pb.EmbedRequest) -> Request:
+        """``request`` validated (images decoded once, off the loop), ready to dispatch."""
         valid = validate(request, self.registry, self.settings, self.directory)
         if valid.spec.images:
             await verify_images(valid.inputs, self.settings)
         return valid
 
-    async def _checked_rerank(self, request: pb.RerankRequest) -> Request:
+    async def check_rerank(self, request: pb.RerankRequest) -> Request:
+        """``request`` validated, ready to dispatch."""
         return validate_rerank(request, self.registry, self.settings, self.directory)
 
     @unary("Embed")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         received = time.perf_counter()
-        valid = await self._checked(request)
-        reply = await self.dispatcher.embed(valid, self._deadline(context))
+        valid = await self.check(request)
+        reply = await self.dispatcher.embed(valid, self.deadline(context.time_remaining()))
         return respond(request, valid, reply, received)
 
     @streaming("EmbedStream")
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        async for response in self._stream("EmbedStream", request_iterator, context, self._checked, respond):
+        async for response in self._stream("EmbedStream", request_iterator, context, self.check, respond):
             yield response
 
     @unary("Rerank")
     async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
         received = time.perf_counter()
-        valid = await self._checked_rerank(request)
-        reply = await self.dispatcher.embed(valid, self._deadline(context))
+        valid = await self.check_rerank(request)
+        reply = await self.dispatcher.embed(valid, self.deadline(context.time_remaining()))
         return respond_rerank(request, valid, reply, received)
 
     @streaming("RerankStream")
@@ -91,7 +93,7 @@ class Embedder(pb_grpc.EmbedderServicer):
         self, request_iterator: AsyncIterator[pb.RerankRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RerankResponse]:
         async for response in self._stream(
-            "RerankStream", request_iterator, context, self._checked_rerank, respond_rerank
+            "RerankStream", request_iterator, context, self.check_rerank, respond_rerank
         ):
             yield response
 
@@ -156,38 +158,43 @@ class Embedder(pb_grpc.EmbedderServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        out = pb.ListModelsResponse()
-        for name, spec in self.registry.models.items():
-            state = self.directory.states[name]
-            out.models.append(
-                pb.ModelInfo(
-                    name=name,
-                    family=FAMILIES.get(spec.family, pb.MODEL_FAMILY_UNSPECIFIED),
-                    dimensions=state.dimensions or spec.dimensions,
-                    max_input_tokens=state.max_input_tokens or spec.max_input_tokens,
-                    serving=self.directory.serving(name),
-                    workers=state.workers,
-                    queue_depth=state.queue_depth,
-                    aliases=list(spec.aliases),
-                    is_default=name == self.registry.default,
-                    max_inputs_per_request=self.settings.max_inputs_per_request,
-                    normalizes=state.normalizes,
-                    version=spec.version,
-                    device=spec.device,
-                    dtype=spec.dtype,
-                    capabilities=pb.Capabilities(
-                        text=True,
-                        image=spec.images,
-                        matryoshka_dimensions=list(spec.matryoshka_dimensions),
-                        prompts=sorted(spec.prompts),
-                        output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
-                        query_prompt=spec.query_prompt,
-                        document_prompt=spec.document_prompt,
-                        outputs=[VECTOR_KIND_VALUES[o] for o in spec.offered_outputs],
-                    ),
-                )
+        return pb.ListModelsResponse(models=model_infos(self.registry, self.settings, self.directory))
+
+
+def model_infos(registry: Registry, settings: Settings, directory: Directory) -> list[pb.ModelInfo]:
+    """What ListModels (and HTTP's /v1/models) says about every served model."""
+    out = []
+    for name, spec in registry.models.items():
+        state = directory.states[name]
+        out.append(
+            pb.ModelInfo(
+                name=name,
+                family=FAMILIES.get(spec.family, pb.MODEL_FAMILY_UNSPECIFIED),
+                dimensions=state.dimensions or spec.dimensions,
+                max_input_tokens=state.max_input_tokens or spec.max_input_tokens,
+                serving=directory.serving(name),
+                workers=state.workers,
+                queue_depth=state.queue_depth,
+                aliases=list(spec.aliases),
+                is_default=name == registry.default,
+                max_inputs_per_request=settings.max_inputs_per_request,
+                normalizes=state.normalizes,
+                version=spec.version,
+                device=spec.device,
+                dtype=spec.dtype,
+                capabilities=pb.Capabilities(
+                    text=True,
+                    image=spec.images,
+                    matryoshka_dimensions=list(spec.matryoshka_dimensions),
+                    prompts=sorted(spec.prompts),
+                    output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
+                    query_prompt=spec.query_prompt,
+                    document_prompt=spec.document_prompt,
+                    outputs=[VECTOR_KIND_VALUES[o] for o in spec.offered_outputs],
+                ),
             )
-        return out
+        )
+    return out
 
 
 def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:

@@ -12,7 +12,7 @@ Health and reflection stay open, so probes and ``grpcurl list`` need no key.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -56,16 +56,22 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or not details.method.startswith(GUARDED):
             return handler
+        try:
+            tenant, limit = self.identify(details.invocation_metadata)
+        except EmbedstreamError as exc:
+            return _refusal(handler, details.method, exc)
+        if not self.keyring.enabled and limit.rate <= 0:
+            return handler  # auth and limits off: the default tenant, nothing to charge
+        return _Call(tenant, limit, self.limiter).wrap(handler)
+
+    def identify(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, Limit]:
+        """The caller's tenant and its limit, from ``authorization: Bearer <key>`` in ``metadata``
+        (gRPC metadata or HTTP headers, names in lower case); Unauthenticated when keys are on and
+        the key is missing, malformed, unknown or revoked."""
         entry: Entry | None = None
         if self.keyring.enabled:
-            try:
-                entry = self.keyring.authenticate(bearer(details.invocation_metadata))
-            except EmbedstreamError as exc:
-                return _refusal(handler, details.method, exc)
-        limit = self.keyring.limit(entry)
-        if entry is None and limit.rate <= 0:
-            return handler  # auth and limits off: the default tenant, nothing to charge
-        return _Call(entry.tenant if entry else DEFAULT_TENANT, limit, self.limiter).wrap(handler)
+            entry = self.keyring.authenticate(bearer(metadata))
+        return (entry.tenant if entry else DEFAULT_TENANT), self.keyring.limit(entry)
 
 
 class _Call:
@@ -126,12 +132,17 @@ class _Call:
         return behavior
 
 
+def refused(method: str, peer: str, exc: EmbedstreamError) -> None:
+    """Count and log a call refused for its key (the log never holds the key)."""
+    metrics.AUTH_REFUSED.inc()
+    log.info("refused %s from %s: %s", method, peer, exc.message)
+
+
 def _refusal(handler: grpc.RpcMethodHandler, method: str, exc: EmbedstreamError) -> grpc.RpcMethodHandler:
     """A handler of ``handler``'s kind that reads no request and ends with ``exc``'s status."""
 
     async def refuse(request: object, context: grpc.aio.ServicerContext) -> None:
-        metrics.AUTH_REFUSED.inc()
-        log.info("refused %s from %s: %s", method, context.peer(), exc.message)
+        refused(method, context.peer(), exc)
         await context.abort(grpc.StatusCode[exc.code.value], exc.message)
 
     make: Callable[..., grpc.RpcMethodHandler] = getattr(grpc, f"{kind(handler)}_rpc_method_handler")

@@ -15,6 +15,7 @@ from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher
 from embedstream.gateway.embedder import Embedder
 from embedstream.gateway.guard import Guard
+from embedstream.gateway.http import HttpApi
 from embedstream.gateway.jobs import Jobs
 from embedstream.gateway.ratelimit import RateLimiter
 from embedstream.gateway.replies import ReplyRouter
@@ -54,7 +55,8 @@ class Gateway:
         self.health = health.aio.HealthServicer()
         # The guard comes first: a call without a valid key is refused before its
         # request is even decoded. Only the span around it (when tracing) is outside.
-        interceptors = [Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s)), DecodeGuard()]
+        self.guard = Guard(self.keyring, RateLimiter(self.redis, settings.redis_timeout_s))
+        interceptors = [self.guard, DecodeGuard()]
         if tracing.enabled():
             interceptors.insert(0, Spans())
         self.server = grpc.aio.server(
@@ -70,14 +72,18 @@ class Gateway:
                 ("grpc.http2.max_ping_strikes", 0),
             ],
         )
+        self.embedder = Embedder(settings, registry, self.directory, self.dispatcher)
+        self.http = (
+            None
+            if settings.http_port < 0
+            else HttpApi(settings, registry, self.directory, self.dispatcher, self.embedder, self.guard)
+        )
         self.port = 0
         self._was_serving: dict[str, bool] = {}
 
     async def start(self) -> None:
         """Bind, start the reply reader and the directory, then serve."""
-        embedder_pb2_grpc.add_EmbedderServicer_to_server(
-            Embedder(self.settings, self.registry, self.directory, self.dispatcher), self.server
-        )
+        embedder_pb2_grpc.add_EmbedderServicer_to_server(self.embedder, self.server)
         jobs_pb2_grpc.add_JobsServicer_to_server(
             Jobs(self.settings, self.registry, self.directory, self.redis), self.server
         )
@@ -98,6 +104,8 @@ class Gateway:
         await self.router.start()
         await self.directory.start()
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         transport = "plaintext" if self.credentials is None else "mTLS" if self.settings.tls_client_ca else "TLS"
         auth = f"API keys ({len(self.keyring)})" if self.keyring.enabled else "no authentication"
         log.info(
@@ -108,6 +116,8 @@ class Gateway:
             transport,
             auth,
         )
+        if self.http is not None:
+            log.info("gateway %s serving HTTP on %s:%d", self.router.gateway_id, self.settings.host, self.http.port)
 
     def _warn_if_exposed(self) -> None:
         if _loopback(self.settings.host):
@@ -133,8 +143,10 @@ class Gateway:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         log.info("gateway %s draining: NOT_SERVING for %.1f s, then %.1f s grace", self.router.gateway_id, delay, grace)
+        if self.http is not None:
+            self.http.draining = True
         await asyncio.sleep(delay)
-        await self.server.stop(grace)
+        await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http is not None else []))
         await self.directory.stop()
         await self.router.stop()
         try:
@@ -201,6 +213,8 @@ async def serve(settings: Settings, registry: Registry, ready: asyncio.Event | N
     gateway = Gateway(settings, registry)
     await gateway.start()
     logs.announce(f"embedstream gateway listening on {settings.host}:{gateway.port}")
+    if gateway.http is not None:
+        logs.announce(f"embedstream gateway serving HTTP on {settings.host}:{gateway.http.port}")
     if ready is not None:
         ready.set()
     try:

@@ -19,7 +19,7 @@ from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 
 from embedstream import images
-from embedstream.errors import InvalidArgument
+from embedstream.errors import InvalidArgument, TooLarge
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
@@ -75,7 +75,7 @@ def count(n: int, settings: Settings, field: str) -> None:
     if n == 0:
         raise InvalidArgument(f"{field}: at least one is required")
     if n > settings.max_inputs_per_request:
-        raise InvalidArgument(
+        raise TooLarge(
             f"{field}: {n} {field} exceed the limit of {settings.max_inputs_per_request} per request; "
             "split the request or use a stream"
         )
@@ -172,7 +172,7 @@ def check_text(text: str, field: str, spec: ModelSpec, settings: Settings, direc
         raise InvalidArgument(f"{field}: must not be empty or only whitespace")
     # A code point is at most 4 UTF-8 bytes: only long texts need encoding to measure.
     if len(text) * 4 > settings.max_text_bytes and (size := len(text.encode())) > settings.max_text_bytes:
-        raise InvalidArgument(f"{field}: {size} bytes exceed the limit of {settings.max_text_bytes} bytes")
+        raise TooLarge(f"{field}: {size} bytes exceed the limit of {settings.max_text_bytes} bytes")
     # Each whitespace-separated word is at least one token: a cheap, exact
     # lower bound that refuses most over-long texts without tokenizing.
     max_tokens = directory.states[spec.name].max_input_tokens

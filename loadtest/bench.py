@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,21 +102,38 @@ def unary_latency(port: int, model: str, texts: list[str]) -> tuple[float, float
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
+class Chunks:
+    """The requests of a closed-loop run: ``per_request`` texts each, handed to concurrent callers once."""
+
+    def __init__(self, texts: Sequence[str], per_request: int) -> None:
+        self._items = iter([list(texts[k : k + per_request]) for k in range(0, len(texts), per_request)])
+        self._lock = threading.Lock()
+
+    def next(self) -> list[str] | None:
+        """The next request's texts; None when all are taken."""
+        with self._lock:
+            return next(self._items, None)
+
+
+def timed_callers(caller: Callable[[], None], concurrency: int) -> float:
+    """Seconds until ``concurrency`` threads running ``caller`` have all returned."""
+    threads = [threading.Thread(target=caller) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def concurrent_throughput(
     port: int, model: str, texts: list[str], concurrency: int = 32, per_request: int = 1
 ) -> float:
-    chunks = [texts[k : k + per_request] for k in range(0, len(texts), per_request)]
-    lock = threading.Lock()
-    position = [0]
+    chunks = Chunks(texts, per_request)
     errors: list[BaseException] = []
 
-    def caller(stub: pb_grpc.EmbedderStub) -> None:
-        while True:
-            with lock:
-                if position[0] >= len(chunks):
-                    return
-                chunk = chunks[position[0]]
-                position[0] += 1
+    def caller() -> None:
+        while (chunk := chunks.next()) is not None:
             try:
                 request = pb.EmbedRequest(
                     model=model, inputs=[pb.Input(text=t) for t in chunk], encoding=pb.VECTOR_ENCODING_PACKED_F32LE
@@ -128,13 +145,7 @@ def concurrent_throughput(
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.EmbedderStub(channel)
-        threads = [threading.Thread(target=caller, args=(stub,)) for _ in range(concurrency)]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - started
+        elapsed = timed_callers(caller, concurrency)
     if errors:
         raise RuntimeError(f"{len(errors)} calls failed, first: {errors[0]}")
     return len(texts) / elapsed

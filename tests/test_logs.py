@@ -71,7 +71,7 @@ def test_gateway_and_worker_write_only_json_lines(
     assert f"embedstream gateway listening on 127.0.0.1:{port}" in messages
     assert any(m.startswith("gateway ") and m.endswith(" stopped") for m in messages)
     [refusal] = [line for line in gateway_lines if line["message"].startswith("Embed ended INVALID_ARGUMENT")]
-    assert refusal["level"] == "DEBUG" and refusal["logger"] == "gateway.status"
+    assert refusal["level"] == "DEBUG" and refusal["logger"] == "embedstream.gateway.status"
     assert refusal["trace_id"] == trace_id and len(refusal["span_id"]) == 16
     assert not [line for line in gateway_lines if "listening on" in line["message"] and "trace_id" in line]
     worker_messages = [line["message"] for line in worker_lines]

@@ -21,7 +21,8 @@ from tests.support import ROOT
 from tests.support.processes import base_env, stub, wait_until
 
 READY = re.compile(
-    r"embedstream ready: gRPC on (\S+); models (.*?)(; FAILED to load: (.*?) \(reason above\))?; metrics (.*)"
+    r"embedstream ready: gRPC on (\S+)(?:; HTTP on \S+)?; models (.*?)"
+    r"(; FAILED to load: (.*?) \(reason above\))?; metrics (.*)"
 )
 
 

@@ -78,6 +78,8 @@ def base_env(redis_url: str, registry: Path, **extra: str) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
         EMBEDSTREAM_SHUTDOWN_DELAY_S="0.2",
+        # Many gateways run at once in tests: each takes a free HTTP port (the default is 8080).
+        EMBEDSTREAM_HTTP_PORT="0",
     )
     env.update(extra)
     return env
