@@ -109,6 +109,7 @@ def test_queries_expand_to_query_length_and_documents_drop_punctuation(service: 
     assert np.array_equal(unspecified[0], embed(service, TEXTS[:1], pb.INPUT_TYPE_DOCUMENT)[0])
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # PyLate calls sentence-transformers 5 names
 def test_pylate_still_cannot_load_here(folder: Path) -> None:
     models = pytest.importorskip("pylate.models")
     with pytest.raises(KeyError, match="activation_function"):
