@@ -8,10 +8,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Offline unless the caller says otherwise (HF_HUB_OFFLINE=0 make run lets hf: paths download).
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: run test bench bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean image image-cuda
+.PHONY: run test bench bench-peers bench-scale bench-gpu deps redis node venv proto lint typecheck unit clean image image-cuda
 
 # gRPC on localhost:50051, HTTP (OpenAI-style /v1/embeddings) on localhost:8080.
 run: deps
+	@echo "make run: in another terminal, 'source $(VENV)/bin/activate' puts embedstream, python and pytest of $(VENV) on PATH"
 	$(BIN)/embedstream serve
 
 test: deps node lint typecheck
@@ -21,6 +22,17 @@ bench: deps
 	$(BIN)/python loadtest/bench.py $(BENCH_ARGS)
 	$(BIN)/python loadtest/priority.py
 	$(BIN)/python loadtest/http_bench.py
+
+# embedstream beside Infinity on the same texts and shapes (not part of `make test`). Infinity
+# lives in its own venv: infinity-emb wants torch 2.13.0, which pip takes from this machine's disk.
+PEERS := .embedstream/peers/infinity
+bench-peers: deps $(PEERS)/.installed
+	$(BIN)/python loadtest/peers.py $(PEERS_ARGS)
+
+$(PEERS)/.installed:
+	test -x $(PEERS)/bin/pip || $(PY) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q torch==2.13.0 "infinity-emb[server,torch]"
+	touch $@
 
 # One model on 1, 2 and 4 workers (debug model, fixed cost per batch): the scaling ratio.
 bench-scale: deps

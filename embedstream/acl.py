@@ -51,11 +51,15 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # The model's streams and consumer group, heartbeats, replies to gateways,
     # job results (the RECORD script: HGET, HSETNX, HINCRBY, LLEN, RPUSH, ...),
     # lease renewal (XPENDING, XCLAIM) and capped dead letters (XADD, XLEN) in scripts.
-    # Never a tenant's keys (idempotency, rate limits).
+    # Its model's load-failure record (SET with expiry, DEL once it serves) and profile (SET in the
+    # heartbeat script).
+    # Never a tenant's keys (idempotency, rate limits): a job's keys are {job:<tag>}:<id>:<what>,
+    # its idempotency key {job:<tag>}:idem, which the pattern with two colons leaves out.
     "worker": (
-        (f"{keys.PREFIX}:{{m:*}}:*", f"{keys.PREFIX}:{{job:*}}:*", f"{keys.PREFIX}:{{gw:*}}:replies"),
+        (f"{keys.PREFIX}:{{m:*}}:*", f"{keys.PREFIX}:{{job:*}}:*:*", f"{keys.PREFIX}:{{gw:*}}:replies"),
         (
             *_COMMON,
+            "del",
             "hget",
             "hincrby",
             "hmget",
@@ -64,6 +68,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "llen",
             "pexpireat",
             "rpush",
+            "set",
             "xack",
             "xadd",
             "xautoclaim",

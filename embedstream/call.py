@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -45,7 +45,7 @@ def method_descriptor(name: str) -> MethodDescriptor:
     from embedstream.v1 import embedder_pb2, jobs_pb2
 
     service, _, method = name.replace("/", ".").rpartition(".")
-    services = {}
+    services: dict[str, ServiceDescriptor] = {}
     for module in (embedder_pb2, jobs_pb2, health_pb2):
         for svc in module.DESCRIPTOR.services_by_name.values():
             services[svc.full_name] = svc

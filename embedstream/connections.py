@@ -19,6 +19,7 @@ for redis-py's ``from_url``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -30,11 +31,23 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterDownError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from embedstream.errors import ConfigError
+from embedstream.errors import ConfigError, EmbedstreamError, ResourceExhausted, Unavailable, clip
+
+log = logging.getLogger(__name__)
 
 #: Errors that mean "Redis is not reachable right now" rather than a bad command: a
 #: node down, a cluster slot moving, a replica that was primary a moment ago.
@@ -47,6 +60,54 @@ TRANSIENT = (
     TryAgainError,
     ReadOnlyError,
 )
+
+#: Every way a Redis call can fail: what a background loop survives, and what :func:`refusal` maps.
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+#: The retry hint (ms) sent with a refusal because Redis is full. The service cannot know when
+#: memory frees (that takes an operator, or jobs expiring), so it is a pace, not a promise.
+FULL_RETRY_MS = 1000
+
+# Error codes (the reply's first word) of a server that is up but not taking this command now.
+_NOT_NOW = {"READONLY", "LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "MISCONF"}
+
+
+def refusal(exc: BaseException, what: str = "Redis") -> EmbedstreamError:
+    """The status a caller gets for a failed Redis call (``what`` names the store in the message).
+
+    The one mapping of Redis errors: full (``OOM`` under ``maxmemory``) is RESOURCE_EXHAUSTED
+    with a retry hint; unreachable, read-only (a replica), loading, busy or failing over is
+    UNAVAILABLE; a command this service's Redis user may not run (ACL), or any other refusal, is
+    UNAVAILABLE too and logged as an error, since only an operator can fix it. Never INTERNAL.
+    """
+    kind = type(exc).__name__
+    code = str(exc).split(" ", 1)[0] if isinstance(exc, RedisError) else ""
+    if isinstance(exc, OutOfMemoryError) or code == "OOM":
+        return ResourceExhausted(
+            f"{what} is full (Redis reached maxmemory) and refused the write; when memory frees is not "
+            f"known to the service: retry with backoff, after {FULL_RETRY_MS} ms or more",
+            retry_after_ms=FULL_RETRY_MS,
+        )
+    if isinstance(exc, (*TRANSIENT, BusyLoadingError, MasterDownError)) or code in _NOT_NOW:
+        return Unavailable(
+            f"{what} is unreachable or not taking writes now ({kind} {code}".rstrip() + "); retry shortly"
+        )
+    # A denial inside a script reads "ERR The user executing the script can't run this command" (7.0).
+    denied = code in ("NOPERM", "NOAUTH", "WRONGPASS") or "user executing the script" in str(exc)
+    if isinstance(exc, (NoPermissionError, AuthenticationError)) or denied:
+        log.error("Redis refused this service's user (%s): %s", kind, clip(exc, 200))
+        return Unavailable(f"{what} refused this service's Redis user ({code or kind}); an operator must fix its ACL")
+    log.error("Redis refused a command (%s): %s", kind, clip(exc, 200))
+    return Unavailable(f"{what} refused a command ({code or kind}); retry later")
+
+
+async def call(awaitable: Any, timeout_s: float, what: str = "Redis") -> Any:
+    """Await a Redis call for at most ``timeout_s``; any failure becomes its :func:`refusal`."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except REDIS_ERRORS as exc:
+        raise refusal(exc, what) from None
+
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel",)

@@ -1,18 +1,20 @@
-"""`embedstream embed-file`: embed every record of a file, resumably, with a progress bar.
+"""`embedstream embed-file`: embed every record of a file, resumably, with a true progress bar.
 
 Inputs: .txt (a line each), .jsonl, .csv and .parquet (the text in ``--field``).
-Outputs: .npy (a float32 matrix), .parquet (id + vector) or .jsonl. Vectors are
-appended to ``OUT.partial`` as they arrive, and ``OUT.progress.json`` records
-how many rows are done (and the job id with ``--job``): after an interruption
-the same command resumes where it stopped instead of starting over.
+Outputs: .npy (a float32 matrix), .parquet (id + vector) or .jsonl.
+
+Several requests are in flight at once (``--concurrency``), and each block of vectors is
+written at its own row offset the moment its request completes (:mod:`embedstream.rowfile`):
+the bar counts rows really done, Ctrl-C keeps every finished row, and the same command run
+again embeds only the rows still missing. With ``--job`` the corpus is uploaded as an async
+job and its results, which come in input order, fill the file from the front.
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
+import bisect
+import concurrent.futures as cf
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from embedstream.client import Client
+from embedstream.client import Client, EmbedstreamError
 from embedstream.progress import Progress
+from embedstream.records import INPUTS, Scan, records, scan, texts
+from embedstream.rowfile import RowFile
 from embedstream.tls import TLS
 
-INPUTS = (".txt", ".jsonl", ".csv", ".parquet")
 OUTPUTS = (".npy", ".parquet", ".jsonl")
+#: Rows of job results written (and made durable) at a time.
+JOB_BLOCK = 256
 
 
 @dataclass
@@ -41,115 +46,10 @@ class Options:
     id_field: str = ""
     job: bool = False
     batch_size: int = 64
+    concurrency: int = 8
+    skip_empty: bool = False
     progress: bool = True
     tls: TLS | None = None
-
-
-def records(path: Path, field: str) -> Iterator[dict[str, Any]]:
-    """The input's records, read lazily; a .txt line is {"text": line}."""
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                yield {field: line.rstrip("\r\n")}
-    elif suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
-    elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            yield from csv.DictReader(f)
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches():
-            yield from batch.to_pylist()
-    else:
-        raise ValueError(f"{path}: input must end in one of {', '.join(INPUTS)}")
-
-
-def texts(path: Path, field: str) -> Iterator[str]:
-    """The text of each record; a record without ``field`` is an error naming it."""
-    for n, record in enumerate(records(path, field)):
-        value = record.get(field)
-        if not isinstance(value, str):
-            raise ValueError(f"{path}: record {n} has no text field {field!r}")
-        if not value.strip():
-            raise ValueError(f"{path}: record {n} (line {n + 1} of a .txt) has empty text; the service refuses it")
-        yield value
-
-
-def count(path: Path, field: str) -> int:
-    """Records in the input, for the progress bar; also checks every record has its text
-    before anything is sent (parquet: its schema and footer only)."""
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        meta = pq.ParquetFile(path)
-        if field not in meta.schema_arrow.names:
-            raise ValueError(f"{path}: no text field {field!r} (columns: {meta.schema_arrow.names})")
-        return int(meta.metadata.num_rows)
-    return sum(1 for _ in texts(path, field))
-
-
-class Partial:
-    """The raw float32 rows written so far and the progress record beside them."""
-
-    def __init__(self, opts: Options) -> None:
-        self.raw = opts.output.with_name(opts.output.name + ".partial")
-        self.state_path = opts.output.with_name(opts.output.name + ".progress.json")
-        stat = opts.input.stat()
-        self.identity = {
-            "input": str(opts.input.resolve()),
-            "size": stat.st_size,
-            "mtime": stat.st_mtime_ns,
-            "model": opts.model,
-            "field": opts.field,
-            "job": opts.job,
-        }
-        self.rows, self.dims, self.job_id = 0, 0, ""
-        if self.state_path.exists() and self.raw.exists():
-            state = json.loads(self.state_path.read_text())
-            if state.get("identity") == self.identity:
-                self.rows, self.dims, self.job_id = state["rows"], state["dims"], state.get("job_id", "")
-        # Rows past the recorded count may be half-written: cut them.
-        with self.raw.open("ab") as f:
-            f.truncate(self.rows * self.dims * 4)
-        self._file = self.raw.open("ab")
-
-    def append(self, block: np.ndarray) -> None:
-        """Add rows (n, dims) and record them as done."""
-        if not self.dims:
-            self.dims = block.shape[1]
-        self._file.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
-        self.rows += block.shape[0]
-
-    def save(self) -> None:
-        """Make the rows durable, then record how many there are."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"identity": self.identity, "rows": self.rows, "dims": self.dims, "job_id": self.job_id})
-        )
-        tmp.replace(self.state_path)
-
-    def close(self) -> None:
-        """Close the raw file."""
-        self._file.close()
-
-    def matrix(self) -> np.ndarray:
-        """The finished rows, memory-mapped."""
-        return np.memmap(self.raw, dtype="<f4", mode="r", shape=(self.rows, self.dims))
-
-    def remove(self) -> None:
-        """Delete the partial files once the output is written."""
-        self.raw.unlink(missing_ok=True)
-        self.state_path.unlink(missing_ok=True)
 
 
 def run(opts: Options) -> int:
@@ -158,75 +58,185 @@ def run(opts: Options) -> int:
         raise ValueError(f"{opts.input}: input must end in one of {', '.join(INPUTS)}")
     if opts.output.suffix.lower() not in OUTPUTS:
         raise ValueError(f"{opts.output}: output must end in one of {', '.join(OUTPUTS)}")
-    total = count(opts.input, opts.field)
-    partial = Partial(opts)
-    if partial.rows:
-        print(f"resuming at row {partial.rows} of {total}", file=sys.stderr)
-    bar = Progress(total, opts.output.name, enabled=opts.progress)
-    bar.update(partial.rows, force=True)
+    if opts.batch_size < 1 or opts.concurrency < 1:
+        raise ValueError("--batch-size and --concurrency must be at least 1")
+    found = scan(opts.input, opts.field, opts.skip_empty)
+    if found.skipped:
+        print(found.report(), file=sys.stderr)
+    if not found.kept:
+        raise ValueError(f"{opts.input}: no records to embed")
+    rows = RowFile(opts.output, found.kept, _identity(opts))
+    if rows.resumed:
+        print(f"resuming: {rows.finished} of {rows.rows} rows were done", file=sys.stderr)
+    bar = Progress(rows.rows, opts.output.name, enabled=opts.progress, unit="rows")
+    bar.start_at(rows.finished)
     try:
         with Client(opts.target, model=opts.model, tls=opts.tls) as client:
-            pending = itertools.islice(texts(opts.input, opts.field), partial.rows, None)
-            if opts.job:
-                _by_job(client, opts, partial, pending, bar)
-            else:
-                for block in client.embed_stream(pending, batch_size=opts.batch_size):
-                    partial.append(block)
-                    bar.update(partial.rows)
-                    if bar.done % 4096 < block.shape[0]:
-                        partial.save()
-        partial.save()
+            (_by_job if opts.job else _concurrently)(client, opts, rows, bar)
     except KeyboardInterrupt:
-        partial.save()
-        partial.close()
         bar.close()
-        print(f"interrupted after {partial.rows} rows; run the same command again to resume", file=sys.stderr)
+        if rows.finished or rows.job_id:
+            rows.save()
+            rows.close()
+            print(
+                f"interrupted with {rows.finished} of {rows.rows} rows done; "
+                "run the same command again to embed the rest",
+                file=sys.stderr,
+            )
+        else:
+            rows.remove()
+            print("interrupted before any row was done", file=sys.stderr)
         return 130
-    partial.close()
+    except BaseException:
+        bar.close()
+        if rows.finished or rows.resumed:
+            rows.save()
+            rows.close()
+        else:  # nothing worth resuming: leave no partial files behind
+            rows.remove()
+        raise
     bar.close()
-    if partial.rows != total:
-        print(f"embedded {partial.rows} rows but the input has {total}", file=sys.stderr)
+    rows.save()
+    rows.close()
+    if rows.finished != rows.rows:
+        print(f"embedded {rows.finished} rows but the input has {rows.rows}", file=sys.stderr)
         return 1
-    _write(opts, partial.matrix())
-    partial.remove()
-    print(f"wrote {total} vectors of {partial.dims} dimensions to {opts.output}", file=sys.stderr)
+    _write(opts, found, rows.matrix())
+    rows.remove()
+    print(f"wrote {rows.rows} vectors of {rows.dims} dimensions to {opts.output}", file=sys.stderr)
     return 0
 
 
-def _by_job(client: Client, opts: Options, partial: Partial, pending: Iterator[str], bar: Progress) -> None:
-    if partial.job_id:
-        handle = client.job(partial.job_id)
+def _identity(opts: Options) -> dict[str, Any]:
+    """What must match for a rerun to resume instead of starting over."""
+    stat = opts.input.stat()
+    return {
+        "input": str(opts.input.resolve()),
+        "size": stat.st_size,
+        "mtime": stat.st_mtime_ns,
+        "model": opts.model,
+        "field": opts.field,
+        "job": opts.job,
+        "skip_empty": opts.skip_empty,
+    }
+
+
+def _concurrently(client: Client, opts: Options, rows: RowFile, bar: Progress) -> None:
+    """Unary Embed calls, ``concurrency`` in flight, each block written where it belongs as it completes."""
+    pool = cf.ThreadPoolExecutor(opts.concurrency, thread_name_prefix="embed-file")
+    pending: dict[cf.Future[Any], int] = {}
+    try:
+        for start, chunk in _missing_chunks(texts(opts.input, opts.field, opts.skip_empty), rows, opts.batch_size):
+            while len(pending) >= opts.concurrency:
+                _collect(pending, rows, bar, opts)
+            pending[pool.submit(client.embed, chunk, model=opts.model)] = start
+        while pending:
+            _collect(pending, rows, bar, opts)
+    finally:
+        # Ctrl-C or an error: calls already running finish, and their rows are kept too.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, start in pending.items():
+            if not future.cancelled() and future.exception() is None:
+                rows.write(start, _dense(future.result(), opts))
+        rows.save()
+
+
+def _collect(pending: dict[cf.Future[Any], int], rows: RowFile, bar: Progress, opts: Options) -> None:
+    """Wait for at least one call; write every finished block, then record them as done."""
+    done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+    failed: BaseException | None = None
+    for future in done:
+        start = pending.pop(future)
+        if future.exception() is not None:
+            failed = failed or future.exception()
+            continue
+        rows.write(start, _dense(future.result(), opts))
+    rows.save()
+    bar.update(rows.finished)
+    if failed is not None:
+        raise failed
+
+
+def _missing_chunks(items: Iterator[str], rows: RowFile, size: int) -> Iterator[tuple[int, list[str]]]:
+    """(first row, texts) of at most ``size`` consecutive rows not done yet."""
+    done = [tuple(r) for r in rows.done]
+    starts = [a for a, _ in done]
+    first = 0
+    chunk: list[str] = []
+    for row, text in enumerate(items):
+        i = bisect.bisect_right(starts, row) - 1
+        if i >= 0 and row < done[i][1]:
+            continue
+        if chunk and (row != first + len(chunk) or len(chunk) == size):
+            yield first, chunk
+            chunk = []
+        if not chunk:
+            first = row
+        chunk.append(text)
+    if chunk:
+        yield first, chunk
+
+
+def _by_job(client: Client, opts: Options, rows: RowFile, bar: Progress) -> None:
+    """One async job for the whole file; its in-order results fill the rows from the first missing one."""
+    if rows.job_id:
+        try:
+            handle = client.job(rows.job_id)
+        except EmbedstreamError as exc:
+            raise ValueError(
+                f"job {rows.job_id} recorded in {rows.state_path} cannot be read ({exc}); "
+                f"delete {rows.state_path} and {rows.raw} to start over"
+            ) from None
     else:
-        handle = client.upload_job(pending)
-        partial.job_id = handle.id
-        partial.save()
+        handle = client.upload_job(texts(opts.input, opts.field, opts.skip_empty), model=opts.model)
+        rows.save_job(handle.id)
+    offset = rows.prefix
     block: list[np.ndarray] = []
-    for _, vector in handle.results(offset=partial.rows):
-        block.append(vector)
-        if len(block) == 1024:
-            partial.append(np.stack(block))
-            partial.save()
+    for _, vector in handle.results(offset=offset):
+        block.append(_dense(vector, opts))
+        if len(block) == JOB_BLOCK:
+            rows.write(offset, np.stack(block))
+            offset += len(block)
             block = []
-            bar.update(partial.rows)
+            rows.save()
+            bar.update(rows.finished)
     if block:
-        partial.append(np.stack(block))
+        rows.write(offset, np.stack(block))
+        rows.save()
+    bar.update(rows.finished)
 
 
-def _ids(opts: Options, n: int) -> list[Any]:
+def _dense(result: object, opts: Options) -> np.ndarray:
+    """``result`` as dense vectors; embed-file cannot store sparse or multi-vector embeddings."""
+    if not isinstance(result, np.ndarray):
+        raise ValueError(
+            f"model {opts.model or '(default)'} returns sparse or multi-vector embeddings; "
+            "embed-file writes dense vectors only (use the Python client for those)"
+        )
+    return result
+
+
+def _ids(opts: Options, found: Scan) -> list[Any]:
+    """The id of each kept record: its record number, or its ``--id-field``."""
     if not opts.id_field:
-        return list(range(n))
-    return [record.get(opts.id_field) for record in records(opts.input, opts.field)]
+        return list(found.kept_rows())
+    skipped = set(found.skipped)
+    return [r.get(opts.id_field) for n, r in enumerate(records(opts.input, opts.field)) if n not in skipped]
 
 
-def _write(opts: Options, matrix: np.ndarray) -> None:
+def _write(opts: Options, found: Scan, matrix: np.ndarray) -> None:
     tmp = opts.output.with_name(opts.output.name + ".tmp")
     suffix = opts.output.suffix.lower()
     if suffix == ".npy":
         with tmp.open("wb") as f:
             np.save(f, np.asarray(matrix, dtype=np.float32))
+        if found.skipped:
+            # A matrix has no ids: say which record each row came from.
+            np.save(opts.output.with_suffix(".rows.npy"), np.fromiter(found.kept_rows(), dtype=np.int64))
+            print(f"record number of each row: {opts.output.with_suffix('.rows.npy')}", file=sys.stderr)
     elif suffix == ".jsonl":
         with tmp.open("w", encoding="utf-8") as f:
-            for rid, row in zip(_ids(opts, len(matrix)), matrix):
+            for rid, row in zip(_ids(opts, found), matrix):
                 f.write(json.dumps({"id": rid, "embedding": row.tolist()}) + "\n")
     else:
         import pyarrow as pa
@@ -234,5 +244,5 @@ def _write(opts: Options, matrix: np.ndarray) -> None:
 
         flat = pa.array(np.asarray(matrix, dtype=np.float32).reshape(-1))
         vectors = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
-        pq.write_table(pa.table({"id": _ids(opts, len(matrix)), "embedding": vectors}), tmp)
+        pq.write_table(pa.table({"id": _ids(opts, found), "embedding": vectors}), tmp)
     tmp.replace(opts.output)

@@ -10,12 +10,14 @@ class Code(str, enum.Enum):
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
     NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     CANCELLED = "CANCELLED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
     INTERNAL = "INTERNAL"
 
 
@@ -52,6 +54,10 @@ class NotFound(EmbedstreamError):
     code = Code.NOT_FOUND
 
 
+class AlreadyExists(EmbedstreamError):
+    code = Code.ALREADY_EXISTS
+
+
 class Unauthenticated(EmbedstreamError):
     code = Code.UNAUTHENTICATED
 
@@ -85,8 +91,27 @@ class Cancelled(EmbedstreamError):
     code = Code.CANCELLED
 
 
+class FailedPrecondition(EmbedstreamError):
+    """The call cannot succeed until an operator acts (a model that failed to load)."""
+
+    code = Code.FAILED_PRECONDITION
+
+
 class InternalError(EmbedstreamError):
     code = Code.INTERNAL
+
+
+#: The most characters of a caller-supplied string that an error message, log line or span copies.
+CLIP = 64
+
+
+def clip(text: object, limit: int = CLIP) -> str:
+    """``text`` quoted (repr) and cut to about ``limit`` characters, saying how much was cut: a caller's
+    string in a message must not make the message itself too big for the caller to receive."""
+    value = str(text)
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
 class ConfigError(Exception):
@@ -98,11 +123,13 @@ _BY_CODE: dict[str, type[EmbedstreamError]] = {
     for cls in (
         InvalidArgument,
         NotFound,
+        AlreadyExists,
         Unauthenticated,
         ResourceExhausted,
         DeadlineExceeded,
         Unavailable,
         Cancelled,
+        FailedPrecondition,
         InternalError,
     )
 }

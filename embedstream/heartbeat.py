@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from embedstream import clock, keys
+from embedstream import clock, keys, profile
+from embedstream.profile import Profile
 
 #: Members silent this long are pruned from the live set by any beat.
 FORGET_MS = 60_000
@@ -27,22 +28,45 @@ class ModelInfo:
     dimensions: int = 0
     max_input_tokens: int = 0
     normalizes: bool = False
+    #: How the model is served (:mod:`embedstream.profile`), rewritten with every beat.
+    profile: Profile | None = None
 
 
-def beat(pipe: Any, model: str, worker: str, info: ModelInfo) -> None:
-    """Queue on ``pipe`` one heartbeat of ``worker``, which serves ``model``."""
-    pipe.zadd(keys.workers(model), {worker: clock.now_ms()})
-    pipe.zremrangebyscore(keys.workers(model), 0, clock.now_ms() - FORGET_MS)
-    pipe.hset(
-        keys.model_info(model),
-        mapping={
-            "family": info.family,
-            "output": info.output,
-            "dimensions": info.dimensions,
-            "max_input_tokens": info.max_input_tokens,
-            "normalizes": int(info.normalizes),
-        },
-    )
+# One beat: score the worker, prune the long silent, publish the model's info. allow-oom (Redis 7):
+# a beat moves a score and rewrites the same few fields, so it grows nothing, and a worker that
+# could not beat while Redis is full would look dead to every gateway (UNAVAILABLE, not the
+# RESOURCE_EXHAUSTED that says what is wrong). KEYS: live set, info. ARGV: now ms, worker,
+# forget ms, the encoded profile ('' for none; KEYS[3], kept a day past the last beat so no key stays
+# forever), then the info's field, value pairs.
+BEAT = """#!lua flags=allow-oom
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[1]) - tonumber(ARGV[3]))
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', 86400000) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+return 0
+"""
+
+
+class Beat:
+    """Writes the heartbeats of one worker, which serves one model."""
+
+    def __init__(self, redis: Any, model: str, worker: str, info: ModelInfo) -> None:
+        self._script = redis.register_script(BEAT)
+        self.model = model
+        self.worker = worker
+        self._profile = profile.encode(info.profile) if info.profile is not None else ""
+        self._info = [
+            *("family", info.family, "output", info.output, "dimensions", info.dimensions),
+            *("max_input_tokens", info.max_input_tokens, "normalizes", int(info.normalizes)),
+        ]
+
+    async def __call__(self) -> None:
+        """Write one heartbeat."""
+        now = int(clock.now_ms())
+        await self._script(
+            keys=[keys.workers(self.model), keys.model_info(self.model), keys.profile(self.model)],
+            args=[now, self.worker, FORGET_MS, self._profile, *self._info],
+        )
 
 
 def leave(redis: Any, model: str, worker: str) -> Any:

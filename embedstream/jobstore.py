@@ -11,6 +11,7 @@ second.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,25 @@ finalize(ARGV[6])
 return 1
 """
 )
+
+#: Gateway: create a job's record (UPLOADING) and, with an idempotency key, the key with it, in
+#: one step: of concurrent calls with one key exactly one creates; the rest get its job and digest.
+#: Under maxmemory the first write (HSET) is refused before anything is written, so neither is.
+#: KEYS: meta of the new job[, idempotency key]. ARGV: job id, digest, expires (unix ms), then the
+#: record's field, value pairs. Returns {job id, digest} of the job the key names (the new one if made).
+CREATE = """
+if KEYS[2] then
+  local held = redis.call('HMGET', KEYS[2], 'job', 'digest')
+  if held[1] then return {held[1], held[2]} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+if KEYS[2] then
+  redis.call('HSET', KEYS[2], 'job', ARGV[1], 'digest', ARGV[2])
+  redis.call('PEXPIREAT', KEYS[2], ARGV[3])
+end
+return {ARGV[1], ARGV[2]}
+"""
 
 #: Gateway: the upload (or submit) is complete. KEYS: meta. ARGV: total, now_ms.
 COMPLETE = (
@@ -154,38 +174,62 @@ def _now() -> int:
     return int(clock.now_ms())
 
 
+def new_id(tenant: str, idempotency_key: str = "") -> str:
+    """A new job id: 32 hex digits, the first ``keys.JOB_TAG`` of them the idempotency key's tag
+    (so the key and the record share a Redis Cluster slot), random otherwise."""
+    prefix = keys.idempotency_tag(tenant, idempotency_key) if idempotency_key else secrets.token_hex(keys.JOB_TAG // 2)
+    return prefix + secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What :meth:`JobStore.create` did: made ``job_id`` (``expires`` set), or found the job an
+    idempotency key had made (``expires`` None) and the digest of the request that made it."""
+
+    job_id: str
+    digest: str
+    expires: int | None
+
+
 class JobStore:
     """Creates and changes job records in one Redis deployment, only through the scripts above."""
 
     def __init__(self, redis: Any) -> None:
+        self._create = redis.register_script(CREATE)
         self._record = redis.register_script(RECORD)
         self._complete = redis.register_script(COMPLETE)
         self._cancel = redis.register_script(CANCEL)
 
-    @staticmethod
-    def create(pipe: Any, job_id: str, model: str, tenant: str, ttl_ms: int) -> int:
-        """Queue on ``pipe`` a new job's record (UPLOADING); return when it expires (unix ms)."""
+    async def create(
+        self, model: str, tenant: str, ttl_ms: int, idempotency_key: str = "", digest: str = ""
+    ) -> Created:
+        """A new job's record (UPLOADING), with ``idempotency_key`` (remembered as long as the
+        record, with ``digest``) unless that key already names a job: then that one."""
+        job_id = new_id(tenant, idempotency_key)
         created = _now()
         expires = created + ttl_ms
-        meta = keys.job_meta(job_id)
-        pipe.hset(
-            meta,
-            mapping={
-                "model": model,
-                "tenant": tenant,
-                "state": UPLOADING,
-                "total": -1,
-                "done": 0,
-                "failed": 0,
-                "created": created,
-                "finished": 0,
-                "expires": expires,
-                "chunk": CHUNK,
-                "dimensions": 0,
-            },
-        )
-        pipe.pexpireat(meta, expires)
-        return expires
+        record: dict[str, Any] = {
+            "model": model,
+            "tenant": tenant,
+            "state": UPLOADING,
+            "total": -1,
+            "done": 0,
+            "failed": 0,
+            "created": created,
+            "finished": 0,
+            "expires": expires,
+            "chunk": CHUNK,
+            "dimensions": 0,
+        }
+        names = [keys.job_meta(job_id)]
+        if idempotency_key:
+            names.append(keys.idempotency(tenant, idempotency_key))
+        args = [job_id, digest, expires, *(x for pair in record.items() for x in pair)]
+        held, held_digest = await self._create(keys=names, args=args)
+        held_id = held.decode() if isinstance(held, bytes) else str(held)
+        if held_id == job_id:
+            return Created(job_id, digest, expires)
+        return Created(held_id, held_digest.decode() if isinstance(held_digest, bytes) else str(held_digest), None)
 
     def complete(self, job_id: str, total: int) -> Any:
         """The upload (or submit) of ``total`` inputs is complete (an awaitable)."""

@@ -7,6 +7,8 @@ Lua admission script and pipelines stay single-slot.
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "embedstream"
 #: The consumer group every worker of a model joins.
 GROUP = "workers"
@@ -39,29 +41,45 @@ def model_info(model: str) -> str:
     return f"{PREFIX}:{model_tag(model)}:info"
 
 
+def load_failure(model: str) -> str:
+    """String: why the model's last worker failed to load it (:mod:`embedstream.loadfailure`); expires."""
+    return f"{PREFIX}:{model_tag(model)}:failed"
+
+
+def profile(model: str) -> str:
+    """String: how the model is served, as its workers load it (:mod:`embedstream.profile`)."""
+    return f"{PREFIX}:{model_tag(model)}:profile"
+
+
 def bulk(model: str) -> str:
     """The stream of async-job chunks for ``model``; read only when interactive work is done."""
     return f"{PREFIX}:{model_tag(model)}:bulk"
 
 
+#: Characters of a job id that make its hash tag: a job made under an idempotency key starts
+#: with that key's tag (``idempotency_tag``), so the key and the job's record share a slot
+#: and one script creates both.
+JOB_TAG = 16
+
+
 def job_tag(job_id: str) -> str:
-    """The hash tag shared by every key of one job."""
-    return "{job:" + job_id + "}"
+    """The hash tag shared by every key of one job (and by the idempotency key that made it)."""
+    return "{job:" + job_id[:JOB_TAG] + "}"
 
 
 def job_meta(job_id: str) -> str:
     """Hash: state, model, counts, times, chunk size of one job."""
-    return f"{PREFIX}:{job_tag(job_id)}:meta"
+    return f"{PREFIX}:{job_tag(job_id)}:{job_id}:meta"
 
 
 def job_results(job_id: str) -> str:
     """Hash: chunk index -> the chunk's stored answer (``jobstore.encode_chunk``)."""
-    return f"{PREFIX}:{job_tag(job_id)}:results"
+    return f"{PREFIX}:{job_tag(job_id)}:{job_id}:results"
 
 
 def job_errors(job_id: str) -> str:
     """List: the first few error messages of failed chunks."""
-    return f"{PREFIX}:{job_tag(job_id)}:errors"
+    return f"{PREFIX}:{job_tag(job_id)}:{job_id}:errors"
 
 
 def tenant_tag(tenant: str) -> str:
@@ -69,9 +87,15 @@ def tenant_tag(tenant: str) -> str:
     return "{t:" + tenant + "}"
 
 
+def idempotency_tag(tenant: str, key: str) -> str:
+    """The first ``JOB_TAG`` characters of the id of every job ``tenant`` makes under idempotency ``key``."""
+    return hashlib.blake2b(f"{tenant}\0{key}".encode(), digest_size=JOB_TAG // 2).hexdigest()
+
+
 def idempotency(tenant: str, key: str) -> str:
-    """String: the job id an idempotency key already created, for one tenant."""
-    return f"{PREFIX}:{tenant_tag(tenant)}:idem:" + key
+    """Hash: the job (``job``) an idempotency key of one tenant made and the digest of its request
+    (``digest``); it expires with that job, and shares its slot."""
+    return f"{PREFIX}:" + "{job:" + idempotency_tag(tenant, key) + "}:idem"
 
 
 def rate(tenant: str) -> str:
@@ -82,3 +106,18 @@ def rate(tenant: str) -> str:
 def replies(gateway_id: str) -> str:
     """The reply stream of one gateway process, read by that process only."""
     return f"{PREFIX}:" + "{gw:" + gateway_id + "}:replies"
+
+
+def cache_record(model: str, digest: str) -> str:
+    """String: one cached model output (``embedstream.cache``), expiring with the cache TTL."""
+    return f"{PREFIX}:{model_tag(model)}:cache:" + digest
+
+
+def cache_index(model: str) -> str:
+    """Sorted set: the model's cached records (``<digest>:<bytes>``) by last use (ms), for eviction."""
+    return f"{PREFIX}:{model_tag(model)}:cache-index"
+
+
+def cache_bytes(model: str) -> str:
+    """String: bytes the model's cached records take, kept within the cache budget."""
+    return f"{PREFIX}:{model_tag(model)}:cache-bytes"

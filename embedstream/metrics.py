@@ -47,10 +47,20 @@ DEAD_LETTERS_TRIMMED = Counter(
     "embedstream_dead_letters_trimmed_total", "Old dead letters trimmed by max_dead_letters", ["model"]
 )
 NON_FINITE = Counter("embedstream_non_finite_total", "Requests failed because the model returned NaN or Inf", ["model"])
+WORKER_UNSTORED = Counter(
+    "embedstream_worker_unstored_total",
+    "Answers (reply, job result, dead letter) Redis refused on every try; their entries were handed back unacked",
+    ["model", "kind"],
+)
+LOOP_ERRORS = Counter(
+    "embedstream_loop_errors_total", "Iterations of a background loop that failed; the loop carries on", ["loop"]
+)
 
 
 #: Why a worker drops an entry before the model sees it.
 DROP_REASONS = ("expired", "cancelled", "lease_lost")
+#: What a worker may fail to store.
+UNSTORED_KINDS = ("answer", "dead_letter")
 
 
 def init_gateway(models: list[str]) -> None:
@@ -84,6 +94,8 @@ def init_worker(model: str) -> None:
         metric.labels(model)
     for reason in DROP_REASONS:
         WORKER_DROPPED.labels(model, reason)
+    for kind in UNSTORED_KINDS:
+        WORKER_UNSTORED.labels(model, kind)
 
 
 def start_server(port: int) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedstream.errors import ConfigError, NotFound
+from embedstream.errors import ConfigError, NotFound, clip
 from embedstream.vectors import OUTPUT_TYPES, OUTPUTS
 
 FAMILIES = ("text-dense", "image-text", "sparse", "multi-vector", "rerank", "debug")
@@ -47,7 +47,7 @@ FAMILY_OUTPUTS = {
     "multi-vector": ("multi-vector",),
     "rerank": (),
 }
-POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
+POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
 BACKENDS = ("", "open_clip", "transformers")
 HUB_SCHEME = "hf:"
 DEVICES_PREFIXES = ("cpu", "cuda", "mps")
@@ -95,6 +95,9 @@ class ModelSpec:
     backend: str = ""
     #: What requests may ask for (EmbedRequest.outputs); () = the family's (see :attr:`offered_outputs`).
     outputs: tuple[str, ...] = ()
+    #: Decoder embedders (e5-mistral, Qwen3-Embedding): the task of the query prompt
+    #: ``Instruct: {instruction}\nQuery: `` they serve as prompt "query".
+    instruction: str = ""
 
     @property
     def images(self) -> bool:
@@ -118,13 +121,19 @@ class ModelSpec:
 
     def prompt_for(self, input_type: str, prompt: str) -> str:
         """The prompt name a request selects (explicit, by input type, or the default); "" = none."""
-        if prompt:
-            return prompt
-        if input_type == "query":
-            return self.query_prompt
-        if input_type == "document":
-            return self.document_prompt
-        return self.default_prompt
+        return select_prompt(self, input_type, prompt)
+
+
+def select_prompt(choices: Any, input_type: str, prompt: str) -> str:
+    """The prompt named explicitly, else the one ``choices`` (a spec or a model profile: its
+    query_prompt, document_prompt, default_prompt) picks for the input type; "" = none."""
+    if prompt:
+        return prompt
+    if input_type == "query":
+        return str(choices.query_prompt)
+    if input_type == "document":
+        return str(choices.document_prompt)
+    return str(choices.default_prompt)
 
 
 # Measured on MiniLM: on CPU small sorted batches win (2048 padded tokens / 32
@@ -151,7 +160,7 @@ class Registry:
         for spec in self.models.values():
             if name in spec.aliases:
                 return spec
-        raise NotFound(f"model {name!r} is not served; ListModels shows the served models")
+        raise NotFound(f"model {clip(name)} is not served; ListModels shows the served models")
 
 
 def builtin() -> Registry:
@@ -265,7 +274,7 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
 def _options(where: str, family: str, raw: dict[str, Any]) -> dict[str, Any]:
     """The per-family options: version, prompts, Matryoshka sizes, quantization, pooling, backend."""
     out: dict[str, Any] = {}
-    for key in ("version", "default_prompt", "query_prompt", "document_prompt", "pooling", "backend"):
+    for key in ("version", "default_prompt", "query_prompt", "document_prompt", "pooling", "backend", "instruction"):
         if key in raw:
             if not isinstance(raw[key], str):
                 raise ConfigError(f"{where}.{key} must be a string")

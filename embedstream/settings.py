@@ -38,6 +38,8 @@ class Settings:
     http_port: int = _f(8080, "HTTP port of the gateway (OpenAI-style /v1/embeddings); 0 picks a free one, -1 is off")
     max_inputs_per_request: int = _f(256, "Inputs accepted in one EmbedRequest")
     max_text_bytes: int = _f(65536, "UTF-8 bytes accepted in one text input")
+    max_chunks_per_input: int = _f(256, "Chunks one text may split into with long_inputs=chunk")
+    max_chunks_per_request: int = _f(2048, "Chunks one request (or job chunk of 64 inputs) may split into")
     max_image_bytes: int = _f(8 * 1024 * 1024, "Encoded bytes accepted in one image input")
     max_image_pixels: int = _f(25_000_000, "Pixels (width x height) accepted in one image input")
     max_concurrent_rpcs: int = _f(
@@ -53,7 +55,9 @@ class Settings:
     max_job_inline_inputs: int = _f(10000, "Inputs accepted inline by one SubmitJob (UploadJob has no such cap)")
     max_job_inputs: int = _f(10_000_000, "Inputs accepted by one job")
     max_bulk_entries: int = _f(200_000, "Job chunks (64 inputs each) queued per model before new jobs are refused")
-    threads: int = _f(0, "Torch intra-op threads per worker; 0 leaves one core for gateway and Redis")
+    threads: int = _f(
+        0, "Torch threads per worker; 0: all cores, one fewer for a pass while other processes use CPU (adaptive)"
+    )
     visibility_timeout_s: float = _f(30.0, "Idle time after which a dead worker's entries are reclaimed")
     consumer_gc_s: float = _f(3600.0, "A consumer idle this long with nothing pending is removed from its group")
     max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")
@@ -63,7 +67,7 @@ class Settings:
     shutdown_delay_s: float = _f(1.0, "SIGTERM: a gateway reports NOT_SERVING this long before closing")
     shutdown_grace_s: float = _f(25.0, "SIGTERM: how long a gateway lets calls in flight finish")
     prefetch_inputs: int = _f(1024, "Inputs a worker reads ahead; a larger pool sorts by length better")
-    max_wait_ms: float = _f(2.0, "How long an idle worker waits to fill a batch")
+    max_wait_ms: float = _f(2.0, "How long after its last batch a worker waits for inputs to fill the next one")
     metrics_port: int = _f(0, "Port of the Prometheus /metrics endpoint; 0 turns it off")
     log_level: str = _f("INFO", "Python logging level")
     log_format: str = _f("text", "Log lines as text, or json: one object per line (ts, level, logger, message, ...)")
@@ -108,6 +112,8 @@ class Settings:
         positive = (
             "max_inputs_per_request",
             "max_text_bytes",
+            "max_chunks_per_input",
+            "max_chunks_per_request",
             "max_image_bytes",
             "max_image_pixels",
             "stream_window",
@@ -163,8 +169,14 @@ class Settings:
         return self.redis_url
 
     def torch_threads(self) -> int:
-        """Intra-op threads for the model: the setting, or all cores but one."""
-        return self.threads or max(1, (os.cpu_count() or 2) - 1)
+        """Intra-op threads for the model: the setting, or every core this process may use
+        (the worker's adaptive policy, workers/threads.py, drops to one fewer while others are busy)."""
+        if self.threads:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -24,6 +24,11 @@ import msgpack
 from embedstream.vectors import OUTPUT_TYPES, OUTPUTS, row_bytes
 
 VERSION = 1
+#: Entries and replies that use chunking carry this version, so a worker or
+#: gateway from before chunking refuses them (dead letter, error) instead of
+#: silently truncating; version 1 payloads stay decodable.
+VERSION_CHUNKS = 2
+VERSIONS = (VERSION, VERSION_CHUNKS)
 
 
 class WireError(ValueError):
@@ -47,6 +52,14 @@ class Options:
     query: str = ""
     #: Sparse: also send each index's token string.
     return_tokens: bool = False
+    #: Split over-long texts into chunks of tokens instead of cutting them.
+    chunking: bool = False
+    #: Chunk size in tokens, specials included (0 = the model's max input tokens).
+    chunk_tokens: int = 0
+    #: Tokens a chunk repeats from the one before (-1 = chunk size / 8).
+    chunk_overlap: int = -1
+    #: Return every chunk's vector and span instead of one pooled vector per input.
+    chunk_vectors: bool = False
     #: The outputs asked for ("dense", "sparse", "multi-vector"); () = the model's primary one, original layout.
     outputs: tuple[str, ...] = ()
 
@@ -94,6 +107,11 @@ class Reply:
     token_strings: list[str] | None = None
     tokens: int = 0
     truncated: int = 0
+    #: Chunking: (input, token start, token end, char start, char end) per chunk,
+    #: flattened, when the reply holds one vector per chunk (``count`` = chunks).
+    spans: list[int] | None = None
+    #: Chunks embedded (0 without chunking).
+    chunks: int = 0
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -132,6 +150,8 @@ def encode_job(job: Job) -> bytes:
     if job.job_id:
         body["j"] = job.job_id
         body["k"] = job.chunk
+    if job.chunking:
+        body.update(v=VERSION_CHUNKS, ch=True, cs=job.chunk_tokens, co=job.chunk_overlap, cv=job.chunk_vectors)
     optional = {
         "it": job.input_type,
         "pn": job.prompt,
@@ -172,6 +192,10 @@ def decode_job(data: bytes) -> Job:
             truncate=_typed(body.get("u", True), bool, "u"),
             job_id=_typed(body.get("j", ""), str, "j"),
             chunk=_typed(body.get("k", -1), int, "k"),
+            chunking=_typed(body.get("ch", False), bool, "ch"),
+            chunk_tokens=_typed(body.get("cs", 0), int, "cs"),
+            chunk_overlap=_typed(body.get("co", -1), int, "co"),
+            chunk_vectors=_typed(body.get("cv", False), bool, "cv"),
             input_type=_typed(body.get("it", ""), str, "it"),
             prompt=_typed(body.get("pn", ""), str, "pn"),
             dimensions=_typed(body.get("dm", 0), int, "dm"),
@@ -214,6 +238,10 @@ def encode_reply(reply: Reply) -> bytes:
             body.update(mx=reply.multi, md=reply.multi_dimensions)
             if reply.multi_rows is not None:
                 body["mr"] = reply.multi_rows
+        if reply.chunks:
+            body.update(v=VERSION_CHUNKS, cn=reply.chunks)
+        if reply.spans is not None:
+            body.update(v=VERSION_CHUNKS, sp=reply.spans)
     return _pack(body)
 
 
@@ -248,6 +276,8 @@ def decode_reply(data: bytes) -> Reply:
             reply.multi = _typed(body.get("mx", b""), bytes, "mx")
             reply.multi_rows = _int_list(body.get("mr"), "mr")
             reply.multi_dimensions = _typed(body.get("md", 0), int, "md")
+        reply.chunks = _typed(body.get("cn", 0), int, "cn")
+        reply.spans = _int_list(body.get("sp"), "sp")
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
     _check_sizes(reply)
@@ -257,6 +287,8 @@ def decode_reply(data: bytes) -> Reply:
 def _check_sizes(reply: Reply) -> None:
     if reply.output_type not in OUTPUT_TYPES:
         raise WireError(f"unknown output type {reply.output_type!r}")
+    if reply.spans is not None and len(reply.spans) != 5 * reply.count:
+        raise WireError("reply spans do not match count")
     if reply.outputs is not None:
         _check_outputs(reply)
         return
@@ -326,7 +358,7 @@ def _unpack(data: bytes) -> dict[str, Any]:
         raise WireError(f"not msgpack: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise WireError("payload is not a map")
-    if body.get("v") != VERSION:
+    if body.get("v") not in VERSIONS:
         raise WireError(f"unsupported wire version {body.get('v')!r}")
     return body
 

@@ -12,8 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from embedstream import clock, heartbeat, keys, metrics
-from embedstream.connections import TRANSIENT, stop_tasks
+from embedstream import clock, heartbeat, keys, loadfailure, metrics, profile
+from embedstream.connections import REDIS_ERRORS, TRANSIENT, stop_tasks
+from embedstream.errors import FailedPrecondition
+from embedstream.loops import Mishaps
 from embedstream.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,10 @@ class ModelState:
     dimensions: int = 0
     max_input_tokens: int = 0
     normalizes: bool = False
+    #: Why its last worker could not load it ("" = no failure on record).
+    failure: str = ""
+    #: How its workers serve it, once one has loaded it.
+    profile: profile.Profile | None = None
 
 
 class Directory:
@@ -46,6 +52,7 @@ class Directory:
         self._listeners: list[Callable[[], Awaitable[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._mishaps = Mishaps("directory")
 
     def on_change(self, listener: Callable[[], Awaitable[None]]) -> None:
         """Call ``listener`` after every refresh."""
@@ -71,17 +78,22 @@ class Directory:
             pipe.xlen(keys.queue(name))
             heartbeat.read_info(pipe, name)
             pipe.xrange(keys.queue(name), count=1)
+            loadfailure.read(pipe, name)
+            profile.read(pipe, name)
         try:
             results = await pipe.execute()
             self.redis_ok = True
-        except TRANSIENT as exc:
-            if self.redis_ok:
-                log.warning("redis unreachable: %s", exc)
-            self.redis_ok = False
+            self._mishaps.recovered()
+        except REDIS_ERRORS as exc:
+            self._mishaps.failed(exc)
+            # Only an unreachable Redis fails the calls waiting on it; a refused read (a command
+            # the ACL denies, say) keeps the last snapshot until a refresh goes through.
+            if isinstance(exc, TRANSIENT):
+                self.redis_ok = False
             results = None
         if results is not None:
             for i, name in enumerate(names):
-                live, depth, info, oldest = results[4 * i : 4 * i + 4]
+                live, depth, info, oldest, failed, served = results[6 * i : 6 * i + 6]
                 state = self.states[name]
                 state.workers, state.queue_depth = int(live), int(depth)
                 published = heartbeat.decode_info(info)
@@ -89,6 +101,9 @@ class Directory:
                     state.dimensions = published.dimensions
                     state.max_input_tokens = published.max_input_tokens
                     state.normalizes = published.normalizes
+                found = loadfailure.decode(failed)
+                state.failure = found.reason if found else ""
+                state.profile = profile.decode(served) or state.profile
                 metrics.QUEUE_DEPTH.labels(name).set(state.queue_depth)
                 metrics.LIVE_WORKERS.labels(name).set(state.workers)
                 # Finished entries are deleted, so the oldest left is the oldest unfinished.
@@ -102,7 +117,7 @@ class Directory:
         """Ask Redis now whether ``model`` has a live worker; the snapshot may be stale."""
         try:
             live = await heartbeat.count_live(self._redis, model, self.liveness_s)
-        except TRANSIENT:
+        except REDIS_ERRORS:
             return False
         self.states[model].workers = int(live)
         return self.redis_ok and int(live) > 0
@@ -117,10 +132,25 @@ class Directory:
         """True when Redis answers and the model has a live worker."""
         return self.redis_ok and self.states[model].workers > 0
 
+    def failure(self, model: str) -> str:
+        """Why ``model`` cannot serve: its load failure, while no live worker serves it ("" = none)."""
+        return "" if self.serving(model) else self.states[model].failure
+
+    def refuse_failed(self, model: str) -> None:
+        """FAILED_PRECONDITION naming ``model`` and its load failure, where its worker refused to load it."""
+        failure = self.failure(model)
+        if failure:
+            raise FailedPrecondition(f"model {model!r} failed to load and serves nothing until fixed: {failure}")
+
+    def prompts(self, model: str) -> dict[str, str]:
+        """The prompts ``model``'s workers serve (its folder's and family's with the registry's on top)."""
+        found = self.states[model].profile
+        return {**(found.prompts if found else {}), **self.registry.models[model].prompts}
+
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_S)
             try:
                 await self.refresh()
-            except Exception:
-                log.exception("directory refresh failed")
+            except Exception as exc:  # a listener's failure, say: the next refresh runs all the same
+                self._mishaps.failed(exc)

@@ -13,7 +13,7 @@ from embedstream.gateway.replies import ReplyRouter
 
 from embedstream import clock, keys, metrics, tracing, wire
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT
+from embedstream.connections import REDIS_ERRORS, TRANSIENT, refusal
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from embedstream.registry import ModelSpec
 
@@ -68,6 +68,7 @@ class Dispatcher:
         tracing.annotate({"embedstream.model": spec.name, "embedstream.inputs": len(request.inputs)})
         if not self.directory.redis_ok:
             raise Unavailable("the queue (Redis) is unreachable; retry shortly")
+        self.directory.refuse_failed(spec.name)
         if (
             not spec.scale_to_zero
             and not self.directory.serving(spec.name)
@@ -114,9 +115,14 @@ class Dispatcher:
         while True:
             try:
                 stream_id = await asyncio.wait_for(self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s)
-            except TRANSIENT as exc:
-                self.directory.redis_ok = False  # until the next refresh proves otherwise
-                raise Unavailable(f"the queue (Redis) is unreachable: {type(exc).__name__}") from None
+            except REDIS_ERRORS as exc:
+                if isinstance(exc, TRANSIENT):
+                    self.directory.redis_ok = False  # until the next refresh proves otherwise
+                error = refusal(exc, "the queue (Redis)")
+                # Redis full is a full queue by another name: a stream waits for room.
+                if not (wait_for_room and isinstance(error, ResourceExhausted)):
+                    raise error from None
+                stream_id = None
             if stream_id is not None:
                 metrics.INPUTS.labels(spec.name).inc(len(job.inputs))
                 return bytes(stream_id)
@@ -129,7 +135,7 @@ class Dispatcher:
                     retry_after_ms=hint,
                 )
             if time.time() + backoff.delay >= deadline:
-                raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue was full")
+                raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue (or Redis) was full")
             await backoff.wait()
 
     def _withdraw(self, model: str, stream_id: bytes) -> None:
@@ -144,5 +150,5 @@ class Dispatcher:
             model, ids = self._withdrawals.popitem()
             try:
                 await asyncio.wait_for(self._redis.xdel(keys.queue(model), *ids), self.timeout_s)  # type: ignore[attr-defined]
-            except (*TRANSIENT, TimeoutError):
+            except REDIS_ERRORS:
                 pass  # the worker still skips them once their deadline passes

@@ -13,13 +13,14 @@ import numpy as np
 from embedstream.gateway import spans
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher, Request
-from embedstream.gateway.shape import embeddings
+from embedstream.gateway.shape import chunked
 from embedstream.gateway.status import streaming, unary
 from embedstream.gateway.validation import OUTPUT_TYPES, VECTOR_KINDS, validate, validate_rerank, verify_images
 from embedstream.gateway.window import Window
 
 from embedstream import metrics, tracing, wire
 from embedstream.errors import DeadlineExceeded, EmbedstreamError
+from embedstream.profile import Profile
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
@@ -166,6 +167,7 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
     out = []
     for name, spec in registry.models.items():
         state = directory.states[name]
+        served = state.profile
         out.append(
             pb.ModelInfo(
                 name=name,
@@ -186,15 +188,45 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
                     text=True,
                     image=spec.images,
                     matryoshka_dimensions=list(spec.matryoshka_dimensions),
-                    prompts=sorted(spec.prompts),
+                    prompts=sorted(directory.prompts(name)),
                     output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
-                    query_prompt=spec.query_prompt,
-                    document_prompt=spec.document_prompt,
+                    query_prompt=spec.query_prompt or (served.query_prompt if served else ""),
+                    document_prompt=spec.document_prompt or (served.document_prompt if served else ""),
                     outputs=[VECTOR_KIND_VALUES[o] for o in spec.offered_outputs],
                 ),
+                state=_state(directory, name),
+                failure=directory.failure(name),
+                profile=_profile(served),
             )
         )
     return out
+
+
+def _state(directory: Directory, name: str) -> pb.ModelState.ValueType:
+    if directory.serving(name):
+        return pb.MODEL_STATE_SERVING
+    return pb.MODEL_STATE_FAILED if directory.failure(name) else pb.MODEL_STATE_WAITING
+
+
+def _profile(found: Profile | None) -> pb.ModelProfile | None:
+    if found is None:
+        return None
+    return pb.ModelProfile(
+        loader=found.loader,
+        architecture=found.architecture,
+        pooling=found.pooling,
+        include_prompt=found.include_prompt,
+        normalizes=found.normalizes,
+        prompts=found.prompts,
+        query_prompt=found.query_prompt,
+        document_prompt=found.document_prompt,
+        default_prompt=found.default_prompt,
+        matryoshka_dimensions=list(found.matryoshka_dimensions),
+        matryoshka_layer_norm=found.matryoshka_layer_norm,
+        heads=list(found.heads),
+        max_input_tokens=found.max_input_tokens,
+        padding_side=found.padding_side,
+    )
 
 
 def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
@@ -205,13 +237,17 @@ def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
         total_ms=(time.perf_counter() - received) * 1000.0,
         worker=reply.worker,
         truncated_inputs=reply.truncated,
+        chunks=reply.chunks,
     )
 
 
 def _checked_reply(valid: Request, reply: wire.Reply) -> None:
     if not reply.ok:
         raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
-    if reply.count != len(valid.inputs):
+    if reply.spans is not None:
+        if {reply.spans[k] for k in range(0, len(reply.spans), 5)} != set(range(len(valid.inputs))):
+            raise EmbedstreamError.from_code("INTERNAL", "worker returned chunks that do not cover every input")
+    elif reply.count != len(valid.inputs):
         raise EmbedstreamError.from_code(
             "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.inputs)} inputs"
         )
@@ -223,7 +259,7 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
     out = pb.EmbedResponse(
         request_id=request.request_id or uuid.uuid4().hex,
         model=valid.spec.name,
-        embeddings=embeddings(reply, request.encoding),
+        embeddings=chunked(reply, request.encoding),
         dimensions=reply.dimensions,
         output_type=OUTPUT_TYPE_VALUES[reply.output_type],
         multi_vector_dimensions=reply.multi_dimensions,

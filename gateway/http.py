@@ -191,13 +191,14 @@ class HttpApi:
         message, encoding_format = compat.embed_request(await self._body(request))
         deadline = await self._admit(request, len(message.inputs))
         valid = await self.embedder.check(message)
-        if not valid.spec.dense:
+        if not valid.spec.dense and not message.outputs:
             raise InvalidArgument(
                 f"model: {valid.spec.name!r} is a {valid.spec.family} model; /v1/embeddings returns one dense "
-                "vector per input (call the gRPC Embed for its output)"
+                f"vector per input unless outputs names another ({valid.spec.offered_outputs[0]!r} here)"
             )
         reply = await self.dispatcher.embed(valid, deadline)
-        return _json(compat.embeddings_body(respond(message, valid, reply, received), encoding_format))
+        response = respond(message, valid, reply, received)
+        return _json(compat.embeddings_body(response, encoding_format, list(message.outputs)))
 
     async def rerank(self, request: web.Request) -> web.Response:
         """POST /v1/rerank and /rerank: Cohere's, Jina's and TEI's shared shape."""

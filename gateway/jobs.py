@@ -10,7 +10,8 @@ word for word as for an unknown id).
 from __future__ import annotations
 
 import asyncio
-import uuid
+import hashlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,13 +19,21 @@ import grpc
 from embedstream.gateway.auth import DEFAULT_TENANT, current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options
-from embedstream.gateway.shape import embeddings
+from embedstream.gateway.shape import chunked, embeddings
 from embedstream.gateway.status import streaming, unary
-from embedstream.gateway.validation import check_options, validate_inputs, verify_images
+from embedstream.gateway.validation import check_chunks, check_options, validate_inputs, verify_images
 
 from embedstream import jobstore, keys, tracing, wire
-from embedstream.connections import TRANSIENT, replicated
-from embedstream.errors import InternalError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from embedstream.connections import REDIS_ERRORS, call, replicated
+from embedstream.errors import (
+    AlreadyExists,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    clip,
+)
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import jobs_pb2 as pb
@@ -58,13 +67,19 @@ class Jobs(pb_grpc.JobsServicer):
         model, options = self._check_spec(request.spec)
         tracing.annotate({"embedstream.model": model.name, "embedstream.inputs": n})
         inputs = validate_inputs(request.inputs, model, self.settings, self.directory, options.truncate)
+        check_chunks(inputs, options, self.settings, per_request=False)
         await verify_images(inputs, self.settings)
         await self._room_for(model, -(-n // jobstore.CHUNK))
-        job_id, expires = await self._create(request.spec, model)
+        job_id, expires = await self._create(request.spec, model, _digest(request.spec, request.inputs))
         tracing.annotate({"embedstream.job_id": job_id})
         if expires is not None:
-            await self._enqueue(job_id, model, options, inputs, 0, expires)
-            await self._redis(self.store.complete(job_id, n))
+            try:
+                await self._enqueue(job_id, model, options, inputs, 0, expires)
+                await self._redis(self.store.complete(job_id, n))
+            except BaseException:
+                # Not accepted (Redis full, say): no job, and the key is free for the retry.
+                await self._forget(job_id, request.spec)
+                raise
         await self._replicated()  # also for an existing job: a retry must not confirm what a failover could lose
         return await self._job(job_id)
 
@@ -82,7 +97,7 @@ class Jobs(pb_grpc.JobsServicer):
         spec = first.header
         model, options = self._check_spec(spec)
         await self._room_for(model, 1)
-        job_id, expires = await self._create(spec, model)
+        job_id, expires = await self._create(spec, model, _digest(spec, None))
         tracing.annotate({"embedstream.model": model.name, "embedstream.job_id": job_id})
         if expires is None:
             async for _ in stream:  # the job exists: read and drop the repeated upload
@@ -98,6 +113,7 @@ class Jobs(pb_grpc.JobsServicer):
                 items = validate_inputs(
                     message.chunk.inputs, model, self.settings, self.directory, options.truncate, start=total
                 )
+                check_chunks(items, options, self.settings, start=total, per_request=False)
                 await verify_images(items, self.settings, start=total)
                 total += len(items)
                 if total > self.settings.max_job_inputs:
@@ -126,7 +142,8 @@ class Jobs(pb_grpc.JobsServicer):
         """With ``redis_min_replicas`` set, answer "accepted" only once that many replicas
         hold everything written so far, so a failover to one of them keeps the job."""
         wanted = self.settings.redis_min_replicas
-        if wanted and not await replicated(self.redis, wanted, self.settings.redis_timeout_s):
+        timeout_s = self.settings.redis_timeout_s
+        if wanted and not await self._redis(replicated(self.redis, wanted, timeout_s), timeout_s * 2):
             raise Unavailable(
                 f"the job was written but fewer than {wanted} Redis replicas confirmed it in "
                 f"{self.settings.redis_timeout_s} s; retry with the same idempotency key"
@@ -136,6 +153,7 @@ class Jobs(pb_grpc.JobsServicer):
         model = self.registry.resolve(spec.model)
         if model.family == "rerank":
             raise InvalidArgument(f"spec.model: {model.name!r} is a rerank model; call Rerank or RerankStream")
+        self.directory.refuse_failed(model.name)
         if spec.ttl_seconds > self.settings.max_job_ttl_s:
             raise InvalidArgument(
                 f"spec.ttl_seconds: {spec.ttl_seconds} exceeds the limit of {self.settings.max_job_ttl_s}"
@@ -152,22 +170,36 @@ class Jobs(pb_grpc.JobsServicer):
                 "retry later"
             )
 
-    async def _create(self, spec: pb.JobSpec, model: ModelSpec) -> tuple[str, int | None]:
+    async def _create(self, spec: pb.JobSpec, model: ModelSpec, digest: str) -> tuple[str, int | None]:
         """A new job's record (state UPLOADING) and its expiry (unix ms), or the job an
-        idempotency key already made and None."""
-        job_id = uuid.uuid4().hex
+        idempotency key already made and None, once that job's creation is complete.
+
+        The key and the record are written together by one script, so every concurrent
+        duplicate finds the same job; it waits while the first call is still enqueuing, and
+        makes the job itself where that call failed and forgot it. A request whose digest
+        (inputs and options) differs from the one that made the job is refused."""
         ttl_ms = (spec.ttl_seconds or self.settings.job_ttl_s) * 1000
-        if spec.idempotency_key:
-            idem = keys.idempotency(current_tenant(), spec.idempotency_key)
-            if not await self._redis(self.redis.set(idem, job_id, nx=True, px=ttl_ms)):
-                existing = await self._redis(self.redis.get(idem))
-                if existing is not None and await self._redis(self.redis.exists(keys.job_meta(existing.decode()))):
-                    return existing.decode(), None
-                await self._redis(self.redis.set(idem, job_id, px=ttl_ms))
-        pipe = self.redis.pipeline(transaction=False)
-        expires = self.store.create(pipe, job_id, model.name, current_tenant(), ttl_ms)
-        await self._redis(pipe.execute())
-        return job_id, expires
+        key = spec.idempotency_key
+        give_up = time.monotonic() + self.settings.max_deadline_s
+        while True:
+            made = await self._redis(self.store.create(model.name, current_tenant(), ttl_ms, key, digest))
+            if made.expires is not None:
+                return made.job_id, made.expires
+            if made.digest != digest:
+                raise AlreadyExists(
+                    f"spec.idempotency_key {clip(key)} already made job {made.job_id} with other inputs or "
+                    "options; use a new key for a different job"
+                )
+            while (state := await self._redis(self.redis.hget(keys.job_meta(made.job_id), "state"))) == b"0":
+                if time.monotonic() > give_up:
+                    raise Unavailable(
+                        f"job {made.job_id} of spec.idempotency_key {clip(key)} is still being created by another "
+                        "call; retry with the same key"
+                    )
+                await asyncio.sleep(POLL_S / 4)
+            if state is not None:
+                return made.job_id, None
+            # The call that made it failed and forgot it (key and record together): make it anew.
 
     async def _enqueue(
         self, job_id: str, model: ModelSpec, options: Options, inputs: Sequence[str | bytes], first: int, expires: int
@@ -188,7 +220,7 @@ class Jobs(pb_grpc.JobsServicer):
             if spec.idempotency_key:
                 names.append(keys.idempotency(current_tenant(), spec.idempotency_key))
             await asyncio.wait_for(self.redis.delete(*names), self.settings.redis_timeout_s)
-        except (*TRANSIENT, TimeoutError):
+        except REDIS_ERRORS:
             pass  # expires with its TTL
 
     # -- reading -----------------------------------------------------------
@@ -201,7 +233,7 @@ class Jobs(pb_grpc.JobsServicer):
         # Another tenant's job answers exactly as a missing one, so ids reveal nothing.
         mine = meta.get("tenant", DEFAULT_TENANT) == current_tenant()
         if not meta or meta.get("state") == jobstore.UPLOADING or not mine:
-            raise NotFound(f"job {job_id!r} does not exist or has expired")
+            raise NotFound(f"job {clip(job_id)} does not exist or has expired")
         return meta
 
     async def _job(self, job_id: str, meta: dict[str, Any] | None = None) -> pb.Job:
@@ -271,11 +303,24 @@ class Jobs(pb_grpc.JobsServicer):
         await self._redis(self.store.cancel(request.id))
         return await self._job(request.id)
 
-    async def _redis(self, awaitable: Any) -> Any:
-        try:
-            return await asyncio.wait_for(awaitable, self.settings.redis_timeout_s)
-        except (*TRANSIENT, TimeoutError) as exc:
-            raise Unavailable(f"the job store (Redis) is unreachable: {type(exc).__name__}") from None
+    async def _redis(self, awaitable: Any, timeout_s: float = 0.0) -> Any:
+        return await call(awaitable, timeout_s or self.settings.redis_timeout_s, "the job store (Redis)")
+
+
+def _digest(spec: pb.JobSpec, inputs: Sequence[Any] | None) -> str:
+    """What an idempotency key remembers of the request that made its job: the spec (model and
+    options, less the key) and, for SubmitJob, the inputs. An upload's inputs come after its job
+    is made, so its digest covers the header only."""
+    header = pb.JobSpec()
+    header.CopyFrom(spec)
+    header.ClearField("idempotency_key")
+    h = hashlib.sha256(header.SerializeToString(deterministic=True))
+    if inputs is None:
+        h.update(b"\0upload")
+    for item in inputs or ():
+        data = item.SerializeToString(deterministic=True)
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
 
 
 def _results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[pb.JobResult]:
@@ -286,5 +331,13 @@ def _results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[
         raise InternalError(str(exc)) from None
     if chunk.reply is None:
         return [pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]
+    if chunk.reply.spans is not None:
+        results = [
+            pb.JobResult(index=chunk_start + i) for i in range(len(chunk.reply.spans) and chunk.reply.spans[-5] + 1)
+        ]
+        for e in chunked(chunk.reply, encoding):
+            e.chunk.input += chunk_start  # the input's index in the job, as JobResult.index
+            results[e.chunk.input - chunk_start].chunks.append(e)
+        return results[first - chunk_start :]
     items = embeddings(chunk.reply, encoding, first - chunk_start)
     return [pb.JobResult(index=first + i, embedding=e) for i, e in enumerate(items)]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedstream import keys, metrics
-from embedstream.connections import TRANSIENT
-from embedstream.errors import RateLimited, Unavailable
+from embedstream.connections import call
+from embedstream.errors import RateLimited
 
 #: KEYS[1] = keys.rate(tenant). ARGV: milliseconds per input, burst (inputs), cost (inputs).
 #: Returns 0 when the cost is admitted (and charged), else the milliseconds until it would be.
@@ -60,10 +60,9 @@ class RateLimiter:
         if limit.rate <= 0:
             return 0
         args = [1000.0 / limit.rate, limit.burst, max(1, cost)]
-        try:
-            wait = await asyncio.wait_for(self._script(keys=[keys.rate(tenant)], args=args), self._timeout_s)
-        except (*TRANSIENT, TimeoutError) as exc:
-            raise Unavailable(f"the rate limiter (Redis) is unreachable: {type(exc).__name__}") from None
+        wait = await call(
+            self._script(keys=[keys.rate(tenant)], args=args), self._timeout_s, "the rate limiter (Redis)"
+        )
         return int(wait)
 
     async def admit(self, tenant: str, limit: Limit, cost: int) -> None:

@@ -15,13 +15,17 @@ import uuid
 
 from embedstream import keys, metrics, wire
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT, connect, stop_tasks
+from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
 from embedstream.errors import EmbedstreamError
+from embedstream.loops import Mishaps
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 1000
 STREAM_TTL_S = 120
+#: Replies read are trimmed from the stream once this many wait, or this long after the last trim.
+TRIM_ENTRIES = 256
+TRIM_S = 0.25
 #: The longest each shutdown step may take.
 STOP_WAIT_S = 2.0
 # Create the stream only when missing (XADD MAXLEN 0 leaves it empty; on a live
@@ -58,7 +62,7 @@ class ReplyRouter:
             await stop_tasks([self._task], grace_s=BLOCK_MS / 1000 + STOP_WAIT_S, cancel_wait_s=STOP_WAIT_S)
         try:
             await asyncio.wait_for(self._redis.delete(self.stream), STOP_WAIT_S)
-        except (*TRANSIENT, TimeoutError):
+        except REDIS_ERRORS:
             log.warning("reply stream %s left to its TTL", self.stream)
         try:
             await asyncio.wait_for(self._redis.aclose(), STOP_WAIT_S)
@@ -89,7 +93,9 @@ class ReplyRouter:
         last = "0-0"
         backoff = Backoff()
         renewed = 0.0
+        unread, trimmed = 0, 0.0
         loop = asyncio.get_running_loop()
+        mishaps = Mishaps("reply reader")
         while not self._closing:
             try:
                 if loop.time() - renewed > STREAM_TTL_S / 4:
@@ -97,8 +103,9 @@ class ReplyRouter:
                     renewed = loop.time()
                 got = await self._redis.xread({self.stream: last}, count=2048, block=BLOCK_MS)
                 backoff.reset()
-            except TRANSIENT as exc:
-                log.warning("reply stream read failed (%s); retrying", exc)
+                mishaps.recovered()
+            except Exception as exc:  # whatever it was (Redis full, a command denied), read again
+                mishaps.failed(exc)
                 renewed = 0.0
                 await backoff.wait()
                 continue
@@ -109,9 +116,13 @@ class ReplyRouter:
                 self._deliver(fields.get(keys.PAYLOAD.encode()))
             last_id = entries[-1][0].decode()
             last = last_id
+            unread += len(entries)
+            if unread < TRIM_ENTRIES and loop.time() - trimmed < TRIM_S:
+                continue  # a round trip less before the next read, while replies flow
             try:
                 await self._redis.xtrim(self.stream, minid=_successor(last_id))
-            except TRANSIENT:
+                unread, trimmed = 0, loop.time()
+            except REDIS_ERRORS:
                 renewed = 0.0
 
     def _deliver(self, payload: bytes | None) -> None:

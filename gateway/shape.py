@@ -45,6 +45,16 @@ def embeddings(reply: wire.Reply, encoding: int, first: int = 0) -> list[pb.Embe
     return out
 
 
+def chunked(reply: wire.Reply, encoding: int) -> list[pb.Embedding]:
+    """Every Embedding of ``reply``, each with its ChunkSpan when the reply holds chunks."""
+    out = embeddings(reply, encoding)
+    spans = reply.spans or []
+    for k, embedding in enumerate(out[: len(spans) // 5]):
+        i, ts, te, cs, ce = spans[5 * k : 5 * k + 5]
+        embedding.chunk.CopyFrom(pb.ChunkSpan(input=i, token_start=ts, token_end=te, char_start=cs, char_end=ce))
+    return out
+
+
 def _listed(matrix: np.ndarray, output_type: str) -> pb.Embedding:
     if output_type.startswith("float"):
         return pb.Embedding(values=matrix.astype(np.float32, copy=False).ravel().tolist())

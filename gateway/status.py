@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from embedstream import metrics
-from embedstream.errors import Code, EmbedstreamError, ResourceExhausted, TooLarge, Unavailable
+from embedstream.errors import CLIP, Code, EmbedstreamError, ResourceExhausted, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAUTHENTICATED: 401,
     Code.PERMISSION_DENIED: 403,
     Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    # A model its workers refused to load: a server-side state no retry mends until an operator acts.
+    Code.FAILED_PRECONDITION: 503,
     Code.RESOURCE_EXHAUSTED: 429,
     Code.CANCELLED: 499,
     Code.INTERNAL: 500,
@@ -80,7 +83,7 @@ def unary(rpc: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
     def wrap(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @wraps(handler)
         async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-            model = getattr(request, "model", "") or "-"
+            model = (getattr(request, "model", "") or "-")[:CLIP]
             try:
                 result = await handler(self, request, context)
             except asyncio.CancelledError:

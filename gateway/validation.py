@@ -19,7 +19,7 @@ from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 
 from embedstream import images
-from embedstream.errors import InvalidArgument, TooLarge
+from embedstream.errors import InvalidArgument, TooLarge, clip
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
@@ -40,6 +40,12 @@ VECTOR_KINDS = {
 }
 
 
+#: Families whose texts may be chunked (long_inputs LONG_INPUTS_CHUNK).
+CHUNKED_FAMILIES = ("text-dense", "sparse", "multi-vector", "debug")
+#: The smallest chunk, in tokens.
+MIN_CHUNK_TOKENS = 8
+
+
 def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, directory: Directory) -> Request:
     """A ready-to-enqueue request, or :class:`InvalidArgument` / ``NotFound``."""
     spec = registry.resolve(req.model)
@@ -55,6 +61,7 @@ def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, direc
             f"for output_type {options.output_type}"
         )
     inputs = validate_inputs(req.inputs, spec, settings, directory, options.truncate)
+    check_chunks(inputs, options, settings)
     return Request(spec, inputs, options)
 
 
@@ -91,9 +98,12 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
     output_type = OUTPUT_TYPES[msg.output_type]
     if output_type not in spec.output_types:
         raise InvalidArgument(f"{prefix}output_type: {where} returns {', '.join(spec.output_types)} only")
-    if msg.prompt_name and msg.prompt_name not in spec.prompts:
-        known = sorted(spec.prompts) or "none"
-        raise InvalidArgument(f"{prefix}prompt_name: {where} has no prompt {msg.prompt_name!r}; its prompts: {known}")
+    prompts = directory.prompts(spec.name)
+    if msg.prompt_name and msg.prompt_name not in prompts:
+        known = sorted(prompts) or "none"
+        raise InvalidArgument(
+            f"{prefix}prompt_name: {where} has no prompt {clip(msg.prompt_name)}; its prompts: {known}"
+        )
     outputs = check_outputs(msg.outputs, spec, prefix)
     if msg.return_tokens and "sparse" not in (outputs or spec.offered_outputs[:1]):
         raise InvalidArgument(f"{prefix}return_tokens: only sparse outputs return tokens; {where} gives none here")
@@ -109,15 +119,17 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
             raise InvalidArgument(f"{prefix}dimensions: {where} accepts {allowed}, not {msg.dimensions}")
         dimensions = 0 if msg.dimensions == full else int(msg.dimensions)
     input_type = INPUT_TYPES[msg.input_type]
+    truncate, chunk = long_inputs(msg, spec, directory, prefix)
     return Options(
         normalize=msg.normalize if msg.HasField("normalize") else None,
-        truncate=msg.truncate if msg.HasField("truncate") else True,
+        truncate=truncate,
         input_type=input_type,
         prompt=spec.prompt_for(input_type, msg.prompt_name),
         dimensions=dimensions,
         output_type=output_type,
         return_tokens=bool(msg.return_tokens),
         outputs=outputs,
+        **chunk,
     )
 
 
@@ -138,6 +150,70 @@ def check_outputs(asked: Sequence[int], spec: ModelSpec, prefix: str = "") -> tu
             raise InvalidArgument(f"{prefix}outputs[{i}]: {name} is listed twice")
         out.append(name)
     return tuple(out)
+
+
+def long_inputs(msg: Any, spec: ModelSpec, directory: Directory, prefix: str = "") -> tuple[bool, dict[str, Any]]:
+    """(truncate, the chunking options) of a request's ``long_inputs``, ``truncate`` and ``chunking``."""
+    mode = msg.long_inputs
+    if mode not in pb.LongInputs.values():
+        raise InvalidArgument(f"{prefix}long_inputs: unknown value {mode}")
+    truncate = msg.truncate if msg.HasField("truncate") else None
+    if mode != pb.LONG_INPUTS_CHUNK and msg.HasField("chunking"):
+        raise InvalidArgument(f"{prefix}chunking: applies only with long_inputs LONG_INPUTS_CHUNK")
+    if mode == pb.LONG_INPUTS_DEFAULT:
+        return truncate is not False, {}
+    if truncate is not None and (mode == pb.LONG_INPUTS_CHUNK or truncate != (mode == pb.LONG_INPUTS_TRUNCATE)):
+        raise InvalidArgument(f"{prefix}long_inputs: contradicts truncate={str(truncate).lower()}; set one of the two")
+    if mode != pb.LONG_INPUTS_CHUNK:
+        return mode == pb.LONG_INPUTS_TRUNCATE, {}
+    if spec.family not in CHUNKED_FAMILIES:
+        raise InvalidArgument(f"{prefix}long_inputs: model {spec.name!r} ({spec.family}) cannot chunk texts")
+    opts = msg.chunking
+    if opts.output not in pb.ChunkOutput.values():
+        raise InvalidArgument(f"{prefix}chunking.output: unknown value {opts.output}")
+    max_tokens = directory.states[spec.name].max_input_tokens or spec.max_input_tokens
+    size = opts.size_tokens or max_tokens
+    if opts.size_tokens and (opts.size_tokens < MIN_CHUNK_TOKENS or (max_tokens and opts.size_tokens > max_tokens)):
+        raise InvalidArgument(
+            f"{prefix}chunking.size_tokens: {opts.size_tokens} is outside {MIN_CHUNK_TOKENS}..{max_tokens or 'max'}, "
+            f"the model's max input tokens"
+        )
+    overlap = opts.overlap_tokens if opts.HasField("overlap_tokens") else -1
+    if size and overlap > size // 2:
+        raise InvalidArgument(f"{prefix}chunking.overlap_tokens: {overlap} exceeds half the chunk size ({size})")
+    chunk = {
+        "chunking": True,
+        "chunk_tokens": int(opts.size_tokens),
+        "chunk_overlap": int(overlap),
+        "chunk_vectors": opts.output == pb.CHUNK_OUTPUT_CHUNKS,
+    }
+    return True, chunk
+
+
+def check_chunks(
+    texts: Sequence[str | bytes], options: Options, settings: Settings, start: int = 0, per_request: bool = True
+) -> None:
+    """Refuse before queueing what surely splits into too many chunks (a word is at least one
+    token); the worker counts exactly. Jobs check per input only (their entries hold 64 inputs)."""
+    if not options.chunking or not options.chunk_tokens:
+        return  # the model's own size: only the worker knows its tokens
+    size = options.chunk_tokens
+    step = max(1, size - (options.chunk_overlap if options.chunk_overlap >= 0 else size // 8))
+    total = 0
+    for i, text in enumerate(texts, start):
+        words = len(text.split()) if isinstance(text, str) else 0
+        least = 1 if words <= size else 1 + -(-(words - size) // step)
+        if least > settings.max_chunks_per_input:
+            raise InvalidArgument(
+                f"inputs[{i}].text: splits into {least}+ chunks of {options.chunk_tokens} tokens, over the limit "
+                f"of {settings.max_chunks_per_input} per input"
+            )
+        total += least
+    if per_request and total > settings.max_chunks_per_request:
+        raise InvalidArgument(
+            f"chunking: the inputs split into {total}+ chunks, over the limit of "
+            f"{settings.max_chunks_per_request} per request"
+        )
 
 
 def validate_inputs(

@@ -24,3 +24,13 @@ def mixed_texts(n: int, seed: int = 7) -> list[str]:
         body = " ".join(rng.choice(_WORDS) for _ in range(words))
         out.append(f"{body[0].upper()}{body[1:]}, item {i}.")
     return out
+
+
+def goal_texts(n: int, seed: int = 5) -> list[str]:
+    """``n`` texts of 8 to 64 words, uniformly: the corpus the goals of issue 14 are measured on."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        body = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 64)))
+        out.append(f"{body[0].upper()}{body[1:]}, item {i}.")
+    return out

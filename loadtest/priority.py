@@ -23,7 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import grpc  # noqa: E402
 
 from embedstream import registry  # noqa: E402
-from embedstream.settings import Settings  # noqa: E402
 from embedstream.v1 import embedder_pb2 as pb  # noqa: E402
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc  # noqa: E402
 from embedstream.v1 import jobs_pb2 as jpb  # noqa: E402
@@ -57,7 +56,7 @@ def main() -> int:
     probes = [t for t in mixed_texts(args.calls * 2, seed=3) if len(t.split()) < 30][: args.calls]
     service = Service(workdir, reg)
     try:
-        service.worker("minilm", Settings.from_env({}).torch_threads())
+        service.worker("minilm")
         with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             stub, jobs = pb_grpc.EmbedderStub(channel), jpb_grpc.JobsStub(channel)
             latencies(stub, probes[:10])

@@ -12,7 +12,7 @@ import redis
 
 from embedstream.redis_server import RedisServer
 from tests.support.models import MINILM, REGISTRY
-from tests.support.processes import Proc, base_env, start_gateway, start_worker
+from tests.support.processes import Proc, base_env, start_gateway, start_workers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,7 +59,11 @@ class Service:
 def service(redis_server: RedisServer, r: redis.Redis, registry_file: Path, log_dir: Path) -> Iterator[Service]:
     env = base_env(redis_server.url, registry_file, EMBEDSTREAM_THREADS="1", EMBEDSTREAM_VISIBILITY_TIMEOUT_S="5")
     gateway, port = start_gateway(env, log_dir)
-    workers = {name: start_worker(env, log_dir, name, r) for name in ("all-MiniLM-L6-v2", "debug", "slow", "jobslow")}
+    try:
+        workers = start_workers(env, log_dir, ["all-MiniLM-L6-v2", "debug", "slow", "jobslow"], r)
+    except BaseException:
+        gateway.kill()
+        raise
     yield Service(port, env, gateway, workers)
     for proc in [gateway, *workers.values()]:
         proc.stop()

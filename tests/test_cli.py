@@ -53,9 +53,16 @@ def test_serve_starts_redis_gateway_workers_and_stops_on_sigint(tmp_path: Path) 
     assert "worker" in text and "stopped" in text and "Traceback" not in text
 
 
-def test_check_fails_without_a_gateway() -> None:
+def test_check_fails_without_a_gateway_in_one_line() -> None:
     env = base_env("", Path("/nonexistent"))
-    assert check(free_port(), "", env) == 1
+    port = free_port()
+    args = [sys.executable, "-m", "embedstream", "check", "--port", str(port)]
+    result = subprocess.run(args, env=env, capture_output=True, cwd=ROOT, text=True)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"embedstream check: UNAVAILABLE: cannot reach the gateway at 127.0.0.1:{port}: connection refused\n"
+    )
 
 
 def test_bad_config_exits_2_with_the_key() -> None:

@@ -133,7 +133,7 @@ def test_job_handles_upload_wait_with_progress_and_results(
     assert [i for i, _ in tail] == list(range(4990, 5000))
     assert small.id == again.id
     err = capsys.readouterr().err
-    assert "5000/5000" in err and "items/s" in err
+    assert "5000/5000" in err and "inputs/s" in err
 
 
 def test_job_handle_cancel(service: Service) -> None:

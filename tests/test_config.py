@@ -48,11 +48,11 @@ def test_the_tracing_endpoint_embedstreams_variable_wins_then_otels_own() -> Non
     assert Settings.from_env({**both, "EMBEDSTREAM_OTEL_ENDPOINT": ""}).otel_endpoint == ""  # set empty: off
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    table = documents.table("## Configuration")
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = documents.table("# Configuration", documents.DOCS / "configuration.md")
     documented = {name for row in table for cell in row for name in re.findall(r"`(EMBEDSTREAM_[A-Z0-9_]+)`", cell)}
     fields = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
-    assert fields - documented == set(), "settings missing from the README's Configuration table"
+    assert fields - documented == set(), "settings missing from docs/configuration.md's table"
 
 
 def test_settings_repr_hides_the_redis_password() -> None:
@@ -60,10 +60,11 @@ def test_settings_repr_hides_the_redis_password() -> None:
     assert "s3cret" not in repr(s) and "user:***@host:6379" in repr(s)
 
 
-def test_default_thread_count_leaves_a_core() -> None:
+def test_default_thread_count_is_every_core_the_worker_may_use() -> None:
     import os
 
-    assert Settings.from_env({}).torch_threads() == max(1, (os.cpu_count() or 2) - 1)
+    # Issue 14: the ceiling is all cores; workers/threads.py drops to one fewer while others are busy.
+    assert Settings.from_env({}).torch_threads() == len(os.sched_getaffinity(0))
     assert Settings.from_env({"EMBEDSTREAM_THREADS": "3"}).torch_threads() == 3
 
 

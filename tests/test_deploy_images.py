@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import dockerfile
+import numpy as np
 import pytest
 
+from embedstream.client import Client
+from embedstream.redis_server import free_port
 from tests.support import ROOT
 from tests.support.deploy import DEPLOY, IMAGE, IMAGE_CUDA, OVERLAYS, VERSION, compose, containers, overlay, stage
+from tests.support.processes import wait_until
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -76,3 +81,50 @@ def test_images_are_the_versioned_tags() -> None:
         f"docker build -f deploy/Dockerfile -t {IMAGE} .",
         f"docker build -f deploy/Dockerfile.cuda -t {IMAGE_CUDA} .",
     ]
+
+
+def container_engine() -> str:
+    """Why no image can be built here, or '' when a Docker engine answers."""
+    if shutil.which("docker") is None:
+        return "no container runtime: the docker client is not installed"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if info.returncode != 0 or not info.stdout.strip():
+        said = (info.stderr.strip().splitlines() or ["no answer"])[-1]
+        return f"the docker client is installed but no Docker engine runs here (docker info: {said})"
+    return ""
+
+
+@pytest.mark.slow
+def test_make_image_builds_an_image_that_checks_and_embeds(tmp_path: Path) -> None:
+    """`make image`, then Redis, a gateway and a worker of that image: `embedstream check` and one Embed."""
+    why = container_engine()
+    if why:
+        pytest.skip(why)
+    built = subprocess.run(["make", "image"], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    redis_port, port = free_port(), free_port()
+    env = ["-e", f"EMBEDSTREAM_REDIS_URL=redis://127.0.0.1:{redis_port}/0", "-e", f"EMBEDSTREAM_PORT={port}"]
+    names = [f"embedstream-smoke-{role}-{port}" for role in ("redis", "gateway", "worker")]
+    runs = [
+        ["redis:7-alpine", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"],
+        [*env, "-e", "EMBEDSTREAM_HOST=127.0.0.1", IMAGE, "gateway"],
+        [*env, IMAGE, "worker"],
+    ]
+    try:
+        for name, args in zip(names, runs):
+            subprocess.run(["docker", "run", "-d", "--rm", "--network", "host", "--name", name, *args], check=True)
+        check = [
+            *["docker", "exec", names[1]],
+            "embedstream",
+            "check",
+            "--port",
+            str(port),
+            "--service",
+            "all-MiniLM-L6-v2",
+        ]
+        wait_until(lambda: subprocess.run(check, capture_output=True).returncode == 0, 300, interval=1, what="check")
+        with Client(f"127.0.0.1:{port}") as client:
+            vectors = client.embed(["hello from the image"])
+        assert isinstance(vectors, np.ndarray) and vectors.shape == (1, 384)
+    finally:
+        subprocess.run(["docker", "rm", "-f", *names], capture_output=True)

@@ -1,5 +1,5 @@
 """The Kubernetes manifests held to the code: a worker and a scaler per registry model, hardware,
-threads, drain time, auth files, a Redis that keeps every write, and the README's deploy paths."""
+threads, drain time, auth files, a Redis that keeps every write, and docs/deploy.md's paths."""
 
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ from tests.support.deploy import (
     workers,
 )
 
-#: The Secret the operator creates before the first apply (README, "Deploy").
+#: The Secret the operator creates before the first apply (docs/deploy.md, "Kubernetes").
 REDIS_SECRET = "embedstream-redis"
+#: The page that documents deploy/.
+DEPLOY_PAGE = documents.DOCS / "deploy.md"
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -104,13 +106,13 @@ def test_gateways_get_time_to_drain_before_they_are_killed() -> None:
 def test_auth_is_on_and_every_file_it_needs_is_mounted(name: str, tmp_path: Path) -> None:
     docs = overlay(name)
     generated = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Secret", "ConfigMap")}
-    documented = set(re.findall(r"--from-literal=(\w+)=", documents.section("### Kubernetes")))
+    documented = set(re.findall(r"--from-literal=(\w+)=", documents.section("## Kubernetes", DEPLOY_PAGE)))
     for doc, container in containers(docs):
         volumes = {v["name"]: v for v in pod_spec(doc).get("volumes", [])}
         for var, source in env_of(container).items():
             ref = source.get("secretKeyRef") if isinstance(source, dict) else None
             if ref and ref["name"] == REDIS_SECRET:
-                assert ref["key"] in documented, f"README's `kubectl create secret` lacks {ref['key']} ({var})"
+                assert ref["key"] in documented, f"docs/deploy.md's `kubectl create secret` lacks {ref['key']} ({var})"
             elif ref:
                 assert ref["key"] in generated[ref["name"]]["data"]
         for volume in volumes.values():
@@ -180,11 +182,11 @@ def _bytes(size: str) -> int:
     return int(number) * scale[unit.lower()]
 
 
-def test_readme_names_only_deploy_paths_that_exist() -> None:
-    section = documents.section("## Deploy")
+def test_the_deploy_page_names_only_deploy_paths_that_exist() -> None:
+    section = documents.section("# Deploy", DEPLOY_PAGE)
     paths = set(re.findall(r"\bdeploy/[\w./-]*\w", section))
     assert len(paths) >= 10
     for path in paths:
-        assert (ROOT / path).exists(), f"README names {path}, which does not exist"
+        assert (ROOT / path).exists(), f"docs/deploy.md names {path}, which does not exist"
     for command in re.findall(r"kubectl apply -k (\S+)", section):
         assert (ROOT / command / "kustomization.yaml").is_file()

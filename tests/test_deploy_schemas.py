@@ -20,7 +20,7 @@ from compose_spec import PyCompose
 from tests.support.deploy import DEPLOY, K8S, OVERLAYS, find, one, overlay, pod_spec, render
 
 KEDA_SCHEMAS = Path(__file__).parent / "data" / "keda"
-#: The oldest Kubernetes the manifests claim (README) and the newest schemas bundled.
+#: The oldest Kubernetes the manifests claim (docs/deploy.md) and the newest schemas bundled.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 #: Metadata KEDA's redis-streams scaler reads (pkg/scalers/redis_streams_scaler.go and its address parser).
 REDIS_STREAMS_METADATA = {

@@ -1,10 +1,45 @@
-"""Docs that must follow the code."""
+"""Docs that must follow the code: the module map, links, and every runnable block run against a live service."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-from tests.support import ROOT
+import pytest
+
+from embedstream.redis_server import free_port
+from tests.support import ROOT, documents, tinyheads, tinymodels
+from tests.support.documents import DOCUMENTS, Block
+from tests.support.images import picture
+from tests.support.processes import base_env, wait_until
+
+#: The first line of a block that cannot run here says why; one that another test runs names it.
+NOT_RUNNABLE = re.compile(r"# not runnable( here)?: \S")
+RUN_BY = re.compile(r"# run by (tests/\S+\.py)")
+
+BLOCKS = [block for doc in DOCUMENTS for block in documents.blocks(doc)]
+SHELL = [b for b in BLOCKS if b.lang == "sh" and b.runnable]
+PYTHON_PAGES = sorted({b.doc for b in BLOCKS if b.lang == "python" and b.runnable})
+
+READY = re.compile(r"^embedstream ready: ", re.M)
+#: Registry folders of docs/models.md's example, by the tiny model that stands in for each.
+TINY = {
+    "/models/e5-small-v2": lambda root: tinymodels.bert(root / "e5", "dense", hidden_size=384),
+    "/models/ViT-B-32": lambda root: tinymodels.open_clip_model(root / "clip"),
+    "/models/bge-m3": lambda root: tinyheads.bge_m3(root / "bge-m3"),
+    "/models/splade-v3": lambda root: tinymodels.bert(root / "splade", "splade"),
+    "/models/colbert": lambda root: tinymodels.colbert(root / "colbert"),
+    "/models/ms-marco-MiniLM-L6": lambda root: tinymodels.bert(root / "rerank", "xenc"),
+}
+METRICS_PORTS = 12  # 9464 ... 9471 in the docs: the gateway, then each worker in registry order (room for more)
 
 
 def test_the_architecture_page_names_every_module_in_its_folders_table() -> None:
@@ -19,3 +54,169 @@ def test_the_architecture_page_names_every_module_in_its_folders_table() -> None
             # A subpackage of embedstream/ (client/, evaluation/) has a table of its own.
             table = f"embedstream/{rel.split('/')[0]}" if name == "embedstream" and "/" in rel else name
             assert f"| `{rel}` |" in tables.get(table, ""), f"docs/architecture.md: {name}/{rel} is not in its table"
+
+
+def test_every_shell_and_python_block_runs_or_says_why_not() -> None:
+    for block in BLOCKS:
+        assert block.lang not in ("bash", "shell", "console", "py", "python3"), f"{block.where}: write sh or python"
+        if block.lang not in ("sh", "python") or block.runnable:
+            continue
+        first = block.code.splitlines()[0] if block.code.strip() else ""
+        by = RUN_BY.match(first)
+        assert NOT_RUNNABLE.match(first) or by, (
+            f"{block.where}: mark it `{block.lang} runnable`, or say on its first line why not "
+            "(`# not runnable: <reason>`) or which test runs it (`# run by tests/<file>.py`)"
+        )
+        assert by is None or (ROOT / by.group(1)).is_file(), f"{block.where}: {by and by.group(1)} does not exist"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(doc: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)
+    return {_slug(h) for h in re.findall(r"^#{1,6} (.*)$", text, flags=re.M)}
+
+
+def test_every_relative_link_and_anchor_resolves() -> None:
+    for doc in DOCUMENTS:
+        text = re.sub(r"^```.*?^```", "", doc.read_text(), flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            page = (doc.parent / path).resolve() if path else doc
+            assert page.exists(), f"{doc.name}: link to {target}: no such file"
+            if anchor and page.suffix == ".md":
+                assert anchor in _anchors(page), f"{doc.name}: link to {target}: no such heading"
+
+
+@dataclass(frozen=True)
+class Served:
+    """The service the runnable blocks call, and how to run a block as a reader would."""
+
+    port: int
+    http: int
+    metrics: int
+    env: dict[str, str]
+    scratch: Path
+
+    def rewrite(self, code: str) -> str:
+        """The docs' addresses (gRPC 50051, HTTP 8080, metrics 9464 + n) become this service's."""
+        code = code.replace("50051", str(self.port)).replace("localhost:8080", f"localhost:{self.http}")
+        return re.sub(r"\b94(6[4-9]|7[01])\b", lambda m: str(self.metrics + int(m.group(0)) - 9464), code)
+
+    def run(self, what: str, args: list[str]) -> None:
+        """Run a block's command in the scratch folder, as a reader's shell would; it must exit 0."""
+        done = subprocess.run(args, env=self.env, cwd=self.scratch, capture_output=True, text=True, timeout=240)
+        report = f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
+        assert done.returncode == 0, f"{what} exited {done.returncode}\n{report}"
+
+
+def _free_run(count: int, avoid: set[int]) -> int:
+    """The first of ``count`` consecutive free ports, none of them in ``avoid``."""
+    for base in range(20000, 60000, 97):
+        if avoid & set(range(base, base + count)):
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no run of free ports")
+
+
+def _registry(models: Path) -> str:
+    """docs/models.md's example registry, its /models/... folders replaced by tiny models."""
+    (toml,) = [b.code for b in documents.blocks(documents.DOCS / "models.md") if b.lang == "toml"]
+    # An example whose folder has no tiny stand-in here (a decoder embedder, say) is left out.
+    entries = re.split(r"(?m)^(?=\[models\.)", toml)
+    toml = "".join(e for e in entries if not re.search(r'^path = "/models/', e, re.M) or any(f in e for f in TINY))
+    for folder, build in TINY.items():
+        assert f'"{folder}"' in toml, f"docs/models.md's registry no longer names {folder}"
+        toml = toml.replace(f'"{folder}"', json.dumps(str(build(models))))
+    return toml
+
+
+def _scratch(folder: Path) -> Path:
+    """The files the examples name, as a reader would have them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"document number {i} about embeddings and streams" for i in range(40)]
+    folder.mkdir()
+    (folder / "corpus.txt").write_text("\n".join(texts) + "\n")
+    records = [json.dumps({"doc_id": f"d{i}", "body": text}) for i, text in enumerate(texts)]
+    (folder / "docs.jsonl").write_text("\n".join(records) + "\n")
+    (folder / "table.csv").write_text("text\n" + "\n".join(texts) + "\n")
+    pq.write_table(pa.table({"text": texts}), folder / "big.parquet")
+    (folder / "cat.jpg").write_bytes(picture(0, size=(640, 480), fmt="JPEG"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("docs")
+    registry = root / "models.toml"
+    registry.write_text(_registry(root / "models"))
+    port = free_port()
+    http = _free_run(1, avoid={port})
+    metrics = _free_run(METRICS_PORTS, avoid={port, http})
+    env = base_env("", registry, EMBEDSTREAM_THREADS="1", EMBEDSTREAM_METRICS_PORT=str(metrics))
+    env["EMBEDSTREAM_HTTP_PORT"] = str(http)
+    del env["EMBEDSTREAM_REDIS_URL"]
+    log = root / "serve.log"
+    args = [sys.executable, "-m", "embedstream", "serve", "--port", str(port), "--data-dir", str(root / "data")]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return READY.search(log.read_text()) is not None
+
+        wait_until(ready, 400, interval=0.5, what="embedstream serve's ready line")
+        assert "FAILED" not in log.read_text().split("embedstream ready:")[-1], log.read_text()
+        bin_dir = str(Path(sys.executable).parent)
+        block_env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
+        block_env.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", EMBEDSTREAM_PORT=str(port))
+        block_env.update(VIRTUAL_ENV=str(Path(bin_dir).parent), HF_HUB_OFFLINE="1")
+        yield Served(port, http, metrics, block_env, _scratch(root / "scratch"))
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in the terminal that runs `make run`
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("block", SHELL, ids=[b.where for b in SHELL])
+def test_a_runnable_shell_block_exits_0(served: Served, block: Block) -> None:
+    served.run(block.where, ["bash", "-e", "-o", "pipefail", "-c", served.rewrite(block.code)])
+
+
+#: Runs one page's Python blocks in order in one namespace; a traceback names the block's page and line.
+DRIVER = """
+import json, sys
+namespace = {"__name__": "__main__"}
+for where, code in json.load(open(sys.argv[1])):
+    print(f"--- {where}", flush=True)
+    exec(compile(code, where, "exec"), namespace)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("page", PYTHON_PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PYTHON_PAGES])
+def test_the_runnable_python_blocks_of_a_page_exit_0(served: Served, page: Path, tmp_path: Path) -> None:
+    runnable = [b for b in documents.blocks(page) if b.lang == "python" and b.runnable]
+    (tmp_path / "blocks.json").write_text(json.dumps([(b.where, served.rewrite(b.code)) for b in runnable]))
+    python = Path(served.env["VIRTUAL_ENV"]) / "bin" / "python"
+    served.run(page.name, [str(python), "-c", DRIVER, str(tmp_path / "blocks.json")])

@@ -7,7 +7,6 @@ import base64
 import concurrent.futures
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -30,9 +29,9 @@ from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ROOT, tinymodels
-from tests.support.documents import section
+from tests.support.documents import blocks
 from tests.support.models import MINILM
-from tests.support.processes import Proc, base_env, entries_added, scrape, start_gateway, start_workers
+from tests.support.processes import base_env, entries_added, http_port, scrape, start_gateway, start_workers
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -68,13 +67,6 @@ def call(method: str, url: str, body: object = None, headers: dict[str, str] | N
     except urllib.error.HTTPError as got:
         with got:
             return Response(got.code, {k.lower(): v for k, v in got.headers.items()}, got.read().decode())
-
-
-def http_port(gateway: Proc) -> int:
-    """The HTTP port a gateway announced (it binds a free one in tests)."""
-    found = re.search(r"HTTP on [^\s:]+:(\d+)", gateway.log())
-    assert found, gateway.log()
-    return int(found.group(1))
 
 
 def free_port() -> int:
@@ -456,16 +448,15 @@ def test_http_calls_are_counted_by_route_and_status(api: Api) -> None:
 
 
 def doc_blocks(language: str) -> list[str]:
-    """The ``language`` code blocks of docs/http.md and of the README's HTTP API section."""
-    text = (ROOT / "docs" / "http.md").read_text() + section("## HTTP API")
-    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+    """The ``language`` blocks of docs/http.md (tests/test_docs.py runs them too, without keys)."""
+    return [b.code for b in blocks(ROOT / "docs" / "http.md") if b.lang == language]
 
 
 def test_every_command_in_the_http_docs_runs_against_a_real_gateway(api: Api) -> None:
     env = dict(os.environ, EMBEDSTREAM_API_KEY=api.key)
     host = api.url.removeprefix("http://")
     commands = doc_blocks("sh")
-    assert len(commands) >= 5
+    assert len(commands) >= 4
     for block in commands:
         script = block.replace("localhost:8080", host)
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True)
@@ -477,3 +468,24 @@ def test_every_command_in_the_http_docs_runs_against_a_real_gateway(api: Api) ->
         script = block.replace("localhost:8080", host)
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 0, (block, result.stderr)
+
+
+def test_every_error_code_has_an_http_status() -> None:
+    from embedstream.gateway.status import HTTP_STATUS
+
+    from embedstream.errors import Code
+
+    assert set(HTTP_STATUS) == set(Code)
+
+
+def test_long_inputs_chunk_pooled_over_http_equals_the_grpc_embed(api: Api) -> None:
+    text = " ".join(TEXTS * 20)
+    body = {"input": [text], "long_inputs": "chunk", "chunk_size_tokens": 64, "chunk_overlap_tokens": 8}
+    got = api.post("/v1/embeddings", body).json()
+    chunking = pb.ChunkOptions(size_tokens=64, overlap_tokens=8)
+    want = floats(api.embed([text], long_inputs=pb.LONG_INPUTS_CHUNK, chunking=chunking))
+    assert np.abs(np.array([d["embedding"] for d in got["data"]]) - want).max() <= 1e-6
+    refused = api.post("/v1/embeddings", {"input": [text], "long_inputs": "error"})
+    assert refused.status_code == 400 and "input" in refused.text
+    bad = api.post("/v1/embeddings", {"input": ["x"], "long_inputs": "fold"})
+    assert bad.status_code == 400 and "long_inputs" in bad.text

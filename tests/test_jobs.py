@@ -129,6 +129,18 @@ def test_expired_job_leaves_no_keys(service: Service, r: redis.Redis) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_idempotency_key_expires_with_its_job_never_after(service: Service, r: redis.Redis) -> None:
+    # One script writes both with one absolute expiry: a key that outlived its job by even a
+    # moment would be a key left behind (and, before, a retry told NOT_FOUND).
+    spec = pb.JobSpec(model="debug", ttl_seconds=60, idempotency_key="expires-together")
+    channel, stub = jobs(service.port)
+    with channel:
+        job = stub.SubmitJob(pb.SubmitJobRequest(spec=spec, inputs=inputs(["x"] * 3)), timeout=10)
+    key_expires = r.execute_command("PEXPIRETIME", keys.idempotency("default", "expires-together"))
+    job_expires = r.execute_command("PEXPIRETIME", keys.job_meta(job.id))
+    assert key_expires == job_expires == job.expires_at_ms
+
+
 @pytest.mark.parametrize(
     ("request_", "code", "field"),
     [

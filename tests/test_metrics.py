@@ -1,4 +1,4 @@
-"""The README's metric table is exactly what gateways and workers export."""
+"""The metric table of docs/operations.md is exactly what gateways and workers export."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def exported(port: int) -> set[str]:
 
 
 def documented() -> set[str]:
-    rows = documents.table("## Metrics")
+    rows = documents.table("## Metrics", documents.DOCS / "operations.md")
     return {found.group(1) for row in rows if (found := re.fullmatch(r"`(embedstream_[a-z_]+)`", row[0]))}
 
 
@@ -50,4 +50,4 @@ def test_every_metric_is_exported_from_start_and_documented(
     docs = documented()
     assert len(docs) >= 19
     assert docs - names == set(), "documented but not exported"
-    assert names - docs == set(), "exported but not in the README's metrics table"
+    assert names - docs == set(), "exported but not in docs/operations.md's metrics table"

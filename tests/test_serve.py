@@ -130,7 +130,7 @@ def test_api_key_new_creates_the_key_files_folder(tmp_path: Path) -> None:
 
 
 def test_every_subcommand_help_explains_itself_and_shows_defaults() -> None:
-    from embedstream.cli import _parser
+    from embedstream.arguments import parser as _parser
 
     parser = _parser()
     (sub,) = [a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0]))]  # type: ignore[union-attr]

@@ -57,6 +57,8 @@ class Entry:
     #: Times Redis has delivered the entry (1 when first read); > 1 means a worker
     #: died or stalled holding it, so it may be what killed that worker.
     deliveries: int = 1
+    #: Chunking: where each of ``tokens`` lies in the inputs (a ``chunking.Layout``); None without.
+    chunks: Any = None
 
     @property
     def suspect(self) -> bool:

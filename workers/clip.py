@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstream.workers import strict
 from embedstream.workers.encoding import cut_tokenizer, init_torch, torch_dtype, weights
 from embedstream.workers.model import Source, Tokens
 
@@ -113,7 +114,15 @@ class OpenClipModel(_TwoTowers):
 
         super().__init__(spec, threads, image_limits)
         ref = "hf-hub:" + spec.path[len(HUB_SCHEME) :] if spec.path.startswith(HUB_SCHEME) else f"local-dir:{spec.path}"
-        model, _, self._preprocess = open_clip.create_model_and_transforms(ref, device=self.device)
+        if not spec.path.startswith(HUB_SCHEME) and not any(
+            f.suffix in (".safetensors", ".bin", ".pth") for f in Path(spec.path).iterdir()
+        ):
+            # open_clip would build the model with random weights and only log it.
+            raise ConfigError(f"model {spec.name}: {spec.path} holds no weights (*.safetensors, *.bin, *.pth)")
+        try:
+            model, _, self._preprocess = open_clip.create_model_and_transforms(ref, device=self.device)
+        except RuntimeError as exc:  # load_state_dict(strict=True): missing, unexpected or mis-shaped weights
+            raise ConfigError(f"model {spec.name}: open_clip weights do not match its config: {exc}") from None
         self.model = model.to(self.dtype).eval()
         self.tokenizer = open_clip.get_tokenizer(ref)
         self.context = int(getattr(self.tokenizer, "context_length", 77))
@@ -158,8 +167,11 @@ class HFClipModel(_TwoTowers):
         if kind == "siglip2":
             # Its NaFlex image input (patches, patch mask, spatial shapes) is not wired through yet.
             raise ConfigError(f"model {spec.name}: SigLIP2 (siglip2) folders are not supported yet; use a SigLIP one")
-        self.model = transformers.AutoModel.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        self.model = strict.pretrained("AutoModel", folder, spec.name, dtype=self.dtype).to(self.device).eval()
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        except ImportError as exc:
+            raise strict.missing_package(spec.name, exc) from None
         self.processor = transformers.AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
         # SigLIP pools the last position and was trained on texts padded to the
         # full length: it must see them that way. CLIP pools the end token.

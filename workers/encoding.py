@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstream.workers import strict
+from embedstream.workers.chunking import encode_prefixes
 from embedstream.workers.model import Source, Tokens
 
 from embedstream.errors import ConfigError
@@ -93,9 +95,14 @@ class Encoder:
         self.name = spec.name
         # Few distinct widths keep accelerator kernels warm; CPU pays per token.
         self._width_multiple = 1 if self.device.type == "cpu" else 8
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        except ImportError as exc:
+            raise strict.missing_package(spec.name, exc) from None
         dtype = torch_dtype(self._torch, spec.dtype)
-        self.model = getattr(transformers, auto).from_pretrained(folder, dtype=dtype).to(self.device).eval()
+        self.model = strict.pretrained(auto, folder, spec.name, dtype=dtype).to(self.device).eval()
+        #: Which side a batch is padded on: decoders pad left where their tokenizer says so.
+        self.padding_side = "left" if getattr(self.tokenizer, "padding_side", "right") == "left" else "right"
         #: The folder's sentence-transformers Transformer config ({} for a plain folder).
         self.st_config = read_json_optional(Path(folder) / "sentence_bert_config.json") if Path(folder).is_dir() else {}
         positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 10**9
@@ -107,7 +114,8 @@ class Encoder:
         self._type_ids = "token_type_ids" in self.tokenizer.model_input_names
 
     def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens; ``overflowing`` marks a cut."""
+        """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens; ``overflowing`` marks a cut.
+        Long texts cost the tokenization of a bounded prefix only (:func:`encode_prefixes`)."""
         out: list[Tokens | None] = [None] * len(sources)
         texts: list[Any] = []
         where: list[int] = []
@@ -119,7 +127,8 @@ class Encoder:
                 source = source.lower() if isinstance(source, str) else (source[0].lower(), source[1].lower())
             texts.append(source)
             where.append(i)
-        for i, text, enc in zip(where, texts, self._backend.encode_batch(texts) if texts else []):
+        encoded = encode_prefixes(self._backend.encode_batch, texts, self.max_input_tokens) if texts else []
+        for i, text, enc in zip(where, texts, encoded):
             pair = isinstance(text, tuple)
             out[i] = Tokens(
                 enc.ids,
@@ -138,10 +147,11 @@ class Encoder:
         mask = np.zeros((len(batch), width), dtype=np.int64)
         types = np.zeros((len(batch), width), dtype=np.int64)
         for row, tok in enumerate(batch):
-            ids[row, : tok.length] = tok.ids or []
-            mask[row, : tok.length] = 1
+            span = slice(width - tok.length, width) if self.padding_side == "left" else slice(0, tok.length)
+            ids[row, span] = tok.ids or []
+            mask[row, span] = 1
             if tok.type_ids is not None:
-                types[row, : tok.length] = tok.type_ids
+                types[row, span] = tok.type_ids
         inputs: dict[str, Any] = {
             "input_ids": torch.from_numpy(ids).to(self.device),
             "attention_mask": torch.from_numpy(mask).to(self.device),
@@ -169,7 +179,9 @@ class Encoder:
             state = load_file(str(folder / "model.safetensors"))
         else:
             state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
-        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+        strict.state_dict(
+            linear, {k.removeprefix("linear."): v for k, v in state.items()}, self.name, f"Dense {folder}"
+        )
         linear = linear.to(self.device, dtype=next(self.model.parameters()).dtype).eval()
         return linear, getattr(torch.nn, act_name)()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from embedstream.workers import chunking
 from embedstream.workers.batcher import Entry
 
 from embedstream import vectors, wire
@@ -50,16 +51,26 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
         worker=worker,
     )
     several = model.output == "outputs"
+    # Rerank scores travel as a one-column dense matrix.
+    names = list(job.outputs) or [model.outputs[0] if several else NAMES.get(model.output, "dense")]
+    per_name = {n: [r[n] for r in entry.results] if several else entry.results for n in names}
+    if entry.chunks is not None:
+        out.chunks = len(entry.results)
+        if job.chunk_vectors:
+            out.spans = entry.chunks.flat()
+        else:
+            # A several-output model's sparse weights are never normalized (BGE-M3's lexical weights).
+            per_name = {
+                n: chunking.pool(
+                    KINDS[n], r, entry.chunks, job.dimensions, entry.normalize and not (several and n == "sparse")
+                )
+                for n, r in per_name.items()
+            }
+            out.count = entry.chunks.inputs
     if job.outputs:
         out.outputs = list(job.outputs)
-        for name in job.outputs:
-            results = [r[name] for r in entry.results] if several else entry.results
-            _put(out, entry, name, results, model, value_range, named=True)
-        return out
-    # Rerank scores travel as a one-column dense matrix.
-    name = model.outputs[0] if several else NAMES.get(model.output, "dense")
-    results = [r[name] for r in entry.results] if several else entry.results
-    _put(out, entry, name, results, model, value_range, named=False)
+    for name, results in per_name.items():
+        _put(out, entry, name, results, model, value_range, named=bool(job.outputs))
     return out
 
 

@@ -10,11 +10,13 @@ then it is refused (answered with an error at once) or pooled for the batch loop
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from embedstream.workers import chunking, profiles
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -23,14 +25,18 @@ from embedstream.workers.pools import Pools
 
 from embedstream import clock, keys, metrics, wire
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT
-from embedstream.errors import Code
-from embedstream.registry import ModelSpec
+from embedstream.errors import Code, clip
+from embedstream.loops import Mishaps
+from embedstream.profile import Profile
+from embedstream.registry import ModelSpec, select_prompt
 
 log = logging.getLogger(__name__)
 
 #: Entries read (or reclaimed) per Redis call.
 READ_ENTRIES = 64
+#: Text up to this many characters in one read is tokenized on the event loop (~0.1 ms):
+#: handing it to the prep thread and back costs more than that, mostly on a busy machine.
+INLINE_CHARS = 2048
 
 #: Stream entries as XREADGROUP and XAUTOCLAIM return them.
 Raw = list[tuple[bytes, dict[bytes, bytes]]]
@@ -52,10 +58,12 @@ class Intake:
         stopping: asyncio.Event,
         reply: Callable[[list[Entry]], None],
         recreate: Callable[[], Awaitable[None]],
+        chunk_limits: tuple[int, int] = (256, 2048),
     ) -> None:
         self.redis = redis
         self.spec = spec
         self.model = model
+        self.profile = profiles.describe(spec, model)
         self.worker = worker
         self.pools = pools
         self.ledger = ledger
@@ -63,6 +71,8 @@ class Intake:
         self.stopping = stopping
         self._reply = reply
         self._recreate = recreate
+        #: Chunks allowed per input and per entry (settings max_chunks_per_input / _request).
+        self.chunk_limits = chunk_limits
         self.queue = keys.queue(spec.name)
         self.bulk_queue = keys.bulk(spec.name)
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
@@ -71,6 +81,7 @@ class Intake:
         """Read until stopping; ends within one blocking read (1 s) once it is set."""
         pools = self.pools
         backoff = Backoff()
+        mishaps = Mishaps("read")
         while not self.stopping.is_set():
             if len(pools.interactive) >= pools.prefetch:
                 # Blocking on the bulk stream alone would leave interactive work
@@ -84,17 +95,15 @@ class Intake:
             try:
                 got = await self.redis.xreadgroup(keys.GROUP, self.worker, streams, count=READ_ENTRIES, block=1000)
                 backoff.reset()
-            except TRANSIENT as exc:
-                log.warning("read failed (%s); retrying", exc)
-                await backoff.wait()
-                continue
+                mishaps.recovered()
+                for stream, entries in got or []:
+                    await self.accept(entries, stream.decode())
             except Exception as exc:
                 if "NOGROUP" in str(exc):  # Redis lost its data: recreate and go on
                     await self._recreate()
                     continue
-                raise
-            for stream, entries in got or []:
-                await self.accept(entries, stream.decode())
+                mishaps.failed(exc)  # whatever it was, the next read tries again
+                await backoff.wait()
 
     def close(self) -> None:
         """Let go of the prep thread."""
@@ -122,20 +131,22 @@ class Intake:
             return
         if stream == self.queue:
             self.pools.saw_interactive()
-        sources = [source for _, _, job in fresh for source in sources_of(job, self.spec, self.model)]
-        loop = asyncio.get_running_loop()
-        tokens = await loop.run_in_executor(self._prep, self.model.tokenize, sources)
-        start = 0
-        for stream_id, payload, job in fresh:
-            toks = tokens[start : start + len(job.inputs)]
-            start += len(job.inputs)
+        work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for *_, job in fresh]
+        prepare = functools.partial(chunking.prepare, self.model, work, *self.chunk_limits)
+        if not any(job.chunking for *_, job in fresh) and _small([s for _, sources, _ in work for s in sources]):
+            prepared = prepare()
+        else:
+            prepared = await asyncio.get_running_loop().run_in_executor(self._prep, prepare)
+        for (stream_id, payload, job), (toks, layout, chunk_error) in zip(fresh, prepared):
             for tok in toks:
                 tok.task = job.input_type
+                tok.dimensions = job.dimensions
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
+            entry.chunks = layout
             self.ledger.hold(entry)
-            entry.error = refusal(job, toks, self.spec, self.model)
+            entry.error = chunk_error or refusal(job, toks, self.spec, self.model, self.profile)
             if entry.error:
                 self._reply([entry])
                 continue
@@ -146,19 +157,38 @@ class Intake:
         self.pools.wake.set()
 
 
-def sources_of(job: wire.Job, spec: ModelSpec, model: Model) -> list[Source]:
-    """What the model prepares for each input: the prompt prepended to texts;
-    (query, document) pairs for rerankers."""
+def _small(sources: list[Source]) -> bool:
+    """Text only, and little of it: cheaper to tokenize here than to hand to the prep thread."""
+    size = 0
+    for source in sources:
+        if isinstance(source, bytes):
+            return False
+        size += len(source) if isinstance(source, str) else len(source[0]) + len(source[1])
+        if size > INLINE_CHARS:
+            return False
+    return True
+
+
+def sources_of(job: wire.Job, profile: Profile, model: Model) -> list[Source]:
+    """What the model prepares for each input: the prompt prepended to texts (the one the job
+    names, else the model's own for its input type); (query, document) pairs for rerankers."""
     if model.output == "score":
         return [(job.query, doc) if isinstance(doc, str) else doc for doc in job.inputs]
-    prefix = spec.prompts.get(job.prompt, "")
+    prefix = prompt_of(job, profile)
     return [prefix + item if isinstance(item, str) and prefix else item for item in job.inputs]
 
 
-def refusal(job: wire.Job, toks: list[Tokens], spec: ModelSpec, model: Model) -> tuple[str, str] | None:
+def prompt_of(job: wire.Job, profile: Profile) -> str:
+    """The prompt prepended to the job's texts: the one it names, else the model's own for its input type."""
+    return profile.prompts.get(select_prompt(profile, job.input_type, job.prompt), "")
+
+
+def refusal(
+    job: wire.Job, toks: list[Tokens], spec: ModelSpec, model: Model, profile: Profile
+) -> tuple[str, str] | None:
     """Why an entry cannot run (checked again here: entries may come from anywhere)."""
-    if job.prompt and job.prompt not in spec.prompts:
-        return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {job.prompt!r}"
+    if job.prompt and job.prompt not in profile.prompts:
+        return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {clip(job.prompt)}"
     if any(o not in spec.offered_outputs for o in job.outputs):
         return Code.INVALID_ARGUMENT.value, f"outputs: model {spec.name} offers {', '.join(spec.offered_outputs)} only"
     if model.output == "score" and not job.query:

@@ -16,7 +16,7 @@ from typing import Any
 from embedstream.workers.batcher import Entry
 
 from embedstream import keys, metrics
-from embedstream.connections import TRANSIENT
+from embedstream.connections import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Ledger:
         if any(e.leased_at < lapsed for e in entries):
             try:
                 await self._keep([e for e in entries if e.leased_at < lapsed])
-            except TRANSIENT:
+            except REDIS_ERRORS:
                 pass  # cannot tell: answer; the gateway drops a second answer
             entries = [e for e in entries if e in self]
         return entries
@@ -115,5 +115,5 @@ class Ledger:
         count = entry.deliveries if running else entry.deliveries - 1
         try:
             await self._renew(keys=[entry.stream], args=[keys.GROUP, self.worker, count, entry.stream_id])
-        except TRANSIENT as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not set the delivery count of %s: %s", entry.stream_id, exc)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from embedstream import heartbeat, metrics
-from embedstream.connections import TRANSIENT
+from embedstream.loops import Mishaps
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class Liveness:
         self.heartbeat_s = heartbeat_s
         self.batch_timeout_s = batch_timeout_s
         self._on_beat = on_beat
+        self._beat = heartbeat.Beat(redis, model, worker, info)
+        self._beat_mishaps = Mishaps("heartbeat")
+        self._renew_mishaps = Mishaps("lease renewal")
         #: (monotonic start, paused seconds at start) of the forward pass running now.
         self._forward_since: tuple[float, float] | None = None
         #: Seconds this process was stopped (SIGSTOP, a VM pause): not the model's time.
@@ -52,9 +55,7 @@ class Liveness:
 
     async def beat(self) -> None:
         """Write one heartbeat."""
-        pipe = self.redis.pipeline(transaction=False)
-        heartbeat.beat(pipe, self.model, self.worker, self.info)
-        await pipe.execute()
+        await self._beat()
 
     async def run(self) -> None:
         """Beat every ``heartbeat_s`` until cancelled; exit the process if the model hangs."""
@@ -78,12 +79,19 @@ class Liveness:
                 )
                 logging.shutdown()
                 os._exit(EXIT_HUNG)
+            # Each step survives any failure of its own (Redis full, a command denied, a
+            # connection killed): a loop that ended on one would leave a live worker unseen.
             try:
                 await self.beat()
                 metrics.WORKER_HEARTBEAT.labels(self.model).set_to_current_time()
+                self._beat_mishaps.recovered()
+            except Exception as exc:
+                self._beat_mishaps.failed(exc)
+            try:
                 await self._on_beat()
-            except TRANSIENT as exc:
-                log.warning("heartbeat failed: %s", exc)
+                self._renew_mishaps.recovered()
+            except Exception as exc:
+                self._renew_mishaps.failed(exc)
 
     @contextmanager
     def forwarding(self) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from embedstream.workers import selftest, strict
 from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
@@ -23,9 +24,13 @@ def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20
     A folder the loaders cannot read, or a hub id without internet, is a :class:`ConfigError` naming the model.
     """
     try:
-        return _load(spec, threads, image_limits)
+        model = _load(spec, threads, image_limits)
     except ConfigError:
         raise
+    except ImportError as exc:
+        raise strict.missing_package(spec.name, exc) from None
+    except RuntimeError as exc:  # torch's load_state_dict and shape checks
+        raise ConfigError(f"model {spec.name}: cannot load {spec.path}: {exc}") from None
     except (OSError, ValueError, KeyError) as exc:
         offline = (
             " (HF_HUB_OFFLINE=1: hub ids need internet and HF_HUB_OFFLINE=0)"
@@ -33,6 +38,8 @@ def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20
             else ""
         )
         raise ConfigError(f"model {spec.name}: cannot load {spec.path}{offline}: {exc}") from None
+    selftest.check(spec, model)
+    return model
 
 
 def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from embedstream.workers import profiles, strict
 from embedstream.workers.encoding import Encoder, weights
 from embedstream.workers.model import Tokens
 
@@ -56,7 +57,7 @@ class BgeM3Model(Encoder):
             state = self._torch.load(str(file), map_location="cpu", weights_only=True)
             out_features, in_features = state["weight"].shape
             linear = self._torch.nn.Linear(in_features, out_features)
-            linear.load_state_dict(state)  # strict: a head with other weights is refused
+            strict.state_dict(linear, state, spec.name, str(file))
             self.heads[output] = linear.to(self.device, dtype=dtype).eval()
         self.normalizes = spec.normalize
         tok = self.tokenizer
@@ -69,6 +70,7 @@ class BgeM3Model(Encoder):
             "multi-vector": int(self.heads["multi-vector"].out_features) if "multi-vector" in self.heads else 0,
         }
         self.dimensions = self.output_dimensions[self.outputs[0]]
+        self.profile = profiles.built(spec, self, pooling="cls", heads=tuple(HEADS[o] for o in self.heads))
 
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> list[dict[str, Any]]:
         """One dict per input: ``dense`` (d,), ``sparse`` (indices, weights), ``multi-vector`` (tokens - 1, d)."""

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import socket
+import sys
 from pathlib import Path
 
-from embedstream import logs, tracing
+from embedstream import hub, loadfailure, logs, tracing
 from embedstream import registry as registry_mod
+from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import ConfigError
 from embedstream.runner import run_async
 from embedstream.settings import Settings
 
 log = logging.getLogger("embedstream")
+
+#: Packages transformers imports whenever they are installed (image processors, object-detection
+#: losses, torch.compile's kernels) that only the image-text family uses: hidden from the other
+#: families' workers, they cost those no memory (~110 MB and 550 modules for MiniLM).
+IMAGE_STACKS = ("torchvision", "PIL", "timm", "open_clip", "scipy", "triton")
+
+
+def hide_image_stacks() -> None:
+    """Make the image stacks look uninstalled to this process (a text-only worker)."""
+    for name in IMAGE_STACKS:
+        # A None entry makes `import name` raise ImportError and find_spec() return None,
+        # which is how transformers asks whether an optional package is there.
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def run(settings: Settings, model_name: str) -> int:
@@ -21,12 +38,15 @@ def run(settings: Settings, model_name: str) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     registry = registry_mod.load(settings.registry)
     spec = registry.resolve(model_name)
-    if spec.path and not spec.path.startswith(registry_mod.HUB_SCHEME) and not Path(spec.path).exists():
-        raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
     logs.set_model(spec.name)
     tracing.setup(settings, "worker")
     # Parallel tokenizing wins beside an accelerator; on CPU it steals the model's cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if spec.device == "cpu" else "true")
+    from embedstream.workers import threads as thread_policy
+
+    thread_policy.prepare_environment()  # before torch is imported
+    if spec.family != "image-text":
+        hide_image_stacks()
     from embedstream.workers.loader import load
     from embedstream.workers.worker import serve
     from transformers.utils import logging as hf_logging
@@ -36,12 +56,34 @@ def run(settings: Settings, model_name: str) -> int:
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()
     threads = settings.torch_threads()
-    log.info("loading model %s (%s) on %s with %d threads", spec.name, spec.path or spec.family, spec.device, threads)
+    policy = "" if settings.threads else " (adaptive: one fewer while other processes are busy)"
+    source = spec.path or spec.family
+    log.info("loading model %s (%s) on %s with %d threads%s", spec.name, source, spec.device, threads, policy)
     try:
-        model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
-    except (OSError, ImportError, ValueError) as exc:
-        # Missing or unreadable weights, a missing package, a folder that is not this family:
-        # restarting cannot mend any of them, so they end the worker as configuration errors.
-        raise ConfigError(f"model {spec.name}: cannot load {spec.path or spec.family}: {exc}") from exc
+        if spec.path.startswith(registry_mod.HUB_SCHEME):
+            # The snapshot in the cache (downloaded first only with HF_HUB_OFFLINE=0): every loader sees a folder.
+            spec = dataclasses.replace(spec, path=hub.folder(spec.name, spec.path[len(registry_mod.HUB_SCHEME) :]))
+        if spec.path and not Path(spec.path).exists():
+            raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
+        try:
+            model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+        except (OSError, ImportError, ValueError) as exc:
+            # Missing or unreadable weights, a missing package, a folder that is not this family:
+            # restarting cannot mend any of them, so they end the worker as configuration errors.
+            raise ConfigError(f"model {spec.name}: cannot load {spec.path or spec.family}: {exc}") from exc
+    except ConfigError as exc:
+        run_async(_record_failure(settings, spec.name, str(exc)))
+        raise
     run_async(serve(spec, model, settings))
     return 0
+
+
+async def _record_failure(settings: Settings, model: str, reason: str) -> None:
+    """Leave the reason in Redis for the gateway (ListModels, health, callers); best effort."""
+    redis = connect(settings.redis_url, settings.redis_timeout_s)
+    try:
+        await loadfailure.record(redis, model, reason, f"{socket.gethostname()}-{os.getpid()}")
+    except TRANSIENT as exc:
+        log.warning("could not record the load failure of %s in Redis: %s", model, exc)
+    finally:
+        await redis.aclose()

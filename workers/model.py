@@ -43,6 +43,10 @@ class Tokens:
     error: str = ""
     #: "query", "document" or "" (counts as a document): multi-vector models encode the two differently.
     task: str = ""
+    #: The Matryoshka size the request asked for (0 = full): Nomic Embed layer-normalizes before the cut.
+    dimensions: int = 0
+    #: Leading tokens that are the prompt, for models that pool without them (``include_prompt: false``).
+    prompt_tokens: int = 0
 
 
 class Model(Protocol):

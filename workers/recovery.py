@@ -20,6 +20,7 @@ from embedstream.workers.pools import Pools
 
 from embedstream import heartbeat, keys, metrics, wire
 from embedstream.connections import TRANSIENT
+from embedstream.loops import Mishaps
 from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,14 @@ class Recovery:
     async def run(self) -> None:
         """Reclaim every quarter of the visibility timeout until cancelled."""
         interval = max(0.2, self.settings.visibility_timeout_s / 4)
+        mishaps = Mishaps("reclaim")
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.reclaim()
-            except TRANSIENT as exc:
-                log.warning("reclaim failed: %s", exc)
+                mishaps.recovered()
+            except Exception as exc:  # the next scan tries again, whatever went wrong
+                mishaps.failed(exc)
 
     async def reclaim(self) -> None:
         """Take over entries idle past the visibility timeout (their worker died)."""

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from embedstream.workers import finish, spans
+from embedstream.workers import finish, profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
 from embedstream.workers.intake import Intake
 from embedstream.workers.ledger import Ledger
@@ -33,10 +33,11 @@ from embedstream.workers.model import Model
 from embedstream.workers.outbox import Outbox
 from embedstream.workers.pools import Pools
 from embedstream.workers.recovery import Recovery
+from embedstream.workers.threads import ThreadPolicy, set_torch_threads
 
-from embedstream import clock, heartbeat, jobstore, keys, metrics, tracing
+from embedstream import clock, heartbeat, jobstore, keys, loadfailure, metrics, tracing
 from embedstream.backoff import Backoff
-from embedstream.connections import TRANSIENT, connect, stop_tasks
+from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
@@ -55,9 +56,22 @@ class Worker:
         self._stopping = asyncio.Event()
         self._replies: set[asyncio.Task[None]] = set()
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
+        # Adaptive only for torch on CPU: beside an accelerator torch's CPU threads do little,
+        # and the debug model runs no torch at all.
+        adaptive = spec.device == "cpu" and spec.family != "debug"
+        fixed = settings.threads if adaptive else settings.torch_threads()
+        self.threads = ThreadPolicy(fixed, set_torch_threads, settings.torch_threads())
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)
         self.pools = Pools(spec, settings.prefetch_inputs)
-        self.outbox = Outbox(self.redis, spec, model, self.name, self._stopping, settings.max_dead_letters)
+        self.outbox = Outbox(
+            self.redis,
+            spec,
+            model,
+            self.name,
+            self._stopping,
+            settings.max_dead_letters,
+            settings.visibility_timeout_s,
+        )
         self.ledger = Ledger(self.redis, spec.name, self.name, settings.visibility_timeout_s, self.pools.drop)
         info = heartbeat.ModelInfo(
             family=model.family,
@@ -65,6 +79,7 @@ class Worker:
             dimensions=model.dimensions,
             max_input_tokens=model.max_input_tokens,
             normalizes=model.normalizes,
+            profile=profiles.describe(spec, model),
         )
         self.liveness = Liveness(
             self.redis, spec.name, self.name, info, settings.heartbeat_s, settings.batch_timeout_s, self.ledger.renew
@@ -80,6 +95,7 @@ class Worker:
             self._stopping,
             self._reply_soon,
             lambda: self._until_redis(self._setup),
+            (settings.max_chunks_per_input, settings.max_chunks_per_request),
         )
         self.recovery = Recovery(
             self.redis, spec.name, self.name, settings, self.pools, self.intake, self.outbox, self._stopping
@@ -105,7 +121,7 @@ class Worker:
             try:
                 await heartbeat.leave(self.redis, self.spec.name, self.name)
                 await self.recovery.hand_back()
-            except TRANSIENT as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("could not hand back pending entries (%s); they are reclaimed after the timeout", exc)
             await self.redis.aclose()
             self.intake.close()
@@ -125,6 +141,7 @@ class Worker:
                 if "BUSYGROUP" not in str(exc):
                     raise
         await self.liveness.beat()
+        await loadfailure.clear(self.redis, self.spec.name)  # this model loads: a past failure is over
 
     async def _until_redis(self, action: Callable[[], Awaitable[None]]) -> None:
         backoff = Backoff()
@@ -132,7 +149,7 @@ class Worker:
             try:
                 await action()
                 return
-            except TRANSIENT as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("redis unreachable (%s); retrying", exc)
                 await backoff.wait()
 
@@ -149,18 +166,22 @@ class Worker:
     async def _batch_loop(self) -> None:
         wait_s = self.settings.max_wait_ms / 1000.0
         wake = self.pools.wake
+        idle_since = 0.0
         while not self._stopping.is_set():
             pool = await self._next_pool()
             if not len(pool):
                 wake.clear()
                 await wake.wait()
                 continue
-            if wait_s and pool is not self.pools.isolated and not pool.full():
-                # The model is idle and the pool holds less than a batch: give
-                # inputs that are already on their way a moment to join.
+            left = idle_since + wait_s - time.monotonic()
+            if left > 0 and pool is not self.pools.isolated and not pool.full():
+                # The model just finished a batch and the pool holds less than one:
+                # give inputs already on their way (callers answered by that batch
+                # sending their next) a moment to join. The wait counts from the end
+                # of the last pass, so a call reaching an idle worker runs at once.
                 wake.clear()
                 try:
-                    await asyncio.wait_for(wake.wait(), wait_s)
+                    await asyncio.wait_for(wake.wait(), left)
                 except TimeoutError:
                     pass
                 if self._stopping.is_set():
@@ -185,6 +206,7 @@ class Worker:
             metrics.BATCH_SIZE.labels(self.spec.name).observe(len(batch))
             metrics.BATCH_TOKENS.labels(self.spec.name).observe(sum(it.length for it in batch))
             metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(elapsed / 1000.0)
+            idle_since = time.monotonic()
             batch, vectors = await self._refuse_nonfinite(batch, vectors)
             self._reply_soon(complete(batch, vectors, elapsed))
 
@@ -192,6 +214,7 @@ class Worker:
         """Run the model on the model thread; the heartbeat watches how long it takes."""
 
         def run() -> Any:
+            self.threads.apply()
             with self.liveness.forwarding():
                 return self.model.forward(
                     [it.entry.tokens[it.index] for it in batch], [it.entry.normalize for it in batch]
@@ -233,7 +256,7 @@ class Worker:
                     pipe.xrange(entry.stream, entry.stream_id, entry.stream_id)
             try:
                 found = await pipe.execute()
-            except TRANSIENT:
+            except REDIS_ERRORS:
                 found = [b"1"] * len(unchecked)  # cannot tell: do the work
             cancelled = str(jobstore.CANCELLED).encode()
             gone.update({id(e): "cancelled" for e, rows in zip(unchecked, found) if not rows or rows == cancelled})
@@ -278,11 +301,17 @@ class Worker:
         entries = await self.ledger.answerable(entries)
         if not entries:
             return
-        await self.outbox.deliver(entries)
+        unstored = await self.outbox.deliver(entries)
         for entry in entries:
             self.ledger.release(entry)
+        if unstored:
+            # Released first, so this worker's own reclaim scan may take them straight back.
+            await self.outbox.hand_back([(e.stream, e.stream_id) for e in unstored])
+        refused = {id(e) for e in unstored}
+        answered = [e for e in entries if id(e) not in refused]
+        for entry in answered:
             spans.record(entry.job, self.spec.name, self.name, entry)
-        metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(entries))
+        metrics.WORKER_REPLIES.labels(self.spec.name).inc(len(answered))
 
 
 async def serve(spec: ModelSpec, model: Model, settings: Settings) -> None:

@@ -11,6 +11,8 @@ import numpy as np
 
 from embedstream.client import codec
 from embedstream.client.channel import aio_bearer, api_key_or_env, dial
+from embedstream.client.embeddings import Embeddings, SparseVector
+from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Watch
 from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
@@ -39,6 +41,7 @@ class AsyncClient:
         self.model = model
         self.timeout = timeout
         self.retry = retry or Retry()
+        self._explain = Explainer(target, tls)
         key = api_key_or_env(api_key)
         if channel is not None and key:
             # grpc.aio adds interceptors only when it makes a channel.
@@ -69,7 +72,7 @@ class AsyncClient:
         prompt_name: str = "",
         dimensions: int | None = None,
         outputs: None = None,
-    ) -> np.ndarray: ...
+    ) -> Embeddings: ...
 
     @overload
     async def embed(
@@ -96,7 +99,7 @@ class AsyncClient:
         prompt_name: str = "",
         dimensions: int | None = None,
         outputs: Sequence[str] | None = None,
-    ) -> np.ndarray | list[Outputs]:
+    ) -> Embeddings | list[Outputs]:
         """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
         name = model if model is not None else self.model
         options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, outputs)
@@ -116,11 +119,11 @@ class AsyncClient:
         model: str | None = None,
         normalize: bool | None = None,
         truncate: bool | None = None,
-    ) -> AsyncIterator[np.ndarray]:
-        """Yield one array per ``batch_size`` texts, in order, as :meth:`Client.embed_stream` (reconnecting too)."""
+    ) -> AsyncIterator[Embeddings]:
+        """Yield the embeddings of each ``batch_size`` texts in order, as :meth:`Client.embed_stream` (reconnecting)."""
         options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
         unanswered, cond = Window(texts, batch_size, window, options), asyncio.Condition()
-        backoff = self.retry.backoff()
+        backoff = self.retry.backoff(self._explain)
         while True:
             call = self._stub.EmbedStream(_feed(unanswered, cond))
             try:
@@ -169,9 +172,13 @@ class AsyncClient:
         spec = codec.job_spec(
             model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
         )
-        job = await self._jobs.UploadJob(
-            codec.upload_messages(spec, texts, chunk_size), timeout=max(self.timeout, 3600)
-        )
+        try:
+            # Not retried: the upload read ``texts`` once and cannot send them again.
+            job = await self._jobs.UploadJob(
+                codec.upload_messages(spec, texts, chunk_size), timeout=max(self.timeout, 3600)
+            )
+        except grpc.RpcError as exc:
+            raise self._explain(exc) from None
         return AsyncJobHandle(self, job)
 
     async def job(self, job_id: str) -> AsyncJobHandle:
@@ -197,7 +204,7 @@ class AsyncClient:
         return list(resp.models)
 
     async def _with_retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        backoff = self.retry.backoff()
+        backoff = self.retry.backoff(self._explain)
         while True:
             try:
                 return await call()
@@ -243,7 +250,7 @@ class AsyncJobHandle:
 
     async def wait(self, progress: bool = False, timeout: float | None = None) -> jpb.Job:
         """Wait until the job ends, following WatchJob (reconnecting if a gateway goes away)."""
-        watch = Watch(self.job, progress, timeout)
+        watch = Watch(self.job, progress, timeout, self.client._explain)
         try:
             while self.job.state not in TERMINAL:
                 try:
@@ -258,16 +265,16 @@ class AsyncJobHandle:
         finally:
             watch.close()
 
-    async def results(self, offset: int = 0) -> AsyncIterator[tuple[int, np.ndarray]]:
+    async def results(self, offset: int = 0) -> AsyncIterator[tuple[int, np.ndarray | SparseVector]]:
         """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
 
         A failed input raises ``RuntimeError`` naming its index and cause.
         """
-        backoff = self.client.retry.backoff()
+        backoff = self.client.retry.backoff(self.client._explain)
         while True:
             try:
                 async for result in self.client._jobs.GetJobResults(codec.results_request(self.id, offset)):
-                    yield codec.job_result(self.id, result)
+                    yield codec.job_result(self.id, result, self.job.dimensions)
                     offset = result.index + 1
                     backoff.reset()
                 return

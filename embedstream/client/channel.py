@@ -109,7 +109,16 @@ def dial(api: Any, target: str, tls: TLS | None, **kwargs: Any) -> Any:
 
 def channel_target(target: str) -> str:
     """``target`` as gRPC dials it."""
+    # localhost resolves to ::1 first on most machines while the gateway binds 127.0.0.1 by
+    # default: dialling IPv4 keeps an IPv6 "Connection refused" out of a working setup.
+    target = ",".join(ipv4_localhost(t) for t in target.split(","))
     # Several addresses become one round-robin channel over all gateways.
     if "," in target:
         return "ipv4:" + target if not target.startswith(("ipv4:", "ipv6:", "dns:")) else target
     return target
+
+
+def ipv4_localhost(address: str) -> str:
+    """``address`` with a ``localhost`` host dialled as 127.0.0.1."""
+    host, sep, port = address.strip().rpartition(":")
+    return f"127.0.0.1:{port}" if sep and host in ("localhost", "dns:localhost", "dns:///localhost") else address

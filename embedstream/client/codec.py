@@ -10,6 +10,7 @@ from typing import TypeVar
 import numpy as np
 
 from embedstream.client import outputs as named
+from embedstream.client.embeddings import Embeddings, SparseVector, matrix, sparse, stacked
 from embedstream.client.outputs import Outputs
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
@@ -67,21 +68,8 @@ class EmbedOptions:
         return (self.request(chunk) for chunk in chunks(items, MAX_INPUTS))
 
 
-def vectors(resp: pb.EmbedResponse) -> np.ndarray:
-    """The response's vectors as a (n, dimensions) float32 array."""
-    if resp.embeddings and resp.embeddings[0].packed:
-        raw = b"".join(e.packed for e in resp.embeddings)
-        return np.frombuffer(raw, dtype="<f4").reshape(len(resp.embeddings), resp.dimensions).astype(np.float32)
-    return np.array([list(e.values) for e in resp.embeddings], dtype=np.float32).reshape(-1, resp.dimensions)
-
-
-def stacked(parts: Sequence[pb.EmbedResponse]) -> np.ndarray:
-    """The vectors of ``parts`` in order as one array; (0, 0) for none."""
-    return np.concatenate([vectors(p) for p in parts]) if parts else np.zeros((0, 0), dtype=np.float32)
-
-
-def gathered(parts: Sequence[pb.EmbedResponse], outputs: Sequence[str] | None) -> np.ndarray | list[Outputs]:
-    """The responses of one ``embed`` call: one array, or one :class:`Outputs` per input when ``outputs`` was asked."""
+def gathered(parts: Sequence[pb.EmbedResponse], outputs: Sequence[str] | None) -> Embeddings | list[Outputs]:
+    """One ``embed`` call's responses: the model's own form, or an :class:`Outputs` per input for ``outputs``."""
     if outputs is not None:
         return [o for p in parts for o in named.of(p, outputs)]
     return stacked(parts)
@@ -124,11 +112,17 @@ def results_request(job_id: str, offset: int) -> jpb.GetJobResultsRequest:
     return jpb.GetJobResultsRequest(id=job_id, offset=offset, encoding=pb.VECTOR_ENCODING_PACKED_F32LE)
 
 
-def job_result(job_id: str, result: jpb.JobResult) -> tuple[int, np.ndarray]:
-    """(index, vector) of one job result; a failed input raises ``RuntimeError`` naming it."""
+def job_result(job_id: str, result: jpb.JobResult, dimensions: int) -> tuple[int, np.ndarray | SparseVector]:
+    """(index, embedding) of one job result: a vector, a :class:`SparseVector`, or a (tokens, d) array
+    for a multi-vector model; a failed input raises ``RuntimeError`` naming it."""
     if result.error:
         raise RuntimeError(f"job {job_id} input {result.index} failed: {result.error}")
-    return result.index, np.frombuffer(result.embedding.packed, dtype="<f4")
+    emb = result.embedding
+    if emb.HasField("sparse"):
+        return result.index, sparse(emb, dimensions)
+    if emb.rows:
+        return result.index, matrix(emb, dimensions)
+    return result.index, np.frombuffer(emb.packed, dtype="<f4")
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -18,8 +19,11 @@ REWATCH_S = 0.2
 class Watch:
     """One ``wait()``: the progress bar and the deadline across WatchJob reconnects."""
 
-    def __init__(self, job: jpb.Job, progress: bool, timeout: float | None) -> None:
-        self.bar = Progress(job.inputs_total or None, f"job {job.id[:8]}", enabled=progress)
+    def __init__(
+        self, job: jpb.Job, progress: bool, timeout: float | None, fail: Callable[[grpc.RpcError], Exception]
+    ) -> None:
+        self.fail = fail
+        self.bar = Progress(job.inputs_total or None, f"job {job.id[:8]}", enabled=progress, unit="inputs")
         self.deadline = None if timeout is None else time.monotonic() + timeout
 
     def remaining(self) -> float | None:
@@ -34,7 +38,7 @@ class Watch:
     def broken(self, exc: grpc.RpcError) -> float:
         """Seconds to pause before following again after ``exc``; raises it unless a gateway went away."""
         if exc.code() not in RETRYABLE:
-            raise exc
+            raise self.fail(exc) from None
         return REWATCH_S
 
     def close(self) -> None:

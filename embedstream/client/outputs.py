@@ -2,7 +2,7 @@
 
 Models such as BGE-M3 return dense, sparse and multi-vector outputs from one
 pass; ``Client.embed(..., outputs=[...])`` asks for some of them and gets each
-input's as numpy arrays and a {token id: weight} dict.
+input's as numpy arrays and a :class:`SparseVector`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedstream.client.embeddings import SparseVector, sparse
 from embedstream.v1 import embedder_pb2 as pb
 
 #: The names ``outputs=`` takes, and the proto value of each.
@@ -24,8 +25,8 @@ class Outputs:
 
     #: (dimensions,) float32.
     dense: np.ndarray | None = None
-    #: Vocabulary id -> weight, non-zero entries only.
-    sparse: dict[int, float] | None = None
+    #: The non-zero vocabulary ids and their weights.
+    sparse: SparseVector | None = None
     #: (tokens, dimensions) float32.
     multi_vector: np.ndarray | None = None
 
@@ -45,12 +46,12 @@ def of(resp: pb.EmbedResponse, names: Sequence[str]) -> list[Outputs]:
     out = []
     for e in resp.embeddings:
         dense = _floats(e.values, e.packed, 1, resp.dimensions)[0] if "dense" in names else None
-        sparse = dict(zip(e.sparse.indices, e.sparse.values)) if "sparse" in names else None
+        lexical = sparse(e, resp.sparse_dimensions) if "sparse" in names else None
         mv = e.multi_vector
         multi = (
             _floats(mv.values, mv.packed, mv.rows, resp.multi_vector_dimensions) if "multi-vector" in names else None
         )
-        out.append(Outputs(dense, sparse, multi))
+        out.append(Outputs(dense, lexical, multi))
     return out
 
 

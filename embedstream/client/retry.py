@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -19,9 +19,9 @@ class Retry:
     initial_s: float = 0.05
     max_s: float = 2.0
 
-    def backoff(self) -> Backoff:
-        """A fresh retry budget for one call."""
-        return Backoff(self)
+    def backoff(self, fail: Callable[[grpc.RpcError], Exception] | None = None) -> Backoff:
+        """A fresh retry budget for one call; ``fail`` makes the error raised once it is spent."""
+        return Backoff(self, fail)
 
     def delays(self) -> Iterator[float]:
         """Backoff before each retry: exponential, capped, with full jitter."""
@@ -40,9 +40,10 @@ def retry_after(exc: grpc.RpcError) -> float:
 class Backoff:
     """One call's retry budget under a :class:`Retry`: how long to wait, or the error raised again."""
 
-    def __init__(self, retry: Retry) -> None:
+    def __init__(self, retry: Retry, fail: Callable[[grpc.RpcError], Exception] | None = None) -> None:
         self._retry = retry
         self._delays = retry.delays()
+        self._fail = fail
 
     def reset(self) -> None:
         """The call made progress (a stream answered): the next failure starts a fresh budget."""
@@ -52,5 +53,7 @@ class Backoff:
         """Seconds to wait before retrying ``exc``; raises it when it is not retryable or the budget is spent."""
         delay = next(self._delays, None) if exc.code() in RETRYABLE else None
         if delay is None:
-            raise exc
+            if self._fail is None:
+                raise exc
+            raise self._fail(exc) from None
         return max(delay, retry_after(exc))

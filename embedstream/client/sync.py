@@ -12,6 +12,8 @@ import numpy as np
 
 from embedstream.client import codec
 from embedstream.client.channel import Bearer, api_key_or_env, dial
+from embedstream.client.embeddings import Embeddings, SparseVector
+from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Watch
 from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
@@ -42,6 +44,7 @@ class Client:
         self.model = model
         self.timeout = timeout
         self.retry = retry or Retry()
+        self._explain = Explainer(target, tls)
         channel = channel or dial(grpc, target, tls)
         key = api_key_or_env(api_key)
         self._channel = grpc.intercept_channel(channel, Bearer(key)) if key else channel
@@ -70,7 +73,7 @@ class Client:
         prompt_name: str = "",
         dimensions: int | None = None,
         outputs: None = None,
-    ) -> np.ndarray: ...
+    ) -> Embeddings: ...
 
     @overload
     def embed(
@@ -97,13 +100,17 @@ class Client:
         prompt_name: str = "",
         dimensions: int | None = None,
         outputs: Sequence[str] | None = None,
-    ) -> np.ndarray | list[Outputs]:
-        """Vectors for ``texts`` (str) and images (encoded bytes) as one (n, dimensions) array; any length.
+    ) -> Embeddings | list[Outputs]:
+        """Embeddings of ``texts`` (str) and images (encoded bytes), in input order; any length.
 
-        ``input_type`` ("query"/"document") or ``prompt_name`` pick the model's prompt;
-        ``dimensions`` a Matryoshka size it declares. ``outputs`` (some of "dense", "sparse",
-        "multi-vector", as the model offers) returns one :class:`Outputs` per input instead.
-        Other output types: call :attr:`stub` with an EmbedRequest.
+        A dense model gives one float32 (n, dimensions) array; a sparse model a list of n
+        :class:`SparseVector`; a multi-vector model a list of n float32 (tokens, dimensions)
+        arrays. ``input_type`` ("query"/"document") or ``prompt_name`` pick the model's prompt
+        (and a multi-vector model's query or document encoding); ``dimensions`` a Matryoshka
+        size it declares. ``outputs`` (some of "dense", "sparse", "multi-vector", as the model
+        offers) returns one :class:`Outputs` per input instead. Other output types: call
+        :attr:`stub` with an EmbedRequest.
+        A call that fails for good raises :class:`EmbedstreamError`.
         """
         name = model if model is not None else self.model
         options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, outputs)
@@ -123,8 +130,8 @@ class Client:
         model: str | None = None,
         normalize: bool | None = None,
         truncate: bool | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Yield one array per ``batch_size`` texts, in order, reading ``texts`` lazily.
+    ) -> Iterator[Embeddings]:
+        """Yield the embeddings of each ``batch_size`` texts in :meth:`embed`'s form, in order, read lazily.
 
         At most ``window`` texts are sent and unanswered at any time, so memory
         stays bounded for any corpus size. A broken stream is reopened and the
@@ -132,7 +139,7 @@ class Client:
         """
         options = codec.EmbedOptions(model if model is not None else self.model, normalize, truncate)
         unanswered, cond = Window(texts, batch_size, window, options), threading.Condition()
-        backoff = self.retry.backoff()
+        backoff = self.retry.backoff(self._explain)
         while True:
             try:
                 for resp in self._stub.EmbedStream(_feed(unanswered, cond)):
@@ -179,7 +186,11 @@ class Client:
             model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate
         )
         messages = codec.upload_messages(spec, texts, chunk_size)
-        job = self._jobs.UploadJob(messages, timeout=max(self.timeout, 3600))
+        try:
+            # Not retried: the upload read ``texts`` once and cannot send them again.
+            job = self._jobs.UploadJob(messages, timeout=max(self.timeout, 3600))
+        except grpc.RpcError as exc:
+            raise self._explain(exc) from None
         return JobHandle(self, job)
 
     def job(self, job_id: str) -> JobHandle:
@@ -206,7 +217,7 @@ class Client:
         return list(resp.models)
 
     def _with_retry(self, call: Callable[[], T]) -> T:
-        backoff = self.retry.backoff()
+        backoff = self.retry.backoff(self._explain)
         while True:
             try:
                 return call()
@@ -251,7 +262,7 @@ class JobHandle:
 
     def wait(self, progress: bool = False, timeout: float | None = None) -> jpb.Job:
         """Block until the job ends, following WatchJob (reconnecting if a gateway goes away)."""
-        watch = Watch(self.job, progress, timeout)
+        watch = Watch(self.job, progress, timeout, self.client._explain)
         try:
             while self.job.state not in TERMINAL:
                 try:
@@ -264,16 +275,16 @@ class JobHandle:
         finally:
             watch.close()
 
-    def results(self, offset: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    def results(self, offset: int = 0) -> Iterator[tuple[int, np.ndarray | SparseVector]]:
         """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
 
         A failed input raises ``RuntimeError`` naming its index and cause.
         """
-        backoff = self.client.retry.backoff()
+        backoff = self.client.retry.backoff(self.client._explain)
         while True:
             try:
                 for result in self.client._jobs.GetJobResults(codec.results_request(self.id, offset)):
-                    yield codec.job_result(self.id, result)
+                    yield codec.job_result(self.id, result, self.job.dimensions)
                     offset = result.index + 1
                     backoff.reset()
                 return

@@ -10,9 +10,8 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable
 
-import numpy as np
-
-from embedstream.client.codec import MAX_INPUTS, EmbedOptions, chunks, vectors
+from embedstream.client.codec import MAX_INPUTS, EmbedOptions, chunks
+from embedstream.client.embeddings import Embeddings, vectors
 from embedstream.v1 import embedder_pb2 as pb
 
 
@@ -57,8 +56,8 @@ class Window:
         self._texts += len(chunk)
         return req
 
-    def answer(self, resp: pb.EmbedResponse) -> np.ndarray:
-        """The vectors of ``resp``, which must answer the oldest unanswered request."""
+    def answer(self, resp: pb.EmbedResponse) -> Embeddings:
+        """The embeddings of ``resp``, which must answer the oldest unanswered request."""
         if not self._items:
             raise RuntimeError(f"stream answered {resp.request_id!r} with nothing due")
         k, req = self._items.popleft()

@@ -147,6 +147,64 @@ VECTOR_KIND_MULTI_VECTOR: VectorKind.ValueType  # 3
 """One vector per kept token (late interaction)."""
 Global___VectorKind: _TypeAlias = VectorKind  # noqa: Y015
 
+class _LongInputs:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LongInputsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LongInputs.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LONG_INPUTS_DEFAULT: _LongInputs.ValueType  # 0
+    """As `truncate` says (unset: cut), today's behaviour."""
+    LONG_INPUTS_TRUNCATE: _LongInputs.ValueType  # 1
+    """Cut it to the model's max input tokens (tokenizing only a bounded prefix)."""
+    LONG_INPUTS_CHUNK: _LongInputs.ValueType  # 2
+    """Split it into overlapping chunks of tokens, embed every chunk, and return
+    the chunks or one pooled vector per input (ChunkOptions.output).
+    """
+    LONG_INPUTS_ERROR: _LongInputs.ValueType  # 3
+    """Refuse it with INVALID_ARGUMENT naming the input."""
+
+class LongInputs(_LongInputs, metaclass=_LongInputsEnumTypeWrapper):
+    """What happens to a text longer than the model's max input tokens."""
+
+LONG_INPUTS_DEFAULT: LongInputs.ValueType  # 0
+"""As `truncate` says (unset: cut), today's behaviour."""
+LONG_INPUTS_TRUNCATE: LongInputs.ValueType  # 1
+"""Cut it to the model's max input tokens (tokenizing only a bounded prefix)."""
+LONG_INPUTS_CHUNK: LongInputs.ValueType  # 2
+"""Split it into overlapping chunks of tokens, embed every chunk, and return
+the chunks or one pooled vector per input (ChunkOptions.output).
+"""
+LONG_INPUTS_ERROR: LongInputs.ValueType  # 3
+"""Refuse it with INVALID_ARGUMENT naming the input."""
+Global___LongInputs: _TypeAlias = LongInputs  # noqa: Y015
+
+class _ChunkOutput:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChunkOutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChunkOutput.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHUNK_OUTPUT_POOLED: _ChunkOutput.ValueType  # 0
+    """One vector per input: dense, the mean of its chunk vectors (re-normalized
+    when normalizing); sparse, the max of each weight; multi-vector, the
+    chunks' token vectors concatenated.
+    """
+    CHUNK_OUTPUT_CHUNKS: _ChunkOutput.ValueType  # 1
+    """One Embedding per chunk, each with its ChunkSpan, inputs in order."""
+
+class ChunkOutput(_ChunkOutput, metaclass=_ChunkOutputEnumTypeWrapper):
+    """What a chunked request returns."""
+
+CHUNK_OUTPUT_POOLED: ChunkOutput.ValueType  # 0
+"""One vector per input: dense, the mean of its chunk vectors (re-normalized
+when normalizing); sparse, the max of each weight; multi-vector, the
+chunks' token vectors concatenated.
+"""
+CHUNK_OUTPUT_CHUNKS: ChunkOutput.ValueType  # 1
+"""One Embedding per chunk, each with its ChunkSpan, inputs in order."""
+Global___ChunkOutput: _TypeAlias = ChunkOutput  # noqa: Y015
+
 class _ModelFamily:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -184,6 +242,103 @@ MODEL_FAMILY_RERANK: ModelFamily.ValueType  # 5
 MODEL_FAMILY_DEBUG: ModelFamily.ValueType  # 15
 """Test-only model: vectors derived from a hash of the input, no compute."""
 Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015
+
+class _ModelState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
+    MODEL_STATE_SERVING: _ModelState.ValueType  # 1
+    """A live worker serves it."""
+    MODEL_STATE_WAITING: _ModelState.ValueType  # 2
+    """No live worker (none started yet, or all gone); calls fail UNAVAILABLE, or queue (scale_to_zero)."""
+    MODEL_STATE_FAILED: _ModelState.ValueType  # 3
+    """Its worker refused to load it; calls fail FAILED_PRECONDITION with the reason until one serves it."""
+
+class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper):
+    """Whether a model can take calls."""
+
+MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
+MODEL_STATE_SERVING: ModelState.ValueType  # 1
+"""A live worker serves it."""
+MODEL_STATE_WAITING: ModelState.ValueType  # 2
+"""No live worker (none started yet, or all gone); calls fail UNAVAILABLE, or queue (scale_to_zero)."""
+MODEL_STATE_FAILED: ModelState.ValueType  # 3
+"""Its worker refused to load it; calls fail FAILED_PRECONDITION with the reason until one serves it."""
+Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+
+@_typing.final
+class ChunkOptions(_message.Message):
+    """How LONG_INPUTS_CHUNK splits texts. Limits: docs/long-inputs.md."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_TOKENS_FIELD_NUMBER: _builtins.int
+    OVERLAP_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    size_tokens: _builtins.int
+    """Tokens per chunk, the model's special tokens included; 0 = the model's
+    max input tokens; at most that, at least 8.
+    """
+    overlap_tokens: _builtins.int
+    """Tokens a chunk repeats from the one before; unset = size_tokens / 8;
+    at most size_tokens / 2.
+    """
+    output: Global___ChunkOutput.ValueType
+    def __init__(
+        self,
+        *,
+        size_tokens: _builtins.int = ...,
+        overlap_tokens: _builtins.int | None = ...,
+        output: Global___ChunkOutput.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_overlap_tokens", b"_overlap_tokens", "overlap_tokens", b"overlap_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_overlap_tokens", b"_overlap_tokens", "output", b"output", "overlap_tokens", b"overlap_tokens", "size_tokens", b"size_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__overlap_tokens: _TypeAlias = _typing.Literal["overlap_tokens"]  # noqa: Y015
+    _WhichOneofArgType__overlap_tokens: _TypeAlias = _typing.Literal["_overlap_tokens", b"_overlap_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__overlap_tokens) -> _WhichOneofReturnType__overlap_tokens | None: ...
+
+Global___ChunkOptions: _TypeAlias = ChunkOptions  # noqa: Y015
+
+@_typing.final
+class ChunkSpan(_message.Message):
+    """Where one chunk lies in its input. Offsets are half-open; tokens count the
+    input's tokens without special tokens, characters count Unicode code points.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    TOKEN_START_FIELD_NUMBER: _builtins.int
+    TOKEN_END_FIELD_NUMBER: _builtins.int
+    CHAR_START_FIELD_NUMBER: _builtins.int
+    CHAR_END_FIELD_NUMBER: _builtins.int
+    input: _builtins.int
+    """The input's position in the request."""
+    token_start: _builtins.int
+    token_end: _builtins.int
+    char_start: _builtins.int
+    char_end: _builtins.int
+    def __init__(
+        self,
+        *,
+        input: _builtins.int = ...,
+        token_start: _builtins.int = ...,
+        token_end: _builtins.int = ...,
+        char_start: _builtins.int = ...,
+        char_end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["char_end", b"char_end", "char_start", b"char_start", "input", b"input", "token_end", b"token_end", "token_start", b"token_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChunkSpan: _TypeAlias = ChunkSpan  # noqa: Y015
 
 @_typing.final
 class Input(_message.Message):
@@ -227,6 +382,8 @@ class EmbedRequest(_message.Message):
     OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    LONG_INPUTS_FIELD_NUMBER: _builtins.int
+    CHUNKING_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias from ListModels; empty means the default model."""
     request_id: _builtins.str
@@ -255,6 +412,8 @@ class EmbedRequest(_message.Message):
     """Number type of the vectors; dense and multi-vector models only."""
     return_tokens: _builtins.bool
     """Sparse output: also return the token string of each dimension."""
+    long_inputs: Global___LongInputs.ValueType
+    """Over-long texts: cut, chunk or refuse; the zero value follows `truncate`."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]:
         """One or more inputs, embedded in order."""
@@ -266,6 +425,10 @@ class EmbedRequest(_message.Message):
         Set: each output in its own Embedding field: dense in values / packed /
         int_values, sparse in `sparse`, multi-vector in `multi_vector`.
         """
+
+    @_builtins.property
+    def chunking(self) -> Global___ChunkOptions:
+        """With LONG_INPUTS_CHUNK: chunk size, overlap and output."""
 
     def __init__(
         self,
@@ -282,10 +445,12 @@ class EmbedRequest(_message.Message):
         output_type: Global___OutputType.ValueType = ...,
         return_tokens: _builtins.bool = ...,
         outputs: _abc.Iterable[Global___VectorKind.ValueType] | None = ...,
+        long_inputs: Global___LongInputs.ValueType = ...,
+        chunking: Global___ChunkOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -312,6 +477,7 @@ class Embedding(_message.Message):
     SPARSE_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     MULTI_VECTOR_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
     packed: _builtins.bytes
     """The vector as raw bytes, when encoding is VECTOR_ENCODING_PACKED_F32LE or
     VECTOR_ENCODING_PACKED. Multi-vector: `rows` vectors, row-major.
@@ -341,6 +507,10 @@ class Embedding(_message.Message):
         `outputs` (same encoding and output type as the dense vector).
         """
 
+    @_builtins.property
+    def chunk(self) -> Global___ChunkSpan:
+        """With CHUNK_OUTPUT_CHUNKS: the chunk this vector embeds."""
+
     def __init__(
         self,
         *,
@@ -350,10 +520,11 @@ class Embedding(_message.Message):
         sparse: Global___SparseVector | None = ...,
         rows: _builtins.int = ...,
         multi_vector: Global___MultiVector | None = ...,
+        chunk: Global___ChunkSpan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["multi_vector", b"multi_vector", "sparse", b"sparse"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "multi_vector", b"multi_vector", "sparse", b"sparse"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["int_values", b"int_values", "multi_vector", b"multi_vector", "packed", b"packed", "rows", b"rows", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "int_values", b"int_values", "multi_vector", b"multi_vector", "packed", b"packed", "rows", b"rows", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,6 +609,7 @@ class ResponseMetadata(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _builtins.int
     WORKER_FIELD_NUMBER: _builtins.int
     TRUNCATED_INPUTS_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     tokens: _builtins.int
     """Real (unpadded) tokens the model read, special tokens included."""
     queue_ms: _builtins.float
@@ -450,6 +622,8 @@ class ResponseMetadata(_message.Message):
     """The worker that embedded the request."""
     truncated_inputs: _builtins.int
     """Inputs that were cut to the model's max input tokens."""
+    chunks: _builtins.int
+    """Chunks embedded for LONG_INPUTS_CHUNK (0 without chunking)."""
     def __init__(
         self,
         *,
@@ -459,10 +633,11 @@ class ResponseMetadata(_message.Message):
         total_ms: _builtins.float = ...,
         worker: _builtins.str = ...,
         truncated_inputs: _builtins.int = ...,
+        chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inference_ms", b"inference_ms", "queue_ms", b"queue_ms", "tokens", b"tokens", "total_ms", b"total_ms", "truncated_inputs", b"truncated_inputs", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "inference_ms", b"inference_ms", "queue_ms", b"queue_ms", "tokens", b"tokens", "total_ms", b"total_ms", "truncated_inputs", b"truncated_inputs", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,7 +669,7 @@ class EmbedResponse(_message.Message):
     sparse_dimensions: _builtins.int
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
-        """One per input, in input order."""
+        """One per input, in input order (CHUNK_OUTPUT_CHUNKS: one per chunk)."""
 
     @_builtins.property
     def metadata(self) -> Global___ResponseMetadata: ...
@@ -552,6 +727,9 @@ class ModelInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     family: Global___ModelFamily.ValueType
     dimensions: _builtins.int
@@ -574,6 +752,12 @@ class ModelInfo(_message.Message):
     device: _builtins.str
     """Where and how it runs: "cpu" or "cuda:N", and float32/float16/bfloat16."""
     dtype: _builtins.str
+    state: Global___ModelState.ValueType
+    """Serving, waiting for a worker, or failed to load (see failure)."""
+    failure: _builtins.str
+    """Why its last worker could not load it (state MODEL_STATE_FAILED): the model,
+    the missing or unexpected weights, the missing package, the failed self-test.
+    """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names that resolve to this model."""
@@ -581,6 +765,10 @@ class ModelInfo(_message.Message):
     @_builtins.property
     def capabilities(self) -> Global___Capabilities:
         """What requests to it may ask for."""
+
+    @_builtins.property
+    def profile(self) -> Global___ModelProfile:
+        """How its workers serve it, as `embedstream inspect` prints it; unset until a worker loaded it."""
 
     def __init__(
         self,
@@ -600,14 +788,110 @@ class ModelInfo(_message.Message):
         device: _builtins.str = ...,
         dtype: _builtins.str = ...,
         capabilities: Global___Capabilities | None = ...,
+        state: Global___ModelState.ValueType = ...,
+        failure: _builtins.str = ...,
+        profile: Global___ModelProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "device", b"device", "dimensions", b"dimensions", "dtype", b"dtype", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "queue_depth", b"queue_depth", "serving", b"serving", "version", b"version", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "device", b"device", "dimensions", b"dimensions", "dtype", b"dtype", "failure", b"failure", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "profile", b"profile", "queue_depth", b"queue_depth", "serving", b"serving", "state", b"state", "version", b"version", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ModelProfile(_message.Message):
+    """How a model folder is served: what `embedstream inspect FOLDER` prints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PromptsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LOADER_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    POOLING_FIELD_NUMBER: _builtins.int
+    INCLUDE_PROMPT_FIELD_NUMBER: _builtins.int
+    NORMALIZES_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    QUERY_PROMPT_FIELD_NUMBER: _builtins.int
+    DOCUMENT_PROMPT_FIELD_NUMBER: _builtins.int
+    DEFAULT_PROMPT_FIELD_NUMBER: _builtins.int
+    MATRYOSHKA_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    MATRYOSHKA_LAYER_NORM_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    PADDING_SIDE_FIELD_NUMBER: _builtins.int
+    loader: _builtins.str
+    """What read the folder: "sentence-transformers", "transformers", "open_clip", ..."""
+    architecture: _builtins.str
+    """The transformers model type (bert, nomic_bert, qwen3, ...) or the backend."""
+    pooling: _builtins.str
+    """cls, mean, max, mean_sqrt_len_tokens, weightedmean, lasttoken ("" where it does not apply)."""
+    include_prompt: _builtins.bool
+    """Prompt tokens count in the pooled vector."""
+    normalizes: _builtins.bool
+    query_prompt: _builtins.str
+    document_prompt: _builtins.str
+    default_prompt: _builtins.str
+    matryoshka_layer_norm: _builtins.bool
+    """A Matryoshka cut layer-normalizes the full vector first (Nomic Embed v1.5)."""
+    max_input_tokens: _builtins.int
+    padding_side: _builtins.str
+    """"right" or "left"."""
+    @_builtins.property
+    def prompts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Prompt name -> the text prepended (the folder's, the family's, then the registry's)."""
+
+    @_builtins.property
+    def matryoshka_dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Modules and heads found after the encoder."""
+
+    def __init__(
+        self,
+        *,
+        loader: _builtins.str = ...,
+        architecture: _builtins.str = ...,
+        pooling: _builtins.str = ...,
+        include_prompt: _builtins.bool = ...,
+        normalizes: _builtins.bool = ...,
+        prompts: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        query_prompt: _builtins.str = ...,
+        document_prompt: _builtins.str = ...,
+        default_prompt: _builtins.str = ...,
+        matryoshka_dimensions: _abc.Iterable[_builtins.int] | None = ...,
+        matryoshka_layer_norm: _builtins.bool = ...,
+        heads: _abc.Iterable[_builtins.str] | None = ...,
+        max_input_tokens: _builtins.int = ...,
+        padding_side: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "default_prompt", b"default_prompt", "document_prompt", b"document_prompt", "heads", b"heads", "include_prompt", b"include_prompt", "loader", b"loader", "matryoshka_dimensions", b"matryoshka_dimensions", "matryoshka_layer_norm", b"matryoshka_layer_norm", "max_input_tokens", b"max_input_tokens", "normalizes", b"normalizes", "padding_side", b"padding_side", "pooling", b"pooling", "prompts", b"prompts", "query_prompt", b"query_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelProfile: _TypeAlias = ModelProfile  # noqa: Y015
 
 @_typing.final
 class Capabilities(_message.Message):

@@ -57,6 +57,8 @@ class JobSpec(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
+    LONG_INPUTS_FIELD_NUMBER: _builtins.int
+    CHUNKING_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias; empty means the default model."""
@@ -72,6 +74,9 @@ class JobSpec(_message.Message):
     dimensions: _builtins.int
     output_type: _embedder_pb2.OutputType.ValueType
     return_tokens: _builtins.bool
+    long_inputs: _embedder_pb2.LongInputs.ValueType
+    @_builtins.property
+    def chunking(self) -> _embedder_pb2.ChunkOptions: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedScalarFieldContainer[_embedder_pb2.VectorKind.ValueType]: ...
     def __init__(
@@ -87,11 +92,13 @@ class JobSpec(_message.Message):
         dimensions: _builtins.int | None = ...,
         output_type: _embedder_pb2.OutputType.ValueType = ...,
         return_tokens: _builtins.bool = ...,
+        long_inputs: _embedder_pb2.LongInputs.ValueType = ...,
+        chunking: _embedder_pb2.ChunkOptions | None = ...,
         outputs: _abc.Iterable[_embedder_pb2.VectorKind.ValueType] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -291,22 +298,30 @@ class JobResult(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The input's position in the job."""
     error: _builtins.str
     """Set instead of `embedding` when this input failed."""
     @_builtins.property
     def embedding(self) -> _embedder_pb2.Embedding: ...
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[_embedder_pb2.Embedding]:
+        """CHUNK_OUTPUT_CHUNKS: the input's chunk vectors, each with its span,
+        instead of `embedding`.
+        """
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         embedding: _embedder_pb2.Embedding | None = ...,
         error: _builtins.str = ...,
+        chunks: _abc.Iterable[_embedder_pb2.Embedding] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "error", b"error", "index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "embedding", b"embedding", "error", b"error", "index", b"index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,7 @@ requests choose dense, sparse and multi-vector outputs, one or several.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 import redis
 
-from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
 from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
 from tests.support import tinyheads
+from tests.support.conformance import Served
 from tests.support.processes import entries_added, wait_until
-from tests.support.serving import Served, served
 
 TEXTS = ["a photo of a cat", "Redis streams hold the queue.", "embedding models turn text into vectors, fast!"]
 ALL = [pb.VECTOR_KIND_DENSE, pb.VECTOR_KIND_SPARSE, pb.VECTOR_KIND_MULTI_VECTOR]
@@ -35,21 +34,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(
-    redis_server: RedisServer, r: redis.Redis, folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    registry = f"""
-[models.bge-m3]
-family = "text-dense"
-path = "{folder}"
-outputs = ["dense", "sparse", "multi-vector"]
-
-[models.bge-m3-dense]
-family = "text-dense"
-path = "{folder}"
-"""
-    with served(redis_server.url, r, tmp_path_factory.mktemp("m3-serve"), registry, ["bge-m3"]) as s:
-        yield s
+def service(serve: Callable[..., Served], folder: Path) -> Served:
+    return serve(
+        {
+            "bge-m3": {"family": "text-dense", "path": str(folder), "outputs": ["dense", "sparse", "multi-vector"]},
+            "bge-m3-dense": {"family": "text-dense", "path": str(folder)},
+        },
+        start=["bge-m3"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +146,24 @@ def test_list_models_shows_each_models_outputs(service: Served) -> None:
 
 
 def test_jobs_carry_outputs(service: Served) -> None:
-    jobs = jpb_grpc.JobsStub(service.channel)
-    inputs = [pb.Input(text=t) for t in TEXTS]
-    spec = jpb.JobSpec(model="bge-m3", outputs=[pb.VECTOR_KIND_SPARSE, pb.VECTOR_KIND_MULTI_VECTOR])
-    job = jobs.SubmitJob(jpb.SubmitJobRequest(spec=spec, inputs=inputs), timeout=30)
-    wait_until(lambda: jobs.GetJob(jpb.GetJobRequest(id=job.id)).state == jpb.JOB_STATE_SUCCEEDED, 60, what="job")
-    results = [res.embedding for res in jobs.GetJobResults(jpb.GetJobResultsRequest(id=job.id), timeout=30)]
-    direct = embed(service, TEXTS, outputs=[pb.VECTOR_KIND_SPARSE, pb.VECTOR_KIND_MULTI_VECTOR]).embeddings
-    for got, want in zip(results, direct):
-        assert list(got.sparse.indices) == list(want.sparse.indices) and got.multi_vector.rows == want.multi_vector.rows
-        assert np.allclose(got.multi_vector.values, want.multi_vector.values, atol=1e-5)
-    bad = jpb.JobSpec(model="bge-m3-dense", outputs=[pb.VECTOR_KIND_MULTI_VECTOR])
-    with pytest.raises(grpc.RpcError) as err:
-        jobs.SubmitJob(jpb.SubmitJobRequest(spec=bad, inputs=inputs), timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec.outputs[0]:" in err.value.details()
+    with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        jobs = jpb_grpc.JobsStub(channel)
+        inputs = [pb.Input(text=t) for t in TEXTS]
+        spec = jpb.JobSpec(model="bge-m3", outputs=[pb.VECTOR_KIND_SPARSE, pb.VECTOR_KIND_MULTI_VECTOR])
+        job = jobs.SubmitJob(jpb.SubmitJobRequest(spec=spec, inputs=inputs), timeout=30)
+        wait_until(lambda: jobs.GetJob(jpb.GetJobRequest(id=job.id)).state == jpb.JOB_STATE_SUCCEEDED, 60, what="job")
+        results = [res.embedding for res in jobs.GetJobResults(jpb.GetJobResultsRequest(id=job.id), timeout=30)]
+        direct = embed(service, TEXTS, outputs=[pb.VECTOR_KIND_SPARSE, pb.VECTOR_KIND_MULTI_VECTOR]).embeddings
+        for got, want in zip(results, direct):
+            assert (
+                list(got.sparse.indices) == list(want.sparse.indices)
+                and got.multi_vector.rows == want.multi_vector.rows
+            )
+            assert np.allclose(got.multi_vector.values, want.multi_vector.values, atol=1e-5)
+        bad = jpb.JobSpec(model="bge-m3-dense", outputs=[pb.VECTOR_KIND_MULTI_VECTOR])
+        with pytest.raises(grpc.RpcError) as err:
+            jobs.SubmitJob(jpb.SubmitJobRequest(spec=bad, inputs=inputs), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec.outputs[0]:" in err.value.details()
 
 
 def test_both_clients_ask_for_outputs_alike(service: Served, reference: Any) -> None:
@@ -193,6 +189,74 @@ def test_both_clients_ask_for_outputs_alike(service: Served, reference: Any) -> 
         assert one.dense is not None and one.multi_vector is not None and one.sparse is not None
         assert np.abs(one.dense - want["dense_vecs"][i]).max() <= TOL
         assert np.abs(one.multi_vector - want["colbert_vecs"][i]).max() <= TOL
-        assert one.sparse.keys() == {int(k) for k in want["lexical_weights"][i]}
+        assert one.sparse.indices.tolist() == sorted(int(k) for k in want["lexical_weights"][i])
+        assert one.sparse.dimensions == len(reference.tokenizer)
         assert np.array_equal(one.dense, two.dense) and one.sparse == two.sparse
         assert np.array_equal(one.multi_vector, two.multi_vector)
+
+
+LONG = " ".join(f"{TEXTS[i % 3]} number {i}." for i in range(12))
+CHUNKING = pb.ChunkOptions(size_tokens=24, overlap_tokens=4)
+
+
+def test_chunked_long_inputs_pool_each_output(service: Served, reference: Any) -> None:
+    """Each chunk's outputs equal FlagEmbedding on the chunk's text; pooled: dense mean (normalized),
+    sparse max per token id, multi-vector the chunks' token vectors concatenated."""
+    chunks = embed(
+        service,
+        [LONG],
+        outputs=ALL,
+        long_inputs=pb.LONG_INPUTS_CHUNK,
+        chunking=pb.ChunkOptions(size_tokens=24, overlap_tokens=4, output=pb.CHUNK_OUTPUT_CHUNKS),
+    )
+    pieces = [LONG[e.chunk.char_start : e.chunk.char_end] for e in chunks.embeddings]
+    assert len(pieces) > 2 and chunks.metadata.chunks == len(pieces)
+    want = expected(reference, pieces)
+    print(f"conformance bge-m3 chunks: max abs diffs {assert_matches(chunks, want)}")
+    pooled = embed(service, [LONG], outputs=ALL, long_inputs=pb.LONG_INPUTS_CHUNK, chunking=CHUNKING)
+    assert len(pooled.embeddings) == 1 and pooled.metadata.chunks == len(pieces)
+    mean = np.mean(want["dense_vecs"], axis=0)
+    lexical: dict[int, float] = {}
+    for weights in want["lexical_weights"]:
+        for k, v in weights.items():
+            lexical[int(k)] = max(lexical.get(int(k), 0.0), float(v))
+    pooled_want = {
+        "dense_vecs": [mean / np.linalg.norm(mean)],
+        "lexical_weights": [lexical],
+        "colbert_vecs": [np.concatenate(want["colbert_vecs"])],
+    }
+    print(f"conformance bge-m3 pooled chunks: max abs diffs {assert_matches(pooled, pooled_want)}")
+
+
+def test_http_takes_the_same_outputs(service: Served, reference: Any) -> None:
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tests.support.processes import http_port
+
+    body = {"model": "bge-m3", "input": TEXTS, "outputs": ["sparse", "multi-vector", "dense"]}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port(service.gateway)}/v1/embeddings",
+        data=json.dumps({**body, "encoding_format": "base64"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as got:
+        data = json.loads(got.read())["data"]
+    want = expected(reference, TEXTS)
+    for item, dense, lexical, colbert in zip(data, want["dense_vecs"], want["lexical_weights"], want["colbert_vecs"]):
+        assert np.abs(np.frombuffer(base64.b64decode(item["embedding"]), "<f4") - dense).max() <= TOL
+        sparse, weights = item["sparse_embedding"], {int(k): float(v) for k, v in lexical.items()}
+        assert sparse["indices"] == sorted(weights)
+        assert max(abs(v - weights[k]) for k, v in zip(sparse["indices"], sparse["values"])) <= TOL
+        rows = np.stack([np.frombuffer(base64.b64decode(row), "<f4") for row in item["multi_vector"]])
+        assert np.abs(rows - colbert).max() <= TOL
+    refused = urllib.request.Request(
+        f"http://127.0.0.1:{http_port(service.gateway)}/v1/embeddings",
+        data=json.dumps({"model": "bge-m3-dense", "input": "x", "outputs": ["sparse"]}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(refused, timeout=30)
+    assert err.value.code == 400 and "outputs[0]" in err.value.read().decode()

@@ -12,18 +12,16 @@ normalise. :func:`test_pylate_still_cannot_load_here` keeps that claim honest.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import torch
 
-from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.support import tinyheads
-from tests.support.serving import Served, served
+from tests.support.conformance import Served
 
 TEXTS = ["a photo of a cat", "Redis streams hold the queue.", "embedding models, turn text into vectors: fast! " * 4]
 TOL = 1e-4
@@ -35,16 +33,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(
-    redis_server: RedisServer, r: redis.Redis, folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    registry = f"""
-[models.colbertv2]
-family = "multi-vector"
-path = "{folder}"
-"""
-    with served(redis_server.url, r, tmp_path_factory.mktemp("pylate-serve"), registry, ["colbertv2"]) as s:
-        yield s
+def service(serve: Callable[..., Served], folder: Path) -> Served:
+    return serve({"colbertv2": {"family": "multi-vector", "path": str(folder)}})
 
 
 def reference(folder: Path, texts: list[str], is_query: bool) -> list[np.ndarray]:

@@ -7,19 +7,17 @@ left padding, P("yes") from the last position's yes/no logits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-import redis
 import torch
 
-from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.support import tinyheads
-from tests.support.serving import Served, served
+from tests.support.conformance import Served
 
 QUERY = "what do embedding models do?"
 DOCS = ["a photo of a cat", "Redis streams hold the queue.", "embedding models turn text into vectors, fast! " * 5]
@@ -38,16 +36,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(
-    redis_server: RedisServer, r: redis.Redis, folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    registry = f"""
-[models.qwen3-reranker]
-family = "rerank"
-path = "{folder}"
-"""
-    with served(redis_server.url, r, tmp_path_factory.mktemp("qwen3-serve"), registry, ["qwen3-reranker"]) as s:
-        yield s
+def service(serve: Callable[..., Served], folder: Path) -> Served:
+    return serve({"qwen3-reranker": {"family": "rerank", "path": str(folder)}})
 
 
 def card_scores(folder: Path, query: str, docs: list[str]) -> np.ndarray:

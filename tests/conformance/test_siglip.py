@@ -9,21 +9,19 @@ its batch-mates.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import torch
 from PIL import Image
 
-from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.support import tinyheads
+from tests.support.conformance import Served
 from tests.support.images import picture
-from tests.support.serving import Served, served
 
 TEXTS = ["a photo of a cat", "Redis streams hold the queue.", "embedding models turn text into vectors, fast! " * 12]
 TOL = 1e-4
@@ -35,16 +33,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(
-    redis_server: RedisServer, r: redis.Redis, folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    registry = f"""
-[models.siglip]
-family = "image-text"
-path = "{folder}"
-"""
-    with served(redis_server.url, r, tmp_path_factory.mktemp("siglip-serve"), registry, ["siglip"]) as s:
-        yield s
+def service(serve: Callable[..., Served], folder: Path) -> Served:
+    return serve({"siglip": {"family": "image-text", "path": str(folder)}})
 
 
 def reference(folder: Path, texts: list[str], pictures: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

@@ -18,10 +18,10 @@ from tests.support.corpora import SENTINEL
 from tests.support.processes import base_env, cli, start_gateway, start_worker
 
 
-def test_the_readme_shows_the_acl_commands_the_code_uses() -> None:
+def test_the_security_page_shows_the_acl_commands_the_code_uses() -> None:
     printed = cli("redis-acl")
     assert printed.returncode == 0 and printed.stdout == acl.render()
-    assert acl.render() in documents.section("### Redis: TLS and ACL users")
+    assert acl.render() in documents.section("## Redis: TLS and ACL users", documents.DOCS / "security.md")
 
 
 @pytest.mark.parametrize("scheme", ["redis", "rediss"])

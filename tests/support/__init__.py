@@ -5,7 +5,7 @@
 - ``processes``: real embedstream processes (:class:`Proc`, ``base_env``, ``start_gateway``,
   ``start_worker(s)``), ``cli``, ``wait_until``, ``stub``, ``scrape`` a process's /metrics, ``entries_added``.
 - ``rpcs``: every RPC of the protos as one call (``RPCS``), ``bearer`` API-key metadata, ``inputs``.
-- ``documents``: a ``section`` or ``table`` of README.md, or of any Markdown page given.
+- ``documents``: a ``section`` or ``table`` of README.md or of a page under docs/.
 - ``deploy``: deploy/ as the deploy tests read it: kustomize renderings, compose, Dockerfile stages.
 - ``models``: the packaged MiniLM folder (``MINILM``) and the session's ``REGISTRY``.
 - ``tinymodels``: tiny random models of every family, saved the way real ones are.

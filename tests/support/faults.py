@@ -61,12 +61,19 @@ latency_ms = 100
 max_batch_size = 4
 max_queue_entries = 1000
 
+[models.quick]
+family = "debug"
+dimensions = {DIMENSIONS}
+latency_ms = 5
+max_batch_size = 64
+max_queue_entries = 1000
+
 [models.idle]
 family = "debug"
 dimensions = {DIMENSIONS}
 scale_to_zero = true
 """
-MODELS = ("fault", "backlog", "deep", "idle")
+MODELS = ("fault", "backlog", "deep", "quick", "idle")
 
 #: Faster clocks than production, so each scenario takes seconds.
 FAST = {

@@ -100,6 +100,13 @@ def start_gateway(env: dict[str, str], log_dir: Path, timeout: float = 30, port:
     raise RuntimeError(f"gateway did not start:\n{proc.log()}")
 
 
+def http_port(gateway: Proc) -> int:
+    """The HTTP port a gateway announced (it binds a free one in tests)."""
+    found = re.search(r"HTTP on [^\s:]+:(\d+)", gateway.log())
+    assert found, gateway.log()
+    return int(found.group(1))
+
+
 def start_worker(env: dict[str, str], log_dir: Path, model: str, r: redis.Redis, timeout: float = 90) -> Proc:
     """A worker for ``model``; returns once its heartbeat is in Redis."""
     proc = Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir)
@@ -111,7 +118,13 @@ def start_workers(
 ) -> dict[str, Proc]:
     """Workers for ``models``, started together; returns once every heartbeat is in Redis."""
     procs = {model: Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir) for model in models}
-    return {model: wait_worker(proc, model, r, timeout) for model, proc in procs.items()}
+    try:
+        return {model: wait_worker(proc, model, r, timeout) for model, proc in procs.items()}
+    except BaseException:
+        # A fixture that fails never reaches its teardown: stop the others here, or they outlive the run.
+        for proc in procs.values():
+            proc.kill()
+        raise
 
 
 def wait_worker(proc: Proc, model: str, r: redis.Redis, timeout: float) -> Proc:

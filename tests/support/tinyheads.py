@@ -183,3 +183,4 @@ def qwen3_reranker(folder: Path) -> Path:
     torch.manual_seed(0)
     Qwen3ForCausalLM(cfg).save_pretrained(folder)
     return folder
+

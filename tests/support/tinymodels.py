@@ -124,31 +124,25 @@ def siglip_model(folder: Path) -> Path:
 def _bert_config(**kw: Any) -> Any:
     from transformers import BertConfig
 
-    return BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **kw,
-    )
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    return BertConfig(vocab_size=30522, max_position_embeddings=128, **(tiny | kw))
 
 
-def bert(folder: Path, head: str) -> Path:
-    """A tiny BERT: 'dense' (BertModel), 'splade' (BertForMaskedLM), 'xenc' (one-label classifier)."""
+def bert(folder: Path, head: str, **config: Any) -> Path:
+    """A tiny BERT: 'dense' (BertModel), 'splade' (BertForMaskedLM), 'xenc' (one-label classifier);
+    ``config`` overrides its BertConfig (``hidden_size=384`` for a model with Matryoshka sizes to 256)."""
     from transformers import AutoTokenizer, BertForMaskedLM, BertForSequenceClassification, BertModel
 
     torch.manual_seed(0)
     if head == "splade":
-        model: Any = BertForMaskedLM(_bert_config())
+        model: Any = BertForMaskedLM(_bert_config(**config))
         # Random MLM logits are ~N(0, 0.1): shift the bias so ~0.1% stay > 0 (a sparse output).
         with torch.no_grad():
             model.cls.predictions.bias.fill_(-0.35)
     elif head == "xenc":
-        model = BertForSequenceClassification(_bert_config(num_labels=1))
+        model = BertForSequenceClassification(_bert_config(num_labels=1, **config))
     else:
-        model = BertModel(_bert_config())
+        model = BertModel(_bert_config(**config))
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(MINILM).save_pretrained(folder)
     return folder
@@ -199,3 +193,20 @@ def build_all(root: Path) -> dict[str, Path]:
         "colbert": colbert(root / "colbert"),
         "rerank": bert(root / "rerank", "xenc"),
     }
+
+
+def sparse_and_colbert(root: Path) -> tuple[dict[str, Path], str]:
+    """A tiny SPLADE and a tiny ColBERT under ``root``, and a registry serving them as splade and colbert."""
+    models = {"splade": bert(root / "splade", "splade"), "colbert": colbert(root / "colbert")}
+    registry = f"""
+default = "splade"
+
+[models.splade]
+family = "sparse"
+path = "{models["splade"]}"
+
+[models.colbert]
+family = "multi-vector"
+path = "{models["colbert"]}"
+"""
+    return models, registry
