@@ -187,7 +187,7 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
                 capabilities=pb.Capabilities(
                     text=True,
                     image=spec.images,
-                    matryoshka_dimensions=list(spec.matryoshka_dimensions),
+                    matryoshka_dimensions=list(directory.matryoshka(name)),
                     prompts=sorted(directory.prompts(name)),
                     output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
                     query_prompt=spec.query_prompt or (served.query_prompt if served else ""),

@@ -112,8 +112,9 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
     dimensions = 0
     if msg.HasField("dimensions"):
         full = directory.states[spec.name].dimensions or spec.dimensions
-        allowed = sorted({*spec.matryoshka_dimensions, *([full] if full else [])}, reverse=True)
-        if not spec.dense or not spec.matryoshka_dimensions:
+        sizes = directory.matryoshka(spec.name)
+        allowed = sorted({*sizes, *([full] if full else [])}, reverse=True)
+        if not spec.dense or not sizes:
             raise InvalidArgument(f"{prefix}dimensions: {where} declares no Matryoshka dimensions")
         if msg.dimensions not in allowed:
             raise InvalidArgument(f"{prefix}dimensions: {where} accepts {allowed}, not {msg.dimensions}")

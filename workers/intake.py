@@ -138,9 +138,11 @@ class Intake:
         else:
             prepared = await asyncio.get_running_loop().run_in_executor(self._prep, prepare)
         for (stream_id, payload, job), (toks, layout, chunk_error) in zip(fresh, prepared):
+            prompt = select_prompt(self.profile, job.input_type, job.prompt)
             for tok in toks:
                 tok.task = job.input_type
                 tok.dimensions = job.dimensions
+                tok.prompt = prompt
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)

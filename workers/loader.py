@@ -7,6 +7,7 @@ from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
+from embedstream.workers.jina import JinaV3Model, is_jina_v3
 from embedstream.workers.m3 import BgeM3Model, is_m3
 from embedstream.workers.model import Model
 from embedstream.workers.pylate_colbert import PylateColbertModel, is_pylate
@@ -57,6 +58,8 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
         if not spec.path.startswith(HUB_SCHEME) and is_causal(spec.path):
             return CausalRerankModel(spec, threads)
         return CrossEncoderModel(spec, threads)
+    if is_jina_v3(spec):
+        return JinaV3Model(spec, threads)
     if spec.outputs not in ((), ("dense",)) or (not spec.path.startswith(HUB_SCHEME) and is_m3(spec.path)):
         return BgeM3Model(spec, threads)
     return SentenceTransformerModel(spec, threads)

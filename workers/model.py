@@ -47,6 +47,8 @@ class Tokens:
     dimensions: int = 0
     #: Leading tokens that are the prompt, for models that pool without them (``include_prompt: false``).
     prompt_tokens: int = 0
+    #: The prompt name the request selected ("" = none): Jina v3 runs the task adapter of that name.
+    prompt: str = ""
 
 
 class Model(Protocol):

@@ -39,17 +39,20 @@ def bge_m3(folder: Path) -> Path:
     torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
     torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
     spm.write_json(folder / "sentence_bert_config.json", {"max_seq_length": 512, "do_lower_case": False})
+    st_pooling(folder, "pooling_mode_cls_token")
+    return folder
+
+
+def st_pooling(folder: Path, mode: str) -> None:
+    """The sentence-transformers files of a Transformer + Pooling (``mode``) + Normalize folder."""
     (folder / "1_Pooling").mkdir(exist_ok=True)
-    spm.write_json(
-        folder / "1_Pooling" / "config.json", {"word_embedding_dimension": 32, "pooling_mode_cls_token": True}
-    )
+    spm.write_json(folder / "1_Pooling" / "config.json", {"word_embedding_dimension": 32, mode: True})
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ]
     spm.write_json(folder / "modules.json", modules)
-    return folder
 
 
 def flag_m3(folder: Path) -> Any:
@@ -184,3 +187,65 @@ def qwen3_reranker(folder: Path) -> Path:
     Qwen3ForCausalLM(cfg).save_pretrained(folder)
     return folder
 
+
+#: jina-embeddings-v3's tasks and the instructions its config.json and config_sentence_transformers.json declare.
+JINA_TASKS = {
+    "retrieval.query": "Represent the query for retrieving evidence documents: ",
+    "retrieval.passage": "Represent the document for retrieval: ",
+    "separation": "",
+    "classification": "",
+    "text-matching": "",
+}
+#: What the LoRA adapters of jina-embeddings-v3 wrap: every Linear and Embedding of the encoder.
+JINA_LORA_TARGETS = ["word_embeddings", "token_type_embeddings", "q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
+
+
+def jina_v3(folder: Path, tasks: dict[str, str] | None = None) -> Path:
+    """A jina-embeddings-v3 folder as transformers reads it natively: JinaEmbeddingsV3Model saved with the
+    original checkpoint's weight names (``emb_ln``, ``encoder.layers.N.mixer.Wqkv``, ...; transformers
+    converts them), an XLM-R SentencePiece tokenizer, ``lora_adaptations``/``task_instructions``/
+    ``matryoshka_dimensions`` in config.json, one PEFT LoRA adapter (rank 4, alpha 1) per task in a
+    subfolder (``retrieval_query``, ...), and the sentence-transformers files (prompts, mean pooling)."""
+    import re
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import JinaEmbeddingsV3Config, JinaEmbeddingsV3Model
+
+    tasks = JINA_TASKS if tasks is None else tasks
+    tok = spm.xlm_roberta_tokenizer(folder, max_length=8194)
+    cfg = JinaEmbeddingsV3Config(
+        vocab_size=len(tok),
+        max_position_embeddings=8194,
+        pad_token_id=tok.pad_token_id,
+        lora_adaptations=list(tasks),
+        task_instructions=tasks,
+        matryoshka_dimensions=[4, 8, 16, 32],
+        **TINY,
+    )
+    torch.manual_seed(0)
+    JinaEmbeddingsV3Model(cfg).save_pretrained(folder)
+    for k, task in enumerate(tasks):
+        lora = LoraConfig(r=4, lora_alpha=1, lora_dropout=0.0, target_modules=JINA_LORA_TARGETS)
+        adapted = get_peft_model(JinaEmbeddingsV3Model.from_pretrained(folder), lora)
+        generator = torch.Generator().manual_seed(100 + k)
+        with torch.no_grad():  # PEFT starts B (or the embedding's A) at zero: a no-op adapter would prove nothing
+            for name, param in adapted.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+        adapted.save_pretrained(folder / re.sub(r"[^0-9A-Za-z_]", "_", task))
+    spm.write_json(folder / "config_sentence_transformers.json", {"prompts": tasks, "default_prompt_name": None})
+    st_pooling(folder, "pooling_mode_mean_tokens")
+    return folder
+
+
+def jina_v3_reference(folder: Path, task: str | None) -> Any:
+    """transformers' JinaEmbeddingsV3Model with ``task``'s adapter active (PEFT, as ``load_adapter`` does), or none."""
+    import re
+
+    from peft import PeftModel
+    from transformers import JinaEmbeddingsV3Model
+
+    base = JinaEmbeddingsV3Model.from_pretrained(folder)
+    if task is None:
+        return base.eval()
+    return PeftModel.from_pretrained(base, str(folder / re.sub(r"[^0-9A-Za-z_]", "_", task))).eval()
