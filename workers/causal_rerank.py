@@ -56,6 +56,8 @@ class CausalRerankModel(Encoder):
         self.room = self.max_input_tokens - len(self.prefix) - len(self.suffix)
         self.dimensions = 1
         self.normalizes = False
+        #: The card's <Instruct>: the registry's ``instruction`` (the card advises one per task), else its default.
+        self.instruction = spec.instruction or INSTRUCTION
 
     def tokenize(self, sources: list[Source]) -> list[Tokens]:
         """The card's prompt around each pair, the pair text cut to fit the context."""
@@ -66,7 +68,7 @@ class CausalRerankModel(Encoder):
                 out.append(not_text(self.name) if isinstance(source, bytes) else refused)
                 continue
             query, doc = source
-            text = f"<Instruct>: {INSTRUCTION}\n<Query>: {query}\n<Document>: {doc}"
+            text = f"<Instruct>: {self.instruction}\n<Query>: {query}\n<Document>: {doc}"
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             cut = len(ids) > self.room
             ids = self.prefix + ids[: self.room] + self.suffix

@@ -28,6 +28,7 @@ CARD_PREFIX = (
 )
 CARD_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 TASK = "Given a web search query, retrieve relevant passages that answer the query"
+CODE_TASK = "Given a code question, retrieve code that answers it"
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +38,15 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(serve: Callable[..., Served], folder: Path) -> Served:
-    return serve({"qwen3-reranker": {"family": "rerank", "path": str(folder)}})
+    return serve(
+        {
+            "qwen3-reranker": {"family": "rerank", "path": str(folder)},
+            "qwen3-reranker-code": {"family": "rerank", "path": str(folder), "instruction": CODE_TASK},
+        }
+    )
 
 
-def card_scores(folder: Path, query: str, docs: list[str]) -> np.ndarray:
+def card_scores(folder: Path, query: str, docs: list[str], task: str = TASK) -> np.ndarray:
     """The model card's compute_logits on one left-padded batch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,7 +54,7 @@ def card_scores(folder: Path, query: str, docs: list[str]) -> np.ndarray:
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     prefix = tok.encode(CARD_PREFIX, add_special_tokens=False)
     suffix = tok.encode(CARD_SUFFIX, add_special_tokens=False)
-    pairs = [f"<Instruct>: {TASK}\n<Query>: {query}\n<Document>: {doc}" for doc in docs]
+    pairs = [f"<Instruct>: {task}\n<Query>: {query}\n<Document>: {doc}" for doc in docs]
     room = 8192 - len(prefix) - len(suffix)
     inputs = tok(pairs, padding=False, truncation="longest_first", return_attention_mask=False, max_length=room)
     inputs["input_ids"] = [prefix + ids + suffix for ids in inputs["input_ids"]]
@@ -70,6 +76,13 @@ def test_scores_match_the_model_cards_formula(service: Served, folder: Path) -> 
     worst = max(worst, max(abs(r.score - float(want[r.index])) for r in resp.results))
     print(f"qwen3-reranker max abs diff: {worst}")
     assert worst <= TOL
+
+
+def test_the_registry_instruction_replaces_the_cards_default(service: Served, folder: Path) -> None:
+    resp = service.stub.Rerank(pb.RerankRequest(model="qwen3-reranker-code", query=QUERY, documents=DOCS), timeout=30)
+    want = card_scores(folder, QUERY, DOCS, CODE_TASK)
+    assert max(abs(r.score - float(want[r.index])) for r in resp.results) <= TOL
+    assert max(abs(r.score - float(card_scores(folder, QUERY, DOCS)[r.index])) for r in resp.results) > 1e-4
 
 
 def test_a_causal_reranker_is_refused_for_embed(service: Served) -> None:
