@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--family",
         default="",
-        help="text-dense, image-text, sparse, multi-vector or rerank (default: detected from the folder)",
+        help="text-dense, image-text, sparse, multi-vector, rerank or classify (default: detected from the folder)",
     )
     inspect.add_argument("--instruction", default="", help="decoder embedders: the task of the query instruction")
     inspect.add_argument("--threads", type=int, help="torch threads (EMBEDSTREAM_THREADS)")

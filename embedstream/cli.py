@@ -240,7 +240,12 @@ def _new_key(path: str, args: argparse.Namespace) -> int:
 def _pull(settings: Settings, args: argparse.Namespace) -> int:
     from embedstream import hub
 
-    where = hub.pull(args.repo, Path(args.to) if args.to else None, args.revision)
+    try:
+        where = hub.pull(args.repo, Path(args.to) if args.to else None, args.revision)
+    except KeyboardInterrupt:
+        # The weights' partial download stays on disk (see embedstream/hub.py); the next pull goes on from it.
+        print(f"\nembedstream: pull of {args.repo} interrupted; run it again to resume", file=sys.stderr)
+        return 130
     print(f"pulled {args.repo} into {where}; serve it with this registry entry:", file=sys.stderr)
     print(hub.registry_lines(args.repo, where), end="")
     print("(workers read it with HF_HUB_OFFLINE=1, the default: nothing more is downloaded)", file=sys.stderr)

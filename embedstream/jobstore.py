@@ -64,6 +64,9 @@ return 1
 """
 )
 
+#: How many KEYS and ARGV :data:`RECORD` takes (as :func:`recording` builds them).
+RECORD_ARITY = (3, 7)
+
 #: Gateway: create a job's record (UPLOADING) and, with an idempotency key, the key with it, in
 #: one step: of concurrent calls with one key exactly one creates; the rest get its job and digest.
 #: Under maxmemory the first write (HSET) is refused before anything is written, so neither is.

@@ -59,6 +59,10 @@ def setup(level: str, fmt: str, role: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if _json else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # httpx logs each request at INFO: a pull (or a worker fetching an hf: model) would print one
+    # line per file of the model. Their warnings and errors still come through.
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if _json:
         # Warnings and uncaught exceptions would otherwise reach stderr as plain text.
         logging.captureWarnings(True)

@@ -46,6 +46,11 @@ class Profile:
     matryoshka_layer_norm: bool = False
     #: Modules/heads found after the encoder (Dense, Normalize, MLM head, ...).
     heads: tuple[str, ...] = ()
+    #: Token ids the model takes are below this (0: no tokenizer to expose).
+    vocabulary_size: int = 0
+    #: Classifiers: the labels in id order, and the function their scores get by default.
+    labels: tuple[str, ...] = ()
+    function: str = ""
 
     def lines(self) -> list[str]:
         """The profile as ``key: value`` lines, for people."""
@@ -68,6 +73,8 @@ class Profile:
             f"input types select: {chosen}",
             f"matryoshka dimensions: {sizes}",
             f"heads: {', '.join(self.heads) or 'none'}",
+            f"vocabulary: {self.vocabulary_size or 'none'}",
+            *([f"labels: {', '.join(self.labels)} (scores: {self.function})"] if self.labels else []),
         ]
 
 
@@ -85,6 +92,7 @@ def decode(raw: bytes | str | None) -> Profile | None:
         body.pop("v", None)
         body["matryoshka_dimensions"] = tuple(body.get("matryoshka_dimensions", ()))
         body["heads"] = tuple(body.get("heads", ()))
+        body["labels"] = tuple(body.get("labels", ()))
         return Profile(**body)
     except (ValueError, TypeError):
         return None

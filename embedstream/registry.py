@@ -19,8 +19,8 @@ Example::
     version = "2024-01"
 
 Families: text-dense, image-text (open_clip or transformers CLIP/SigLIP),
-sparse (SPLADE), multi-vector (ColBERT-style), rerank (cross-encoders), and the
-test-only debug family. The README documents every key. Without a file, the
+sparse (SPLADE), multi-vector (ColBERT-style), rerank (cross-encoders), classify
+(sequence classifiers), and the test-only debug family. The README documents every key. Without a file, the
 built-in registry serves all-MiniLM-L6-v2 alone.
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 from embedstream.errors import ConfigError, NotFound, clip
 from embedstream.vectors import OUTPUT_TYPES, OUTPUTS
 
-FAMILIES = ("text-dense", "image-text", "sparse", "multi-vector", "rerank", "debug")
+FAMILIES = ("text-dense", "image-text", "sparse", "multi-vector", "rerank", "classify", "debug")
 #: Families whose vectors are dense rows, so Matryoshka and every output type apply.
 DENSE_FAMILIES = ("text-dense", "image-text", "multi-vector", "debug")
 #: Each family's outputs unless the registry says otherwise; only text-dense may list more (BGE-M3).
@@ -46,6 +46,7 @@ FAMILY_OUTPUTS = {
     "sparse": ("sparse",),
     "multi-vector": ("multi-vector",),
     "rerank": (),
+    "classify": (),
 }
 POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
 BACKENDS = ("", "open_clip", "transformers")
@@ -282,8 +283,8 @@ def _options(where: str, family: str, raw: dict[str, Any]) -> dict[str, Any]:
     prompts = raw.get("prompts", {})
     if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
         raise ConfigError(f'{where}.prompts must be a table of name = "prefix"')
-    if prompts and family == "rerank":
-        raise ConfigError(f"{where}.prompts: rerank models take no prompts")
+    if prompts and family in ("rerank", "classify"):
+        raise ConfigError(f"{where}.prompts: {family} models take no prompts")
     out["prompts"] = dict(prompts)
     for key in ("default_prompt", "query_prompt", "document_prompt"):
         if out.get(key) and out[key] not in prompts:
@@ -310,7 +311,7 @@ def _options(where: str, family: str, raw: dict[str, Any]) -> dict[str, Any]:
         not isinstance(outputs, list)
         or not all(o in OUTPUTS for o in outputs)
         or len(set(outputs)) != len(outputs)
-        or (family != "rerank" and not outputs)
+        or (bool(FAMILY_OUTPUTS[family]) and not outputs)
     ):
         raise ConfigError(f"{where}.outputs must list some of {list(OUTPUTS)}, each once")
     if family != "text-dense" and tuple(outputs) != FAMILY_OUTPUTS[family]:

@@ -11,7 +11,8 @@ three from one pass) gets a reply holding each in its own fields: dense rows in
 ``vectors``, sparse weights in ``sparse_weights`` beside ``indices``/``nnz``,
 token matrices in ``multi`` with ``multi_rows``. A job without ``outputs`` gets
 the model's primary output in the original layout (``vectors`` holds it all).
-Both are version 1: the new keys are optional and a decoder checks every size.
+Entries and replies that name outputs carry version 4, so a worker or gateway
+from before them refuses them instead of answering in the wrong layout.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import msgpack
 
+from embedstream import textwire
+from embedstream.textwire import TokenList
 from embedstream.vectors import OUTPUT_TYPES, OUTPUTS, row_bytes
 
 VERSION = 1
@@ -28,7 +31,16 @@ VERSION = 1
 #: gateway from before chunking refuses them (dead letter, error) instead of
 #: silently truncating; version 1 payloads stay decodable.
 VERSION_CHUNKS = 2
-VERSIONS = (VERSION, VERSION_CHUNKS)
+#: Entries and replies of the text operations (``embedstream.textwire``): a worker from
+#: before them refuses such an entry instead of embedding what it was asked to tokenize.
+VERSION_TEXT = 3
+#: Entries and replies that name their outputs (``os``): a worker from before them refuses
+#: such an entry instead of answering with the primary output alone. An entry's version is
+#: that of the newest feature it uses.
+VERSION_OUTPUTS = 4
+VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT, VERSION_OUTPUTS)
+#: One input: a text, an encoded image, or token ids.
+Item = textwire.Item
 
 
 class WireError(ValueError):
@@ -62,9 +74,18 @@ class Options:
     chunk_vectors: bool = False
     #: The outputs asked for ("dense", "sparse", "multi-vector"); () = the model's primary one, original layout.
     outputs: tuple[str, ...] = ()
+    #: "embed" (a forward pass), "tokenize" or "decode" (the tokenizer only).
+    kind: str = "embed"
+    #: Which end of an over-long text is cut: "right" keeps the start, "left" the end.
+    truncation_side: str = "right"
+    #: Tokenize: add the model's special tokens; decode: keep them in the text.
+    special_tokens: bool = True
+    #: Classify: the function of the logits ("" = the model's own); also send the logits.
+    function: str = ""
+    return_logits: bool = False
 
     def to_job(
-        self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[str | bytes], **rest: Any
+        self, id: str, reply_to: str, deadline_ms: int, enqueued_ms: int, inputs: list[Item], **rest: Any
     ) -> Job:
         """The queue entry for ``inputs`` with these options (``rest``: a chunk's job id and index, the trace)."""
         mine = {f.name: getattr(self, f.name) for f in fields(Options)}
@@ -79,8 +100,8 @@ class Job(Options):
     reply_to: str
     deadline_ms: int
     enqueued_ms: int
-    #: Texts (str) and encoded images (bytes), in request order.
-    inputs: list[str | bytes]
+    #: Texts (str), encoded images (bytes) and token ids (list[int]), in request order.
+    inputs: list[Item]
     #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
     job_id: str = ""
     chunk: int = -1
@@ -112,6 +133,13 @@ class Reply:
     spans: list[int] | None = None
     #: Chunks embedded (0 without chunking).
     chunks: int = 0
+    #: Tokenize: each text's tokens; Decode: each sequence's text.
+    token_lists: list[TokenList] | None = None
+    texts: list[str] | None = None
+    #: Classify: ``vectors`` holds count x labels scores; the labels in id order, and the
+    #: logits (the same layout) where the job asked for them.
+    labels: list[str] | None = None
+    logits: bytes = b""
     queue_ms: float = 0.0
     inference_ms: float = 0.0
     worker: str = ""
@@ -163,8 +191,10 @@ def encode_job(job: Job) -> bytes:
     body.update((k, v) for k, v in optional.items() if v)
     if job.output_type != "float32":
         body["ot"] = job.output_type
+    if text := textwire.job_body(job):
+        body.update(text, v=VERSION_TEXT)
     if job.outputs:
-        body["os"] = list(job.outputs)
+        body.update(v=VERSION_OUTPUTS, os=list(job.outputs))
     return _pack(body)
 
 
@@ -173,8 +203,8 @@ def decode_job(data: bytes) -> Job:
     body = _unpack(data)
     try:
         inputs = body["t"]
-        if not isinstance(inputs, list) or not all(isinstance(t, str | bytes) for t in inputs):
-            raise WireError("job inputs must be a list of strings and byte strings")
+        if not isinstance(inputs, list) or not all(isinstance(t, str | bytes) or textwire.ids(t) for t in inputs):
+            raise WireError("job inputs must be a list of strings, byte strings and token-id lists")
         normalize = body.get("n")
         if normalize is not None and not isinstance(normalize, bool):
             raise WireError("job normalize must be a bool")
@@ -203,7 +233,10 @@ def decode_job(data: bytes) -> Job:
             query=_typed(body.get("qy", ""), str, "qy"),
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
             trace=_typed(body.get("tr", ""), str, "tr"),
+            **textwire.job_options(body),
         )
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
     except KeyError as exc:
         raise WireError(f"job lacks field {exc.args[0]!r}") from None
 
@@ -233,15 +266,17 @@ def encode_reply(reply: Reply) -> bytes:
             body["nz"] = reply.nnz
         if reply.token_strings is not None:
             body["ts"] = reply.token_strings
-        if reply.outputs is not None:
-            body.update(os=reply.outputs, sw=reply.sparse_weights, sd=reply.sparse_dimensions)
-            body.update(mx=reply.multi, md=reply.multi_dimensions)
-            if reply.multi_rows is not None:
-                body["mr"] = reply.multi_rows
         if reply.chunks:
             body.update(v=VERSION_CHUNKS, cn=reply.chunks)
         if reply.spans is not None:
             body.update(v=VERSION_CHUNKS, sp=reply.spans)
+        if text := textwire.reply_body(reply):
+            body.update(text, v=VERSION_TEXT)
+        if reply.outputs is not None:
+            body.update(v=VERSION_OUTPUTS, os=reply.outputs, sw=reply.sparse_weights, sd=reply.sparse_dimensions)
+            body.update(mx=reply.multi, md=reply.multi_dimensions)
+            if reply.multi_rows is not None:
+                body["mr"] = reply.multi_rows
     return _pack(body)
 
 
@@ -278,6 +313,10 @@ def decode_reply(data: bytes) -> Reply:
             reply.multi_dimensions = _typed(body.get("md", 0), int, "md")
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
         reply.spans = _int_list(body.get("sp"), "sp")
+        for name, value in textwire.reply_fields(body).items():
+            setattr(reply, name, value)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
     except KeyError as exc:
         raise WireError(f"reply lacks field {exc.args[0]!r}") from None
     _check_sizes(reply)
@@ -289,6 +328,8 @@ def _check_sizes(reply: Reply) -> None:
         raise WireError(f"unknown output type {reply.output_type!r}")
     if reply.spans is not None and len(reply.spans) != 5 * reply.count:
         raise WireError("reply spans do not match count")
+    if problem := textwire.size_problem(reply):
+        raise WireError(problem)
     if reply.outputs is not None:
         _check_outputs(reply)
         return

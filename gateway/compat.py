@@ -5,7 +5,8 @@ Requests become ``pb.EmbedRequest`` / ``pb.RerankRequest`` so that the gateway v
 with the very functions gRPC calls use; responses are read from the ``pb`` responses the same
 shaping code builds. Only JSON types are checked here; every limit and option is checked there.
 Fields no client of ours knows (``input_type``, ``prompt_name``, ``normalize``, ``truncate``,
-``output_type``, ``outputs``) are extra keys, which OpenAI's, Cohere's and Jina's clients ignore.
+``truncation_side``, ``output_type``, ``outputs``) are extra keys, which OpenAI's, Cohere's and Jina's
+clients ignore. ``input`` may be token ids, as OpenAI's API allows: an array of integers, or of such arrays.
 """
 
 from __future__ import annotations
@@ -41,33 +42,37 @@ ERROR_TYPES = {
     429: "rate_limit_error",
     504: "timeout_error",
 }
-#: The gRPC message's field path as the HTTP body names it: ``inputs[2].text`` is ``input[2]``.
-_INPUTS_FIELD = re.compile(r"^inputs(\[\d+\])?(\.text)?")
+#: The gRPC message's field path as an HTTP body names it: ``inputs[2].text`` is OpenAI's ``input[2]``.
+_INPUTS_FIELD = re.compile(r"^inputs(\[\d+\])?(\.text|\.tokens|\.ids)?")
+#: ``truncation_side`` (TEI: ``truncation_direction``, also capitalised) in a JSON body.
+SIDES = {"right": pb.TRUNCATION_SIDE_RIGHT, "left": pb.TRUNCATION_SIDE_LEFT}
+_UINT32 = 2**32
 
 
 def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
     """OpenAI's embeddings request as an EmbedRequest, and its ``encoding_format``."""
-    encoding_format = _text(body, "encoding_format", "float")
+    encoding_format = string(body, "encoding_format", "float")
     if encoding_format not in ENCODING_FORMATS:
         raise InvalidArgument(f"encoding_format: {encoding_format!r} is not one of {list(ENCODING_FORMATS)}")
-    _text(body, "user", "")  # accepted, as OpenAI does; it only labels the caller
+    string(body, "user", "")  # accepted, as OpenAI does; it only labels the caller
     request = pb.EmbedRequest(
-        model=_text(body, "model", ""),
-        inputs=[pb.Input(text=t) for t in _inputs(body)],
+        model=string(body, "model", ""),
+        inputs=_inputs(body),
         encoding=pb.VECTOR_ENCODING_PACKED,
-        prompt_name=_text(body, "prompt_name", ""),
-        output_type=_choice(body, "output_type", OUTPUT_TYPES, pb.OUTPUT_TYPE_FLOAT32),
-        input_type=_choice(body, "input_type", INPUT_TYPES, pb.INPUT_TYPE_UNSPECIFIED),
+        prompt_name=string(body, "prompt_name", ""),
+        output_type=choice(body, "output_type", OUTPUT_TYPES, pb.OUTPUT_TYPE_FLOAT32),
+        input_type=choice(body, "input_type", INPUT_TYPES, pb.INPUT_TYPE_UNSPECIFIED),
     )
     for name in ("normalize", "truncate"):
-        if (flag := _flag(body, name)) is not None:
-            setattr(request, name, flag)
+        if (value := flag(body, name)) is not None:
+            setattr(request, name, value)
     if body.get("dimensions") is not None:
-        request.dimensions = _count(body, "dimensions", 1)
-    request.long_inputs = _choice(body, "long_inputs", LONG_INPUTS, pb.LONG_INPUTS_DEFAULT)
+        request.dimensions = integer(body, "dimensions", 1)
+    request.long_inputs = choice(body, "long_inputs", LONG_INPUTS, pb.LONG_INPUTS_DEFAULT)
+    request.truncation_side = truncation_side(body)
     for name in ("chunk_size_tokens", "chunk_overlap_tokens"):
         if body.get(name) is not None:
-            setattr(request.chunking, name.removeprefix("chunk_"), _count(body, name, 0))
+            setattr(request.chunking, name.removeprefix("chunk_"), integer(body, name, 0))
     request.outputs.extend(_outputs(body))
     return request, encoding_format
 
@@ -84,20 +89,45 @@ def _outputs(body: dict[str, Any]) -> list[pb.VectorKind.ValueType]:
     return [OUTPUTS[name] for name in value]
 
 
-def _inputs(body: dict[str, Any]) -> list[str]:
+def _inputs(body: dict[str, Any]) -> list[pb.Input]:
+    """OpenAI's ``input``: a string, a list of strings, token ids, or a list of token-id arrays."""
     if "input" not in body:
-        raise InvalidArgument("input: required (a string or a list of strings)")
+        raise InvalidArgument("input: required (a string, a list of strings, or token ids)")
     value = body["input"]
     if isinstance(value, str):
-        return [value]
+        return [pb.Input(text=value)]
     if not isinstance(value, list):
-        raise InvalidArgument("input: must be a string or a list of strings")
-    if (value and all(isinstance(v, int) for v in value)) or any(isinstance(v, list) for v in value):
-        raise InvalidArgument("input: token-id arrays are not served yet; send the text")
+        raise InvalidArgument("input: must be a string, a list of strings, or token ids")
+    if value and not isinstance(value[0], str | list):  # one array of token ids
+        return [pb.Input(tokens=pb.TokenIds(ids=token_ids(value, "input")))]
+    if value and isinstance(value[0], list):
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, list):
+                raise InvalidArgument(f"input[{i}]: must be an array of token ids, as the other inputs are")
+            out.append(pb.Input(tokens=pb.TokenIds(ids=token_ids(item, f"input[{i}]"))))
+        return out
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise InvalidArgument(f"input[{i}]: must be a string")
+    return [pb.Input(text=t) for t in value]
+
+
+def token_ids(value: list[Any], name: str) -> list[int]:
+    """A JSON array of token ids (integers 0 .. 2**32 - 1)."""
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < _UINT32:
+            raise InvalidArgument(f"{name}: token ids are integers from 0 to {_UINT32 - 1}; item {i} is {item!r}")
     return value
+
+
+def truncation_side(body: dict[str, Any]) -> pb.TruncationSide.ValueType:
+    """``truncation_side`` or TEI's ``truncation_direction``: right (the default) or left."""
+    name = "truncation_direction" if body.get("truncation_side") is None else "truncation_side"
+    value = string(body, name, "right")
+    if value.lower() not in SIDES:
+        raise InvalidArgument(f"{name}: {value!r} is not one of {list(SIDES)}")
+    return SIDES[value.lower()]
 
 
 def embeddings_body(response: pb.EmbedResponse, encoding_format: str, outputs: Sequence[int] = ()) -> dict[str, Any]:
@@ -151,14 +181,15 @@ def rerank_request(body: dict[str, Any]) -> pb.RerankRequest:
             raise InvalidArgument(f"documents[{i}]: must be a string or an object with a string 'text'")
         texts.append(document)
     request = pb.RerankRequest(
-        model=_text(body, "model", ""),
-        query=_text(body, "query", ""),
+        model=string(body, "model", ""),
+        query=string(body, "query", ""),
         documents=texts,
-        top_n=_count(body, "top_n", 0) if body.get("top_n") is not None else 0,
-        return_documents=bool(_flag(body, "return_documents")),
+        top_n=integer(body, "top_n", 0) if body.get("top_n") is not None else 0,
+        return_documents=bool(flag(body, "return_documents")),
     )
-    if (truncate := _flag(body, "truncate")) is not None:
+    if (truncate := flag(body, "truncate")) is not None:
         request.truncate = truncate
+    request.truncation_side = truncation_side(body)
     return request
 
 
@@ -187,16 +218,18 @@ def model_body(info: pb.ModelInfo) -> dict[str, Any]:
     return {"id": info.name, "object": "model", "created": 0, "owned_by": "embedstream", **extra}
 
 
-def error_body(exc: EmbedstreamError, status: int) -> dict[str, Any]:
-    """OpenAI's error shape; ``param`` is the field the message names, ``code`` the gRPC status."""
-    message = _INPUTS_FIELD.sub(lambda m: f"input{m.group(1) or ''}", exc.message)
+def error_body(exc: EmbedstreamError, status: int, inputs: str = "input") -> dict[str, Any]:
+    """OpenAI's error shape; ``param`` is the field the message names (the request's inputs are
+    ``inputs`` in the body: OpenAI's ``input``, TEI's ``inputs`` or ``ids``), ``code`` the gRPC status."""
+    message = _INPUTS_FIELD.sub(lambda m: f"{inputs}{m.group(1) or ''}", exc.message)
     field, sep, _ = message.partition(": ")
     param = field if sep and re.fullmatch(r"[a-z_]+(\[\d+\])?(\.[a-z_]+)?", field) else None
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": exc.code.value.lower()}}
 
 
-def _text(body: dict[str, Any], name: str, default: str) -> str:
+def string(body: dict[str, Any], name: str, default: str) -> str:
+    """``body[name]``, a string, or ``default`` where absent or null."""
     value = body.get(name)
     if value is None:
         return default
@@ -205,14 +238,16 @@ def _text(body: dict[str, Any], name: str, default: str) -> str:
     return value
 
 
-def _flag(body: dict[str, Any], name: str) -> bool | None:
+def flag(body: dict[str, Any], name: str) -> bool | None:
+    """``body[name]``, true or false, or None where absent or null."""
     value = body.get(name)
     if value is not None and not isinstance(value, bool):
         raise InvalidArgument(f"{name}: must be true or false")
     return value
 
 
-def _count(body: dict[str, Any], name: str, least: int) -> int:
+def integer(body: dict[str, Any], name: str, least: int) -> int:
+    """``body[name]``, an integer from ``least`` to 2**32 - 1."""
     value = body.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise InvalidArgument(f"{name}: must be an integer >= {least}")
@@ -221,8 +256,9 @@ def _count(body: dict[str, Any], name: str, least: int) -> int:
     return value
 
 
-def _choice(body: dict[str, Any], name: str, values: Mapping[str, T], default: T) -> T:
-    value = _text(body, name, "")
+def choice(body: dict[str, Any], name: str, values: Mapping[str, T], default: T) -> T:
+    """The value of the string ``body[name]`` names in ``values``, or ``default`` where absent."""
+    value = string(body, name, "")
     if not value:
         return default
     if value not in values:

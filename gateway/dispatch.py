@@ -31,7 +31,7 @@ class Options(wire.Options):
 
     __slots__ = ()
 
-    def job(self, id: str, reply_to: str, deadline_ms: int, inputs: list[str | bytes], **chunk: Any) -> wire.Job:
+    def job(self, id: str, reply_to: str, deadline_ms: int, inputs: list[wire.Item], **chunk: Any) -> wire.Job:
         """The queue entry for ``inputs`` with these options, stamped now, carrying the current span's context."""
         return self.to_job(id, reply_to, deadline_ms, int(clock.now_ms()), inputs, trace=tracing.traceparent(), **chunk)
 
@@ -41,7 +41,7 @@ class Request:
     """A validated request, ready to enqueue."""
 
     spec: ModelSpec
-    inputs: list[str | bytes]
+    inputs: list[wire.Item]
     options: Options = field(default_factory=Options)
 
 

@@ -1,4 +1,5 @@
-"""The ``embedstream.v1.Embedder`` service: Embed, EmbedStream, Rerank, RerankStream, ListModels."""
+"""The ``embedstream.v1.Embedder`` service: Embed, EmbedStream, Rerank, RerankStream, Classify,
+ClassifyStream, Tokenize, Decode, ListModels."""
 
 from __future__ import annotations
 
@@ -11,31 +12,22 @@ from typing import TypeVar
 import grpc
 import numpy as np
 from embedstream.gateway import spans
+from embedstream.gateway.catalog import OUTPUT_TYPE_VALUES, model_infos
+from embedstream.gateway.classify import respond_classify, validate_classify
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher, Request
-from embedstream.gateway.shape import chunked
+from embedstream.gateway.shape import answered, checked, chunked, metadata
 from embedstream.gateway.status import streaming, unary
-from embedstream.gateway.validation import OUTPUT_TYPES, VECTOR_KINDS, validate, validate_rerank, verify_images
+from embedstream.gateway.tokenizer import respond_decode, respond_tokenize, validate_decode, validate_tokenize
+from embedstream.gateway.validation import validate, validate_rerank, verify_images
 from embedstream.gateway.window import Window
 
 from embedstream import metrics, tracing, wire
 from embedstream.errors import DeadlineExceeded, EmbedstreamError
-from embedstream.profile import Profile
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
-
-FAMILIES = {
-    "text-dense": pb.MODEL_FAMILY_TEXT_DENSE,
-    "image-text": pb.MODEL_FAMILY_IMAGE_TEXT,
-    "sparse": pb.MODEL_FAMILY_SPARSE,
-    "multi-vector": pb.MODEL_FAMILY_MULTI_VECTOR,
-    "rerank": pb.MODEL_FAMILY_RERANK,
-    "debug": pb.MODEL_FAMILY_DEBUG,
-}
-OUTPUT_TYPE_VALUES = {name: value for value, name in OUTPUT_TYPES.items()}
-VECTOR_KIND_VALUES = {name: value for value, name in VECTOR_KINDS.items()}
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 
@@ -68,6 +60,24 @@ class Embedder(pb_grpc.EmbedderServicer):
         """``request`` validated, ready to dispatch."""
         return validate_rerank(request, self.registry, self.settings, self.directory)
 
+    async def check_classify(self, request: pb.ClassifyRequest) -> Request:
+        """``request`` validated, ready to dispatch."""
+        return validate_classify(request, self.registry, self.settings, self.directory)
+
+    async def tokenize(self, request: pb.TokenizeRequest, remaining: float | None) -> pb.TokenizeResponse:
+        """Tokenize, by way of a worker of the model (gRPC and HTTP)."""
+        received = time.perf_counter()
+        valid = validate_tokenize(request, self.registry, self.settings, self.directory)
+        reply = await self.dispatcher.embed(valid, self.deadline(remaining))
+        return respond_tokenize(request, valid, reply, received, self.directory)
+
+    async def decode(self, request: pb.DecodeRequest, remaining: float | None) -> pb.DecodeResponse:
+        """Decode, by way of a worker of the model (gRPC and HTTP)."""
+        received = time.perf_counter()
+        valid = validate_decode(request, self.registry, self.settings, self.directory)
+        reply = await self.dispatcher.embed(valid, self.deadline(remaining))
+        return respond_decode(request, valid, reply, received)
+
     @unary("Embed")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         received = time.perf_counter()
@@ -97,6 +107,29 @@ class Embedder(pb_grpc.EmbedderServicer):
             "RerankStream", request_iterator, context, self.check_rerank, respond_rerank
         ):
             yield response
+
+    @unary("Classify")
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        received = time.perf_counter()
+        valid = await self.check_classify(request)
+        reply = await self.dispatcher.embed(valid, self.deadline(context.time_remaining()))
+        return respond_classify(request, valid, reply, received)
+
+    @streaming("ClassifyStream")
+    async def ClassifyStream(
+        self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ClassifyResponse]:
+        stream = self._stream("ClassifyStream", request_iterator, context, self.check_classify, respond_classify)
+        async for response in stream:
+            yield response
+
+    @unary("Tokenize")
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        return await self.tokenize(request, context.time_remaining())
+
+    @unary("Decode")
+    async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> pb.DecodeResponse:
+        return await self.decode(request, context.time_remaining())
 
     async def _stream(
         self,
@@ -162,100 +195,9 @@ class Embedder(pb_grpc.EmbedderServicer):
         return pb.ListModelsResponse(models=model_infos(self.registry, self.settings, self.directory))
 
 
-def model_infos(registry: Registry, settings: Settings, directory: Directory) -> list[pb.ModelInfo]:
-    """What ListModels (and HTTP's /v1/models) says about every served model."""
-    out = []
-    for name, spec in registry.models.items():
-        state = directory.states[name]
-        served = state.profile
-        out.append(
-            pb.ModelInfo(
-                name=name,
-                family=FAMILIES.get(spec.family, pb.MODEL_FAMILY_UNSPECIFIED),
-                dimensions=state.dimensions or spec.dimensions,
-                max_input_tokens=state.max_input_tokens or spec.max_input_tokens,
-                serving=directory.serving(name),
-                workers=state.workers,
-                queue_depth=state.queue_depth,
-                aliases=list(spec.aliases),
-                is_default=name == registry.default,
-                max_inputs_per_request=settings.max_inputs_per_request,
-                normalizes=state.normalizes,
-                version=spec.version,
-                device=spec.device,
-                dtype=spec.dtype,
-                capabilities=pb.Capabilities(
-                    text=True,
-                    image=spec.images,
-                    matryoshka_dimensions=list(directory.matryoshka(name)),
-                    prompts=sorted(directory.prompts(name)),
-                    output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
-                    query_prompt=spec.query_prompt or (served.query_prompt if served else ""),
-                    document_prompt=spec.document_prompt or (served.document_prompt if served else ""),
-                    outputs=[VECTOR_KIND_VALUES[o] for o in spec.offered_outputs],
-                ),
-                state=_state(directory, name),
-                failure=directory.failure(name),
-                profile=_profile(served),
-            )
-        )
-    return out
-
-
-def _state(directory: Directory, name: str) -> pb.ModelState.ValueType:
-    if directory.serving(name):
-        return pb.MODEL_STATE_SERVING
-    return pb.MODEL_STATE_FAILED if directory.failure(name) else pb.MODEL_STATE_WAITING
-
-
-def _profile(found: Profile | None) -> pb.ModelProfile | None:
-    if found is None:
-        return None
-    return pb.ModelProfile(
-        loader=found.loader,
-        architecture=found.architecture,
-        pooling=found.pooling,
-        include_prompt=found.include_prompt,
-        normalizes=found.normalizes,
-        prompts=found.prompts,
-        query_prompt=found.query_prompt,
-        document_prompt=found.document_prompt,
-        default_prompt=found.default_prompt,
-        matryoshka_dimensions=list(found.matryoshka_dimensions),
-        matryoshka_layer_norm=found.matryoshka_layer_norm,
-        heads=list(found.heads),
-        max_input_tokens=found.max_input_tokens,
-        padding_side=found.padding_side,
-    )
-
-
-def _metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
-    return pb.ResponseMetadata(
-        tokens=reply.tokens,
-        queue_ms=reply.queue_ms,
-        inference_ms=reply.inference_ms,
-        total_ms=(time.perf_counter() - received) * 1000.0,
-        worker=reply.worker,
-        truncated_inputs=reply.truncated,
-        chunks=reply.chunks,
-    )
-
-
-def _checked_reply(valid: Request, reply: wire.Reply) -> None:
-    if not reply.ok:
-        raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
-    if reply.spans is not None:
-        if {reply.spans[k] for k in range(0, len(reply.spans), 5)} != set(range(len(valid.inputs))):
-            raise EmbedstreamError.from_code("INTERNAL", "worker returned chunks that do not cover every input")
-    elif reply.count != len(valid.inputs):
-        raise EmbedstreamError.from_code(
-            "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.inputs)} inputs"
-        )
-
-
 def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, received: float) -> pb.EmbedResponse:
     """Shape a worker's reply as the response to ``request``."""
-    _checked_reply(valid, reply)
+    checked(valid, reply)
     out = pb.EmbedResponse(
         request_id=request.request_id or uuid.uuid4().hex,
         model=valid.spec.name,
@@ -266,13 +208,13 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
         sparse_dimensions=reply.sparse_dimensions,
     )
     metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
-    out.metadata.CopyFrom(_metadata(reply, received))
+    out.metadata.CopyFrom(metadata(reply, received))
     return out
 
 
 def respond_rerank(request: pb.RerankRequest, valid: Request, reply: wire.Reply, received: float) -> pb.RerankResponse:
     """The documents best first (top_n of them), with their scores."""
-    _checked_reply(valid, reply)
+    checked(valid, reply)
     scores = np.frombuffer(reply.vectors, dtype="<f4")
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
     if request.top_n:
@@ -283,13 +225,7 @@ def respond_rerank(request: pb.RerankRequest, valid: Request, reply: wire.Reply,
         )
         for i in order
     ]
-    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
-    return pb.RerankResponse(
-        request_id=request.request_id or uuid.uuid4().hex,
-        model=valid.spec.name,
-        results=results,
-        metadata=_metadata(reply, received),
-    )
+    return pb.RerankResponse(results=results, **answered(request.request_id, valid, reply, received))
 
 
 __all__ = ["DeadlineExceeded", "Embedder", "respond", "respond_rerank"]

@@ -1,4 +1,5 @@
-"""The gateway's HTTP API beside gRPC: OpenAI's /v1/embeddings and /v1/models, and /v1/rerank.
+"""The gateway's HTTP API beside gRPC: OpenAI's /v1/embeddings and /v1/models, /v1/rerank, and
+TEI's /tokenize, /decode and /classify (/predict).
 
 aiohttp's server runs in the gateway's own event loop (``AppRunner`` + ``TCPSite``, which leave
 signals to the gateway), so an HTTP call takes the same path as a gRPC one: the guard's key
@@ -19,11 +20,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from embedstream.gateway import compat
+from embedstream.gateway import compat, tei
 from embedstream.gateway.auth import TENANT, current_tenant
+from embedstream.gateway.catalog import model_infos
+from embedstream.gateway.classify import respond_classify
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Dispatcher
-from embedstream.gateway.embedder import Embedder, model_infos, respond, respond_rerank
+from embedstream.gateway.embedder import Embedder, respond, respond_rerank
 from embedstream.gateway.guard import Guard, refused
 from embedstream.gateway.status import http_headers, http_status, to_error
 
@@ -74,6 +77,10 @@ class HttpApi:
         self.app.router.add_get("/v1/models/{model}", self.model)
         self.app.router.add_post("/v1/rerank", self.rerank)
         self.app.router.add_post("/rerank", self.rerank)
+        self.app.router.add_post("/tokenize", self.tokenize)
+        self.app.router.add_post("/decode", self.decode)
+        self.app.router.add_post("/classify", self.classify)
+        self.app.router.add_post("/predict", self.classify)
         self.app.router.add_get("/health", self.health)
         # handler_cancellation: a client that hangs up cancels its handler, which withdraws
         # its queue entry, as a cancelled gRPC call does.
@@ -155,7 +162,8 @@ class HttpApi:
         status = http_status(exc)
         metrics.REQUESTS.labels(rpc, request.get("model", "-"), exc.code.value).inc()
         log.debug("%s ended %d %s: %s", rpc, status, exc.code.value, exc.message)
-        return web.json_response(compat.error_body(exc, status), status=status, headers=http_headers(exc))
+        body = compat.error_body(exc, status, request.get("inputs", "input"))
+        return web.json_response(body, status=status, headers=http_headers(exc))
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         """The JSON object in the body; the request's ``model`` is noted for metrics."""
@@ -209,6 +217,31 @@ class HttpApi:
         reply = await self.dispatcher.embed(valid, deadline)
         return _json(compat.rerank_body(respond_rerank(message, valid, reply, received), message.return_documents))
 
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """POST /tokenize: TEI's shape, answered by a worker of the model."""
+        request["inputs"] = "inputs"
+        message, details = tei.tokenize_request(await self._body(request))
+        remaining = await self._admit(request, len(message.inputs)) - time.time()
+        return _json(tei.tokenize_body(await self.embedder.tokenize(message, remaining), details))
+
+    async def decode(self, request: web.Request) -> web.Response:
+        """POST /decode: TEI's shape, answered by a worker of the model."""
+        request["inputs"] = "ids"
+        message = tei.decode_request(await self._body(request))
+        remaining = await self._admit(request, len(message.inputs)) - time.time()
+        decoded = await self.embedder.decode(message, remaining)
+        return _json(list(decoded.texts))
+
+    async def classify(self, request: web.Request) -> web.Response:
+        """POST /classify and /predict: TEI's predict shape, with the pipeline's top_k and function_to_apply."""
+        received = time.perf_counter()
+        request["inputs"] = "inputs"
+        message, single = tei.classify_request(await self._body(request))
+        deadline = await self._admit(request, len(message.inputs))
+        valid = await self.embedder.check_classify(message)
+        reply = await self.dispatcher.embed(valid, deadline)
+        return _json(tei.classify_body(respond_classify(message, valid, reply, received), single))
+
     async def models(self, request: web.Request) -> web.Response:
         """GET /v1/models: every served model, OpenAI's list shape plus what ListModels says."""
         await self._admit(request, 1)
@@ -232,5 +265,5 @@ class HttpApi:
         return _json({"status": "SERVING"})
 
 
-def _json(body: dict[str, Any]) -> web.Response:
+def _json(body: Any) -> web.Response:
     return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), content_type="application/json")

@@ -1,16 +1,25 @@
 """A worker's reply as protobuf Embeddings, in the encoding the caller asked for.
 
-Shared by Embed, EmbedStream and GetJobResults. The reply already holds the
-final bytes (cut, normalized, quantized by the worker); shaping only slices
-them, or turns them into number lists for VECTOR_ENCODING_FLOAT_LIST.
+Shared by Embed, EmbedStream and GetJobResults (``job_results`` reads a stored job
+chunk). The reply already holds the final bytes (cut, normalized, quantized by the
+worker); shaping only slices them, or turns them into number lists for
+VECTOR_ENCODING_FLOAT_LIST. Every response's metadata, and the check that a reply
+answers its request, are here too.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import time
+import uuid
+from typing import Any
 
-from embedstream import vectors, wire
+import numpy as np
+from embedstream.gateway.dispatch import Request
+
+from embedstream import jobstore, metrics, vectors, wire
+from embedstream.errors import EmbedstreamError, InternalError
 from embedstream.v1 import embedder_pb2 as pb
+from embedstream.v1 import jobs_pb2 as jobs_pb
 
 PACKED = (pb.VECTOR_ENCODING_PACKED_F32LE, pb.VECTOR_ENCODING_PACKED)
 
@@ -98,3 +107,60 @@ def _sparse(reply: wire.Reply, weights_raw: bytes, first: int) -> list[pb.Embedd
             sparse.tokens.extend(reply.token_strings[lo:hi])
         out.append(pb.Embedding(sparse=sparse))
     return out
+
+
+def metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
+    """A response's usage and timing, from its reply and when the call came in (``time.perf_counter``)."""
+    return pb.ResponseMetadata(
+        tokens=reply.tokens,
+        queue_ms=reply.queue_ms,
+        inference_ms=reply.inference_ms,
+        total_ms=(time.perf_counter() - received) * 1000.0,
+        worker=reply.worker,
+        truncated_inputs=reply.truncated,
+        chunks=reply.chunks,
+    )
+
+
+def answered(request_id: str, valid: Request, reply: wire.Reply, received: float) -> dict[str, Any]:
+    """What every response but Embed's carries (request id, model, metadata); the call's latency is recorded."""
+    metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
+    return {
+        "request_id": request_id or uuid.uuid4().hex,
+        "model": valid.spec.name,
+        "metadata": metadata(reply, received),
+    }
+
+
+def checked(valid: Request, reply: wire.Reply) -> None:
+    """Raise the reply's error, or INTERNAL where it does not answer every input of ``valid``."""
+    if not reply.ok:
+        raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
+    if reply.spans is not None:
+        if {reply.spans[k] for k in range(0, len(reply.spans), 5)} != set(range(len(valid.inputs))):
+            raise EmbedstreamError.from_code("INTERNAL", "worker returned chunks that do not cover every input")
+    elif reply.count != len(valid.inputs):
+        raise EmbedstreamError.from_code(
+            "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.inputs)} inputs"
+        )
+
+
+def job_results(value: bytes, chunk_start: int, first: int, encoding: int) -> list[jobs_pb.JobResult]:
+    """The JobResults of one stored chunk (``jobstore.encode_chunk``), from input ``first`` on."""
+    try:
+        chunk = jobstore.decode_chunk(value)
+    except wire.WireError as exc:
+        raise InternalError(str(exc)) from None
+    if chunk.reply is None:
+        return [jobs_pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]
+    if chunk.reply.spans is not None:
+        results = [
+            jobs_pb.JobResult(index=chunk_start + i)
+            for i in range(len(chunk.reply.spans) and chunk.reply.spans[-5] + 1)
+        ]
+        for e in chunked(chunk.reply, encoding):
+            e.chunk.input += chunk_start  # the input's index in the job, as JobResult.index
+            results[e.chunk.input - chunk_start].chunks.append(e)
+        return results[first - chunk_start :]
+    items = embeddings(chunk.reply, encoding, first - chunk_start)
+    return [jobs_pb.JobResult(index=first + i, embedding=e) for i, e in enumerate(items)]

@@ -15,10 +15,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from embedstream.gateway import tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 
-from embedstream import images
+from embedstream import images, wire
 from embedstream.errors import InvalidArgument, TooLarge, clip
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
@@ -49,8 +50,7 @@ MIN_CHUNK_TOKENS = 8
 def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, directory: Directory) -> Request:
     """A ready-to-enqueue request, or :class:`InvalidArgument` / ``NotFound``."""
     spec = registry.resolve(req.model)
-    if spec.family == "rerank":
-        raise InvalidArgument(f"model: {spec.name!r} is a rerank model; call Rerank")
+    refuse_scorers(spec, "model: ")
     count(len(req.inputs), settings, "inputs")
     if req.encoding not in pb.VectorEncoding.values():
         raise InvalidArgument(f"encoding: unknown value {req.encoding}")
@@ -61,8 +61,29 @@ def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, direc
             f"for output_type {options.output_type}"
         )
     inputs = validate_inputs(req.inputs, spec, settings, directory, options.truncate)
+    check_token_inputs(inputs, req.prompt_name, options)
     check_chunks(inputs, options, settings)
     return Request(spec, inputs, options)
+
+
+def check_token_inputs(inputs: Sequence[wire.Item], prompt_name: str, options: Options, prefix: str = "") -> None:
+    """Token ids are embedded as given: a prompt named for them, or chunking, cannot apply."""
+    if not any(isinstance(item, list) for item in inputs):
+        return
+    if prompt_name:
+        raise InvalidArgument(
+            f"{prefix}prompt_name: prompts are prepended to texts; token-id inputs are embedded as given "
+            "(include the prompt's tokens in them)"
+        )
+    if options.chunking:
+        raise InvalidArgument(f"{prefix}long_inputs: token-id inputs are never cut or chunked; send text to chunk")
+
+
+def refuse_scorers(spec: ModelSpec, where: str) -> None:
+    """Rerank and classify models give scores, not embeddings: refused by Embed and jobs."""
+    if spec.family in ("rerank", "classify"):
+        call = "Rerank or RerankStream" if spec.family == "rerank" else "Classify or ClassifyStream"
+        raise InvalidArgument(f"{where}{spec.name!r} is a {spec.family} model; call {call}")
 
 
 def validate_rerank(req: pb.RerankRequest, registry: Registry, settings: Settings, directory: Directory) -> Request:
@@ -72,9 +93,10 @@ def validate_rerank(req: pb.RerankRequest, registry: Registry, settings: Setting
         raise InvalidArgument(f"model: {spec.name!r} is a {spec.family} model; Rerank needs a rerank model")
     count(len(req.documents), settings, "documents")
     truncate = req.truncate if req.HasField("truncate") else True
+    side = tokens.side(req.truncation_side, spec, directory)
     query = check_text(req.query, "query", spec, settings, directory, truncate)
     docs = [check_text(d, f"documents[{i}]", spec, settings, directory, truncate) for i, d in enumerate(req.documents)]
-    return Request(spec, list(docs), Options(truncate=truncate, query=query))
+    return Request(spec, list(docs), Options(truncate=truncate, query=query, truncation_side=side))
 
 
 def count(n: int, settings: Settings, field: str) -> None:
@@ -121,7 +143,9 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         dimensions = 0 if msg.dimensions == full else int(msg.dimensions)
     input_type = INPUT_TYPES[msg.input_type]
     truncate, chunk = long_inputs(msg, spec, directory, prefix)
+    side = tokens.side(msg.truncation_side, spec, directory, f"{prefix}truncation_side")
     return Options(
+        truncation_side=side,
         normalize=msg.normalize if msg.HasField("normalize") else None,
         truncate=truncate,
         input_type=input_type,
@@ -192,7 +216,7 @@ def long_inputs(msg: Any, spec: ModelSpec, directory: Directory, prefix: str = "
 
 
 def check_chunks(
-    texts: Sequence[str | bytes], options: Options, settings: Settings, start: int = 0, per_request: bool = True
+    texts: Sequence[wire.Item], options: Options, settings: Settings, start: int = 0, per_request: bool = True
 ) -> None:
     """Refuse before queueing what surely splits into too many chunks (a word is at least one
     token); the worker counts exactly. Jobs check per input only (their entries hold 64 inputs)."""
@@ -225,9 +249,9 @@ def validate_inputs(
     truncate: bool,
     field: str = "inputs",
     start: int = 0,
-) -> list[str | bytes]:
-    """The texts and images of ``inputs``, or :class:`InvalidArgument` naming ``field[i]``."""
-    out: list[str | bytes] = []
+) -> list[wire.Item]:
+    """The texts, images and token ids of ``inputs``, or :class:`InvalidArgument` naming ``field[i]``."""
+    out: list[wire.Item] = []
     for i, item in enumerate(inputs, start):
         kind = item.WhichOneof("content")
         if kind == "image":
@@ -238,6 +262,8 @@ def validate_inputs(
             out.append(item.image)  # checked by verify_images before anything is queued
         elif kind == "text":
             out.append(check_text(item.text, f"{field}[{i}].text", spec, settings, directory, truncate))
+        elif kind == "tokens":
+            out.append(tokens.check_ids(item.tokens.ids, f"{field}[{i}].tokens", spec, directory))
         else:
             raise InvalidArgument(f"{field}[{i}]: set text" + (" or image" if spec.images else ""))
     return out
@@ -260,9 +286,7 @@ def check_text(text: str, field: str, spec: ModelSpec, settings: Settings, direc
     return text
 
 
-async def verify_images(
-    inputs: Sequence[str | bytes], settings: Settings, field: str = "inputs", start: int = 0
-) -> None:
+async def verify_images(inputs: Sequence[wire.Item], settings: Settings, field: str = "inputs", start: int = 0) -> None:
     """Decode every image once, off the event loop; a corrupt or truncated one is refused."""
     pending = [(i, item) for i, item in enumerate(inputs, start) if isinstance(item, bytes)]
     if not pending:

@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 from embedstream import registry  # noqa: E402
-from loadtest.bench import Service, raw_throughput, save, stream_throughput  # noqa: E402
 from loadtest.corpus import mixed_texts  # noqa: E402
+from loadtest.measure import Service, raw_throughput, save, stream_throughput  # noqa: E402
 
 
 def photos(n: int) -> list[bytes]:

@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedstream import registry  # noqa: E402
 from embedstream.settings import Settings  # noqa: E402
-from loadtest.bench import Chunks, Service, concurrent_throughput, timed_callers  # noqa: E402
 from loadtest.corpus import mixed_texts  # noqa: E402
+from loadtest.measure import Chunks, Service, concurrent_throughput, timed_callers  # noqa: E402
 
 PER_REQUEST = 32
 

@@ -30,7 +30,8 @@ from embedstream.workers.threads import prepare_environment  # noqa: E402
 
 from embedstream import registry  # noqa: E402
 from embedstream.redis_server import free_port  # noqa: E402
-from loadtest.bench import (  # noqa: E402
+from loadtest.corpus import goal_texts  # noqa: E402
+from loadtest.measure import (  # noqa: E402
     Service,
     concurrent_throughput,
     percentiles,
@@ -38,9 +39,9 @@ from loadtest.bench import (  # noqa: E402
     rss_mb,
     save,
     stream_throughput,
+    timed_callers,
     unary_times,
 )
-from loadtest.corpus import goal_texts  # noqa: E402
 
 VENV = ROOT / ".embedstream/peers/infinity"
 
@@ -48,24 +49,17 @@ VENV = ROOT / ".embedstream/peers/infinity"
 def callers(call: Callable[[list[str]], None], chunks: list[list[str]], concurrency: int) -> float:
     """Seconds for ``concurrency`` threads to send every chunk, each waiting for its answer."""
     lock = threading.Lock()
-    position = [0]
+    pending = iter(chunks)
 
     def caller() -> None:
         while True:
             with lock:
-                if position[0] >= len(chunks):
-                    return
-                chunk = chunks[position[0]]
-                position[0] += 1
+                chunk = next(pending, None)
+            if chunk is None:
+                return
             call(chunk)
 
-    threads = [threading.Thread(target=caller) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started
+    return timed_callers(caller, concurrency)
 
 
 class Infinity:

@@ -27,8 +27,8 @@ from embedstream.v1 import embedder_pb2 as pb  # noqa: E402
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc  # noqa: E402
 from embedstream.v1 import jobs_pb2 as jpb  # noqa: E402
 from embedstream.v1 import jobs_pb2_grpc as jpb_grpc  # noqa: E402
-from loadtest.bench import Service  # noqa: E402
 from loadtest.corpus import mixed_texts  # noqa: E402
+from loadtest.measure import Service  # noqa: E402
 
 
 def latencies(stub: pb_grpc.EmbedderStub, texts: list[str]) -> list[float]:

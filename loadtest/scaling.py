@@ -23,7 +23,7 @@ from embedstream.workers.debug import DebugModel  # noqa: E402
 from embedstream.workers.model import Tokens  # noqa: E402
 
 from embedstream import registry  # noqa: E402
-from loadtest.bench import Service, concurrent_throughput, save  # noqa: E402
+from loadtest.measure import Service, concurrent_throughput, save  # noqa: E402
 
 MODEL = "scaled"
 

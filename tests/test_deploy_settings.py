@@ -11,6 +11,7 @@ from embedstream.settings import ENV_PREFIX, Settings
 from tests.support.deploy import (
     DEPLOY,
     GRPC_PORT,
+    HTTP_PORT,
     OVERLAYS,
     compose,
     containers,
@@ -60,9 +61,14 @@ def test_ports_follow_the_settings() -> None:
         container = pod_spec(gateway)["containers"][0]
         env = env_of(container)
         assert port_of(container, "grpc") == int(env["EMBEDSTREAM_PORT"]) == GRPC_PORT
+        assert port_of(container, "http") == int(env["EMBEDSTREAM_HTTP_PORT"]) == HTTP_PORT
+        gateway_services = 0
         for service in find(docs, "Service"):
             if service["spec"]["selector"].get("app.kubernetes.io/component") == "gateway":
-                assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(GRPC_PORT, "grpc")]
+                ports = [(p["port"], p["targetPort"], p["appProtocol"]) for p in service["spec"]["ports"]]
+                assert ports == [(GRPC_PORT, "grpc", "grpc"), (HTTP_PORT, "http", "http")]
+                gateway_services += 1
+        assert gateway_services == 2  # the ClusterIP and the headless Service
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert f"--port {GRPC_PORT}" in " ".join(container[probe]["exec"]["command"])
         for doc, c in containers(docs):
@@ -81,6 +87,8 @@ def test_ports_follow_the_settings() -> None:
     services = compose()["services"]
     assert services["gateway"]["environment"]["EMBEDSTREAM_PORT"] == str(GRPC_PORT)
     assert f"{GRPC_PORT}:{GRPC_PORT}" in services["gateway"]["ports"]
+    assert services["gateway"]["environment"]["EMBEDSTREAM_HTTP_PORT"] == str(HTTP_PORT)
+    assert f"{HTTP_PORT}:{HTTP_PORT}" in services["gateway"]["ports"]
     metrics_port = services["gateway"]["environment"]["EMBEDSTREAM_METRICS_PORT"]
     assert services["worker"]["environment"]["EMBEDSTREAM_METRICS_PORT"] == metrics_port
     assert services["worker"]["expose"] == [metrics_port]
@@ -90,4 +98,4 @@ def test_ports_follow_the_settings() -> None:
         ("worker", int(metrics_port)),
     }
     for file in ("Dockerfile", "Dockerfile.cuda"):
-        assert set(stage(file, -1, "EXPOSE")[0]) == {str(GRPC_PORT), metrics_port}
+        assert set(stage(file, -1, "EXPOSE")[0]) == {str(GRPC_PORT), str(HTTP_PORT), metrics_port}

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embedstream.redis_server import free_port
@@ -38,6 +39,7 @@ TINY = {
     "/models/splade-v3": lambda root: tinymodels.bert(root / "splade", "splade"),
     "/models/colbert": lambda root: tinymodels.colbert(root / "colbert"),
     "/models/ms-marco-MiniLM-L6": lambda root: tinymodels.bert(root / "rerank", "xenc"),
+    "/models/sentiment": lambda root: tinymodels.classifier(root / "sentiment", ["negative", "neutral", "positive"]),
 }
 METRICS_PORTS = 12  # 9464 ... 9471 in the docs: the gateway, then each worker in registry order (room for more)
 
@@ -102,6 +104,7 @@ class Served:
     metrics: int
     env: dict[str, str]
     scratch: Path
+    models: Path
 
     def rewrite(self, code: str) -> str:
         """The docs' addresses (gRPC 50051, HTTP 8080, metrics 9464 + n) become this service's."""
@@ -185,7 +188,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         block_env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
         block_env.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", EMBEDSTREAM_PORT=str(port))
         block_env.update(VIRTUAL_ENV=str(Path(bin_dir).parent), HF_HUB_OFFLINE="1")
-        yield Served(port, http, metrics, block_env, _scratch(root / "scratch"))
+        yield Served(port, http, metrics, block_env, _scratch(root / "scratch"), root / "models")
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in the terminal that runs `make run`
         try:
@@ -220,3 +223,93 @@ def test_the_runnable_python_blocks_of_a_page_exit_0(served: Served, page: Path,
     (tmp_path / "blocks.json").write_text(json.dumps([(b.where, served.rewrite(b.code)) for b in runnable]))
     python = Path(served.env["VIRTUAL_ENV"]) / "bin" / "python"
     served.run(page.name, [str(python), "-c", DRIVER, str(tmp_path / "blocks.json")])
+
+
+def _mean_pooled(folder: Path, texts: list[str]) -> np.ndarray:
+    """transformers' own BertModel on ``folder``: mean over the attention mask, L2-normalized
+    (what docs/models.md's e5-small lines, pooling = "mean" and normalize = true, ask for)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_second_family_gives_its_reference_vectors_every_way_the_docs_call_it(served: Served) -> None:
+    """The first hour's promise: a second model (docs/models.md's e5-small, a plain transformers
+    folder) served by the docs' registry gives transformers' vectors through grpcurl-style JSON
+    (`embedstream call`), the Python client, `embed-file` and curl on /v1/embeddings."""
+    texts = ["the first text", "a second, longer text about streams, queues and vectors"]
+    want = _mean_pooled(served.models / "e5", texts)
+    bin_dir = Path(served.env["VIRTUAL_ENV"]) / "bin"
+
+    def output(args: list[str]) -> str:
+        done = subprocess.run(args, env=served.env, cwd=served.scratch, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, f"{args[:3]} exited {done.returncode}: {done.stderr[-2000:]}"
+        return done.stdout
+
+    request = json.dumps({"model": "e5-small", "inputs": [{"text": t} for t in texts]})
+    called = json.loads(
+        output(
+            [
+                str(bin_dir / "embedstream"),
+                "call",
+                "-plaintext",
+                "-d",
+                request,
+                f"localhost:{served.port}",
+                "embedstream.v1.Embedder/Embed",
+            ]
+        )
+    )
+    got = {"call": np.array([e["values"] for e in called["embeddings"]], dtype=np.float32)}
+
+    from embedstream.client import Client
+
+    with Client(f"127.0.0.1:{served.port}") as client:
+        got["client"] = np.asarray(client.embed(texts, model="e5-small"), dtype=np.float32)
+
+    (served.scratch / "two.txt").write_text("\n".join(texts) + "\n")
+    out = served.scratch / "two.npy"
+    output(
+        [
+            str(bin_dir / "embedstream"),
+            "embed-file",
+            "two.txt",
+            "--model",
+            "e5-small",
+            "-o",
+            out.name,
+            "--target",
+            f"127.0.0.1:{served.port}",
+            "--no-progress",
+        ]
+    )
+    got["embed-file"] = np.load(out)
+
+    body = json.dumps({"model": "e5-small", "input": texts})
+    answer = json.loads(
+        output(
+            [
+                "curl",
+                "-sS",
+                "--fail-with-body",
+                f"http://localhost:{served.http}/v1/embeddings",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ]
+        )
+    )
+    got["curl"] = np.array([d["embedding"] for d in answer["data"]], dtype=np.float32)
+    for way, vectors in got.items():
+        assert vectors.shape == want.shape, (way, vectors.shape)
+        assert np.abs(vectors - want).max() < 1e-5, way

@@ -11,12 +11,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -30,8 +27,9 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support import ROOT, tinymodels
 from tests.support.documents import blocks
+from tests.support.http import Response, call, http_port
 from tests.support.models import MINILM
-from tests.support.processes import base_env, entries_added, http_port, scrape, start_gateway, start_workers
+from tests.support.processes import base_env, entries_added, scrape, start_gateway, start_workers
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -41,32 +39,7 @@ TEXTS = [
 ]
 DOCS = ["Redis is an in-memory data store.", "Cats sleep a lot.", "Streams are append-only logs."]
 NODE_DIR = ROOT / "examples" / "node"
-MODELS = ("all-MiniLM-L6-v2", "rerank", "slow", "orphan")
-
-
-@dataclass
-class Response:
-    """What an HTTP call got back (urllib's, without raising on 4xx/5xx)."""
-
-    status_code: int
-    headers: dict[str, str]
-    text: str
-
-    def json(self) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(self.text)
-        return body
-
-
-def call(method: str, url: str, body: object = None, headers: dict[str, str] | None = None) -> Response:
-    """One HTTP call with the standard library; ``body`` is JSON-encoded unless it is bytes."""
-    content = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=content, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as got:
-            return Response(got.status, {k.lower(): v for k, v in got.headers.items()}, got.read().decode())
-    except urllib.error.HTTPError as got:
-        with got:
-            return Response(got.code, {k.lower(): v for k, v in got.headers.items()}, got.read().decode())
+MODELS = ("all-MiniLM-L6-v2", "rerank", "sentiment", "slow", "orphan")
 
 
 def free_port() -> int:
@@ -113,6 +86,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, log_dir: Path) -> Iterator[Api
     server = RedisServer(root / "redis", appendonly=False).start()
     admin = redis.Redis.from_url(server.url)
     rerank = tinymodels.bert(root / "xenc", "xenc")
+    sentiment = tinymodels.classifier(root / "sentiment", ["negative", "neutral", "positive"])
     registry = root / "models.toml"
     registry.write_text(f"""
 default = "all-MiniLM-L6-v2"
@@ -126,6 +100,10 @@ matryoshka_dimensions = [256, 128]
 [models.rerank]
 family = "rerank"
 path = "{rerank}"
+
+[models.sentiment]
+family = "classify"
+path = "{sentiment}"
 
 [models.slow]
 family = "debug"
@@ -149,7 +127,7 @@ dimensions = 8
         EMBEDSTREAM_MAX_INPUTS_PER_REQUEST="8",
         EMBEDSTREAM_MAX_TEXT_BYTES="4096",
     )
-    workers = start_workers(env, log_dir, ["all-MiniLM-L6-v2", "rerank", "slow"], admin)
+    workers = start_workers(env, log_dir, ["all-MiniLM-L6-v2", "rerank", "sentiment", "slow"], admin)
     gateway, port = start_gateway(dict(env, EMBEDSTREAM_METRICS_PORT=str(metrics_port)), log_dir)
     yield Api(f"http://127.0.0.1:{http_port(gateway)}", port, metrics_port, key, tight, admin, env)
     for proc in [gateway, *workers.values()]:
@@ -285,7 +263,11 @@ BAD = [
     ({"input": []}, "input"),
     ({"input": 42}, "input"),
     ({"input": ["ok", 7]}, "input[1]"),
-    ({"input": [[101, 2023, 102]]}, "input"),
+    ({"input": [[101, 2023, 99999]]}, "input[0]"),
+    ({"input": [101, -1]}, "input"),
+    ({"input": [[101, 102], "text"]}, "input[1]"),
+    ({"input": [[]]}, "input[0]"),
+    ({"input": "x", "truncation_side": "middle"}, "truncation_side"),
     ({"input": "x", "model": 3}, "model"),
     ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
     ({"input": "x", "dimensions": 100}, "dimensions"),
@@ -345,8 +327,10 @@ def test_a_body_that_is_not_a_json_object_is_400(api: Api) -> None:
 def test_a_missing_malformed_or_unknown_key_is_401_and_enqueues_nothing(api: Api, authorization: str | None) -> None:
     before = api.added()
     headers = {} if authorization is None else {"Authorization": authorization}
-    for method, path in (("POST", "/v1/embeddings"), ("GET", "/v1/models"), ("POST", "/v1/rerank")):
-        response = call(method, api.url + path, {"input": "x"} if method == "POST" else None, headers)
+    routes = ("/v1/embeddings", "/v1/rerank", "/tokenize", "/decode", "/classify", "/predict")
+    for method, path in (("GET", "/v1/models"), *(("POST", route) for route in routes)):
+        body = {"input": "x", "inputs": "x", "ids": [101]} if method == "POST" else None
+        response = call(method, api.url + path, body, headers)
         assert response.status_code == 401, (path, response.text)
         error = response.json()["error"]
         assert error["type"] == "authentication_error" and "es_not_a_key" not in error["message"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embedstream import wire
+from embedstream.textwire import TokenList
 
 
 def test_job_round_trip() -> None:
@@ -82,4 +83,73 @@ def test_named_outputs_round_trip_each_in_its_own_fields() -> None:
         with pytest.raises(wire.WireError):
             wire.decode_reply(wire.encode_reply(bad))
     with pytest.raises(wire.WireError, match="'os'"):
-        wire.decode_job(msgpack.packb({"v": 1, "i": "j", "r": "r", "d": 1, "q": 0, "t": ["a"], "os": ["colbert"]}))
+        wire.decode_job(msgpack.packb({"v": 4, "i": "j", "r": "r", "d": 1, "q": 0, "t": ["a"], "os": ["colbert"]}))
+
+
+def test_named_outputs_carry_version_4_beside_text_options() -> None:
+    # A worker from before outputs refuses the entry instead of answering the primary output alone.
+    job = wire.Job("j", "r", 1, 0, [[101, 7, 102]], outputs=("sparse",), truncation_side="left")
+    body = msgpack.unpackb(wire.encode_job(job))
+    assert body["v"] == wire.VERSION_OUTPUTS and body["sd"] == "left"
+    assert wire.decode_job(wire.encode_job(job)) == job
+    chunked = wire.Job("j", "r", 1, 0, ["a"], outputs=("dense",), chunking=True)
+    assert msgpack.unpackb(wire.encode_job(chunked))["v"] == wire.VERSION_OUTPUTS
+    reply = wire.Reply("j", count=1, outputs=["dense"], dimensions=1, vectors=b"\0" * 4, spans=[0, 0, 1, 0, 1])
+    assert msgpack.unpackb(wire.encode_reply(reply))["v"] == wire.VERSION_OUTPUTS
+    assert wire.decode_reply(wire.encode_reply(reply)).outputs == ["dense"]
+
+
+def test_text_operations_round_trip_as_version_3() -> None:
+    job = wire.Job(
+        "id", "reply", 5, 1, ["a text", [101, 7592, 102]], kind="tokenize", truncation_side="left", special_tokens=False
+    )
+    body = msgpack.unpackb(wire.encode_job(job))
+    assert body["v"] == wire.VERSION_TEXT and body["kd"] == "tokenize" and body["sd"] == "left"
+    assert wire.decode_job(wire.encode_job(job)) == job
+    classify = wire.Job("id", "reply", 5, 1, ["x"], function="sigmoid", return_logits=True)
+    assert wire.decode_job(wire.encode_job(classify)) == classify
+    # A plain embedding entry keeps the version an older worker reads.
+    assert msgpack.unpackb(wire.encode_job(wire.Job("id", "reply", 5, 1, ["x"])))["v"] == wire.VERSION
+    lists = [TokenList([101, 7592, 102], ["[CLS]", "hello", "[SEP]"], [0, 0, 0, 5, 0, 0], [1, 0, 1], 3)]
+    tokenized = wire.decode_reply(wire.encode_reply(wire.Reply("id", count=1, token_lists=lists)))
+    assert tokenized.token_lists == lists
+    assert wire.decode_reply(wire.encode_reply(wire.Reply("id", count=2, texts=["a", "b"]))).texts == ["a", "b"]
+    scores = np.ones((2, 3), "<f4").tobytes()
+    labelled = wire.Reply("id", vectors=scores, dimensions=3, count=2, labels=["a", "b", "c"], logits=scores)
+    back = wire.decode_reply(wire.encode_reply(labelled))
+    assert back.labels == ["a", "b", "c"] and back.logits == scores
+
+
+TEXT_JOB = {"v": 3, "i": "x", "r": "r", "d": 1, "q": 1, "t": ["a"]}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"t": [[1, -2]]},
+        {"t": [[1, True]]},
+        {"t": [[2**32]]},
+        {"kd": "summarize"},
+        {"sd": "middle"},
+        {"sp": "yes"},
+        {"fn": "tanh"},
+        {"lg": 1},
+    ],
+)
+def test_malformed_text_options_raise_wire_error(fields: dict[str, object]) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_job(msgpack.packb({**TEXT_JOB, **fields}))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        wire.Reply("id", count=2, texts=["only one"]),
+        wire.Reply("id", count=1, token_lists=[TokenList([1, 2], ["a"], [0, 1, 1, 2], [0, 0], 2)]),
+        wire.Reply("id", vectors=b"\0" * 8, dimensions=2, count=1, labels=["a"]),
+        wire.Reply("id", vectors=b"\0" * 8, dimensions=2, count=1, labels=["a", "b"], logits=b"\0" * 4),
+    ],
+)
+def test_text_replies_that_do_not_add_up_raise_wire_error(reply: wire.Reply) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_reply(wire.encode_reply(reply))

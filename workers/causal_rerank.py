@@ -59,13 +59,17 @@ class CausalRerankModel(Encoder):
         #: The card's <Instruct>: the registry's ``instruction`` (the card advises one per task), else its default.
         self.instruction = spec.instruction or INSTRUCTION
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """The card's prompt around each pair, the pair text cut to fit the context."""
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
+        """The card's prompt around each pair, the pair text cut to fit the context (on the right:
+        a left cut would drop the card's instruction and the query)."""
         out = []
         for source in sources:
-            if not isinstance(source, tuple):
-                refused = Tokens(None, 1, False, "", error=f"model {self.name} scores (query, document) pairs")
-                out.append(not_text(self.name) if isinstance(source, bytes) else refused)
+            if isinstance(source, bytes):
+                out.append(not_text(self.name))
+                continue
+            if not isinstance(source, tuple) or side != "right":
+                why = "scores (query, document) pairs" if side == "right" else "cuts pairs on the right only"
+                out.append(Tokens(None, 1, False, "", error=f"model {self.name} {why}"))
                 continue
             query, doc = source
             text = f"<Instruct>: {self.instruction}\n<Query>: {query}\n<Document>: {doc}"

@@ -164,8 +164,7 @@ def prepare(
             plans.append((sources, None, None))
             continue
         plans.append(_plan(model, job, prompt, max_per_input, max_per_request))
-    flat = [s for sources, _, _ in plans for s in sources]
-    tokens = model.tokenize(flat) if flat else []
+    tokens = _tokenize(model, [(sources, job.truncation_side) for (sources, _, _), (job, _, _) in zip(plans, work)])
     out: list[Prepared] = []
     at = 0
     for sources, layout, error in plans:
@@ -176,6 +175,18 @@ def prepare(
             if bad is not None:
                 error = (Code.INVALID_ARGUMENT.value, f"inputs[{layout.spans[bad].input}]: {toks[bad].error}")
         out.append((toks, layout, error))
+    return out
+
+
+def _tokenize(model: Any, groups: list[tuple[list[Source], str]]) -> list[Tokens]:
+    """The tokens of every group's sources, in order: one tokenize call per truncation side."""
+    owner = [side for sources, side in groups for _ in sources]
+    out: list[Any] = [None] * len(owner)
+    for side in sorted(set(owner)):
+        at = [i for i, s in enumerate(owner) if s == side]
+        flat = [source for sources, s in groups if s == side for source in sources]
+        for i, tok in zip(at, model.tokenize(flat, side)):
+            out[i] = tok
     return out
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 from embedstream.workers import strict
-from embedstream.workers.encoding import cut_tokenizer, init_torch, torch_dtype, weights
+from embedstream.workers.encoding import init_torch, torch_dtype, weights
 from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream import images
 from embedstream.errors import ConfigError
@@ -51,6 +52,7 @@ class _TwoTowers:
     dimensions: int
     max_input_tokens: int
     image_cost: int
+    vocabulary: Vocabulary | None = None
 
     def __init__(self, spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> None:
         self._torch, self.device = init_torch(spec, threads)
@@ -58,8 +60,8 @@ class _TwoTowers:
         self.name = spec.name
         self.image_limits = image_limits
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Token ids for texts; decoded, preprocessed pixels for images."""
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
+        """Token ids for texts (cut on ``side`` where the tokenizer can); decoded, preprocessed pixels for images."""
         out = []
         for source in sources:
             if isinstance(source, bytes):
@@ -70,8 +72,10 @@ class _TwoTowers:
                     out.append(Tokens(None, 1, False, "", error=f"image refused: {exc}"))
                     continue
                 out.append(Tokens(None, self.image_cost, False, "", pixels=pixels))
+            elif isinstance(source, str) and side != "right" and self.vocabulary is None:
+                out.append(Tokens(None, 1, False, "", error=f"model {self.name} cuts texts on the right only"))
             elif isinstance(source, str):
-                out.append(self.tokenize_text(source))
+                out.append(self.tokenize_text(source, side))
             else:
                 out.append(Tokens(None, 1, False, "", error=f"model {self.name} takes texts and images"))
         return out
@@ -104,7 +108,7 @@ class _TwoTowers:
         """The model's pixel tensor (C, H, W) for an RGB image."""
         raise NotImplementedError
 
-    def tokenize_text(self, text: str) -> Tokens:
+    def tokenize_text(self, text: str, side: str = "right") -> Tokens:
         """Token ids of one text, cut to the context length."""
         raise NotImplementedError
 
@@ -139,8 +143,8 @@ class OpenClipModel(_TwoTowers):
         """open_clip's own eval transform."""
         return self._preprocess(image)
 
-    def tokenize_text(self, text: str) -> Tokens:
-        """open_clip's tokenizer (always the full context, as open_clip runs it)."""
+    def tokenize_text(self, text: str, side: str = "right") -> Tokens:
+        """open_clip's tokenizer (always the full context, as open_clip runs it; cut on the right)."""
         ids = self.tokenizer([text])[0]
         real = int((ids != 0).sum())
         # SimpleTokenizer cuts silently; count its BPE tokens (+ start and end) to tell.
@@ -185,8 +189,10 @@ class HFClipModel(_TwoTowers):
         self.max_input_tokens = int(spec.max_input_tokens or limit)
         # SigLIP pads to its full text length whatever the registry's cut, so no vector depends on batch-mates.
         self._full_width = limit
-        # SigLIP ships a SentencePiece model (a slow tokenizer, package sentencepiece); CLIP a fast one.
-        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens) if self.tokenizer.is_fast else None
+        # SigLIP ships a SentencePiece model (a slow tokenizer, package sentencepiece): no Vocabulary
+        # (Tokenize, Decode, token ids and left cuts need a fast one); CLIP a fast one.
+        if self.tokenizer.is_fast:
+            self.vocabulary = Vocabulary(self.tokenizer, self.max_input_tokens, size_of(self.model, self.tokenizer))
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         vision = self.model.config.vision_config
         if self.naflex:
@@ -202,10 +208,11 @@ class HFClipModel(_TwoTowers):
             return {key: out[key][0] for key in NAFLEX}
         return out["pixel_values"][0]
 
-    def tokenize_text(self, text: str) -> Tokens:
-        """Tokenizer ids cut at the text tower's positions (the special end token kept, as the processor cuts)."""
-        if self._backend is not None:
-            enc = self._backend.encode(text)
+    def tokenize_text(self, text: str, side: str = "right") -> Tokens:
+        """Tokenizer ids cut at the text tower's positions on ``side`` (the special end token kept, as the
+        processor cuts); a slow tokenizer cuts on the right only (``tokenize`` refuses the left)."""
+        if self.vocabulary is not None:
+            enc = self.vocabulary.cutter(side).encode(text)
             return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
         ids: list[int] = self.tokenizer(text)["input_ids"]
         cut = len(ids) > self.max_input_tokens

@@ -14,6 +14,7 @@ import time
 import numpy as np
 from embedstream.workers.encoding import not_text
 from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary
 
 from embedstream.registry import ModelSpec
 
@@ -36,6 +37,8 @@ class DebugModel:
 
     family = "debug"
     output = "dense"
+    #: No tokenizer: no Tokenize, Decode or token-id inputs.
+    vocabulary: Vocabulary | None = None
 
     def __init__(self, spec: ModelSpec) -> None:
         self.name = spec.name
@@ -45,7 +48,7 @@ class DebugModel:
         self.latency_s = spec.latency_ms / 1000.0
         self.triggers = spec.triggers
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
         """Count whitespace words (+2 special tokens) as the token length."""
         out = []
         for text in sources:

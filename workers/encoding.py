@@ -1,8 +1,9 @@
 """What the transformer-based families share: reading a model folder, torch, the tokenizer, the encoder.
 
 :class:`Encoder` is a fast tokenizer cloned with truncation and no padding (so
-tokenizing is a stage of its own), the model on its device and dtype, and
-padding of a sorted batch to its longest input. The text-dense, sparse,
+tokenizing is a stage of its own; :mod:`embedstream.workers.vocabulary`), the
+model on its device and dtype, and padding of a sorted batch to its longest
+input. Token-id inputs are taken as given, checked against the vocabulary. The text-dense, sparse,
 multi-vector and rerank families build on it; the image-text family and the
 debug model take the smaller helpers.
 """
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 from embedstream.workers import strict
-from embedstream.workers.chunking import encode_prefixes
 from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream.errors import ConfigError
 from embedstream.registry import HUB_SCHEME, ModelSpec
@@ -56,16 +57,6 @@ def not_text(model: str) -> Tokens:
 def torch_dtype(torch: Any, name: str) -> Any:
     """The torch dtype a registry dtype names."""
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-def cut_tokenizer(tokenizer: Any, max_tokens: int) -> Any:
-    """A copy of a fast tokenizer's backend that truncates at ``max_tokens`` and never pads:
-    the batcher pads each sorted batch to its own longest input."""
-    backend = tokenizer.backend_tokenizer
-    cut = backend.__class__.from_str(backend.to_str())
-    cut.enable_truncation(max_tokens)
-    cut.no_padding()
-    return cut
 
 
 def init_torch(spec: ModelSpec, threads: int) -> tuple[Any, Any]:
@@ -109,13 +100,18 @@ class Encoder:
         limit = self.st_config.get("max_seq_length") or min(self.tokenizer.model_max_length, positions)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
         self.lower = bool(self.st_config.get("do_lower_case", False))
-        self._backend = cut_tokenizer(self.tokenizer, self.max_input_tokens)
+        self.vocabulary: Vocabulary | None = Vocabulary(
+            self.tokenizer, self.max_input_tokens, size_of(self.model, self.tokenizer), self.lower
+        )
+        self._backend = self.vocabulary.cutter("right")
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._type_ids = "token_type_ids" in self.tokenizer.model_input_names
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens; ``overflowing`` marks a cut.
-        Long texts cost the tokenization of a bounded prefix only (:func:`encode_prefixes`)."""
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
+        """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens on ``side``; ``overflowing``
+        marks a cut. Token ids are taken as given. Long texts cut on the right cost the tokenization
+        of a bounded prefix only (:meth:`Vocabulary.encode`)."""
+        assert self.vocabulary is not None
         out: list[Tokens | None] = [None] * len(sources)
         texts: list[Any] = []
         where: list[int] = []
@@ -123,11 +119,15 @@ class Encoder:
             if isinstance(source, bytes):
                 out[i] = not_text(self.name)
                 continue
+            if isinstance(source, list):
+                error = self.vocabulary.check(source)
+                out[i] = Tokens(None, 1, False, "", error=error) if error else Tokens(source, len(source), False, "")
+                continue
             if self.lower:
                 source = source.lower() if isinstance(source, str) else (source[0].lower(), source[1].lower())
             texts.append(source)
             where.append(i)
-        encoded = encode_prefixes(self._backend.encode_batch, texts, self.max_input_tokens) if texts else []
+        encoded = self.vocabulary.encode(texts, side) if texts else []
         for i, text, enc in zip(where, texts, encoded):
             pair = isinstance(text, tuple)
             out[i] = Tokens(

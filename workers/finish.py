@@ -3,10 +3,13 @@
 Dense rows and token matrices get the request's Matryoshka cut,
 re-normalization and output type here, on the worker, so the reply carries the
 final bytes and the gateway only slices them. Sparse outputs travel as indices
-and weights; rerank scores as one float32 per document. A job that names its
-``outputs`` gets each in its own reply fields (``wire`` documents them); a job
-that names none gets the model's primary output in the original layout. Models
-of several outputs (BGE-M3, ``output == "outputs"``) give a dict per input.
+and weights; rerank scores as one float32 per document; a classifier's logits
+become scores with the function transformers' text-classification pipeline
+applies (the same numpy code); Tokenize and Decode answers are filled in as they
+are. A job that names its ``outputs`` gets each in its own reply fields (``wire``
+documents them); a job that names none gets the model's primary output in the
+original layout. Models of several outputs (BGE-M3, ``output == "outputs"``)
+give a dict per input.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from embedstream.workers import chunking
+from embedstream.workers import chunking, textops
 from embedstream.workers.batcher import Entry
 
 from embedstream import vectors, wire
@@ -29,7 +32,7 @@ def nonfinite(kind: str, outputs: Any) -> list[int]:
     if kind == "outputs":
         names = outputs[0] if outputs else {}
         return sorted({i for name in names for i in nonfinite(KINDS[name], [o[name] for o in outputs])})
-    if kind in ("dense", "score"):
+    if kind in ("dense", "score", "labels"):
         return [int(i) for i in np.flatnonzero(~np.isfinite(np.asarray(outputs)).all(axis=1))]
     if kind == "multi":
         return [i for i, m in enumerate(outputs) if not np.isfinite(m).all()]
@@ -50,6 +53,12 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
         inference_ms=entry.inference_ms,
         worker=worker,
     )
+    if job.kind != "embed":
+        textops.fill(out, job.kind, entry.results)
+        return out
+    if model.output == "labels":
+        _labels(out, job, model, entry.results)
+        return out
     several = model.output == "outputs"
     # Rerank scores travel as a one-column dense matrix.
     names = list(job.outputs) or [model.outputs[0] if several else NAMES.get(model.output, "dense")]
@@ -106,3 +115,22 @@ def _put(
         out.multi, out.multi_rows, out.multi_dimensions = data, rows, dimensions
     else:
         out.vectors, out.rows, out.dimensions = data, rows, dimensions
+
+
+def _labels(out: wire.Reply, job: wire.Job, model: Any, results: list[Any]) -> None:
+    """A classifier's scores (and, where asked, its logits) with its labels."""
+    logits = np.stack(results).astype(np.float32)
+    out.dimensions = logits.shape[1]
+    out.labels = list(model.labels)
+    out.vectors = scores(logits, job.function or model.function).astype("<f4").tobytes()
+    out.logits = logits.astype("<f4").tobytes() if job.return_logits else b""
+
+
+def scores(logits: np.ndarray, function: str) -> np.ndarray:
+    """A classifier's scores, as transformers' text-classification pipeline computes them."""
+    if function == "sigmoid":
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+    if function == "softmax":
+        shifted = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
+        return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
+    return logits

@@ -44,7 +44,7 @@ def run(settings: Settings, folder: str, family: str = "", instruction: str = ""
 
 
 def detect(folder: Path) -> str:
-    """The family a folder's files say it is: image-text, sparse, multi-vector, rerank or text-dense."""
+    """The family a folder's files say it is: image-text, sparse, multi-vector, rerank, classify or text-dense."""
     if (folder / "open_clip_config.json").exists():
         return "image-text"
     kinds = []
@@ -55,12 +55,13 @@ def detect(folder: Path) -> str:
     if "MultiVectorMask" in kinds:
         return "multi-vector"
     config = folder / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") or [] if config.exists() else []
-    names = " ".join(str(a) for a in architectures)
+    settings = json.loads(config.read_text()) if config.exists() else {}
+    names = " ".join(str(a) for a in settings.get("architectures") or [])
     if "ForMaskedLM" in names:
         return "sparse"
     if "ForSequenceClassification" in names:
-        return "rerank"
+        # One label scores a (query, document) pair; more are a classifier's labels.
+        return "classify" if len(settings.get("id2label") or {0: ""}) > 1 else "rerank"
     if any(a in names for a in ("CLIPModel", "SiglipModel", "Siglip2Model")):
         return "image-text"
     return "text-dense"

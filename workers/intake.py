@@ -5,6 +5,8 @@ job pool has room, the bulk stream. Each is decoded (an undecodable one is
 dead-lettered), dropped if its caller's deadline passed, tokenized on the prep
 thread (while the model thread runs the batch before) and held in the ledger;
 then it is refused (answered with an error at once) or pooled for the batch loop.
+Tokenize and Decode entries are answered at once from the model's vocabulary
+(:mod:`embedstream.workers.textops`), never pooled.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream.workers import chunking, profiles
+from embedstream.workers import chunking, profiles, textops
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -127,10 +129,14 @@ class Intake:
                 await self.outbox.finish_silently(stream, stream_id)
                 continue
             fresh.append((stream_id, payload, job))
+        if stream == self.queue and fresh:
+            self.pools.saw_interactive()
+        ops = [item for item in fresh if item[2].kind != "embed"]
+        if ops:
+            await self._answer_ops(ops, stream, deliveries)
+            fresh = [item for item in fresh if item[2].kind == "embed"]
         if not fresh:
             return
-        if stream == self.queue:
-            self.pools.saw_interactive()
         work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for *_, job in fresh]
         prepare = functools.partial(chunking.prepare, self.model, work, *self.chunk_limits)
         if not any(job.chunking for *_, job in fresh) and _small([s for _, sources, _ in work for s in sources]):
@@ -158,6 +164,27 @@ class Intake:
         metrics.WORKER_QUEUED.labels(self.spec.name).set(self.pools.queued())
         self.pools.wake.set()
 
+    async def _answer_ops(
+        self, ops: list[tuple[bytes, bytes, wire.Job]], stream: str, deliveries: dict[bytes, int] | None
+    ) -> None:
+        """Answer Tokenize and Decode entries from the vocabulary (on the prep thread when large)."""
+
+        def run() -> list[textops.Answer]:
+            return [textops.answer(self.model, job) for *_, job in ops]
+
+        if _small([s for *_, job in ops for s in job.inputs]):
+            answers = run()
+        else:
+            answers = await asyncio.get_running_loop().run_in_executor(self._prep, run)
+        entries = []
+        for (stream_id, payload, job), (results, error) in zip(ops, answers):
+            entry = Entry(stream_id, job, stream, payload, [], False)
+            entry.deliveries = (deliveries or {}).get(stream_id, 1)
+            entry.results, entry.error = results, error
+            self.ledger.hold(entry)
+            entries.append(entry)
+        self._reply(entries)
+
 
 def _small(sources: list[Source]) -> bool:
     """Text only, and little of it: cheaper to tokenize here than to hand to the prep thread."""
@@ -165,7 +192,7 @@ def _small(sources: list[Source]) -> bool:
     for source in sources:
         if isinstance(source, bytes):
             return False
-        size += len(source) if isinstance(source, str) else len(source[0]) + len(source[1])
+        size += len(source) if isinstance(source, str | list) else len(source[0]) + len(source[1])
         if size > INLINE_CHARS:
             return False
     return True

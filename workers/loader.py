@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from embedstream.workers import selftest, strict
 from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
+from embedstream.workers.classify import SequenceClassifier
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
@@ -58,6 +59,8 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
         if not spec.path.startswith(HUB_SCHEME) and is_causal(spec.path):
             return CausalRerankModel(spec, threads)
         return CrossEncoderModel(spec, threads)
+    if spec.family == "classify":
+        return SequenceClassifier(spec, threads)
     if is_jina_v3(spec):
         return JinaV3Model(spec, threads)
     if spec.outputs not in ((), ("dense",)) or (not spec.path.startswith(HUB_SCHEME) and is_m3(spec.path)):

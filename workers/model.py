@@ -1,7 +1,7 @@
 """The models a worker runs, behind one small interface: tokenize, then forward.
 
-Every family turns a list of sources (a text, an encoded image, or a
-(query, document) pair for rerankers) into :class:`Tokens` on the prep thread,
+Every family turns a list of sources (a text, an encoded image, token ids, or
+a (query, document) pair for rerankers) into :class:`Tokens` on the prep thread,
 and a batch of Tokens into outputs on the model thread. What ``forward``
 returns depends on the family's ``output``:
 
@@ -9,6 +9,7 @@ returns depends on the family's ``output``:
 * ``multi``: a list with one (tokens, dimensions) array per input;
 * ``sparse``: a list with one (indices, weights) pair per input;
 * ``score``: an array (batch, 1) of relevance scores;
+* ``labels``: an array (batch, labels) of a classifier's logits;
 * ``outputs``: a list with one {output name: value} dict per input, for models
   of several outputs (BGE-M3); ``outputs`` names them, primary first, and
   ``output_dimensions`` gives each one's width.
@@ -21,10 +22,14 @@ gives vectors from a hash of the text at zero compute cost: the pipeline's own c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-#: What one input is before tokenization.
-Source = str | bytes | tuple[str, str]
+if TYPE_CHECKING:
+    from embedstream.workers.vocabulary import Vocabulary
+
+#: What one input is before tokenization: a text, an encoded image, a (query, document)
+#: pair, or token ids (taken as given).
+Source = str | bytes | tuple[str, str] | list[int]
 
 
 @dataclass(slots=True)
@@ -60,9 +65,13 @@ class Model(Protocol):
     dimensions: int
     max_input_tokens: int
     normalizes: bool
+    #: The model's tokenizer (Tokenize, Decode, token-id inputs); None where it has no
+    #: Hugging Face fast tokenizer (open_clip, debug).
+    vocabulary: Vocabulary | None
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
-        """Prepare inputs (tokenize, decode images), cut at ``max_input_tokens``; runs on the prep thread."""
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
+        """Prepare inputs (tokenize, decode images), cut at ``max_input_tokens`` on ``side``
+        ("right" keeps the start, "left" the end); runs on the prep thread."""
         ...
 
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> Any:

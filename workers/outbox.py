@@ -1,13 +1,16 @@
 """Everything a worker writes back to Redis: replies, job results, acks, dead letters.
 
-An entry is never acknowledged before its answer (a reply, a job result, a dead
-letter) is stored and confirmed: the answers are written first, each reply read,
-and only the entries whose answer Redis took are acknowledged. An answer Redis
-refuses (full under ``maxmemory``, a command its ACL denies) is retried a few
-times; then the entry is handed back to the group unacknowledged, its delivery
-count restored (the refusal was not its fault), and a reclaim scan runs it again.
-While Redis is unreachable nothing can be handed back, so writes are retried
-until it returns (or the worker stops, leaving the entry pending to be reclaimed).
+An entry is never acknowledged unless its answer (a reply, a job result, a dead letter)
+is stored. On one Redis each answer and its entry's XACK + XDEL are one script
+(:mod:`embedstream.workers.scripts`): an answered entry leaves its stream at once, and a
+refused script stored nothing and acknowledged nothing. In a Redis Cluster, where the
+answer and the entry live in different slots, the answers are written first, each reply
+read, and only the entries whose answer Redis took are acknowledged. An answer Redis
+refuses (full under ``maxmemory``, a command its ACL denies) is retried a few times;
+then the entry is handed back to the group unacknowledged, its delivery count restored
+(the refusal was not its fault), and a reclaim scan runs it again. While Redis is
+unreachable nothing can be handed back, so writes are retried until it returns (or the
+worker stops, leaving the entry pending to be reclaimed).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from embedstream.workers import finish, spans
+from embedstream.workers import finish, scripts, spans
 from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
@@ -34,27 +37,8 @@ T = TypeVar("T")
 #: Tries of a write Redis refuses (rather than fails to reach) before its entry is handed back.
 WRITE_TRIES = 5
 
-# Dead letters are kept to a fixed number; whatever the cap trims is counted.
-DEAD_LETTER = """
-local before = redis.call('XLEN', KEYS[1])
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'p', ARGV[2], 'reason', ARGV[3], 'id', ARGV[4], 'worker', ARGV[5])
-return before + 1 - redis.call('XLEN', KEYS[1])
-"""
-
-# Give entries this worker still owns back to the group: idle as if timed out, so the next
-# reclaim scan takes them, and with the delivery that failed to store its answer uncounted.
-# XCLAIM is no denyoom command, so this works while Redis is full.
-# KEYS: stream. ARGV: group, consumer, idle ms, ids.
-HAND_BACK = """
-for i = 4, #ARGV do
-  local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
-  if row and row[2] == ARGV[2] then
-    local count = math.max(0, tonumber(row[4]) - 1)
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'RETRYCOUNT', count, 'JUSTID')
-  end
-end
-return 0
-"""
+#: An answer's kind ("reply" or "record", as in :data:`scripts.ANSWERED`) and its keys and arguments.
+Answer = tuple[str, jobstore.Call]
 
 
 class Unstored(Exception):
@@ -85,59 +69,78 @@ class Outbox:
         self.worker = worker
         self.stopping = stopping
         self.jobs = jobstore.JobStore(redis)
-        self._dead = redis.register_script(DEAD_LETTER)
-        self._hand_back = redis.register_script(HAND_BACK)
+        self._answered = {kind: redis.register_script(lua) for kind, lua in scripts.ANSWERED.items()}
+        self._dead = {kind: redis.register_script(lua) for kind, lua in scripts.DEAD_LETTERED.items()}
+        self._dead_alone = redis.register_script(scripts.DEAD_LETTER)
+        self._hand_back = redis.register_script(scripts.HAND_BACK)
         self.cluster = isinstance(redis, RedisCluster)
         self.max_dead_letters = max_dead_letters
         self.visibility_timeout_s = visibility_timeout_s
         self._mishaps = Mishaps("storing answers")
 
     async def deliver(self, entries: list[Entry]) -> list[Entry]:
-        """Store every reply and job result, confirm each, then XACK + XDEL the entries whose
+        """Store every reply and job result and acknowledge (XACK + XDEL) the entries whose
         answer is stored. Returns the entries whose answer Redis kept refusing: the caller
         stops holding them and :meth:`hand_back` gives them to the group, unacknowledged."""
-        pending: dict[int, tuple[Entry, Callable[[Any], Any]]] = {}
-        for i, entry in enumerate(entries):
-            if entry.bulk:
-                chunk = self._chunk(entry)
-                pending[i] = (entry, lambda client, chunk=chunk: self.jobs.record(chunk, client=client))  # type: ignore[misc]
-            else:
-                stream, reply = entry.job.reply_to, wire.encode_reply(self.answer(entry))
-                pending[i] = (
-                    entry,
-                    lambda client, s=stream, r=reply: client.xadd(s, {keys.PAYLOAD: r}, nomkstream=True),  # type: ignore[misc]
-                )
+        pending = {i: (entry, self._answer(entry)) for i, entry in enumerate(entries)}
+        stored: list[Entry] = []
 
         async def write() -> None:
-            # One pipeline of writes (no acknowledgement in it: a refused write must leave its
-            # entry pending), each reply read. In a Redis Cluster a pipeline takes no scripts:
-            # job results are recorded one by one.
             order = list(pending)
-            pipe = self.redis.pipeline(transaction=False)
-            outcomes: dict[int, Any] = {}
-            for i in order:
-                if self.cluster and pending[i][0].bulk:
-                    try:
-                        outcomes[i] = await pending[i][1](None)
-                    except REDIS_ERRORS as exc:
-                        outcomes[i] = exc
-                else:
-                    await _queue(pending[i][1](pipe))
-            piped = [i for i in order if i not in outcomes]
-            if piped:
-                outcomes.update(zip(piped, await pipe.execute(raise_on_error=False)))
-            failures = [outcomes[i] for i in order if isinstance(outcomes[i], BaseException)]
-            for i in order:
-                if not isinstance(outcomes[i], BaseException):
-                    del pending[i]
+            answers = [pending[i] for i in order]
+            outcomes = await (self._store_in_cluster(answers) if self.cluster else self._store_and_ack(answers))
+            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            for i, outcome in zip(order, outcomes, strict=True):
+                if not isinstance(outcome, BaseException):
+                    stored.append(pending.pop(i)[0])
             if failures:
                 raise Unstored(failures[0])
 
         await self._persist(write, "answer")
-        stored = [e for i, e in enumerate(entries) if i not in pending]
-        if stored:
+        if self.cluster and stored:
             await self.acknowledge([(e.stream, e.stream_id) for e in stored])
         return [entry for entry, _ in pending.values()]
+
+    async def _store_and_ack(self, answers: list[tuple[Entry, Answer]]) -> list[Any]:
+        """One Redis: one pipeline of scripts, each storing an answer and acknowledging its
+        entry (one outcome per answer, a refusal as its exception)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry, (kind, (names, args)) in answers:
+            script = self._answered[kind]
+            await _queue(script(keys=[*names, entry.stream], args=[*args, keys.GROUP, entry.stream_id], client=pipe))
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _store_in_cluster(self, answers: list[tuple[Entry, Answer]]) -> list[Any]:
+        """A Redis Cluster: the answers alone (no acknowledgement: a refused one must leave its
+        entry pending). A Cluster pipeline takes no scripts: job results are recorded one by one."""
+        pipe = self.redis.pipeline(transaction=False)
+        outcomes: dict[int, Any] = {}
+        for n, (_, answer) in enumerate(answers):
+            if answer[0] == "record":
+                try:
+                    outcomes[n] = await self._store(answer, self.redis)
+                except REDIS_ERRORS as exc:
+                    outcomes[n] = exc
+            else:
+                self._store(answer, pipe)
+        piped = [n for n in range(len(answers)) if n not in outcomes]
+        if piped:
+            outcomes.update(zip(piped, await pipe.execute(raise_on_error=False), strict=True))
+        return [outcomes[n] for n in range(len(answers))]
+
+    def _store(self, answer: Answer, client: Any) -> Any:
+        """Store ``answer`` alone through ``client`` (an awaitable, or queued on a pipeline)."""
+        kind, (names, args) = answer
+        if kind == "record":
+            return self.jobs.record((names, args), client=client)
+        return client.xadd(names[0], {keys.PAYLOAD: args[0]}, nomkstream=True)
+
+    def _answer(self, entry: Entry) -> Answer:
+        """What stores ``entry``'s answer: its job chunk's result, or its reply. Built once, so a
+        retried write sends the same bytes."""
+        if entry.bulk:
+            return "record", self._chunk(entry)
+        return "reply", ([entry.job.reply_to], [wire.encode_reply(self.answer(entry))])
 
     async def hand_back(self, entries: list[tuple[str, bytes]]) -> None:
         """Give entries whose answer could not be stored back to the group (see HAND_BACK); where
@@ -209,39 +212,50 @@ class Outbox:
         """Move an entry to the dead-letter stream and tell its caller, if known; its span records
         why. False where Redis refused to store it: the entry is handed back, not acknowledged."""
         log.warning("dead-lettering %s of model %s: %s", stream_id, self.model, reason)
-        chunk = None
+        tell: Answer | None = None
         if job is not None and job.job_id:
             entry = Entry(stream_id, job, stream, payload, [], False, bulk=True)
-            chunk = self._chunk(entry, f"dead-lettered: {reason}")
-        steps: list[str] = ["dead", "answer"] if job is not None else ["dead"]
+            tell = ("record", self._chunk(entry, f"dead-lettered: {reason}"))
+        elif job is not None:
+            reply = wire.Reply(
+                job.id,
+                worker=self.worker,
+                error_code=Code.INTERNAL.value,
+                error_message=f"request failed on model {self.model} and was dead-lettered: {reason}",
+            )
+            tell = ("reply", ([job.reply_to], [wire.encode_reply(reply)]))
+        dead_keys = [keys.dead_letters(self.model), stream]
+        dead_args = [self.max_dead_letters, payload, reason, stream_id, self.worker, keys.GROUP, stream_id]
+        steps: set[str] = set()
         trimmed = 0
 
         async def write() -> None:
             nonlocal trimmed
-            # Step by step, so a retry does not write a second dead letter.
-            if "dead" in steps:
-                fields = [self.max_dead_letters, payload, reason, stream_id, self.worker]
-                trimmed = int(await self._dead(keys=[keys.dead_letters(self.model)], args=fields))
-                steps.remove("dead")
-            if "answer" in steps and chunk is not None:
-                await self.jobs.record(chunk)
-            elif "answer" in steps and job is not None:
-                reply = wire.Reply(
-                    job.id,
-                    worker=self.worker,
-                    error_code=Code.INTERNAL.value,
-                    error_message=f"request failed on model {self.model} and was dead-lettered: {reason}",
-                )
-                await self.redis.xadd(job.reply_to, {keys.PAYLOAD: wire.encode_reply(reply)}, nomkstream=True)
-            steps.clear()
+            if tell is None or not self.cluster:
+                # One script: the caller's answer (if any), the dead letter, the acknowledgement.
+                kind, (names, args) = tell if tell is not None else (None, ([], []))
+                done = await self._dead[kind](keys=[*names, *dead_keys], args=[*args, *dead_args])
+                trimmed = int(done[-2])  # the DEAD step's result; ACK's is last
+                return
+            # A Cluster, where the caller's answer lives in another slot: the dead letter first (a
+            # caller told its request was dead-lettered finds it there), then the answer, then the
+            # acknowledgement. Step by step, so a retry writes nothing twice; an entry handed back
+            # after its dead letter was written gets a second one when it is run again.
+            if "dead" not in steps:
+                trimmed = int((await self._dead_alone(keys=dead_keys[:1], args=dead_args[:5]))[0])
+                steps.add("dead")
+            if "told" not in steps:
+                await self._store(tell, self.redis)
+                steps.add("told")
+            pipe = self.redis.pipeline(transaction=False)
+            _acknowledge(pipe, [(stream, stream_id)])
+            await pipe.execute()
 
         stored, _ = await self._persist(write, "dead_letter")
-        if "dead" not in steps:
+        if stored or "dead" in steps:
             metrics.DEAD_LETTERED.labels(self.model).inc()
-        if trimmed:
-            metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(trimmed)
-        if stored:
-            await self.acknowledge([(stream, stream_id)])
+            if trimmed:
+                metrics.DEAD_LETTERS_TRIMMED.labels(self.model).inc(trimmed)
         else:
             await self.hand_back([(stream, stream_id)])
         if job is not None:

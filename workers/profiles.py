@@ -7,7 +7,7 @@ the registry entry and the model's declared shape.
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import replace
 from typing import Any
 
 from embedstream.profile import Profile
@@ -19,7 +19,9 @@ LOADERS = {"OpenClipModel": "open_clip", "DebugModel": "debug"}
 def describe(spec: ModelSpec, model: Any) -> Profile:
     """How ``model`` is served: its own profile, or one from the registry and its shape."""
     own = getattr(model, "profile", None)
-    return own if isinstance(own, Profile) else built(spec, model)
+    if isinstance(own, Profile):
+        return replace(own, vocabulary_size=_vocabulary_size(model))
+    return built(spec, model)
 
 
 def built(spec: ModelSpec, model: Any, **known: Any) -> Profile:
@@ -39,5 +41,12 @@ def built(spec: ModelSpec, model: Any, **known: Any) -> Profile:
         default_prompt=spec.default_prompt,
         matryoshka_dimensions=spec.matryoshka_dimensions,
         heads=tuple(type(m).__name__ for m in getattr(model, "heads", ())),
+        vocabulary_size=_vocabulary_size(model),
     )
-    return dataclasses.replace(found, **known)
+    return replace(found, **known)
+
+
+def _vocabulary_size(model: Any) -> int:
+    """Ids the model's tokenizer gives (0 where it has no Vocabulary: Tokenize and token ids refused)."""
+    vocabulary = getattr(model, "vocabulary", None)
+    return int(vocabulary.size) if vocabulary is not None else 0

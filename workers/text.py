@@ -113,12 +113,11 @@ class SentenceTransformerModel(Encoder):
                 ids = self._backend.encode(text).ids if text else []
                 self._prompt_tokens.append((text, len(ids) - (1 if ids and ids[-1] in specials else 0)))
 
-    def tokenize(self, sources: list[Source]) -> list[Tokens]:
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
         """Fast-tokenizer ids; marks the prompt's tokens where pooling leaves them out."""
-        out = super().tokenize(sources)
+        out = super().tokenize(sources, side)
         if self._prompt_tokens:
-            texts = [s for s in sources if not isinstance(s, bytes)]
-            for tok, text in zip(out, texts):
+            for tok, text in zip(out, sources):
                 if isinstance(text, str):
                     tok.prompt_tokens = next((n for p, n in self._prompt_tokens if p and text.startswith(p)), 0)
         return out

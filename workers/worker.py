@@ -8,7 +8,8 @@ the entry pending for another worker, and the gateway drops a second answer.
 The worker is the batch loop and the lifecycle; its collaborators each own one
 job: :class:`Intake` reads and pools, :class:`Pools` holds the waiting work,
 :class:`Ledger` what is held and its leases, :class:`Liveness` the heartbeat,
-:class:`Recovery` the reclaiming and handing back, :class:`Outbox` every write.
+:class:`Recovery` the reclaiming and handing back, :class:`Screen` the checks before
+and after a forward pass, :class:`Outbox` every write.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-from embedstream.workers import finish, profiles, spans
+from embedstream.workers import profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
 from embedstream.workers.intake import Intake
 from embedstream.workers.ledger import Ledger
@@ -33,9 +33,10 @@ from embedstream.workers.model import Model
 from embedstream.workers.outbox import Outbox
 from embedstream.workers.pools import Pools
 from embedstream.workers.recovery import Recovery
+from embedstream.workers.screening import Screen
 from embedstream.workers.threads import ThreadPolicy, set_torch_threads
 
-from embedstream import clock, heartbeat, jobstore, keys, loadfailure, metrics, tracing
+from embedstream import clock, heartbeat, keys, loadfailure, metrics, tracing
 from embedstream.backoff import Backoff
 from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
 from embedstream.errors import Code
@@ -97,6 +98,7 @@ class Worker:
             lambda: self._until_redis(self._setup),
             (settings.max_chunks_per_input, settings.max_chunks_per_request),
         )
+        self.screen = Screen(self.redis, spec.name, model, self.pools, self.ledger, self.outbox, self._track)
         self.recovery = Recovery(
             self.redis, spec.name, self.name, settings, self.pools, self.intake, self.outbox, self._stopping
         )
@@ -186,7 +188,7 @@ class Worker:
                     pass
                 if self._stopping.is_set():
                     return
-            batch = await self._live(pool.take(*self.pools.limits(pool)))
+            batch = await self.screen.live(pool.take(*self.pools.limits(pool)))
             self.pools.space.set()
             if not batch:
                 continue
@@ -207,7 +209,7 @@ class Worker:
             metrics.BATCH_TOKENS.labels(self.spec.name).observe(sum(it.length for it in batch))
             metrics.INFERENCE_SECONDS.labels(self.spec.name).observe(elapsed / 1000.0)
             idle_since = time.monotonic()
-            batch, vectors = await self._refuse_nonfinite(batch, vectors)
+            batch, vectors = await self.screen.finite(batch, vectors)
             self._reply_soon(complete(batch, vectors, elapsed))
 
     async def _forward(self, batch: list[Item]) -> Any:
@@ -222,63 +224,13 @@ class Worker:
 
         return await asyncio.get_running_loop().run_in_executor(self._compute, run)
 
-    async def _refuse_nonfinite(self, batch: list[Item], outputs: Any) -> tuple[list[Item], Any]:
-        """Fail (and dead-letter) the entries whose outputs hold NaN or Inf; keep the rest."""
-        rows = finish.nonfinite(self.model.output, outputs)
-        if not rows:
-            return batch, outputs
-        bad = {id(batch[i].entry): batch[i] for i in rows}
-        for item in bad.values():
-            entry = item.entry
-            metrics.NON_FINITE.labels(self.spec.name).inc()
-            self.pools.drop(entry)
-            if self.ledger.release(entry):
-                reason = f"model output for inputs[{item.index}] holds NaN or Inf"
-                await self.outbox.dead_letter(entry.stream, entry.stream_id, entry.payload, reason, entry.job)
-        keep = [i for i, it in enumerate(batch) if id(it.entry) not in bad]
-        kept = outputs[keep] if isinstance(outputs, np.ndarray) else [outputs[i] for i in keep]
-        return [batch[i] for i in keep], kept
-
-    async def _live(self, batch: list[Item]) -> list[Item]:
-        """Drop inputs whose caller is gone: deadline passed, the gateway withdrew
-        the entry (XDEL on cancel or timeout), or its job was cancelled or expired.
-        One pipelined XRANGE (or HGET of the job's state) per entry."""
-        entries = list({id(it.entry): it.entry for it in batch}.values())
-        now = clock.now_ms()
-        gone: dict[int, str] = {id(e): "expired" for e in entries if e.expired(now)}
-        unchecked = [e for e in entries if id(e) not in gone]
-        if unchecked:
-            pipe = self.redis.pipeline(transaction=False)
-            for entry in unchecked:
-                if entry.bulk:
-                    pipe.hget(keys.job_meta(entry.job.job_id), "state")
-                else:
-                    pipe.xrange(entry.stream, entry.stream_id, entry.stream_id)
-            try:
-                found = await pipe.execute()
-            except REDIS_ERRORS:
-                found = [b"1"] * len(unchecked)  # cannot tell: do the work
-            cancelled = str(jobstore.CANCELLED).encode()
-            gone.update({id(e): "cancelled" for e, rows in zip(unchecked, found) if not rows or rows == cancelled})
-        if not gone:
-            return batch
-        for entry in entries:
-            reason = gone.get(id(entry))
-            if reason is None or entry not in self.ledger:
-                continue
-            self.pools.drop(entry)
-            self.ledger.release(entry)
-            metrics.WORKER_DROPPED.labels(self.spec.name, reason).inc()
-            self._track(asyncio.ensure_future(self.outbox.finish_silently(entry.stream, entry.stream_id)))
-        return [it for it in batch if id(it.entry) not in gone]
-
     async def _isolate(self, batch: list[Item]) -> None:
         """Rerun a failed batch one entry at a time so one bad input fails alone."""
         for entry in {id(it.entry): it.entry for it in batch}.values():
             items = [it for it in batch if it.entry is entry] + self.pools.drop(entry)
             try:
                 vecs = await self._forward(items)
-                items, vecs = await self._refuse_nonfinite(items, vecs)
+                items, vecs = await self.screen.finite(items, vecs)
                 self._reply_soon(complete(items, vecs, 0.0))
             except Exception as exc:
                 log.warning("model %s failed on entry %s: %s", self.spec.name, entry.stream_id, exc)

@@ -13,7 +13,7 @@ from embedstream.client import codec
 from embedstream.client.channel import aio_bearer, api_key_or_env, dial
 from embedstream.client.embeddings import Embeddings, SparseVector
 from embedstream.client.errors import Explainer
-from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
 from embedstream.client.window import Window
@@ -228,19 +228,8 @@ async def _feed(unanswered: Window, cond: asyncio.Condition) -> AsyncIterator[pb
         yield req
 
 
-class AsyncJobHandle:
+class AsyncJobHandle(Handle["AsyncClient"]):
     """The asyncio twin of :class:`JobHandle`."""
-
-    TERMINAL = TERMINAL
-
-    def __init__(self, client: AsyncClient, job: jpb.Job) -> None:
-        self.client = client
-        self.job = job
-
-    @property
-    def id(self) -> str:
-        """The job id; any gateway answers for it until the job expires."""
-        return self.job.id
 
     async def refresh(self) -> jpb.Job:
         """Fetch the current state."""

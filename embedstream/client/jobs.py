@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import grpc
 
@@ -12,8 +13,25 @@ from embedstream.progress import Progress
 from embedstream.v1 import jobs_pb2 as jpb
 
 TERMINAL = (jpb.JOB_STATE_SUCCEEDED, jpb.JOB_STATE_FAILED, jpb.JOB_STATE_CANCELLED)
+C = TypeVar("C")
+
 #: Pause before following a job again after its WatchJob stream broke.
 REWATCH_S = 0.2
+
+
+class Handle(Generic[C]):
+    """A job's last known state and the client (sync or async) that follows it."""
+
+    TERMINAL = TERMINAL
+
+    def __init__(self, client: C, job: jpb.Job) -> None:
+        self.client = client
+        self.job = job
+
+    @property
+    def id(self) -> str:
+        """The job id; any gateway answers for it until the job expires."""
+        return self.job.id
 
 
 class Watch:

@@ -14,7 +14,7 @@ from embedstream.client import codec
 from embedstream.client.channel import Bearer, api_key_or_env, dial
 from embedstream.client.embeddings import Embeddings, SparseVector
 from embedstream.client.errors import Explainer
-from embedstream.client.jobs import TERMINAL, Watch
+from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
 from embedstream.client.window import Window
@@ -240,19 +240,8 @@ def _feed(unanswered: Window, cond: threading.Condition) -> Iterator[pb.EmbedReq
         yield req
 
 
-class JobHandle:
+class JobHandle(Handle["Client"]):
     """An async job: its last known state, waiting with progress, results, cancel."""
-
-    TERMINAL = TERMINAL
-
-    def __init__(self, client: Client, job: jpb.Job) -> None:
-        self.client = client
-        self.job = job
-
-    @property
-    def id(self) -> str:
-        """The job id; any gateway answers for it until the job expires."""
-        return self.job.id
 
     def refresh(self) -> jpb.Job:
         """Fetch the current state."""

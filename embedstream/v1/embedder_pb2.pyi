@@ -205,6 +205,30 @@ CHUNK_OUTPUT_CHUNKS: ChunkOutput.ValueType  # 1
 """One Embedding per chunk, each with its ChunkSpan, inputs in order."""
 Global___ChunkOutput: _TypeAlias = ChunkOutput  # noqa: Y015
 
+class _TruncationSide:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TruncationSideEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TruncationSide.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRUNCATION_SIDE_RIGHT: _TruncationSide.ValueType  # 0
+    """Keep the start of the text (the tokenizers' default)."""
+    TRUNCATION_SIDE_LEFT: _TruncationSide.ValueType  # 1
+    """Keep the end of the text (tokenizer.truncation_side = "left"); the
+    model's special tokens stay.
+    """
+
+class TruncationSide(_TruncationSide, metaclass=_TruncationSideEnumTypeWrapper):
+    """Which end of an over-long text is cut."""
+
+TRUNCATION_SIDE_RIGHT: TruncationSide.ValueType  # 0
+"""Keep the start of the text (the tokenizers' default)."""
+TRUNCATION_SIDE_LEFT: TruncationSide.ValueType  # 1
+"""Keep the end of the text (tokenizer.truncation_side = "left"); the
+model's special tokens stay.
+"""
+Global___TruncationSide: _TypeAlias = TruncationSide  # noqa: Y015
+
 class _ModelFamily:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -222,6 +246,8 @@ class _ModelFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelFami
     """A vector per token (ColBERT-style late interaction)."""
     MODEL_FAMILY_RERANK: _ModelFamily.ValueType  # 5
     """Scores (query, document) pairs; served by Rerank (cross-encoders)."""
+    MODEL_FAMILY_CLASSIFY: _ModelFamily.ValueType  # 6
+    """Labels with scores per text; served by Classify (sequence classifiers)."""
     MODEL_FAMILY_DEBUG: _ModelFamily.ValueType  # 15
     """Test-only model: vectors derived from a hash of the input, no compute."""
 
@@ -239,6 +265,8 @@ MODEL_FAMILY_MULTI_VECTOR: ModelFamily.ValueType  # 4
 """A vector per token (ColBERT-style late interaction)."""
 MODEL_FAMILY_RERANK: ModelFamily.ValueType  # 5
 """Scores (query, document) pairs; served by Rerank (cross-encoders)."""
+MODEL_FAMILY_CLASSIFY: ModelFamily.ValueType  # 6
+"""Labels with scores per text; served by Classify (sequence classifiers)."""
 MODEL_FAMILY_DEBUG: ModelFamily.ValueType  # 15
 """Test-only model: vectors derived from a hash of the input, no compute."""
 Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015
@@ -268,6 +296,38 @@ MODEL_STATE_WAITING: ModelState.ValueType  # 2
 MODEL_STATE_FAILED: ModelState.ValueType  # 3
 """Its worker refused to load it; calls fail FAILED_PRECONDITION with the reason until one serves it."""
 Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+
+class _ClassifyFunction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ClassifyFunctionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClassifyFunction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLASSIFY_FUNCTION_DEFAULT: _ClassifyFunction.ValueType  # 0
+    """The model's own: sigmoid for multi-label models (config problem_type
+    multi_label_classification) and single-logit models, none for regression,
+    softmax otherwise.
+    """
+    CLASSIFY_FUNCTION_SOFTMAX: _ClassifyFunction.ValueType  # 1
+    CLASSIFY_FUNCTION_SIGMOID: _ClassifyFunction.ValueType  # 2
+    CLASSIFY_FUNCTION_NONE: _ClassifyFunction.ValueType  # 3
+    """The raw logits."""
+
+class ClassifyFunction(_ClassifyFunction, metaclass=_ClassifyFunctionEnumTypeWrapper):
+    """What turns a classifier's logits into scores (transformers' text-classification
+    pipeline's function_to_apply).
+    """
+
+CLASSIFY_FUNCTION_DEFAULT: ClassifyFunction.ValueType  # 0
+"""The model's own: sigmoid for multi-label models (config problem_type
+multi_label_classification) and single-logit models, none for regression,
+softmax otherwise.
+"""
+CLASSIFY_FUNCTION_SOFTMAX: ClassifyFunction.ValueType  # 1
+CLASSIFY_FUNCTION_SIGMOID: ClassifyFunction.ValueType  # 2
+CLASSIFY_FUNCTION_NONE: ClassifyFunction.ValueType  # 3
+"""The raw logits."""
+Global___ClassifyFunction: _TypeAlias = ClassifyFunction  # noqa: Y015
 
 @_typing.final
 class ChunkOptions(_message.Message):
@@ -346,25 +406,57 @@ class Input(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """UTF-8 text; must not be empty."""
     image: _builtins.bytes
     """An encoded image (JPEG, PNG, WebP), for image+text models only."""
+    @_builtins.property
+    def tokens(self) -> Global___TokenIds:
+        """Token ids of the model's vocabulary, embedded as given: special tokens
+        are not added (include them as the tokenizer would) and no prompt is
+        prepended. Text-only families (Capabilities.token_ids); at most the
+        model's max input tokens, never cut.
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         image: _builtins.bytes = ...,
+        tokens: Global___TokenIds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "image"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "image", "tokens"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
 Global___Input: _TypeAlias = Input  # noqa: Y015
+
+@_typing.final
+class TokenIds(_message.Message):
+    """A sequence of token ids of one model's vocabulary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenIds: _TypeAlias = TokenIds  # noqa: Y015
 
 @_typing.final
 class EmbedRequest(_message.Message):
@@ -384,6 +476,7 @@ class EmbedRequest(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     LONG_INPUTS_FIELD_NUMBER: _builtins.int
     CHUNKING_FIELD_NUMBER: _builtins.int
+    TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias from ListModels; empty means the default model."""
     request_id: _builtins.str
@@ -414,6 +507,8 @@ class EmbedRequest(_message.Message):
     """Sparse output: also return the token string of each dimension."""
     long_inputs: Global___LongInputs.ValueType
     """Over-long texts: cut, chunk or refuse; the zero value follows `truncate`."""
+    truncation_side: Global___TruncationSide.ValueType
+    """Which end of an over-long text is cut when truncating."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]:
         """One or more inputs, embedded in order."""
@@ -447,10 +542,11 @@ class EmbedRequest(_message.Message):
         outputs: _abc.Iterable[Global___VectorKind.ValueType] | None = ...,
         long_inputs: Global___LongInputs.ValueType = ...,
         chunking: Global___ChunkOptions | None = ...,
+        truncation_side: Global___TruncationSide.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -730,6 +826,7 @@ class ModelInfo(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    VOCABULARY_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     family: Global___ModelFamily.ValueType
     dimensions: _builtins.int
@@ -757,6 +854,10 @@ class ModelInfo(_message.Message):
     failure: _builtins.str
     """Why its last worker could not load it (state MODEL_STATE_FAILED): the model,
     the missing or unexpected weights, the missing package, the failed self-test.
+    """
+    vocabulary_size: _builtins.int
+    """Token ids a request may name are below this (0: unknown until a worker
+    loaded it, or the model has no tokenizer: no Tokenize or Decode).
     """
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -791,10 +892,11 @@ class ModelInfo(_message.Message):
         state: Global___ModelState.ValueType = ...,
         failure: _builtins.str = ...,
         profile: Global___ModelProfile | None = ...,
+        vocabulary_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "device", b"device", "dimensions", b"dimensions", "dtype", b"dtype", "failure", b"failure", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "profile", b"profile", "queue_depth", b"queue_depth", "serving", b"serving", "state", b"state", "version", b"version", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "device", b"device", "dimensions", b"dimensions", "dtype", b"dtype", "failure", b"failure", "family", b"family", "is_default", b"is_default", "max_input_tokens", b"max_input_tokens", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "normalizes", b"normalizes", "profile", b"profile", "queue_depth", b"queue_depth", "serving", b"serving", "state", b"state", "version", b"version", "vocabulary_size", b"vocabulary_size", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -905,12 +1007,16 @@ class Capabilities(_message.Message):
     QUERY_PROMPT_FIELD_NUMBER: _builtins.int
     DOCUMENT_PROMPT_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
     text: _builtins.bool
     """Input kinds it takes."""
     image: _builtins.bool
     query_prompt: _builtins.str
     """The prompt INPUT_TYPE_QUERY / INPUT_TYPE_DOCUMENT select, if any."""
     document_prompt: _builtins.str
+    token_ids: _builtins.bool
+    """Inputs may be token ids (Input.tokens)."""
     @_builtins.property
     def matryoshka_dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Sizes EmbedRequest.dimensions may name (Matryoshka); empty: none."""
@@ -927,6 +1033,10 @@ class Capabilities(_message.Message):
     def outputs(self) -> _containers.RepeatedScalarFieldContainer[Global___VectorKind.ValueType]:
         """Outputs EmbedRequest.outputs may name; the first is the primary output."""
 
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Classify models: the labels, in the model's id order."""
+
     def __init__(
         self,
         *,
@@ -938,10 +1048,12 @@ class Capabilities(_message.Message):
         query_prompt: _builtins.str = ...,
         document_prompt: _builtins.str = ...,
         outputs: _abc.Iterable[Global___VectorKind.ValueType] | None = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        token_ids: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_prompt", b"document_prompt", "image", b"image", "matryoshka_dimensions", b"matryoshka_dimensions", "output_types", b"output_types", "outputs", b"outputs", "prompts", b"prompts", "query_prompt", b"query_prompt", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_prompt", b"document_prompt", "image", b"image", "labels", b"labels", "matryoshka_dimensions", b"matryoshka_dimensions", "output_types", b"output_types", "outputs", b"outputs", "prompts", b"prompts", "query_prompt", b"query_prompt", "text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -978,6 +1090,7 @@ class RerankRequest(_message.Message):
     RETURN_DOCUMENTS_FIELD_NUMBER: _builtins.int
     TRUNCATE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A rerank model's name or alias."""
     query: _builtins.str
@@ -990,6 +1103,8 @@ class RerankRequest(_message.Message):
     Unset means true.
     """
     request_id: _builtins.str
+    truncation_side: Global___TruncationSide.ValueType
+    """Which end of an over-long pair is cut."""
     @_builtins.property
     def documents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The texts to score against the query."""
@@ -1004,10 +1119,11 @@ class RerankRequest(_message.Message):
         return_documents: _builtins.bool = ...,
         truncate: _builtins.bool | None = ...,
         request_id: _builtins.str = ...,
+        truncation_side: Global___TruncationSide.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "documents", b"documents", "model", b"model", "query", b"query", "request_id", b"request_id", "return_documents", b"return_documents", "top_n", b"top_n", "truncate", b"truncate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "documents", b"documents", "model", b"model", "query", b"query", "request_id", b"request_id", "return_documents", b"return_documents", "top_n", b"top_n", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
     _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
@@ -1075,3 +1191,364 @@ class RerankResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RerankResponse: _TypeAlias = RerankResponse  # noqa: Y015
+
+@_typing.final
+class TokenizeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    ADD_SPECIAL_TOKENS_FIELD_NUMBER: _builtins.int
+    TRUNCATE_FIELD_NUMBER: _builtins.int
+    TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A model name or alias; empty means the default model."""
+    add_special_tokens: _builtins.bool
+    """Add the model's special tokens ([CLS], [SEP], <s>, ...). Unset means true."""
+    truncate: _builtins.bool
+    """Cut an over-long text as Embed would (the tokens are those the model
+    reads). Unset means true; false returns every token.
+    """
+    truncation_side: Global___TruncationSide.ValueType
+    request_id: _builtins.str
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts, tokenized as given (no prompt is prepended)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        add_special_tokens: _builtins.bool | None = ...,
+        truncate: _builtins.bool | None = ...,
+        truncation_side: Global___TruncationSide.ValueType = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_truncate", b"_truncate", "add_special_tokens", b"add_special_tokens", "truncate", b"truncate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens", "_truncate", b"_truncate", "add_special_tokens", b"add_special_tokens", "inputs", b"inputs", "model", b"model", "request_id", b"request_id", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__add_special_tokens: _TypeAlias = _typing.Literal["add_special_tokens"]  # noqa: Y015
+    _WhichOneofArgType__add_special_tokens: _TypeAlias = _typing.Literal["_add_special_tokens", b"_add_special_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__add_special_tokens) -> _WhichOneofReturnType__add_special_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
+
+Global___TokenizeRequest: _TypeAlias = TokenizeRequest  # noqa: Y015
+
+@_typing.final
+class Token(_message.Message):
+    """One token of a tokenized text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SPECIAL_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    text: _builtins.str
+    """The characters of the text it covers; a special token's own string."""
+    token: _builtins.str
+    """Its string in the vocabulary ("##ing", "Ġthe", "<s>")."""
+    special: _builtins.bool
+    """A special token the tokenizer added; it covers no characters."""
+    start: _builtins.int
+    """Half-open offsets in the text, in Unicode code points (0, 0 for specials)."""
+    stop: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        text: _builtins.str = ...,
+        token: _builtins.str = ...,
+        special: _builtins.bool = ...,
+        start: _builtins.int = ...,
+        stop: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "special", b"special", "start", b"start", "stop", b"stop", "text", b"text", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Token: _TypeAlias = Token  # noqa: Y015
+
+@_typing.final
+class TokenizedText(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    """Tokens of the whole text before any cut (special tokens included when
+    added).
+    """
+    truncated: _builtins.bool
+    """The text is longer than the model's max input tokens: Embed cuts it
+    (truncate) or refuses it (truncate = false).
+    """
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]:
+        """The tokens the model reads, in order."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___Token] | None = ...,
+        total: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens", "total", b"total", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenizedText: _TypeAlias = TokenizedText  # noqa: Y015
+
+@_typing.final
+class TokenizeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    model: _builtins.str
+    max_input_tokens: _builtins.int
+    """The model's max input tokens, special tokens included."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenizedText]:
+        """One per input, in order."""
+
+    @_builtins.property
+    def metadata(self) -> Global___ResponseMetadata: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        results: _abc.Iterable[Global___TokenizedText] | None = ...,
+        max_input_tokens: _builtins.int = ...,
+        metadata: Global___ResponseMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_input_tokens", b"max_input_tokens", "metadata", b"metadata", "model", b"model", "request_id", b"request_id", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenizeResponse: _TypeAlias = TokenizeResponse  # noqa: Y015
+
+@_typing.final
+class DecodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    SKIP_SPECIAL_TOKENS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A model name or alias; empty means the default model."""
+    skip_special_tokens: _builtins.bool
+    """Leave the special tokens out of the text. Unset means true."""
+    request_id: _builtins.str
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenIds]:
+        """Each sequence becomes one text."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        inputs: _abc.Iterable[Global___TokenIds] | None = ...,
+        skip_special_tokens: _builtins.bool | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_skip_special_tokens", b"_skip_special_tokens", "skip_special_tokens", b"skip_special_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_skip_special_tokens", b"_skip_special_tokens", "inputs", b"inputs", "model", b"model", "request_id", b"request_id", "skip_special_tokens", b"skip_special_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__skip_special_tokens: _TypeAlias = _typing.Literal["skip_special_tokens"]  # noqa: Y015
+    _WhichOneofArgType__skip_special_tokens: _TypeAlias = _typing.Literal["_skip_special_tokens", b"_skip_special_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__skip_special_tokens) -> _WhichOneofReturnType__skip_special_tokens | None: ...
+
+Global___DecodeRequest: _TypeAlias = DecodeRequest  # noqa: Y015
+
+@_typing.final
+class DecodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    model: _builtins.str
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One per input, in order."""
+
+    @_builtins.property
+    def metadata(self) -> Global___ResponseMetadata: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        metadata: Global___ResponseMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "model", b"model", "request_id", b"request_id", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecodeResponse: _TypeAlias = DecodeResponse  # noqa: Y015
+
+@_typing.final
+class ClassifyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    RETURN_LOGITS_FIELD_NUMBER: _builtins.int
+    TRUNCATE_FIELD_NUMBER: _builtins.int
+    TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """A classify model's name or alias."""
+    top_k: _builtins.int
+    """Return only the best `top_k` labels of each text; 0 means all."""
+    function: Global___ClassifyFunction.ValueType
+    return_logits: _builtins.bool
+    """Also return each label's raw logit."""
+    truncate: _builtins.bool
+    """Cut texts longer than the model's max input tokens. Unset means true."""
+    truncation_side: Global___TruncationSide.ValueType
+    request_id: _builtins.str
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts to classify."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        top_k: _builtins.int = ...,
+        function: Global___ClassifyFunction.ValueType = ...,
+        return_logits: _builtins.bool = ...,
+        truncate: _builtins.bool | None = ...,
+        truncation_side: Global___TruncationSide.ValueType = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "truncate", b"truncate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "function", b"function", "inputs", b"inputs", "model", b"model", "request_id", b"request_id", "return_logits", b"return_logits", "top_k", b"top_k", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
+
+Global___ClassifyRequest: _TypeAlias = ClassifyRequest  # noqa: Y015
+
+@_typing.final
+class LabelScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    LOGIT_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    score: _builtins.float
+    id: _builtins.int
+    """The label's id in the model's config (id2label)."""
+    logit: _builtins.float
+    """With return_logits."""
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        score: _builtins.float = ...,
+        id: _builtins.int = ...,
+        logit: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_logit", b"_logit", "logit", b"logit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_logit", b"_logit", "id", b"id", "label", b"label", "logit", b"logit", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__logit: _TypeAlias = _typing.Literal["logit"]  # noqa: Y015
+    _WhichOneofArgType__logit: _TypeAlias = _typing.Literal["_logit", b"_logit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__logit) -> _WhichOneofReturnType__logit | None: ...
+
+Global___LabelScore: _TypeAlias = LabelScore  # noqa: Y015
+
+@_typing.final
+class Classification(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelScore]:
+        """Best first."""
+
+    def __init__(
+        self,
+        *,
+        labels: _abc.Iterable[Global___LabelScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Classification: _TypeAlias = Classification  # noqa: Y015
+
+@_typing.final
+class ClassifyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    model: _builtins.str
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Classification]:
+        """One per input, in order."""
+
+    @_builtins.property
+    def metadata(self) -> Global___ResponseMetadata: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        results: _abc.Iterable[Global___Classification] | None = ...,
+        metadata: Global___ResponseMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "model", b"model", "request_id", b"request_id", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassifyResponse: _TypeAlias = ClassifyResponse  # noqa: Y015

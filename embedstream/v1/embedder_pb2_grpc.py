@@ -60,6 +60,26 @@ class EmbedderStub:
                 request_serializer=embedstream_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
                 response_deserializer=embedstream_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/embedstream.v1.Embedder/Tokenize',
+                request_serializer=embedstream_dot_v1_dot_embedder__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=embedstream_dot_v1_dot_embedder__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Decode = channel.unary_unary(
+                '/embedstream.v1.Embedder/Decode',
+                request_serializer=embedstream_dot_v1_dot_embedder__pb2.DecodeRequest.SerializeToString,
+                response_deserializer=embedstream_dot_v1_dot_embedder__pb2.DecodeResponse.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/embedstream.v1.Embedder/Classify',
+                request_serializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
+        self.ClassifyStream = channel.stream_stream(
+                '/embedstream.v1.Embedder/ClassifyStream',
+                request_serializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -104,6 +124,35 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """The model's tokens for each text: ids, token strings, character offsets,
+        and whether the model would cut it. Served by the model's workers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decode(self, request, context):
+        """Token ids back to text with the model's tokenizer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Labels with scores for each text, from a sequence-classification model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyStream(self, request_iterator, context):
+        """Answers a stream of classify requests, one response per request, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +180,26 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.RerankStream,
                     request_deserializer=embedstream_dot_v1_dot_embedder__pb2.RerankRequest.FromString,
                     response_serializer=embedstream_dot_v1_dot_embedder__pb2.RerankResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=embedstream_dot_v1_dot_embedder__pb2.TokenizeRequest.FromString,
+                    response_serializer=embedstream_dot_v1_dot_embedder__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Decode': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decode,
+                    request_deserializer=embedstream_dot_v1_dot_embedder__pb2.DecodeRequest.FromString,
+                    response_serializer=embedstream_dot_v1_dot_embedder__pb2.DecodeResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyRequest.FromString,
+                    response_serializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'ClassifyStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClassifyStream,
+                    request_deserializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyRequest.FromString,
+                    response_serializer=embedstream_dot_v1_dot_embedder__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +338,114 @@ class Embedder:
             '/embedstream.v1.Embedder/RerankStream',
             embedstream_dot_v1_dot_embedder__pb2.RerankRequest.SerializeToString,
             embedstream_dot_v1_dot_embedder__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedstream.v1.Embedder/Tokenize',
+            embedstream_dot_v1_dot_embedder__pb2.TokenizeRequest.SerializeToString,
+            embedstream_dot_v1_dot_embedder__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedstream.v1.Embedder/Decode',
+            embedstream_dot_v1_dot_embedder__pb2.DecodeRequest.SerializeToString,
+            embedstream_dot_v1_dot_embedder__pb2.DecodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedstream.v1.Embedder/Classify',
+            embedstream_dot_v1_dot_embedder__pb2.ClassifyRequest.SerializeToString,
+            embedstream_dot_v1_dot_embedder__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/embedstream.v1.Embedder/ClassifyStream',
+            embedstream_dot_v1_dot_embedder__pb2.ClassifyRequest.SerializeToString,
+            embedstream_dot_v1_dot_embedder__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

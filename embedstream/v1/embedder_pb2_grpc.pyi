@@ -53,6 +53,16 @@ class EmbedderStub:
     """
     RerankStream: _grpc.StreamStreamMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]
     """Answers a stream of rerank requests, one response per request, in order."""
+    Tokenize: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.TokenizeRequest, _embedder_pb2.TokenizeResponse]
+    """The model's tokens for each text: ids, token strings, character offsets,
+    and whether the model would cut it. Served by the model's workers.
+    """
+    Decode: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.DecodeRequest, _embedder_pb2.DecodeResponse]
+    """Token ids back to text with the model's tokenizer."""
+    Classify: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.ClassifyRequest, _embedder_pb2.ClassifyResponse]
+    """Labels with scores for each text, from a sequence-classification model."""
+    ClassifyStream: _grpc.StreamStreamMultiCallable[_embedder_pb2.ClassifyRequest, _embedder_pb2.ClassifyResponse]
+    """Answers a stream of classify requests, one response per request, in order."""
 
 @_typing.type_check_only
 class EmbedderAsyncStub(EmbedderStub):
@@ -75,6 +85,16 @@ class EmbedderAsyncStub(EmbedderStub):
     """
     RerankStream: _aio.StreamStreamMultiCallable[_embedder_pb2.RerankRequest, _embedder_pb2.RerankResponse]  # type: ignore[assignment]
     """Answers a stream of rerank requests, one response per request, in order."""
+    Tokenize: _aio.UnaryUnaryMultiCallable[_embedder_pb2.TokenizeRequest, _embedder_pb2.TokenizeResponse]  # type: ignore[assignment]
+    """The model's tokens for each text: ids, token strings, character offsets,
+    and whether the model would cut it. Served by the model's workers.
+    """
+    Decode: _aio.UnaryUnaryMultiCallable[_embedder_pb2.DecodeRequest, _embedder_pb2.DecodeResponse]  # type: ignore[assignment]
+    """Token ids back to text with the model's tokenizer."""
+    Classify: _aio.UnaryUnaryMultiCallable[_embedder_pb2.ClassifyRequest, _embedder_pb2.ClassifyResponse]  # type: ignore[assignment]
+    """Labels with scores for each text, from a sequence-classification model."""
+    ClassifyStream: _aio.StreamStreamMultiCallable[_embedder_pb2.ClassifyRequest, _embedder_pb2.ClassifyResponse]  # type: ignore[assignment]
+    """Answers a stream of classify requests, one response per request, in order."""
 
 class EmbedderServicer(metaclass=_abc_1.ABCMeta):
     """Turns text (and, for image+text models, images) into vectors."""
@@ -124,5 +144,39 @@ class EmbedderServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_embedder_pb2.RerankResponse], _abc.AsyncIterator[_embedder_pb2.RerankResponse]]:
         """Answers a stream of rerank requests, one response per request, in order."""
+
+    @_abc_1.abstractmethod
+    def Tokenize(
+        self,
+        request: _embedder_pb2.TokenizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedder_pb2.TokenizeResponse, _abc.Awaitable[_embedder_pb2.TokenizeResponse]]:
+        """The model's tokens for each text: ids, token strings, character offsets,
+        and whether the model would cut it. Served by the model's workers.
+        """
+
+    @_abc_1.abstractmethod
+    def Decode(
+        self,
+        request: _embedder_pb2.DecodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedder_pb2.DecodeResponse, _abc.Awaitable[_embedder_pb2.DecodeResponse]]:
+        """Token ids back to text with the model's tokenizer."""
+
+    @_abc_1.abstractmethod
+    def Classify(
+        self,
+        request: _embedder_pb2.ClassifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedder_pb2.ClassifyResponse, _abc.Awaitable[_embedder_pb2.ClassifyResponse]]:
+        """Labels with scores for each text, from a sequence-classification model."""
+
+    @_abc_1.abstractmethod
+    def ClassifyStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_embedder_pb2.ClassifyRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_embedder_pb2.ClassifyResponse], _abc.AsyncIterator[_embedder_pb2.ClassifyResponse]]:
+        """Answers a stream of classify requests, one response per request, in order."""
 
 def add_EmbedderServicer_to_server(servicer: EmbedderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -234,7 +234,7 @@ def test_http_takes_the_same_outputs(service: Served, reference: Any) -> None:
     import urllib.error
     import urllib.request
 
-    from tests.support.processes import http_port
+    from tests.support.http import http_port
 
     body = {"model": "bge-m3", "input": TEXTS, "outputs": ["sparse", "multi-vector", "dense"]}
     request = urllib.request.Request(

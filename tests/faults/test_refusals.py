@@ -7,6 +7,8 @@ cut short in error messages.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -96,54 +98,115 @@ def test_each_redis_refusal_reaches_callers_as_its_documented_status(cluster: Cl
 
 
 #: Background loop -> (role, Redis commands whose denial makes each of its iterations fail).
+#: Lease renewal first: it renews only while the worker holds a backlog.
 LOOPS = {
+    "lease renewal": ("worker", ("xclaim",)),
     "heartbeat": ("worker", ("zadd",)),
     "reclaim": ("worker", ("xautoclaim",)),
     "read": ("worker", ("xreadgroup",)),
-    "lease renewal": ("worker", ("xclaim",)),
     "reply reader": ("gateway", ("xread",)),
     "directory": ("gateway", ("zcount",)),
 }
+#: Failures each loop must count under one injected fault: more than the one line it may log.
+REPEATS = 3
+
+
+class Loops:
+    """A gateway and a ``deep`` worker, each as its own Redis user (``gw``, ``wk``) with its own
+    metrics port, and what their background loops counted and logged."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.users = {"gateway": "gw", "worker": "wk"}
+        self.ports = {"gateway": metrics_port(), "worker": metrics_port()}
+        self.gateway, self.port = cluster.gateway(
+            EMBEDSTREAM_REDIS_URL=_as_user(cluster, "gw"), EMBEDSTREAM_METRICS_PORT=str(self.ports["gateway"])
+        )
+        self.worker = cluster.worker(
+            "deep", EMBEDSTREAM_REDIS_URL=_as_user(cluster, "wk"), EMBEDSTREAM_METRICS_PORT=str(self.ports["worker"])
+        )
+        self.procs = {"gateway": self.gateway, "worker": self.worker}
+
+    def errors(self, loop: str) -> float:
+        """Failed iterations ``loop`` counted (``embedstream_loop_errors_total``)."""
+        return scrape(self.ports[self.role(loop)]).get(f'embedstream_loop_errors_total{{loop="{loop}"}}', 0.0)
+
+    def logged(self, loop: str, what: str) -> int:
+        """Lines ``loop`` logged saying ``what`` ("failed", "works again")."""
+        return len(
+            re.findall(rf"embedstream\.loops \d+: {re.escape(loop)} {what}\b", self.procs[self.role(loop)].log())
+        )
+
+    @staticmethod
+    def role(loop: str) -> str:
+        return LOOPS[loop][0]
+
+    def fails(self, loop: str, before: float) -> None:
+        """Until ``loop`` counted ``REPEATS`` failures since it had counted ``before``."""
+        wait_until(lambda: self.errors(loop) >= before + REPEATS, 15, what=f"the {loop} loop to fail {REPEATS} times")
+
+    def recovers(self, loop: str) -> None:
+        """Until ``loop`` logged that it works again (after a failure it logged)."""
+        wait_until(lambda: self.logged(loop, "works again") >= 1, 15, what=f"the {loop} loop to work again")
+
+    def carried_on(self) -> None:
+        """The worker beats again, the gateway answers, nobody restarted."""
+        r = self.cluster.r
+        name = r.zrange(keys.workers("deep"), 0, -1)[0]
+        beat = r.zscore(keys.workers("deep"), name) or 0
+        wait_until(lambda: (r.zscore(keys.workers("deep"), name) or 0) > beat, 5, what="a new heartbeat")
+        wait_until(lambda: answers(self.port, "deep", "still here", timeout=5), 20, what="calls to succeed")
+        assert self.gateway.alive() and self.worker.alive()
 
 
 def test_every_background_loop_survives_its_failures_and_carries_on(cluster: Cluster) -> None:
-    ports = {"gateway": metrics_port(), "worker": metrics_port()}
-    users = {"gateway": "gw", "worker": "wk"}
-    gateway, port = cluster.gateway(
-        EMBEDSTREAM_REDIS_URL=_as_user(cluster, "gw"), EMBEDSTREAM_METRICS_PORT=str(ports["gateway"])
-    )
-    worker = cluster.worker(
-        "deep", EMBEDSTREAM_REDIS_URL=_as_user(cluster, "wk"), EMBEDSTREAM_METRICS_PORT=str(ports["worker"])
-    )
-
-    def errors(role: str, loop: str) -> float:
-        return scrape(ports[role]).get(f'embedstream_loop_errors_total{{loop="{loop}"}}', 0.0)
-
-    with stub(port) as s:
+    loops = Loops(cluster)
+    with stub(loops.port) as s:
         # A backlog (100 ms per 4 inputs), so the worker holds entries long enough to renew their leases.
         backlog = [
             s.Embed.future(pb.EmbedRequest(model="deep", inputs=[pb.Input(text=f"held {k} {i}") for i in range(4)]))
-            for k in range(60)
+            for k in range(100)
         ]
         for loop, (role, commands) in LOOPS.items():
-            before = errors(role, loop)
-            with _denied(cluster, users[role], *commands):
-                wait_until(
-                    lambda loop=loop, role=role, before=before: errors(role, loop) > before,  # type: ignore[misc]
-                    15,
-                    what=f"the {loop} loop to fail",
-                )
+            before = loops.errors(loop)
+            with _denied(cluster, loops.users[role], *commands):
+                loops.fails(loop, before)
+            loops.recovers(loop)
         results = [call.result(timeout=120) for call in backlog]
     assert all(len(r.embeddings) == 4 for r in results)
-    # Every loop carried on: the worker beats again, the gateway answers, nobody restarted.
-    beat = cluster.r.zscore(keys.workers("deep"), next(m for m in cluster.r.zrange(keys.workers("deep"), 0, -1)))
-    wait_until(
-        lambda: (cluster.r.zscore(keys.workers("deep"), cluster.r.zrange(keys.workers("deep"), 0, -1)[0]) or 0) > beat,
-        5,
-        what="a new heartbeat",
-    )
-    wait_until(lambda: answers(port, "deep", "still here", timeout=5), 20, what="calls to succeed")
-    assert gateway.alive() and worker.alive()
+    loops.carried_on()
+    for loop in LOOPS:
+        # Every failure counted, one line logged per 10 s at most (a denial lasts a few seconds).
+        failed = loops.logged(loop, "failed")
+        assert 1 <= failed < loops.errors(loop), (loop, failed, loops.errors(loop))
+
+
+def test_background_loops_carry_on_through_killed_connections_and_paused_writes(cluster: Cluster) -> None:
+    loops = Loops(cluster)
+    r = cluster.r
+    # Every connection of both processes killed, over and over (a proxy or a failover dropping
+    # them): the blocking reads die mid-read.
+    killed = ("read", "reply reader")
+    before = {loop: loops.errors(loop) for loop in killed}
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        for user in loops.users.values():
+            r.execute_command("CLIENT", "KILL", "USER", user)
+        time.sleep(0.05)
+    for loop in killed:
+        loops.fails(loop, before[loop])
+    loops.carried_on()
+
+    # Writes paused past the clients' 1 s timeout (CLIENT PAUSE WRITE, as a failover's switch does).
+    paused = ("heartbeat", "reclaim")
+    before = {loop: loops.errors(loop) for loop in paused}
+    r.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # lifted once both counted enough
+    try:
+        for loop in paused:
+            loops.fails(loop, before[loop])
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    loops.carried_on()
 
 
 def test_long_caller_strings_are_cut_short_in_errors(cluster: Cluster) -> None:

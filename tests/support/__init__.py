@@ -6,6 +6,7 @@
   ``start_worker(s)``), ``cli``, ``wait_until``, ``stub``, ``scrape`` a process's /metrics, ``entries_added``.
 - ``rpcs``: every RPC of the protos as one call (``RPCS``), ``bearer`` API-key metadata, ``inputs``.
 - ``documents``: a ``section`` or ``table`` of README.md or of a page under docs/.
+- ``http``: HTTP calls that never raise on an error status (``call``), a gateway's ``http_port``.
 - ``deploy``: deploy/ as the deploy tests read it: kustomize renderings, compose, Dockerfile stages.
 - ``models``: the packaged MiniLM folder (``MINILM``) and the session's ``REGISTRY``.
 - ``tinymodels``: tiny random models of every family, saved the way real ones are.
@@ -15,6 +16,7 @@
 - ``topologies``: a real Redis Cluster and a Sentinel group.
 - ``netns``: several hosts on one machine (network namespaces).
 - ``otlp``: a real OTLP/gRPC trace receiver.
+- ``hubserver``: a local Hugging Face hub that huggingface_hub downloads from (HF_ENDPOINT).
 - ``faults``: the fault-injection cluster, its ledger and the scorecard.
 
 Import the module you need (``from tests.support.processes import Proc``): this package

@@ -31,6 +31,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 IMAGE = f"embedstream:{VERSION}"
 IMAGE_CUDA = f"{IMAGE}-cuda"
 GRPC_PORT = Settings().port
+HTTP_PORT = Settings().http_port
 
 
 def _kubectl() -> str:

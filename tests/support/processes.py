@@ -100,13 +100,6 @@ def start_gateway(env: dict[str, str], log_dir: Path, timeout: float = 30, port:
     raise RuntimeError(f"gateway did not start:\n{proc.log()}")
 
 
-def http_port(gateway: Proc) -> int:
-    """The HTTP port a gateway announced (it binds a free one in tests)."""
-    found = re.search(r"HTTP on [^\s:]+:(\d+)", gateway.log())
-    assert found, gateway.log()
-    return int(found.group(1))
-
-
 def start_worker(env: dict[str, str], log_dir: Path, model: str, r: redis.Redis, timeout: float = 90) -> Proc:
     """A worker for ``model``; returns once its heartbeat is in Redis."""
     proc = Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir)

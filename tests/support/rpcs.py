@@ -55,6 +55,14 @@ RPCS: dict[str, Call] = {
     "RerankStream": lambda ch, md, _: list(
         pb_grpc.EmbedderStub(ch).RerankStream(iter([pb.RerankRequest(query="q", documents=["d"])]), metadata=md)
     ),
+    "Classify": lambda ch, md, _: pb_grpc.EmbedderStub(ch).Classify(pb.ClassifyRequest(inputs=["t"]), metadata=md),
+    "ClassifyStream": lambda ch, md, _: list(
+        pb_grpc.EmbedderStub(ch).ClassifyStream(iter([pb.ClassifyRequest(inputs=["t"])]), metadata=md)
+    ),
+    "Tokenize": lambda ch, md, _: pb_grpc.EmbedderStub(ch).Tokenize(pb.TokenizeRequest(inputs=["t"]), metadata=md),
+    "Decode": lambda ch, md, _: pb_grpc.EmbedderStub(ch).Decode(
+        pb.DecodeRequest(inputs=[pb.TokenIds(ids=[1])]), metadata=md
+    ),
     "SubmitJob": lambda ch, md, _: jpb_grpc.JobsStub(ch).SubmitJob(
         jpb.SubmitJobRequest(spec=jpb.JobSpec(model="debug"), inputs=inputs(2)), metadata=md
     ),

@@ -148,18 +148,44 @@ def bert(folder: Path, head: str, **config: Any) -> Path:
     return folder
 
 
+def classifier(folder: Path, labels: list[str], multi_label: bool = False) -> Path:
+    """A tiny BertForSequenceClassification with ``labels`` (id2label), single- or multi-label
+    (config ``problem_type``); its head's weights scaled up so the labels' scores spread apart."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = _bert_config(
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(MINILM).save_pretrained(folder)
+    return folder
+
+
 def sentence_transformer(
-    folder: Path, pooling: str = "mean", dense: bool = False, normalize: bool = True, max_seq_length: int = 128
+    folder: Path,
+    pooling: str = "mean",
+    dense: bool = False,
+    normalize: bool = True,
+    max_seq_length: int = 128,
+    **config: Any,
 ) -> Path:
-    """A sentence-transformers folder: tiny BERT, the given pooling, optional Dense (to 16, tanh) and Normalize."""
+    """A sentence-transformers folder: tiny BERT, the given pooling, optional Dense (to 16, tanh) and Normalize;
+    ``config`` overrides the BERT's config (``hidden_size=128``: a 16 MB model.safetensors)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
-    hf = bert(folder.parent / f"{folder.name}-hf", "dense")
+    hf = bert(folder.parent / f"{folder.name}-hf", "dense", **config)
     transformer = Transformer(str(hf), max_seq_length=max_seq_length)
     modules: list[torch.nn.Module] = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
     if dense:
-        modules.append(Dense(32, 16, activation_function=torch.nn.Tanh()))
+        modules.append(Dense(transformer.get_embedding_dimension(), 16, activation_function=torch.nn.Tanh()))
     if normalize:
         modules.append(Normalize())
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))
