@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
-from embedstream.workers.model import Tokens
+from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
@@ -66,6 +67,9 @@ class PylateColbertModel(Encoder):
         self.skip_ids = np.array([tok.convert_tokens_to_ids(w) for w in words], dtype=np.int64)
         self.normalizes = True
         self.max_input_tokens = self.document_length
+        # Tokenize reports the cut a document gets: one token short of document_length for the marker.
+        room = self.document_length - (self.prefix["document"] is not None)
+        self.vocabulary = Vocabulary(tok, room, size_of(self.model, tok), self.lower)
         self.dimensions = int(self.forward([Tokens([self._pad_id], 1, False, "")], [False])[0].shape[1])
 
     def _marker(self, prefix: str) -> int | None:
@@ -75,6 +79,17 @@ class PylateColbertModel(Encoder):
         if not isinstance(found, int) or found == self.tokenizer.unk_token_id:
             raise ConfigError(f"model {self.name}: the marker {prefix!r} is not in the tokenizer's vocabulary")
         return int(found)
+
+    def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
+        """Fast-tokenizer ids, cut on the right (as PyLate cuts); token ids and left cuts are refused:
+        the marker, the query expansion and the query's own length apply to ids PyLate's tokenizer made."""
+        if side != "right":
+            return [self._refused("cuts texts on the right only") for _ in sources]
+        out = super().tokenize(sources, side)
+        return [self._refused("takes texts, not token ids") if isinstance(s, list) else t for s, t in zip(sources, out)]
+
+    def _refused(self, why: str) -> Tokens:
+        return Tokens(None, 1, False, "", error=f"model {self.name} (PyLate ColBERT) {why}")
 
     def _row(self, tok: Tokens) -> tuple[list[int], list[int], bool]:
         """The ids and attention mask PyLate feeds the model for one input, and whether it is a query."""

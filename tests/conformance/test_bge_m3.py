@@ -260,3 +260,24 @@ def test_http_takes_the_same_outputs(service: Served, reference: Any) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(refused, timeout=30)
     assert err.value.code == 400 and "outputs[0]" in err.value.read().decode()
+
+
+def test_token_ids_left_cuts_and_tokenize_with_every_output(service: Served, reference: Any) -> None:
+    """Tokenize gives the ids FlagEmbedding reads; embedded as token ids they give the text's three
+    outputs; a left cut equals FlagEmbedding with the tokenizer's ``truncation_side = "left"``."""
+    told = service.stub.Tokenize(pb.TokenizeRequest(model="bge-m3", inputs=TEXTS), timeout=30).results
+    ids = [[t.id for t in r.tokens] for r in told]
+    assert ids == [reference.tokenizer(t)["input_ids"] for t in TEXTS]
+    as_ids = pb.EmbedRequest(model="bge-m3", inputs=[pb.Input(tokens=pb.TokenIds(ids=i)) for i in ids], outputs=ALL)
+    assert_matches(service.stub.Embed(as_ids, timeout=30), expected(reference, TEXTS))
+    long = " ".join(f"word{i} {TEXTS[i % 3]}" for i in range(120))
+    reference.tokenizer.truncation_side = "left"
+    try:
+        want = dict(
+            reference.encode([long], max_length=512, return_dense=True, return_sparse=True, return_colbert_vecs=True)
+        )
+    finally:
+        reference.tokenizer.truncation_side = "right"
+    got = embed(service, [long], outputs=ALL, truncation_side=pb.TRUNCATION_SIDE_LEFT)
+    assert got.metadata.truncated_inputs == 1
+    print(f"conformance bge-m3 left cut: max abs diffs {assert_matches(got, want)}")

@@ -150,3 +150,19 @@ def test_a_folder_missing_an_adapter_or_its_weights_is_refused(folder: Path, tmp
     with pytest.raises(ConfigError, match="model jina: ") as err:
         load(ModelSpec(name="jina", family="text-dense", path=str(broken)), threads=1)
     assert needle in str(err.value)
+
+
+def test_tokenize_and_token_ids_take_the_adapter_of_the_input_type(service: Served, folder: Path) -> None:
+    """Token ids (the instruction's included, as for any prompt) run through the adapter the input
+    type selects; Tokenize gives the tokenizer's own ids."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    told = service.stub.Tokenize(pb.TokenizeRequest(model=MODEL, inputs=TEXTS), timeout=30).results
+    assert [[t.id for t in r.tokens] for r in told] == [tokenizer(t)["input_ids"] for t in TEXTS]
+    ids = [tokenizer(tinyheads.JINA_TASKS["retrieval.query"] + t)["input_ids"] for t in TEXTS]
+    request = pb.EmbedRequest(
+        model=MODEL, inputs=[pb.Input(tokens=pb.TokenIds(ids=i)) for i in ids], input_type=pb.INPUT_TYPE_QUERY
+    )
+    got = np.array([list(e.values) for e in service.stub.Embed(request, timeout=30).embeddings], dtype=np.float32)
+    assert_close(got, reference(folder, "retrieval.query", TEXTS), "jina-v3 token ids, retrieval.query")

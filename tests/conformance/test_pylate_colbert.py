@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -104,3 +105,18 @@ def test_pylate_still_cannot_load_here(folder: Path) -> None:
     models = pytest.importorskip("pylate.models")
     with pytest.raises(KeyError, match="activation_function"):
         models.ColBERT(model_name_or_path=str(folder), device="cpu", trust_remote_code=True)
+
+
+def test_token_ids_and_left_cuts_are_refused_naming_the_input(service: Served) -> None:
+    """PyLate's marker, query expansion and query length apply to ids its tokenizer made: token ids
+    and a left cut are refused; Tokenize reports the cut a document gets."""
+    cases = [
+        ([pb.Input(text="x"), pb.Input(tokens=pb.TokenIds(ids=[101, 7, 102]))], {}, "inputs[1]: model colbertv2"),
+        ([pb.Input(text="x")], {"truncation_side": pb.TRUNCATION_SIDE_LEFT}, "cuts texts on the right only"),
+    ]
+    for inputs, options, needle in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            service.stub.Embed(pb.EmbedRequest(model="colbertv2", inputs=inputs, **options), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
+    told = service.stub.Tokenize(pb.TokenizeRequest(model="colbertv2", inputs=[TEXTS[2] * 3]), timeout=30).results[0]
+    assert told.truncated and len(told.tokens) == 39  # document_length 40, one short for the [D] marker

@@ -89,3 +89,17 @@ def test_a_causal_reranker_is_refused_for_embed(service: Served) -> None:
     with pytest.raises(grpc.RpcError) as err:
         service.stub.Embed(pb.EmbedRequest(model="qwen3-reranker", inputs=[pb.Input(text="x")]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "call Rerank" in err.value.details()
+
+
+def test_a_left_cut_is_refused_and_tokenize_gives_the_tokenizers_ids(service: Served, folder: Path) -> None:
+    """A left cut would drop the card's instruction and the query: refused, naming the document."""
+    from transformers import AutoTokenizer
+
+    request = pb.RerankRequest(model="qwen3-reranker", query=QUERY, documents=DOCS, truncation_side=1)
+    with pytest.raises(grpc.RpcError) as err:
+        service.stub.Rerank(request, timeout=10)
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cuts pairs on the right only" in err.value.details()
+    )
+    told = service.stub.Tokenize(pb.TokenizeRequest(model="qwen3-reranker", inputs=[QUERY]), timeout=30).results[0]
+    assert [t.id for t in told.tokens] == AutoTokenizer.from_pretrained(folder)(QUERY)["input_ids"]

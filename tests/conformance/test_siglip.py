@@ -89,3 +89,19 @@ def test_over_long_texts_are_cut_at_64_tokens_or_refused(service: Served) -> Non
     with pytest.raises(grpc.RpcError) as err:
         service.stub.Embed(pb.EmbedRequest(model="siglip", inputs=[pb.Input(text=TEXTS[2])], truncate=False))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "truncate" in err.value.details()
+
+
+def test_a_sentencepiece_tokenizer_cuts_on_the_right_only_and_has_no_tokenize(service: Served) -> None:
+    """Left cuts, Tokenize and token ids need a fast tokenizer; SigLIP's is SentencePiece (slow)."""
+    import grpc
+
+    calls = [
+        (service.stub.Embed, pb.EmbedRequest(model="siglip", inputs=[pb.Input(text="x")], truncation_side=1)),
+        (service.stub.Tokenize, pb.TokenizeRequest(model="siglip", inputs=["x"])),
+        (service.stub.Embed, pb.EmbedRequest(model="siglip", inputs=[pb.Input(tokens=pb.TokenIds(ids=[5]))])),
+    ]
+    needles = ["truncation_side: model 'siglip' (image-text) cuts texts on the right only", "fast tokenizer", "tokens"]
+    for (call, request), needle in zip(calls, needles):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details(), needle
