@@ -21,7 +21,7 @@ def answer(model: Any, job: wire.Job) -> Answer:
     """(one TokenList or text per input, None) or ([], (code, message)) for a tokenize or decode job."""
     vocabulary = model.vocabulary
     if vocabulary is None:
-        return [], (Code.INVALID_ARGUMENT.value, f"model: {model.name} has no fast tokenizer to {job.kind} with")
+        return [], (Code.INVALID_ARGUMENT.value, f"model: {model.name} has no tokenizer to {job.kind} with")
     out: list[Any] = []
     for i, item in enumerate(job.inputs):
         if job.kind == "tokenize" and isinstance(item, str):
