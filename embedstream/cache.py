@@ -166,8 +166,8 @@ def digest(fingerprint: str, job: Job, normalize: bool, prompt: str, source: str
     image or token ids: msgpack keeps the three apart). Options applied after the model (output type, sparse
     token strings, chunks or pooled) are not in it: one record serves them all, byte for byte."""
     chunking = [job.chunk_tokens, job.chunk_overlap] if job.chunking else None
-    body = [FORMAT, fingerprint, job.cache_scope, normalize, job.input_type, prompt, job.truncate]
-    body += [job.dimensions, chunking, job.query, job.truncation_side, source]
+    body = [FORMAT, fingerprint, job.cache_scope, normalize, job.input_type, job.prompt, prompt, job.truncate]
+    body += [job.dimensions, chunking, job.query, job.truncation_side, list(job.outputs), source]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return hashlib.sha256(packed).hexdigest()
 

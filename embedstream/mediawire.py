@@ -1,7 +1,7 @@
 """The video and audio parts of the queue wire format: input kinds, media options, segments.
 
 :mod:`embedstream.wire` calls these for entries that hold video or audio and for
-replies that carry segments (wire version 4, above the text operations' 3; the
+replies that carry segments (wire version 5, above text operations' 3 and outputs' 4; the
 kinds ride under ``mk``); a segment travels as ``SEGMENT_FIELDS`` integers
 (times in microseconds), so the reply stays a flat msgpack list.
 """

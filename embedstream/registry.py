@@ -34,13 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from embedstream.errors import ConfigError, NotFound, clip
-from embedstream.vectors import OUTPUT_TYPES
+from embedstream.vectors import OUTPUT_TYPES, OUTPUTS
 
 FAMILIES = ("text-dense", "image-text", "audio-text", "sparse", "multi-vector", "rerank", "classify", "debug")
 #: Families whose vectors are dense rows, so Matryoshka and every output type apply.
 DENSE_FAMILIES = ("text-dense", "image-text", "audio-text", "multi-vector", "debug")
 #: The input kinds each family can take; a registry entry's ``modalities`` may name fewer.
 MODALITIES = {"image-text": ("text", "image", "video"), "audio-text": ("text", "audio")}
+#: Each family's outputs unless the registry says otherwise; only text-dense may list more (BGE-M3).
+FAMILY_OUTPUTS = {
+    "text-dense": ("dense",),
+    "image-text": ("dense",),
+    "audio-text": ("dense",),
+    "debug": ("dense",),
+    "sparse": ("sparse",),
+    "multi-vector": ("multi-vector",),
+    "rerank": (),
+    "classify": (),
+}
 POOLINGS = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean")
 BACKENDS = ("", "open_clip", "transformers")
 HUB_SCHEME = "hf:"
@@ -87,6 +98,8 @@ class ModelSpec:
     normalize: bool = True
     #: image-text: "open_clip" or "transformers"; empty = detect from the folder.
     backend: str = ""
+    #: What requests may ask for (EmbedRequest.outputs); () = the family's (see :attr:`offered_outputs`).
+    outputs: tuple[str, ...] = ()
     #: Decoder embedders (e5-mistral, Qwen3-Embedding): the task of the query prompt
     #: ``Instruct: {instruction}\nQuery: `` they serve as prompt "query".
     instruction: str = ""
@@ -112,6 +125,11 @@ class ModelSpec:
     def output_types(self) -> tuple[str, ...]:
         """Output types requests may ask for."""
         return OUTPUT_TYPES if self.dense else ("float32",)
+
+    @property
+    def offered_outputs(self) -> tuple[str, ...]:
+        """The outputs requests may ask for; the first is the primary output."""
+        return self.outputs or FAMILY_OUTPUTS[self.family]
 
     def prompt_for(self, input_type: str, prompt: str) -> str:
         """The prompt name a request selects (explicit, by input type, or the default); "" = none."""
@@ -304,6 +322,17 @@ def _options(where: str, family: str, raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{where}.pooling must be one of {list(POOLINGS)}, not {out['pooling']!r}")
     if out.get("backend", "") not in BACKENDS:
         raise ConfigError(f"{where}.backend must be open_clip or transformers, not {out['backend']!r}")
+    outputs = raw.get("outputs", list(FAMILY_OUTPUTS[family]))
+    if (
+        not isinstance(outputs, list)
+        or not all(o in OUTPUTS for o in outputs)
+        or len(set(outputs)) != len(outputs)
+        or (bool(FAMILY_OUTPUTS[family]) and not outputs)
+    ):
+        raise ConfigError(f"{where}.outputs must list some of {list(OUTPUTS)}, each once")
+    if family != "text-dense" and tuple(outputs) != FAMILY_OUTPUTS[family]:
+        raise ConfigError(f"{where}.outputs: {family} models return {list(FAMILY_OUTPUTS[family])} only")
+    out["outputs"] = tuple(outputs)
     if "normalize" in raw:
         if not isinstance(raw["normalize"], bool):
             raise ConfigError(f"{where}.normalize must be true or false")

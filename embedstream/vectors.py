@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+#: What a model can return (EmbedRequest.outputs, the registry's ``outputs``).
+OUTPUTS = ("dense", "sparse", "multi-vector")
 OUTPUT_TYPES = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 #: numpy dtype of each output type's stored values.
 DTYPES: dict[str, np.dtype[Any]] = {

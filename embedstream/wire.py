@@ -5,6 +5,14 @@ decoding failure becomes one error type, :class:`WireError`. Vectors travel as
 raw bytes in the request's output type (``embedstream.vectors``), never as
 lists of floats. Pickle is never used, so a forged entry can at worst fail to
 decode.
+
+A job that names ``outputs`` (dense, sparse, multi-vector: BGE-M3 gives all
+three from one pass) gets a reply holding each in its own fields: dense rows in
+``vectors``, sparse weights in ``sparse_weights`` beside ``indices``/``nnz``,
+token matrices in ``multi`` with ``multi_rows``. A job without ``outputs`` gets
+the model's primary output in the original layout (``vectors`` holds it all).
+Entries and replies that name outputs carry version 4, so a worker or gateway
+from before them refuses them instead of answering in the wrong layout.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import msgpack
 
 from embedstream import mediawire, textwire
 from embedstream.textwire import TokenList
-from embedstream.vectors import OUTPUT_TYPES, row_bytes
+from embedstream.vectors import OUTPUT_TYPES, OUTPUTS, row_bytes
 
 VERSION = 1
 #: Entries and replies that use chunking carry this version, so a worker or
@@ -26,11 +34,15 @@ VERSION_CHUNKS = 2
 #: Entries and replies of the text operations (``embedstream.textwire``): a worker from
 #: before them refuses such an entry instead of embedding what it was asked to tokenize.
 VERSION_TEXT = 3
+#: Entries and replies that name their outputs (``os``): a worker from before them refuses
+#: such an entry instead of answering with the primary output alone. An entry's version is
+#: that of the newest feature it uses.
+VERSION_OUTPUTS = 4
 #: Entries holding video or audio, and replies with segments, carry this version, so a worker
-#: or gateway from before media (versions up to 3) refuses them instead of taking a video for
-#: an image. An entry carries the highest version of the features it uses.
-VERSION_MEDIA = 4
-VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT, VERSION_MEDIA)
+#: or gateway from before media (versions up to 4) refuses them instead of taking a video for
+#: an image.
+VERSION_MEDIA = 5
+VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT, VERSION_OUTPUTS, VERSION_MEDIA)
 #: One input: a text, an encoded image, or token ids.
 Item = textwire.Item
 #: What ``Options.cache`` may be: "" (read and write), or the request's CacheMode otherwise.
@@ -68,6 +80,8 @@ class Options:
     chunk_vectors: bool = False
     #: How video and audio inputs are sampled, segmented and returned.
     media: mediawire.Media = mediawire.DEFAULT
+    #: The outputs asked for ("dense", "sparse", "multi-vector"); () = the model's primary one, original layout.
+    outputs: tuple[str, ...] = ()
     #: "embed" (a forward pass), "tokenize" or "decode" (the tokenizer only).
     kind: str = "embed"
     #: Which end of an over-long text is cut: "right" keeps the start, "left" the end.
@@ -151,6 +165,15 @@ class Reply:
     worker: str = ""
     error_code: str = ""
     error_message: str = ""
+    #: Set when the job named its outputs: which ones this reply carries, each in its own fields.
+    outputs: list[str] | None = None
+    #: Sparse weights (float32, aligned with ``indices``) when ``outputs`` is set.
+    sparse_weights: bytes = b""
+    sparse_dimensions: int = 0
+    #: Multi-vector rows (output type layout), vectors per input and row width, when ``outputs`` is set.
+    multi: bytes = b""
+    multi_rows: list[int] | None = None
+    multi_dimensions: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -192,6 +215,8 @@ def encode_job(job: Job) -> bytes:
         body["ot"] = job.output_type
     if text := textwire.job_body(job):
         body.update(text, v=VERSION_TEXT)
+    if job.outputs:
+        body.update(v=VERSION_OUTPUTS, os=list(job.outputs))
     if job.kinds:
         body.update(v=VERSION_MEDIA, mk=job.kinds, md=job.media.encode())
     return _pack(body)
@@ -214,6 +239,7 @@ def decode_job(data: bytes) -> Job:
         if cache not in CACHE_MODES:
             raise WireError(f"unknown cache mode {cache!r}")
         return Job(
+            outputs=_outputs(body.get("os", [])),
             id=_typed(body["i"], str, "i"),
             reply_to=_typed(body["r"], str, "r"),
             deadline_ms=_typed(body["d"], int, "d"),
@@ -278,6 +304,11 @@ def encode_reply(reply: Reply) -> bytes:
             body.update(v=VERSION_CHUNKS, sp=reply.spans)
         if text := textwire.reply_body(reply):
             body.update(text, v=VERSION_TEXT)
+        if reply.outputs is not None:
+            body.update(v=VERSION_OUTPUTS, os=reply.outputs, sw=reply.sparse_weights, sd=reply.sparse_dimensions)
+            body.update(mx=reply.multi, md=reply.multi_dimensions)
+            if reply.multi_rows is not None:
+                body["mr"] = reply.multi_rows
         if reply.segments is not None:
             body.update(v=VERSION_MEDIA, sg=reply.segments)
     return _pack(body)
@@ -307,6 +338,13 @@ def decode_reply(data: bytes) -> Reply:
         if strings is not None and (not isinstance(strings, list) or not all(isinstance(t, str) for t in strings)):
             raise WireError("field 'ts' must be a list of strings")
         reply.token_strings = strings
+        if "os" in body:
+            reply.outputs = list(_outputs(body["os"]))
+            reply.sparse_weights = _typed(body.get("sw", b""), bytes, "sw")
+            reply.sparse_dimensions = _typed(body.get("sd", 0), int, "sd")
+            reply.multi = _typed(body.get("mx", b""), bytes, "mx")
+            reply.multi_rows = _int_list(body.get("mr"), "mr")
+            reply.multi_dimensions = _typed(body.get("md", 0), int, "md")
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
         reply.cached = _typed(body.get("cd", 0), int, "cd")
         reply.spans = _int_list(body.get("sp"), "sp")
@@ -330,6 +368,9 @@ def _check_sizes(reply: Reply) -> None:
         raise WireError("reply segments do not match count")
     if problem := textwire.size_problem(reply):
         raise WireError(problem)
+    if reply.outputs is not None:
+        _check_outputs(reply)
+        return
     if reply.nnz is not None:
         total = sum(reply.nnz)
         if len(reply.nnz) != reply.count or len(reply.indices) != 4 * total or len(reply.vectors) != 4 * total:
@@ -344,6 +385,36 @@ def _check_sizes(reply: Reply) -> None:
         rows = sum(reply.rows)
     if len(reply.vectors) != rows * row_bytes(reply.output_type, reply.dimensions):
         raise WireError("reply vector bytes do not match count x dimensions")
+
+
+def _check_outputs(reply: Reply) -> None:
+    """Sizes of a reply that carries named outputs, each in its own fields."""
+    asked = set(reply.outputs or ())
+    dense = reply.count * row_bytes(reply.output_type, reply.dimensions) if "dense" in asked else 0
+    if len(reply.vectors) != dense:
+        raise WireError("reply dense bytes do not match count x dimensions")
+    if "sparse" in asked:
+        total = sum(reply.nnz or []) if reply.nnz is not None and len(reply.nnz) == reply.count else -1
+        if total < 0 or len(reply.indices) != 4 * total or len(reply.sparse_weights) != 4 * total:
+            raise WireError("reply sparse sizes do not match")
+        if reply.token_strings is not None and len(reply.token_strings) != total:
+            raise WireError("reply token strings do not match the indices")
+    elif reply.nnz is not None or reply.indices or reply.sparse_weights:
+        raise WireError("reply carries a sparse output nobody asked for")
+    rows = reply.multi_rows
+    if "multi-vector" in asked:
+        if rows is None or len(rows) != reply.count:
+            raise WireError("reply multi-vector rows do not match count")
+        if len(reply.multi) != sum(rows) * row_bytes(reply.output_type, reply.multi_dimensions):
+            raise WireError("reply multi-vector bytes do not match rows x dimensions")
+    elif rows is not None or reply.multi:
+        raise WireError("reply carries a multi-vector output nobody asked for")
+
+
+def _outputs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(o in OUTPUTS for o in value) or len(set(value)) != len(value):
+        raise WireError(f"field 'os' must list distinct outputs of {list(OUTPUTS)}")
+    return tuple(value)
 
 
 def _int_list(value: Any, key: str) -> list[int] | None:

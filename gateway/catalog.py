@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.tokens import TOKEN_FAMILIES
-from embedstream.gateway.validation import OUTPUT_TYPES
+from embedstream.gateway.validation import OUTPUT_TYPES, VECTOR_KINDS
 
 from embedstream.profile import Profile
 from embedstream.registry import Registry
@@ -22,6 +22,7 @@ FAMILIES = {
     "debug": pb.MODEL_FAMILY_DEBUG,
 }
 OUTPUT_TYPE_VALUES = {name: value for value, name in OUTPUT_TYPES.items()}
+VECTOR_KIND_VALUES = {name: value for value, name in VECTOR_KINDS.items()}
 
 
 def model_infos(registry: Registry, settings: Settings, directory: Directory) -> list[pb.ModelInfo]:
@@ -51,11 +52,12 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
                     image=spec.images,
                     video="video" in spec.takes,
                     audio="audio" in spec.takes,
-                    matryoshka_dimensions=list(spec.matryoshka_dimensions),
+                    matryoshka_dimensions=list(directory.matryoshka(name)),
                     prompts=sorted(directory.prompts(name)),
                     output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],
                     query_prompt=spec.query_prompt or (served.query_prompt if served else ""),
                     document_prompt=spec.document_prompt or (served.document_prompt if served else ""),
+                    outputs=[VECTOR_KIND_VALUES[o] for o in spec.offered_outputs],
                     labels=list(served.labels) if served else [],
                     token_ids=spec.family in TOKEN_FAMILIES,
                 ),

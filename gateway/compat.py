@@ -5,15 +5,15 @@ Requests become ``pb.EmbedRequest`` / ``pb.RerankRequest`` so that the gateway v
 with the very functions gRPC calls use; responses are read from the ``pb`` responses the same
 shaping code builds. Only JSON types are checked here; every limit and option is checked there.
 Fields no client of ours knows (``input_type``, ``prompt_name``, ``normalize``, ``truncate``,
-``truncation_side``, ``output_type``) are extra keys, which OpenAI's, Cohere's and Jina's clients
-ignore. ``input`` may be token ids, as OpenAI's API allows: an array of integers, or of such arrays.
+``truncation_side``, ``output_type``, ``outputs``) are extra keys, which OpenAI's, Cohere's and Jina's
+clients ignore. ``input`` may be token ids, as OpenAI's API allows: an array of integers, or of such arrays.
 """
 
 from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from embedstream.gateway import validation
@@ -32,6 +32,8 @@ OUTPUT_TYPES = {name: value for value, name in validation.OUTPUT_TYPES.items()}
 LONG_INPUTS = {"truncate": pb.LONG_INPUTS_TRUNCATE, "chunk": pb.LONG_INPUTS_CHUNK, "error": pb.LONG_INPUTS_ERROR}
 #: ``cache`` in a JSON body (docs/cache.md).
 CACHE = {"default": pb.CACHE_DEFAULT, "bypass": pb.CACHE_BYPASS, "refresh": pb.CACHE_REFRESH}
+#: ``outputs`` in a JSON body: the names ListModels' ``capabilities.outputs`` values stand for.
+OUTPUTS = {name: value for value, name in validation.VECTOR_KINDS.items()}
 #: OpenAI's error ``type`` per HTTP status.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -82,7 +84,20 @@ def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
             ParseDict(body["media"], request.media)
         except (ParseError, TypeError, AttributeError) as exc:
             raise InvalidArgument(f"media: {exc}") from None
+    request.outputs.extend(_outputs(body))
     return request, encoding_format
+
+
+def _outputs(body: dict[str, Any]) -> list[pb.VectorKind.ValueType]:
+    value = body.get("outputs")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidArgument(f"outputs: must be a list of {list(OUTPUTS)}")
+    for i, name in enumerate(value):
+        if name not in OUTPUTS:
+            raise InvalidArgument(f"outputs[{i}]: {name!r} is not one of {list(OUTPUTS)}")
+    return [OUTPUTS[name] for name in value]
 
 
 def _inputs(body: dict[str, Any]) -> list[pb.Input]:
@@ -143,18 +158,25 @@ def truncation_side(body: dict[str, Any]) -> pb.TruncationSide.ValueType:
     return SIDES[value.lower()]
 
 
-def embeddings_body(response: pb.EmbedResponse, encoding_format: str) -> dict[str, Any]:
-    """An EmbedResponse (packed vectors) as OpenAI's response: ``data``, ``model``, ``usage``."""
+def embeddings_body(response: pb.EmbedResponse, encoding_format: str, outputs: Sequence[int] = ()) -> dict[str, Any]:
+    """An EmbedResponse (packed vectors) as OpenAI's response: ``data``, ``model``, ``usage``.
+
+    With ``outputs`` each item holds what was asked: ``embedding`` (dense), ``sparse_embedding``
+    (``indices``, ``values``) and ``multi_vector`` (one vector per token, each a list or base64)."""
     output_type = validation.OUTPUT_TYPES[response.output_type]
-    if encoding_format == "base64":
-        # OpenAI's base64 is the vector's little-endian float32 bytes; other output types
-        # give their own packed bytes (float16, int8, bits), as the gRPC API does.
-        data: list[Any] = [base64.b64encode(e.packed).decode("ascii") for e in response.embeddings]
-    else:
-        raw = b"".join(e.packed for e in response.embeddings)
-        data = vectors.unpack(raw, output_type, response.dimensions).tolist()
+    items: list[dict[str, Any]] = [{"object": "embedding", "index": i} for i in range(len(response.embeddings))]
+    if not outputs or pb.VECTOR_KIND_DENSE in outputs:
+        rows = [e.packed for e in response.embeddings]
+        for item, v in zip(items, _vectors(rows, output_type, response.dimensions, encoding_format)):
+            item["embedding"] = v
+    for item, e in zip(items, response.embeddings):
+        if pb.VECTOR_KIND_SPARSE in outputs:
+            item["sparse_embedding"] = {"indices": list(e.sparse.indices), "values": list(e.sparse.values)}
+        if pb.VECTOR_KIND_MULTI_VECTOR in outputs:
+            width = vectors.row_bytes(output_type, response.multi_vector_dimensions)
+            rows = [e.multi_vector.packed[k * width : (k + 1) * width] for k in range(e.multi_vector.rows)]
+            item["multi_vector"] = _vectors(rows, output_type, response.multi_vector_dimensions, encoding_format)
     tokens = response.metadata.tokens
-    items = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)]
     for item, e in zip(items, response.embeddings):
         if e.HasField("segment"):  # a request holding video or audio: where each vector lies
             item["segment"] = MessageToDict(
@@ -166,6 +188,17 @@ def embeddings_body(response: pb.EmbedResponse, encoding_format: str) -> dict[st
         "model": response.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+def _vectors(rows: list[bytes], output_type: str, dimensions: int, encoding_format: str) -> list[Any]:
+    if encoding_format == "base64":
+        # OpenAI's base64 is the vector's little-endian float32 bytes; other output types
+        # give their own packed bytes (float16, int8, bits), as the gRPC API does.
+        return [base64.b64encode(row).decode("ascii") for row in rows]
+    if not rows:
+        return []
+    listed: list[Any] = vectors.unpack(b"".join(rows), output_type, dimensions).tolist()
+    return listed
 
 
 def rerank_request(body: dict[str, Any]) -> pb.RerankRequest:

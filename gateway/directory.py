@@ -142,6 +142,11 @@ class Directory:
         if failure:
             raise FailedPrecondition(f"model {model!r} failed to load and serves nothing until fixed: {failure}")
 
+    def matryoshka(self, model: str) -> tuple[int, ...]:
+        """The Matryoshka sizes ``dimensions`` may name: the registry's, else those its workers' folder declares."""
+        found = self.states[model].profile
+        return self.registry.models[model].matryoshka_dimensions or (found.matryoshka_dimensions if found else ())
+
     def prompts(self, model: str) -> dict[str, str]:
         """The prompts ``model``'s workers serve (its folder's and family's with the registry's on top)."""
         found = self.states[model].profile

@@ -205,6 +205,8 @@ def respond(request: pb.EmbedRequest, valid: Request, reply: wire.Reply, receive
         embeddings=chunked(reply, request.encoding),
         dimensions=reply.dimensions,
         output_type=OUTPUT_TYPE_VALUES[reply.output_type],
+        multi_vector_dimensions=reply.multi_dimensions,
+        sparse_dimensions=reply.sparse_dimensions,
     )
     metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
     out.metadata.CopyFrom(metadata(reply, received))

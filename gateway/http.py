@@ -201,13 +201,15 @@ class HttpApi:
         message, encoding_format = compat.embed_request(await self._body(request))
         deadline = await self._admit(request, len(message.inputs))
         valid = await self.embedder.check(message)
-        if not valid.spec.dense:
+        if not valid.spec.dense and not message.outputs:
             raise InvalidArgument(
                 f"model: {valid.spec.name!r} is a {valid.spec.family} model; /v1/embeddings returns one dense "
-                "vector per input (call the gRPC Embed for its output)"
+                f"vector per input unless outputs names another ({valid.spec.offered_outputs[0]!r} here)"
             )
         reply = await self.dispatcher.embed(valid, deadline)
-        response = _json(compat.embeddings_body(respond(message, valid, reply, received), encoding_format))
+        response = _json(
+            compat.embeddings_body(respond(message, valid, reply, received), encoding_format, list(message.outputs))
+        )
         response.headers[CACHED_HEADER] = str(reply.cached)  # OpenAI's body has no place for it
         return response
 

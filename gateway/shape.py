@@ -27,8 +27,10 @@ PACKED = (pb.VECTOR_ENCODING_PACKED_F32LE, pb.VECTOR_ENCODING_PACKED)
 
 def embeddings(reply: wire.Reply, encoding: int, first: int = 0) -> list[pb.Embedding]:
     """One Embedding per input of ``reply``, from input ``first`` on."""
+    if reply.outputs is not None:
+        return _named(reply, encoding, first)
     if reply.nnz is not None:
-        return _sparse(reply, first)
+        return _sparse(reply, reply.vectors, first)
     width = vectors.row_bytes(reply.output_type, reply.dimensions)
     raw = reply.vectors
     if reply.rows is None:
@@ -81,10 +83,34 @@ def _listed(matrix: np.ndarray, output_type: str) -> pb.Embedding:
     return pb.Embedding(int_values=matrix.astype(np.int32).ravel().tolist())
 
 
-def _sparse(reply: wire.Reply, first: int) -> list[pb.Embedding]:
+def _named(reply: wire.Reply, encoding: int, first: int) -> list[pb.Embedding]:
+    """Each asked output in its own field: dense in values/packed, sparse, multi_vector."""
+    asked = reply.outputs or []
+    if "dense" in asked:
+        out = embeddings(
+            wire.Reply(reply.id, reply.vectors, reply.dimensions, reply.count, reply.output_type), encoding
+        )
+    else:
+        out = [pb.Embedding() for _ in range(reply.count)]
+    if "sparse" in asked:
+        for embedding, sparse in zip(out, _sparse(reply, reply.sparse_weights, 0)):
+            embedding.sparse.CopyFrom(sparse.sparse)
+    if "multi-vector" in asked:
+        multi = wire.Reply(reply.id, reply.multi, reply.multi_dimensions, reply.count, reply.output_type)
+        multi.rows = reply.multi_rows
+        for embedding, matrix in zip(out, embeddings(multi, encoding)):
+            embedding.multi_vector.CopyFrom(
+                pb.MultiVector(
+                    values=matrix.values, packed=matrix.packed, int_values=matrix.int_values, rows=matrix.rows
+                )
+            )
+    return out[first:]
+
+
+def _sparse(reply: wire.Reply, weights_raw: bytes, first: int) -> list[pb.Embedding]:
     assert reply.nnz is not None
     indices = np.frombuffer(reply.indices, dtype="<u4")
-    weights = np.frombuffer(reply.vectors, dtype="<f4")
+    weights = np.frombuffer(weights_raw, dtype="<f4")
     starts = np.concatenate([[0], np.cumsum(reply.nnz)]).astype(int)
     out = []
     for i in range(first, reply.count):

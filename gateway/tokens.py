@@ -28,11 +28,11 @@ def vocabulary_size(spec: ModelSpec, directory: Directory) -> int:
 
 
 def has_tokenizer(spec: ModelSpec, directory: Directory) -> None:
-    """Refuse a model that has no tokenizer to expose (the debug model; open_clip's own tokenizer)."""
+    """Refuse a model without a fast tokenizer to expose (debug; open_clip's own; SigLIP's SentencePiece)."""
     found = directory.states[spec.name].profile
     if spec.family == "debug" or (found is not None and not found.vocabulary_size):
         raise InvalidArgument(
-            f"model: {spec.name!r} ({spec.family}) has no Hugging Face tokenizer; Tokenize, Decode and "
+            f"model: {spec.name!r} ({spec.family}) has no Hugging Face fast tokenizer; Tokenize, Decode and "
             "token-id inputs need one"
         )
 

@@ -36,6 +36,11 @@ OUTPUT_TYPES = {
     pb.OUTPUT_TYPE_BINARY: "binary",
     pb.OUTPUT_TYPE_UBINARY: "ubinary",
 }
+VECTOR_KINDS = {
+    pb.VECTOR_KIND_DENSE: "dense",
+    pb.VECTOR_KIND_SPARSE: "sparse",
+    pb.VECTOR_KIND_MULTI_VECTOR: "multi-vector",
+}
 
 #: The request's CacheMode as the queue entry carries it (``wire.CACHE_MODES``).
 CACHE_MODES = {pb.CACHE_DEFAULT: "", pb.CACHE_BYPASS: "bypass", pb.CACHE_REFRESH: "refresh"}
@@ -128,13 +133,17 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         raise InvalidArgument(
             f"{prefix}prompt_name: {where} has no prompt {clip(msg.prompt_name)}; its prompts: {known}"
         )
-    if msg.return_tokens and spec.family != "sparse":
-        raise InvalidArgument(f"{prefix}return_tokens: only sparse models return tokens; {where} does not")
+    outputs = check_outputs(msg.outputs, spec, prefix)
+    if msg.return_tokens and "sparse" not in (outputs or spec.offered_outputs[:1]):
+        raise InvalidArgument(f"{prefix}return_tokens: only sparse outputs return tokens; {where} gives none here")
+    if outputs and "sparse" in outputs and output_type != "float32" and len(outputs) == 1:
+        raise InvalidArgument(f"{prefix}output_type: sparse vectors are float32 only")
     dimensions = 0
     if msg.HasField("dimensions"):
         full = directory.states[spec.name].dimensions or spec.dimensions
-        allowed = sorted({*spec.matryoshka_dimensions, *([full] if full else [])}, reverse=True)
-        if not spec.dense or not spec.matryoshka_dimensions:
+        sizes = directory.matryoshka(spec.name)
+        allowed = sorted({*sizes, *([full] if full else [])}, reverse=True)
+        if not spec.dense or not sizes:
             raise InvalidArgument(f"{prefix}dimensions: {where} declares no Matryoshka dimensions")
         if msg.dimensions not in allowed:
             raise InvalidArgument(f"{prefix}dimensions: {where} accepts {allowed}, not {msg.dimensions}")
@@ -155,8 +164,28 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         cache=CACHE_MODES[msg.cache],
         # Tenants never share cache entries: a hit would tell one what another embedded.
         cache_scope=current_tenant(),
+        outputs=outputs,
         **chunk,
     )
+
+
+def check_outputs(asked: Sequence[int], spec: ModelSpec, prefix: str = "") -> tuple[str, ...]:
+    """The outputs a request names, each one the model offers and named once; () = its primary output."""
+    offered = spec.offered_outputs
+    out: list[str] = []
+    for i, value in enumerate(asked):
+        name = VECTOR_KINDS.get(pb.VectorKind.ValueType(value))
+        if name is None:
+            raise InvalidArgument(f"{prefix}outputs[{i}]: unknown value {value}; use dense, sparse or multi-vector")
+        if name not in offered:
+            raise InvalidArgument(
+                f"{prefix}outputs[{i}]: model {spec.name!r} ({spec.family}) offers {', '.join(offered) or 'no'} "
+                f"output(s), not {name}"
+            )
+        if name in out:
+            raise InvalidArgument(f"{prefix}outputs[{i}]: {name} is listed twice")
+        out.append(name)
+    return tuple(out)
 
 
 def long_inputs(msg: Any, spec: ModelSpec, directory: Directory, prefix: str = "") -> tuple[bool, dict[str, Any]]:

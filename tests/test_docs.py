@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from embedstream.redis_server import free_port
-from tests.support import ROOT, documents, media, tinymodels
+from tests.support import ROOT, documents, media, tinyheads, tinymodels
 from tests.support.documents import DOCUMENTS, Block
 from tests.support.images import picture
 from tests.support.processes import base_env, wait_until
@@ -35,13 +35,14 @@ READY = re.compile(r"^embedstream ready: ", re.M)
 TINY = {
     "/models/e5-small-v2": lambda root: tinymodels.bert(root / "e5", "dense", hidden_size=384),
     "/models/ViT-B-32": lambda root: tinymodels.open_clip_model(root / "clip"),
+    "/models/bge-m3": lambda root: tinyheads.bge_m3(root / "bge-m3"),
     "/models/splade-v3": lambda root: tinymodels.bert(root / "splade", "splade"),
     "/models/colbert": lambda root: tinymodels.colbert(root / "colbert"),
     "/models/ms-marco-MiniLM-L6": lambda root: tinymodels.bert(root / "rerank", "xenc"),
     "/models/clap-htsat-unfused": lambda root: tinymodels.clap_model(root / "clap"),
     "/models/sentiment": lambda root: tinymodels.classifier(root / "sentiment", ["negative", "neutral", "positive"]),
 }
-METRICS_PORTS = 8  # 9464 ... 9471 in the docs: the gateway, then each worker in registry order
+METRICS_PORTS = 12  # 9464 ... 9471 in the docs: the gateway, then each worker in registry order (room for more)
 
 
 def test_the_architecture_page_names_every_module_in_its_folders_table() -> None:

@@ -78,6 +78,38 @@ def test_reply_with_wrong_vector_length_is_rejected() -> None:
         wire.decode_reply(bad)
 
 
+def test_named_outputs_round_trip_each_in_its_own_fields() -> None:
+    job = wire.Job("j", "r", 1, 0, ["a", "b"], outputs=("sparse", "multi-vector"))
+    assert wire.decode_job(wire.encode_job(job)).outputs == ("sparse", "multi-vector")
+    assert wire.decode_job(wire.encode_job(wire.Job("j", "r", 1, 0, ["a"]))).outputs == ()
+    reply = wire.Reply("j", count=2, outputs=["dense", "sparse", "multi-vector"], dimensions=2)
+    reply.vectors = np.ones((2, 2), "<f4").tobytes()
+    reply.nnz, reply.indices, reply.sparse_weights = [1, 0], np.array([7], "<u4").tobytes(), b"\0\0\x80?"
+    reply.multi, reply.multi_rows, reply.multi_dimensions = np.ones((3, 4), "<f4").tobytes(), [1, 2], 4
+    back = wire.decode_reply(wire.encode_reply(reply))
+    assert (back.outputs, back.nnz, back.multi_rows, back.multi_dimensions) == (reply.outputs, [1, 0], [1, 2], 4)
+    assert back.sparse_weights == reply.sparse_weights and back.multi == reply.multi
+    for broken in ({"multi_rows": [1]}, {"sparse_weights": b""}, {"outputs": ["dense"]}):
+        bad = wire.Reply(**{**{f: getattr(reply, f) for f in wire.Reply.__slots__}, **broken})
+        with pytest.raises(wire.WireError):
+            wire.decode_reply(wire.encode_reply(bad))
+    with pytest.raises(wire.WireError, match="'os'"):
+        wire.decode_job(msgpack.packb({"v": 4, "i": "j", "r": "r", "d": 1, "q": 0, "t": ["a"], "os": ["colbert"]}))
+
+
+def test_named_outputs_carry_version_4_beside_text_options() -> None:
+    # A worker from before outputs refuses the entry instead of answering the primary output alone.
+    job = wire.Job("j", "r", 1, 0, [[101, 7, 102]], outputs=("sparse",), truncation_side="left")
+    body = msgpack.unpackb(wire.encode_job(job))
+    assert body["v"] == wire.VERSION_OUTPUTS and body["sd"] == "left"
+    assert wire.decode_job(wire.encode_job(job)) == job
+    chunked = wire.Job("j", "r", 1, 0, ["a"], outputs=("dense",), chunking=True)
+    assert msgpack.unpackb(wire.encode_job(chunked))["v"] == wire.VERSION_OUTPUTS
+    reply = wire.Reply("j", count=1, outputs=["dense"], dimensions=1, vectors=b"\0" * 4, spans=[0, 0, 1, 0, 1])
+    assert msgpack.unpackb(wire.encode_reply(reply))["v"] == wire.VERSION_OUTPUTS
+    assert wire.decode_reply(wire.encode_reply(reply)).outputs == ["dense"]
+
+
 def test_text_operations_round_trip_as_version_3() -> None:
     job = wire.Job(
         "id", "reply", 5, 1, ["a text", [101, 7592, 102]], kind="tokenize", truncation_side="left", special_tokens=False

@@ -58,7 +58,8 @@ class Cache:
     """One worker's reads and writes of its model's cache; off when the budget or TTL is 0."""
 
     def __init__(self, redis: Any, spec: ModelSpec, model: Model, served: Profile, settings: Settings) -> None:
-        self.on = settings.cache_bytes > 0 and settings.cache_ttl_s > 0
+        # A model of several outputs (BGE-M3) has no record layout yet: it always runs.
+        self.on = settings.cache_bytes > 0 and settings.cache_ttl_s > 0 and model.output != "outputs"
         self.name = spec.name
         self.kind = model.output
         self.normalizes = model.normalizes

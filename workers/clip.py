@@ -2,7 +2,8 @@
 
 Two loaders share one behaviour: :class:`OpenClipModel` runs open_clip models
 (``local-dir:`` folders holding ``open_clip_config.json`` and weights, or a hub
-id), :class:`HFClipModel` runs transformers' CLIPModel and SiglipModel folders.
+id), :class:`HFClipModel` runs transformers' CLIPModel, SiglipModel and Siglip2Model
+(NaFlex) folders.
 Images are decoded (size-checked again, EXIF orientation applied) and
 preprocessed on the prep thread, so the model thread only runs the towers.
 Texts and images of one batch each go through their own tower; the vectors are
@@ -26,6 +27,8 @@ from embedstream.registry import HUB_SCHEME, ModelSpec
 
 #: Batch cost of an image when the vision tower does not say (tokens).
 IMAGE_COST = 256
+#: What SigLIP2's NaFlex image processor gives per image, and its vision tower takes.
+NAFLEX = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 
 
 def load_image_text(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Any:
@@ -168,42 +171,70 @@ class HFClipModel(_TwoTowers):
         # SigLIP pools the last position and was trained on texts padded to the
         # full length: it must see them that way. CLIP pools the end token.
         self.siglip = str(self.model.config.model_type).startswith("siglip")
+        # SigLIP2 (NaFlex): images as patch sequences with a patch mask and their grid;
+        # texts as its processor gives them (lowercased, padded on the tokenizer's side, masked).
+        self.naflex = self.model.config.model_type == "siglip2"
+        self._left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        self._mask = not self.siglip or self.naflex
         text_cfg = self.model.config.text_config
         limit = int(getattr(text_cfg, "max_position_embeddings", 0) or self.tokenizer.model_max_length)
         self.max_input_tokens = int(spec.max_input_tokens or limit)
-        self.vocabulary = Vocabulary(self.tokenizer, self.max_input_tokens, size_of(self.model, self.tokenizer))
+        # SigLIP pads to its full text length whatever the registry's cut, so no vector depends on batch-mates.
+        self._full_width = limit
+        # SigLIP ships a SentencePiece model (a slow tokenizer, package sentencepiece): no Vocabulary
+        # (Tokenize, Decode, token ids and left cuts need a fast one); CLIP a fast one.
+        if self.tokenizer.is_fast:
+            self.vocabulary = Vocabulary(self.tokenizer, self.max_input_tokens, size_of(self.model, self.tokenizer))
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         vision = self.model.config.vision_config
-        self.image_cost = int((vision.image_size // vision.patch_size) ** 2 + 1)
+        if self.naflex:
+            self.image_cost = int(getattr(self.processor, "max_num_patches", 0) or vision.num_patches)
+        else:
+            self.image_cost = int((vision.image_size // vision.patch_size) ** 2 + 1)
         self.dimensions = int(self.encode_texts([self.tokenize_text("a")]).shape[-1])
 
     def preprocess(self, image: Any) -> Any:
-        """The folder's image processor."""
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        """The folder's image processor: pixels, or (NaFlex) patches with their mask and grid."""
+        out = self.processor(images=image, return_tensors="pt")
+        if self.naflex:
+            return {key: out[key][0] for key in NAFLEX}
+        return out["pixel_values"][0]
 
     def tokenize_text(self, text: str, side: str = "right") -> Tokens:
-        """Fast-tokenizer ids cut at the text tower's positions."""
-        assert self.vocabulary is not None
-        enc = self.vocabulary.cutter(side).encode(text)
-        return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
+        """Tokenizer ids cut at the text tower's positions on ``side`` (the special end token kept, as the
+        processor cuts); a slow tokenizer cuts on the right only (``tokenize`` refuses the left)."""
+        if self.vocabulary is not None:
+            enc = self.vocabulary.cutter(side).encode(text)
+            return Tokens(enc.ids, len(enc.ids), bool(enc.overflowing), text)
+        ids: list[int] = self.tokenizer(text)["input_ids"]
+        cut = len(ids) > self.max_input_tokens
+        if cut:
+            ids = self.tokenizer(text, truncation=True, max_length=self.max_input_tokens)["input_ids"]
+        return Tokens(ids, len(ids), cut, text)
 
     def encode_texts(self, batch: list[Tokens]) -> Any:
         """``get_text_features``: SigLIP on ids padded to full length, CLIP with a mask."""
         torch = self._torch
-        width = self.max_input_tokens if self.siglip else max(t.length for t in batch)
+        width = self._full_width if self.siglip else max(t.length for t in batch)
         ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, tok in enumerate(batch):
-            ids[row, : tok.length] = torch.tensor(tok.ids)
-            mask[row, : tok.length] = 1
+            span = slice(width - tok.length, width) if self._left else slice(0, tok.length)
+            ids[row, span] = torch.tensor(tok.ids)
+            mask[row, span] = 1
         inputs = {"input_ids": ids.to(self.device)}
-        if not self.siglip:
+        if self._mask:
             inputs["attention_mask"] = mask.to(self.device)
         return _features(self.model.get_text_features(**inputs))
 
     def encode_images(self, batch: list[Tokens]) -> Any:
         """``get_image_features``."""
-        pixels = self._torch.stack([t.pixels for t in batch]).to(self.device, self.dtype)
+        torch = self._torch
+        if self.naflex:  # every image is padded to max_num_patches by its processor, so they stack
+            inputs = {key: torch.stack([t.pixels[key] for t in batch]).to(self.device) for key in NAFLEX}
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            return _features(self.model.get_image_features(**inputs))
+        pixels = torch.stack([t.pixels for t in batch]).to(self.device, self.dtype)
         return _features(self.model.get_image_features(pixel_values=pixels))
 
 

@@ -27,6 +27,10 @@ class ColbertModel(Encoder):
 
     def __init__(self, spec: ModelSpec, threads: int) -> None:
         root = Path(weights(spec))
+        if (root / "artifact.metadata").exists():
+            # Stanford ColBERT's own layout (HF_ColBERT + artifact.metadata): its linear head and markers
+            # are not read here; serve it as PyLate saves it (pylate.models.ColBERT(path).save(dir)).
+            raise ConfigError(f"model {spec.name}: a Stanford ColBERT folder; save it with PyLate first")
         modules = modules_of(root, spec.name, {"Transformer", "Dense", "MultiVectorMask", "Normalize"})
         super().__init__(spec, threads, str(modules[0][1] if modules else root))
         if self.st_config.get("query_expansion"):

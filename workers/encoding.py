@@ -158,8 +158,8 @@ class Encoder:
             )
         return [t for t in out if t is not None]
 
-    def encode(self, batch: list[Tokens], task: str = "last_hidden_state") -> tuple[Any, Any]:
-        """Run the model on the padded batch: (its ``task`` output, the attention mask)."""
+    def encode(self, batch: list[Tokens], task: str = "last_hidden_state", **extra: Any) -> tuple[Any, Any]:
+        """Run the model on the padded batch (``extra``: more model arguments): (its ``task`` output, the mask)."""
         torch = self._torch
         width = -(-max(t.length for t in batch) // self._width_multiple) * self._width_multiple
         ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
@@ -177,7 +177,12 @@ class Encoder:
         }
         if self._type_ids:
             inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
-        return getattr(self.model(**inputs), task), inputs["attention_mask"]
+        return getattr(self.model(**inputs, **extra), task), inputs["attention_mask"]
+
+    def token_strings(self, indices: np.ndarray) -> list[str]:
+        """The vocabulary token of each index (sparse outputs' ``return_tokens``)."""
+        tokens: Any = self.tokenizer.convert_ids_to_tokens(indices.tolist())
+        return [str(t) for t in tokens]
 
     def load_dense(self, folder: Path) -> tuple[Any, Any]:
         """A sentence-transformers Dense module (linear + activation) on the model's device."""

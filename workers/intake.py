@@ -163,9 +163,11 @@ class Intake:
             prepared = iter(await self.ledger.leased_while(stream, [stream_id for stream_id, *_ in fresh], running))
         for (stream_id, payload, job), plan, rest in zip(fresh, plans, rests):
             (toks, layout, chunk_error), results = cached.merge(job, plan, next(prepared) if rest else None)
+            prompt = select_prompt(self.profile, job.input_type, job.prompt)
             for tok in toks:
                 tok.task = job.input_type
                 tok.dimensions = job.dimensions
+                tok.prompt = prompt
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
@@ -240,6 +242,8 @@ def refusal(
     """Why an entry cannot run (checked again here: entries may come from anywhere)."""
     if job.prompt and job.prompt not in profile.prompts:
         return Code.INVALID_ARGUMENT.value, f"prompt_name: model {spec.name} has no prompt {clip(job.prompt)}"
+    if any(o not in spec.offered_outputs for o in job.outputs):
+        return Code.INVALID_ARGUMENT.value, f"outputs: model {spec.name} offers {', '.join(spec.offered_outputs)} only"
     if model.output == "score" and not job.query:
         return Code.INVALID_ARGUMENT.value, f"query: model {spec.name} is a rerank model and needs a query"
     for i, tok in enumerate(toks):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from embedstream.workers import selftest, strict
+from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
 from embedstream.workers.clap import ClapAudioModel
 from embedstream.workers.classify import SequenceClassifier
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
 from embedstream.workers.debug import DebugModel
+from embedstream.workers.jina import JinaV3Model, is_jina_v3
+from embedstream.workers.m3 import BgeM3Model, is_m3
 from embedstream.workers.model import Model
+from embedstream.workers.pylate_colbert import PylateColbertModel, is_pylate
 from embedstream.workers.rerank import CrossEncoderModel
 from embedstream.workers.sparse import SpladeModel
 from embedstream.workers.text import SentenceTransformerModel
@@ -52,9 +56,16 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
     if spec.family == "sparse":
         return SpladeModel(spec, threads)
     if spec.family == "multi-vector":
-        return ColbertModel(spec, threads)
+        local = not spec.path.startswith(HUB_SCHEME)
+        return PylateColbertModel(spec, threads) if local and is_pylate(spec.path) else ColbertModel(spec, threads)
     if spec.family == "rerank":
+        if not spec.path.startswith(HUB_SCHEME) and is_causal(spec.path):
+            return CausalRerankModel(spec, threads)
         return CrossEncoderModel(spec, threads)
     if spec.family == "classify":
         return SequenceClassifier(spec, threads)
+    if is_jina_v3(spec):
+        return JinaV3Model(spec, threads)
+    if spec.outputs not in ((), ("dense",)) or (not spec.path.startswith(HUB_SCHEME) and is_m3(spec.path)):
+        return BgeM3Model(spec, threads)
     return SentenceTransformerModel(spec, threads)

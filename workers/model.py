@@ -9,7 +9,10 @@ returns depends on the family's ``output``:
 * ``multi``: a list with one (tokens, dimensions) array per input;
 * ``sparse``: a list with one (indices, weights) pair per input;
 * ``score``: an array (batch, 1) of relevance scores;
-* ``labels``: an array (batch, labels) of a classifier's logits.
+* ``labels``: an array (batch, labels) of a classifier's logits;
+* ``outputs``: a list with one {output name: value} dict per input, for models
+  of several outputs (BGE-M3); ``outputs`` names them, primary first, and
+  ``output_dimensions`` gives each one's width.
 
 The families live in their own modules and :func:`embedstream.workers.loader.load`
 picks one from the registry. The debug model (:mod:`embedstream.workers.debug`)
@@ -49,6 +52,8 @@ class Tokens:
     dimensions: int = 0
     #: Leading tokens that are the prompt, for models that pool without them (``include_prompt: false``).
     prompt_tokens: int = 0
+    #: The prompt name the request selected ("" = none): Jina v3 runs the task adapter of that name.
+    prompt: str = ""
 
 
 class Model(Protocol):

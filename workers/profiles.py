@@ -18,13 +18,16 @@ LOADERS = {"OpenClipModel": "open_clip", "DebugModel": "debug"}
 
 def describe(spec: ModelSpec, model: Any) -> Profile:
     """How ``model`` is served: its own profile, or one from the registry and its shape."""
-    vocabulary = getattr(model, "vocabulary", None)
-    size = int(vocabulary.size) if vocabulary is not None else 0
     own = getattr(model, "profile", None)
     if isinstance(own, Profile):
-        return replace(own, vocabulary_size=size)
+        return replace(own, vocabulary_size=_vocabulary_size(model))
+    return built(spec, model)
+
+
+def built(spec: ModelSpec, model: Any, **known: Any) -> Profile:
+    """The profile the registry and ``model``'s shape give, with what its family ``known`` on top."""
     config = getattr(getattr(model, "model", None), "config", None)
-    return Profile(
+    found = Profile(
         family=spec.family,
         loader=LOADERS.get(type(model).__name__, "transformers"),
         architecture=str(getattr(config, "model_type", "") or type(model).__name__),
@@ -38,5 +41,12 @@ def describe(spec: ModelSpec, model: Any) -> Profile:
         default_prompt=spec.default_prompt,
         matryoshka_dimensions=spec.matryoshka_dimensions,
         heads=tuple(type(m).__name__ for m in getattr(model, "heads", ())),
-        vocabulary_size=size,
+        vocabulary_size=_vocabulary_size(model),
     )
+    return replace(found, **known)
+
+
+def _vocabulary_size(model: Any) -> int:
+    """Ids the model's tokenizer gives (0 where it has no Vocabulary: Tokenize and token ids refused)."""
+    vocabulary = getattr(model, "vocabulary", None)
+    return int(vocabulary.size) if vocabulary is not None else 0

@@ -45,9 +45,10 @@ def _problem(spec: ModelSpec, model: Model) -> str:
     probe, longer = model.tokenize(sources)
     if probe.error or longer.error:
         return f"the probe could not be prepared: {probe.error or longer.error}"
-    alone = _rows(model.output, model.forward([probe], [True]), model.dimensions)
+    widths: dict[str, int] = getattr(model, "output_dimensions", {})
+    alone = _rows(model.output, model.forward([probe], [True]), model.dimensions, widths)
     # The batcher sorts by length, longest first: the probe is padded.
-    batched = _rows(model.output, model.forward([longer, probe], [True, True]), model.dimensions)
+    batched = _rows(model.output, model.forward([longer, probe], [True, True]), model.dimensions, widths)
     if len(alone) != 1 or len(batched) != 2:
         return f"{len(alone)} and {len(batched)} outputs for batches of 1 and 2"
     got, again = alone[0], batched[1]
@@ -70,8 +71,14 @@ def _problem(spec: ModelSpec, model: Model) -> str:
     return ""
 
 
-def _rows(kind: str, outputs: Any, dimensions: int) -> list[np.ndarray]:
-    """Each input's output as one array (sparse: dense over the vocabulary)."""
+def _rows(kind: str, outputs: Any, dimensions: int, widths: dict[str, int]) -> list[np.ndarray]:
+    """Each input's output as one array (sparse: dense over the vocabulary; several outputs: all, flattened)."""
+    if kind == "outputs":  # BGE-M3: each output by its own kind and width
+        kinds = {"dense": "dense", "sparse": "sparse", "multi-vector": "multi"}
+        return [
+            np.concatenate([_rows(kinds[n], [row[n]], widths[n], {})[0].ravel() for n in sorted(row)])
+            for row in outputs
+        ]
     if kind == "sparse":
         rows = []
         for idx, weights in outputs:

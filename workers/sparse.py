@@ -10,7 +10,6 @@ non-zero indices and their weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
@@ -61,8 +60,3 @@ class SpladeModel(Encoder):
             idx = np.flatnonzero(row).astype(np.uint32)
             out.append((idx, row[idx].astype(np.float32)))
         return out
-
-    def token_strings(self, indices: np.ndarray) -> list[str]:
-        """The vocabulary token of each index."""
-        tokens: Any = self.tokenizer.convert_ids_to_tokens(indices.tolist())
-        return [str(t) for t in tokens]

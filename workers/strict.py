@@ -79,7 +79,7 @@ def check(
 
 def missing_package(name: str, exc: ImportError) -> ConfigError:
     """The refusal for a package the model needs but this machine lacks."""
-    # transformers raises ImportError("X requires the SentencePiece library ...") without a name.
+    # transformers raises ImportError("X requires the rjieba library ...") without a name.
     text = " ".join(str(exc).split())
     found = re.search(r"requires the (\S+) library", text)
     package = exc.name or (found.group(1) if found else "")

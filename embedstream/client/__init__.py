@@ -14,10 +14,10 @@ as long as a rate-limited call's ``retry-after-ms`` says; a stream that
 breaks is reopened and re-sends only the requests not yet answered.
 
 Modules: ``codec`` builds requests and decodes responses, ``retry`` is the retry policy,
-``embeddings`` the result types, ``media`` video and audio clips and their segments,
-``errors`` the one error type, ``channel`` the channel
-options and auth interceptors, ``window`` a stream's unanswered
-requests, ``jobs`` what following a job needs; ``sync`` and ``aio`` are the two thin clients.
+``embeddings`` the result types, ``outputs`` what ``embed(outputs=...)`` returns, ``media`` video
+and audio clips and their segments, ``errors`` the one error type, ``channel`` the channel options
+and auth interceptors, ``window`` a stream's unanswered requests, ``jobs`` what following a job
+needs; ``sync`` and ``aio`` are the two thin clients.
 """
 
 from embedstream.client.aio import AsyncClient, AsyncJobHandle
@@ -26,6 +26,7 @@ from embedstream.client.codec import INPUT_TYPES, MAX_INPUTS, ranking
 from embedstream.client.embeddings import Embeddings, SparseVector, vectors
 from embedstream.client.errors import EmbedstreamError
 from embedstream.client.media import Clip, MediaEmbedding, Sampling
+from embedstream.client.outputs import Outputs
 from embedstream.client.retry import RETRYABLE, Retry, retry_after
 from embedstream.client.sync import Client, JobHandle
 from embedstream.tls import TLS
@@ -44,6 +45,7 @@ __all__ = [
     "EmbedstreamError",
     "JobHandle",
     "MediaEmbedding",
+    "Outputs",
     "Retry",
     "Sampling",
     "SparseVector",

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import grpc
 
 from embedstream.client import codec, media
 from embedstream.client.channel import aio_bearer, api_key_or_env, dial
-from embedstream.client.embeddings import Embeddings, stacked
+from embedstream.client.embeddings import Embeddings
 from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Handle, Watch
+from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
 from embedstream.client.window import Window
 from embedstream.tls import TLS
@@ -59,6 +60,7 @@ class AsyncClient:
         """Close the channel."""
         await self._channel.close()
 
+    @overload
     async def embed(
         self,
         texts: Sequence[str | bytes],
@@ -70,16 +72,46 @@ class AsyncClient:
         prompt_name: str = "",
         dimensions: int | None = None,
         cache: str = "default",
-    ) -> Embeddings:
+        outputs: None = None,
+    ) -> Embeddings: ...
+
+    @overload
+    async def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        cache: str = "default",
+        outputs: Sequence[str],
+    ) -> list[Outputs]: ...
+
+    async def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        cache: str = "default",
+        outputs: Sequence[str] | None = None,
+    ) -> Embeddings | list[Outputs]:
         """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
         name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache)
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache, outputs)
 
         async def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = await self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
             return response
 
-        return stacked(await asyncio.gather(*(call(request) for request in options.requests(texts))))
+        return codec.gathered(await asyncio.gather(*(call(request) for request in options.requests(texts))), outputs)
 
     async def embed_media(
         self,

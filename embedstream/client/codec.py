@@ -9,9 +9,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from embedstream.client.embeddings import SparseVector, matrix, sparse
+from embedstream.client import outputs as named
+from embedstream.client.embeddings import Embeddings, SparseVector, matrix, sparse, stacked
 from embedstream.client.media import MediaEmbedding, is_media
 from embedstream.client.media import result as media_result
+from embedstream.client.outputs import Outputs
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
 
@@ -42,11 +44,15 @@ class EmbedOptions:
     prompt_name: str = ""
     dimensions: int | None = None
     cache: str = "default"
+    #: Output names ("dense", "sparse", "multi-vector"); None = the model's primary output.
+    outputs: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if self.input_type not in INPUT_TYPES:
             raise ValueError(f"input_type must be one of {sorted(INPUT_TYPES)}")
         cache_mode(self.cache)
+        if self.outputs is not None:
+            named.kinds(self.outputs)  # a bad name fails before anything is sent
 
     def request(self, items: Sequence[str | bytes], rid: str = "") -> pb.EmbedRequest:
         """An EmbedRequest for float32 vectors: str items are texts, bytes items encoded images."""
@@ -65,6 +71,8 @@ class EmbedOptions:
             req.truncate = self.truncate
         if self.dimensions is not None:
             req.dimensions = self.dimensions
+        if self.outputs is not None:
+            req.outputs.extend(named.kinds(self.outputs))
         return req
 
     def requests(self, items: Sequence[str | bytes]) -> Iterator[pb.EmbedRequest]:
@@ -72,6 +80,13 @@ class EmbedOptions:
         if isinstance(items, str | bytes):
             raise TypeError("embed() takes a sequence of texts; wrap a single text in a list")
         return (self.request(chunk) for chunk in chunks(items, MAX_INPUTS))
+
+
+def gathered(parts: Sequence[pb.EmbedResponse], outputs: Sequence[str] | None) -> Embeddings | list[Outputs]:
+    """One ``embed`` call's responses: the model's own form, or an :class:`Outputs` per input for ``outputs``."""
+    if outputs is not None:
+        return [o for p in parts for o in named.of(p, outputs)]
+    return stacked(parts)
 
 
 def rerank_request(query: str, documents: Sequence[str], model: str, top_n: int) -> pb.RerankRequest:

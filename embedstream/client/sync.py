@@ -6,15 +6,16 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import grpc
 
 from embedstream.client import codec, media
 from embedstream.client.channel import Bearer, api_key_or_env, dial
-from embedstream.client.embeddings import Embeddings, stacked
+from embedstream.client.embeddings import Embeddings
 from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Handle, Watch
+from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
 from embedstream.client.window import Window
 from embedstream.tls import TLS
@@ -60,6 +61,7 @@ class Client:
         """Close the channel."""
         self._channel.close()
 
+    @overload
     def embed(
         self,
         texts: Sequence[str | bytes],
@@ -71,7 +73,37 @@ class Client:
         prompt_name: str = "",
         dimensions: int | None = None,
         cache: str = "default",
-    ) -> Embeddings:
+        outputs: None = None,
+    ) -> Embeddings: ...
+
+    @overload
+    def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        cache: str = "default",
+        outputs: Sequence[str],
+    ) -> list[Outputs]: ...
+
+    def embed(
+        self,
+        texts: Sequence[str | bytes],
+        *,
+        model: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool | None = None,
+        input_type: str = "",
+        prompt_name: str = "",
+        dimensions: int | None = None,
+        cache: str = "default",
+        outputs: Sequence[str] | None = None,
+    ) -> Embeddings | list[Outputs]:
         """Embeddings of ``texts`` (str) and images (encoded bytes), in input order; any length.
 
         A dense model gives one float32 (n, dimensions) array; a sparse model a list of n
@@ -79,17 +111,19 @@ class Client:
         arrays. ``input_type`` ("query"/"document") or ``prompt_name`` pick the model's prompt
         (and a multi-vector model's query or document encoding); ``dimensions`` a Matryoshka
         size it declares. ``cache`` ("default", "bypass", "refresh") uses, skips or recomputes the
-        server's embedding cache. Other output types: call :attr:`stub` with an EmbedRequest.
+        server's embedding cache. ``outputs`` (some of "dense", "sparse", "multi-vector", as the model
+        offers) returns one :class:`Outputs` per input instead. Other output types: call
+        :attr:`stub` with an EmbedRequest.
         A call that fails for good raises :class:`EmbedstreamError`.
         """
         name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache)
+        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache, outputs)
 
         def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
             return response
 
-        return stacked([call(request) for request in options.requests(texts)])
+        return codec.gathered([call(request) for request in options.requests(texts)], outputs)
 
     def embed_media(
         self,

@@ -117,6 +117,36 @@ INPUT_TYPE_QUERY: InputType.ValueType  # 1
 INPUT_TYPE_DOCUMENT: InputType.ValueType  # 2
 Global___InputType: _TypeAlias = InputType  # noqa: Y015
 
+class _VectorKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VectorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VectorKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VECTOR_KIND_UNSPECIFIED: _VectorKind.ValueType  # 0
+    """Not a kind; an empty `outputs` list means the model's primary output."""
+    VECTOR_KIND_DENSE: _VectorKind.ValueType  # 1
+    """One dense vector per input."""
+    VECTOR_KIND_SPARSE: _VectorKind.ValueType  # 2
+    """Weights over the vocabulary (non-zero entries only)."""
+    VECTOR_KIND_MULTI_VECTOR: _VectorKind.ValueType  # 3
+    """One vector per kept token (late interaction)."""
+
+class VectorKind(_VectorKind, metaclass=_VectorKindEnumTypeWrapper):
+    """Which of a model's outputs a request wants (ListModels `capabilities.outputs`
+    shows what a model offers). BGE-M3 gives all three from one forward pass.
+    """
+
+VECTOR_KIND_UNSPECIFIED: VectorKind.ValueType  # 0
+"""Not a kind; an empty `outputs` list means the model's primary output."""
+VECTOR_KIND_DENSE: VectorKind.ValueType  # 1
+"""One dense vector per input."""
+VECTOR_KIND_SPARSE: VectorKind.ValueType  # 2
+"""Weights over the vocabulary (non-zero entries only)."""
+VECTOR_KIND_MULTI_VECTOR: VectorKind.ValueType  # 3
+"""One vector per kept token (late interaction)."""
+Global___VectorKind: _TypeAlias = VectorKind  # noqa: Y015
+
 class _LongInputs:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -638,6 +668,7 @@ class EmbedRequest(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     LONG_INPUTS_FIELD_NUMBER: _builtins.int
     CHUNKING_FIELD_NUMBER: _builtins.int
     TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
@@ -670,7 +701,7 @@ class EmbedRequest(_message.Message):
     output_type: Global___OutputType.ValueType
     """Number type of the vectors; dense and multi-vector models only."""
     return_tokens: _builtins.bool
-    """Sparse models: also return the token string of each dimension."""
+    """Sparse output: also return the token string of each dimension."""
     long_inputs: Global___LongInputs.ValueType
     """Over-long texts: cut, chunk or refuse; the zero value follows `truncate`."""
     truncation_side: Global___TruncationSide.ValueType
@@ -680,6 +711,14 @@ class EmbedRequest(_message.Message):
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Input]:
         """One or more inputs, embedded in order."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[Global___VectorKind.ValueType]:
+        """The outputs wanted, each at most once, from those the model offers.
+        Empty: the model's primary output, laid out as before this field existed.
+        Set: each output in its own Embedding field: dense in values / packed /
+        int_values, sparse in `sparse`, multi-vector in `multi_vector`.
+        """
 
     @_builtins.property
     def chunking(self) -> Global___ChunkOptions:
@@ -703,6 +742,7 @@ class EmbedRequest(_message.Message):
         dimensions: _builtins.int | None = ...,
         output_type: Global___OutputType.ValueType = ...,
         return_tokens: _builtins.bool = ...,
+        outputs: _abc.Iterable[Global___VectorKind.ValueType] | None = ...,
         long_inputs: Global___LongInputs.ValueType = ...,
         chunking: Global___ChunkOptions | None = ...,
         truncation_side: Global___TruncationSide.ValueType = ...,
@@ -711,7 +751,7 @@ class EmbedRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "media", b"media", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -737,6 +777,7 @@ class Embedding(_message.Message):
     INT_VALUES_FIELD_NUMBER: _builtins.int
     SPARSE_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    MULTI_VECTOR_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     SEGMENT_FIELD_NUMBER: _builtins.int
     packed: _builtins.bytes
@@ -763,6 +804,12 @@ class Embedding(_message.Message):
         """Sparse models: the non-zero dimensions instead of a dense vector."""
 
     @_builtins.property
+    def multi_vector(self) -> Global___MultiVector:
+        """The token vectors, when the request listed VECTOR_KIND_MULTI_VECTOR in
+        `outputs` (same encoding and output type as the dense vector).
+        """
+
+    @_builtins.property
     def chunk(self) -> Global___ChunkSpan:
         """With CHUNK_OUTPUT_CHUNKS: the chunk this vector embeds."""
 
@@ -778,16 +825,50 @@ class Embedding(_message.Message):
         int_values: _abc.Iterable[_builtins.int] | None = ...,
         sparse: Global___SparseVector | None = ...,
         rows: _builtins.int = ...,
+        multi_vector: Global___MultiVector | None = ...,
         chunk: Global___ChunkSpan | None = ...,
         segment: Global___Segment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "segment", b"segment", "sparse", b"sparse"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "multi_vector", b"multi_vector", "segment", b"segment", "sparse", b"sparse"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "int_values", b"int_values", "packed", b"packed", "rows", b"rows", "segment", b"segment", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "int_values", b"int_values", "multi_vector", b"multi_vector", "packed", b"packed", "rows", b"rows", "segment", b"segment", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Embedding: _TypeAlias = Embedding  # noqa: Y015
+
+@_typing.final
+class MultiVector(_message.Message):
+    """One vector per kept token, row-major."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
+    INT_VALUES_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    packed: _builtins.bytes
+    rows: _builtins.int
+    """The number of vectors."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def int_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        packed: _builtins.bytes = ...,
+        int_values: _abc.Iterable[_builtins.int] | None = ...,
+        rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["int_values", b"int_values", "packed", b"packed", "rows", b"rows", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MultiVector: _TypeAlias = MultiVector  # noqa: Y015
 
 @_typing.final
 class SparseVector(_message.Message):
@@ -883,12 +964,20 @@ class EmbedResponse(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
+    MULTI_VECTOR_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    SPARSE_DIMENSIONS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     """The model's canonical name (aliases resolved)."""
     dimensions: _builtins.int
     """Vector length (after Matryoshka truncation); sparse: the vocabulary size."""
     output_type: Global___OutputType.ValueType
+    multi_vector_dimensions: _builtins.int
+    """With `outputs` set: the width of each multi-vector row, and the
+    vocabulary size of sparse vectors (0 when not asked). `dimensions` is then
+    the dense vector length (0 when dense was not asked).
+    """
+    sparse_dimensions: _builtins.int
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
         """One per input, in input order (CHUNK_OUTPUT_CHUNKS: one per chunk; video
@@ -906,10 +995,12 @@ class EmbedResponse(_message.Message):
         dimensions: _builtins.int = ...,
         metadata: Global___ResponseMetadata | None = ...,
         output_type: Global___OutputType.ValueType = ...,
+        multi_vector_dimensions: _builtins.int = ...,
+        sparse_dimensions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "embeddings", b"embeddings", "metadata", b"metadata", "model", b"model", "output_type", b"output_type", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "embeddings", b"embeddings", "metadata", b"metadata", "model", b"model", "multi_vector_dimensions", b"multi_vector_dimensions", "output_type", b"output_type", "request_id", b"request_id", "sparse_dimensions", b"sparse_dimensions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1132,6 +1223,7 @@ class Capabilities(_message.Message):
     OUTPUT_TYPES_FIELD_NUMBER: _builtins.int
     QUERY_PROMPT_FIELD_NUMBER: _builtins.int
     DOCUMENT_PROMPT_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     TOKEN_IDS_FIELD_NUMBER: _builtins.int
     VIDEO_FIELD_NUMBER: _builtins.int
@@ -1160,6 +1252,10 @@ class Capabilities(_message.Message):
         """Output types EmbedRequest.output_type may name."""
 
     @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[Global___VectorKind.ValueType]:
+        """Outputs EmbedRequest.outputs may name; the first is the primary output."""
+
+    @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Classify models: the labels, in the model's id order."""
 
@@ -1173,6 +1269,7 @@ class Capabilities(_message.Message):
         output_types: _abc.Iterable[Global___OutputType.ValueType] | None = ...,
         query_prompt: _builtins.str = ...,
         document_prompt: _builtins.str = ...,
+        outputs: _abc.Iterable[Global___VectorKind.ValueType] | None = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         token_ids: _builtins.bool = ...,
         video: _builtins.bool = ...,
@@ -1180,7 +1277,7 @@ class Capabilities(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "document_prompt", b"document_prompt", "image", b"image", "labels", b"labels", "matryoshka_dimensions", b"matryoshka_dimensions", "output_types", b"output_types", "prompts", b"prompts", "query_prompt", b"query_prompt", "text", b"text", "token_ids", b"token_ids", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "document_prompt", b"document_prompt", "image", b"image", "labels", b"labels", "matryoshka_dimensions", b"matryoshka_dimensions", "output_types", b"output_types", "outputs", b"outputs", "prompts", b"prompts", "query_prompt", b"query_prompt", "text", b"text", "token_ids", b"token_ids", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,7 @@ class JobSpec(_message.Message):
     RETURN_TOKENS_FIELD_NUMBER: _builtins.int
     LONG_INPUTS_FIELD_NUMBER: _builtins.int
     CHUNKING_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
     MEDIA_FIELD_NUMBER: _builtins.int
@@ -83,6 +84,8 @@ class JobSpec(_message.Message):
     @_builtins.property
     def chunking(self) -> _embedder_pb2.ChunkOptions: ...
     @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[_embedder_pb2.VectorKind.ValueType]: ...
+    @_builtins.property
     def media(self) -> _embedder_pb2.MediaOptions:
         """As in EmbedRequest. A job with video or audio inputs holds one input per
         chunk entry (the header of an UploadJob must set it to send them).
@@ -103,13 +106,14 @@ class JobSpec(_message.Message):
         return_tokens: _builtins.bool = ...,
         long_inputs: _embedder_pb2.LongInputs.ValueType = ...,
         chunking: _embedder_pb2.ChunkOptions | None = ...,
+        outputs: _abc.Iterable[_embedder_pb2.VectorKind.ValueType] | None = ...,
         truncation_side: _embedder_pb2.TruncationSide.ValueType = ...,
         cache: _embedder_pb2.CacheMode.ValueType = ...,
         media: _embedder_pb2.MediaOptions | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "media", b"media", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015

@@ -70,6 +70,7 @@ def test_keys_change_with_every_option_the_model_sees_and_only_those() -> None:
         "query": "what?",
         "chunking": True,
         "truncation_side": "left",
+        "prompt": "separation",  # a prompt name whose text is empty still selects its own (Jina) adapter
     }.items():
         changed[name] = cache.digest(fp, dataclasses.replace(JOB, **{name: value}), True, "", "a text")
     chunked = dataclasses.replace(JOB, chunking=True)

@@ -24,7 +24,7 @@ REASONS = {
     "renamed-weight": ["missing weights layers.0.mlp.up_proj.weight", "unexpected weights layers.0.mlp.fc99.weight"],
     "bge-m3-as-sparse": ["XLMRobertaForMaskedLM", "missing weights lm_head"],
     "jina-v3-as-xlm-roberta": ["XLMRobertaModel", "missing weights", "unexpected weights", "mixer"],
-    "tokenizer-package-missing": ["needs the Python package 'SentencePiece'", "not installed"],
+    "tokenizer-package-missing": ["needs the Python package 'rjieba'", "not installed"],
 }
 
 
@@ -32,8 +32,8 @@ REASONS = {
 def refused(family_models: FamilyModels, serve: Callable[..., Served]) -> Served:
     renamed = family_models.get("nomic-renamed", fm.nomic)
     fm.rename_weight(renamed, *RENAMED)
-    tokenizer = family_models.get("bert-cpm-tokenizer", lambda d: fm.bert_st(d, "mean"))
-    fm.set_json(tokenizer / "tokenizer_config.json", tokenizer_class="CpmTokenizer")
+    tokenizer = family_models.get("bert-cpmant-tokenizer", lambda d: fm.bert_st(d, "mean"))
+    fm.set_json(tokenizer / "tokenizer_config.json", tokenizer_class="CpmAntTokenizer")  # needs rjieba, absent here
     models: dict[str, dict[str, object]] = {
         "renamed-weight": {"family": "text-dense", "path": str(renamed)},
         "bge-m3-as-sparse": {"family": "sparse", "path": str(family_models.get("bge-m3-like", fm.xlm_roberta))},
