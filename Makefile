@@ -39,8 +39,10 @@ bench-scale: deps
 	$(BIN)/python loadtest/scaling.py $(SCALE_ARGS)
 
 # MiniLM and a tiny CLIP, raw vs service; GPU_BENCH_ARGS="--device cuda:0 --dtype float16" on a GPU.
+# Then video frames/s and audio seconds/s, raw vs service (MEDIA_BENCH_ARGS likewise; small on CPU).
 bench-gpu: deps
 	$(BIN)/python loadtest/gpu_bench.py $(GPU_BENCH_ARGS)
+	$(BIN)/python loadtest/media_bench.py $(MEDIA_BENCH_ARGS)
 
 deps: venv redis
 

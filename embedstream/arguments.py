@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-key", help="PEM key of --tls-cert")
     tls.add_argument("--tls-server-name", default="", help="name to verify in the gateway's certificate")
     embed = _add(sub, "embed-file", parents=[tls], help="embed every record of a file (resumable, with a progress bar)")
-    embed.add_argument("input", help=".txt (a line each), .jsonl, .csv or .parquet")
+    embed.add_argument("input", help=".txt (a line each), .jsonl, .csv or .parquet; or a folder of video/audio files")
     embed.add_argument("--output", "-o", required=True, help=".npy, .parquet (id + vector) or .jsonl")
     embed.add_argument("--model", default="", help="model name (default: the server's default model)")
     embed.add_argument("--field", default="text", help="the text field of .jsonl/.csv/.parquet records")
@@ -53,6 +53,13 @@ def parser() -> argparse.ArgumentParser:
         "--skip-empty",
         action="store_true",
         help="leave out records whose text is empty or blank (reported; ids keep their record numbers)",
+    )
+    embed.add_argument("--frame-interval", type=float, default=0.0, help="clips: seconds between video frames (1)")
+    embed.add_argument("--scenes", action="store_true", help="clips: one video segment per scene (cuts found)")
+    embed.add_argument("--window", type=float, default=0.0, help="clips: seconds per audio window (the model's)")
+    embed.add_argument("--overlap", type=float, default=None, help="clips: seconds audio windows overlap (1/4)")
+    embed.add_argument(
+        "--media-output", choices=("segments", "both", "pooled"), default="both", help="clips: rows per file"
     )
     embed.add_argument(
         "--cache",

@@ -60,6 +60,7 @@ def _role(module: str) -> Callable[..., int]:
 
 
 def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
+    from embedstream.client import Sampling
     from embedstream.embed_file import Options, run
 
     opts = Options(
@@ -75,6 +76,7 @@ def _embed_file(settings: Settings, args: argparse.Namespace) -> int:
         skip_empty=args.skip_empty,
         progress=not args.no_progress,
         tls=_tls(args),
+        sampling=Sampling(args.frame_interval, args.scenes, args.window, args.overlap, args.media_output),
         cache=args.cache,
     )
     return _exit_code("embed-file", lambda: run(opts))

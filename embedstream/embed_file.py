@@ -1,6 +1,7 @@
 """`embedstream embed-file`: embed every record of a file, resumably, with a true progress bar.
 
-Inputs: .txt (a line each), .jsonl, .csv and .parquet (the text in ``--field``).
+Inputs: .txt (a line each), .jsonl, .csv and .parquet (the text in ``--field``), or a
+folder of video and audio files (``embedstream/embed_media.py``: one Parquet table of segments).
 Outputs: .npy (a float32 matrix), .parquet (id + vector) or .jsonl.
 
 Several requests are in flight at once (``--concurrency``), and each block of vectors is
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from embedstream.client import Client, EmbedstreamError
+from embedstream.client import Client, EmbedstreamError, Sampling
+from embedstream.client.media import DEFAULT as DEFAULT_SAMPLING
 from embedstream.progress import Progress
 from embedstream.records import INPUTS, Scan, records, scan, texts
 from embedstream.rowfile import RowFile
@@ -50,12 +52,18 @@ class Options:
     skip_empty: bool = False
     progress: bool = True
     tls: TLS | None = None
+    #: A folder of video and audio files: how clips become segments (``embedstream.embed_media``).
+    sampling: Sampling = DEFAULT_SAMPLING
     #: The server's embedding cache: "default", "bypass" or "refresh" (vectors are the same either way).
     cache: str = "default"
 
 
 def run(opts: Options) -> int:
-    """Embed the file; returns the exit code."""
+    """Embed the file (or the folder of clips); returns the exit code."""
+    if opts.input.is_dir():
+        from embedstream import embed_media
+
+        return embed_media.run(opts, opts.sampling)
     if opts.input.suffix.lower() not in INPUTS:
         raise ValueError(f"{opts.input}: input must end in one of {', '.join(INPUTS)}")
     if opts.output.suffix.lower() not in OUTPUTS:

@@ -205,10 +205,11 @@ class JobStore:
         self._cancel = redis.register_script(CANCEL)
 
     async def create(
-        self, model: str, tenant: str, ttl_ms: int, idempotency_key: str = "", digest: str = ""
+        self, model: str, tenant: str, ttl_ms: int, idempotency_key: str = "", digest: str = "", chunk: int = CHUNK
     ) -> Created:
-        """A new job's record (UPLOADING), with ``idempotency_key`` (remembered as long as the
-        record, with ``digest``) unless that key already names a job: then that one."""
+        """A new job's record (UPLOADING) whose entries hold ``chunk`` inputs each, with
+        ``idempotency_key`` (remembered as long as the record, with ``digest``) unless that key
+        already names a job: then that one."""
         job_id = new_id(tenant, idempotency_key)
         created = _now()
         expires = created + ttl_ms
@@ -222,7 +223,7 @@ class JobStore:
             "created": created,
             "finished": 0,
             "expires": expires,
-            "chunk": CHUNK,
+            "chunk": chunk,
             "dimensions": 0,
         }
         names = [keys.job_meta(job_id)]

@@ -18,9 +18,10 @@ Example::
     matryoshka_dimensions = [256, 128]
     version = "2024-01"
 
-Families: text-dense, image-text (open_clip or transformers CLIP/SigLIP),
-sparse (SPLADE), multi-vector (ColBERT-style), rerank (cross-encoders), classify
-(sequence classifiers), and the test-only debug family. The README documents every key. Without a file, the
+Families: text-dense, image-text (open_clip or transformers CLIP/SigLIP;
+images and video frames), audio-text (transformers CLAP), sparse (SPLADE),
+multi-vector (ColBERT-style), rerank (cross-encoders), classify (sequence
+classifiers), and the test-only debug family. The README documents every key. Without a file, the
 built-in registry serves all-MiniLM-L6-v2 alone.
 """
 
@@ -35,13 +36,16 @@ from typing import Any
 from embedstream.errors import ConfigError, NotFound, clip
 from embedstream.vectors import OUTPUT_TYPES, OUTPUTS
 
-FAMILIES = ("text-dense", "image-text", "sparse", "multi-vector", "rerank", "classify", "debug")
+FAMILIES = ("text-dense", "image-text", "audio-text", "sparse", "multi-vector", "rerank", "classify", "debug")
 #: Families whose vectors are dense rows, so Matryoshka and every output type apply.
-DENSE_FAMILIES = ("text-dense", "image-text", "multi-vector", "debug")
+DENSE_FAMILIES = ("text-dense", "image-text", "audio-text", "multi-vector", "debug")
+#: The input kinds each family can take; a registry entry's ``modalities`` may name fewer.
+MODALITIES = {"image-text": ("text", "image", "video"), "audio-text": ("text", "audio")}
 #: Each family's outputs unless the registry says otherwise; only text-dense may list more (BGE-M3).
 FAMILY_OUTPUTS = {
     "text-dense": ("dense",),
     "image-text": ("dense",),
+    "audio-text": ("dense",),
     "debug": ("dense",),
     "sparse": ("sparse",),
     "multi-vector": ("multi-vector",),
@@ -99,11 +103,18 @@ class ModelSpec:
     #: Decoder embedders (e5-mistral, Qwen3-Embedding): the task of the query prompt
     #: ``Instruct: {instruction}\nQuery: `` they serve as prompt "query".
     instruction: str = ""
+    #: The input kinds served ("text", "image", "video", "audio"); empty = all its family takes.
+    modalities: tuple[str, ...] = ()
+
+    @property
+    def takes(self) -> tuple[str, ...]:
+        """The input kinds requests may send it."""
+        return self.modalities or MODALITIES.get(self.family, ("text",))
 
     @property
     def images(self) -> bool:
         """Takes image inputs."""
-        return self.family == "image-text"
+        return "image" in self.takes
 
     @property
     def dense(self) -> bool:
@@ -257,6 +268,11 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
         raise ConfigError(f"{where}.scale_to_zero must be true or false")
     kwargs["scale_to_zero"] = scale_to_zero
     kwargs.update(_options(where, family, raw))
+    modalities = raw.get("modalities", [])
+    possible = MODALITIES.get(family, ("text",))
+    if not isinstance(modalities, list) or not set(modalities) <= set(possible):
+        raise ConfigError(f"{where}.modalities must be a list of {list(possible)} (what a {family} model takes)")
+    kwargs["modalities"] = tuple(m for m in possible if m in modalities)
     tokens, size = BATCH_DEFAULTS["cpu" if device == "cpu" else "accelerator"]
     kwargs.setdefault("max_batch_tokens", tokens)
     kwargs.setdefault("max_batch_size", size)

@@ -42,6 +42,12 @@ class Settings:
     max_chunks_per_request: int = _f(2048, "Chunks one request (or job chunk of 64 inputs) may split into")
     max_image_bytes: int = _f(8 * 1024 * 1024, "Encoded bytes accepted in one image input")
     max_image_pixels: int = _f(25_000_000, "Pixels (width x height) accepted in one image input")
+    max_video_bytes: int = _f(48 * 1024 * 1024, "Encoded bytes accepted in one video input (MP4, WebM, MKV)")
+    max_video_seconds: float = _f(7200.0, "Duration accepted in one video input")
+    max_video_pixels: int = _f(3840 * 2160, "Pixels per frame (width x height) accepted in one video input")
+    max_audio_bytes: int = _f(48 * 1024 * 1024, "Encoded bytes accepted in one audio input (WAV, FLAC, MP3, OGG)")
+    max_audio_seconds: float = _f(7200.0, "Duration accepted in one audio input")
+    max_media_frames: int = _f(1024, "Frames (video) or windows (audio) one input may be embedded as: a memory bound")
     max_concurrent_rpcs: int = _f(
         1000, "Calls one gateway serves at once; more get RESOURCE_EXHAUSTED (a memory bound)"
     )
@@ -120,6 +126,12 @@ class Settings:
             "max_chunks_per_request",
             "max_image_bytes",
             "max_image_pixels",
+            "max_video_bytes",
+            "max_video_seconds",
+            "max_video_pixels",
+            "max_audio_bytes",
+            "max_audio_seconds",
+            "max_media_frames",
             "stream_window",
             "max_concurrent_rpcs",
             "max_deadline_s",

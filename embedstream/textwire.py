@@ -2,8 +2,8 @@
 
 Token-id inputs, left truncation, Tokenize and Decode entries and Classify's
 options and answers ride in the same msgpack maps as every job and reply, under
-keys of their own; an entry or reply using any of them carries wire version 3,
-so a worker from before them refuses it. Tokenize answers each text with a
+keys of their own; an entry or reply using any of them carries wire version 3 (or a
+newer feature's used beside it), so a worker from before them refuses it. Tokenize answers each text with a
 :class:`TokenList`. Every malformation raises ``ValueError``, which
 ``embedstream.wire`` turns into its ``WireError``.
 """

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from embedstream import textwire
+from embedstream import mediawire, textwire
 from embedstream.textwire import TokenList
 from embedstream.vectors import OUTPUT_TYPES, OUTPUTS, row_bytes
 
@@ -38,7 +38,11 @@ VERSION_TEXT = 3
 #: such an entry instead of answering with the primary output alone. An entry's version is
 #: that of the newest feature it uses.
 VERSION_OUTPUTS = 4
-VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT, VERSION_OUTPUTS)
+#: Entries holding video or audio, and replies with segments, carry this version, so a worker
+#: or gateway from before media (versions up to 4) refuses them instead of taking a video for
+#: an image.
+VERSION_MEDIA = 5
+VERSIONS = (VERSION, VERSION_CHUNKS, VERSION_TEXT, VERSION_OUTPUTS, VERSION_MEDIA)
 #: One input: a text, an encoded image, or token ids.
 Item = textwire.Item
 #: What ``Options.cache`` may be: "" (read and write), or the request's CacheMode otherwise.
@@ -74,6 +78,8 @@ class Options:
     chunk_overlap: int = -1
     #: Return every chunk's vector and span instead of one pooled vector per input.
     chunk_vectors: bool = False
+    #: How video and audio inputs are sampled, segmented and returned.
+    media: mediawire.Media = mediawire.DEFAULT
     #: The outputs asked for ("dense", "sparse", "multi-vector"); () = the model's primary one, original layout.
     outputs: tuple[str, ...] = ()
     #: "embed" (a forward pass), "tokenize" or "decode" (the tokenizer only).
@@ -106,8 +112,11 @@ class Job(Options):
     reply_to: str
     deadline_ms: int
     enqueued_ms: int
-    #: Texts (str), encoded images (bytes) and token ids (list[int]), in request order.
+    #: Texts (str), encoded images, videos and audio (bytes) and token ids (list[int]), in request order.
     inputs: list[Item]
+    #: One letter per input (``mediawire.KINDS``) when any input is video or audio; "" otherwise
+    #: (then str is text, bytes an image, a list token ids).
+    kinds: str = ""
     #: For a chunk of an async job: the job id and the chunk's index (else "" / -1).
     job_id: str = ""
     chunk: int = -1
@@ -139,6 +148,9 @@ class Reply:
     spans: list[int] | None = None
     #: Chunks embedded (0 without chunking).
     chunks: int = 0
+    #: Video and audio: ``mediawire.SEGMENT_FIELDS`` integers per vector (input, index, start and end in
+    #: microseconds, pooled 0/1, frames), flattened; ``count`` = vectors.
+    segments: list[int] | None = None
     #: Tokenize: each text's tokens; Decode: each sequence's text.
     token_lists: list[TokenList] | None = None
     texts: list[str] | None = None
@@ -205,6 +217,8 @@ def encode_job(job: Job) -> bytes:
         body.update(text, v=VERSION_TEXT)
     if job.outputs:
         body.update(v=VERSION_OUTPUTS, os=list(job.outputs))
+    if job.kinds:
+        body.update(v=VERSION_MEDIA, mk=job.kinds, md=job.media.encode())
     return _pack(body)
 
 
@@ -247,6 +261,7 @@ def decode_job(data: bytes) -> Job:
             return_tokens=_typed(body.get("rt", False), bool, "rt"),
             trace=_typed(body.get("tr", ""), str, "tr"),
             **textwire.job_options(body),
+            **mediawire.decode_options(body, len(inputs)),
             cache=cache,
             cache_scope=_typed(body.get("sc", ""), str, "sc"),
         )
@@ -294,6 +309,8 @@ def encode_reply(reply: Reply) -> bytes:
             body.update(mx=reply.multi, md=reply.multi_dimensions)
             if reply.multi_rows is not None:
                 body["mr"] = reply.multi_rows
+        if reply.segments is not None:
+            body.update(v=VERSION_MEDIA, sg=reply.segments)
     return _pack(body)
 
 
@@ -331,6 +348,7 @@ def decode_reply(data: bytes) -> Reply:
         reply.chunks = _typed(body.get("cn", 0), int, "cn")
         reply.cached = _typed(body.get("cd", 0), int, "cd")
         reply.spans = _int_list(body.get("sp"), "sp")
+        reply.segments = _int_list(body.get("sg"), "sg")
         for name, value in textwire.reply_fields(body).items():
             setattr(reply, name, value)
     except ValueError as exc:
@@ -346,6 +364,8 @@ def _check_sizes(reply: Reply) -> None:
         raise WireError(f"unknown output type {reply.output_type!r}")
     if reply.spans is not None and len(reply.spans) != 5 * reply.count:
         raise WireError("reply spans do not match count")
+    if reply.segments is not None and len(reply.segments) != mediawire.SEGMENT_FIELDS * reply.count:
+        raise WireError("reply segments do not match count")
     if problem := textwire.size_problem(reply):
         raise WireError(problem)
     if reply.outputs is not None:

@@ -14,6 +14,7 @@ from embedstream.v1 import embedder_pb2 as pb
 FAMILIES = {
     "text-dense": pb.MODEL_FAMILY_TEXT_DENSE,
     "image-text": pb.MODEL_FAMILY_IMAGE_TEXT,
+    "audio-text": pb.MODEL_FAMILY_AUDIO_TEXT,
     "sparse": pb.MODEL_FAMILY_SPARSE,
     "multi-vector": pb.MODEL_FAMILY_MULTI_VECTOR,
     "rerank": pb.MODEL_FAMILY_RERANK,
@@ -47,8 +48,10 @@ def model_infos(registry: Registry, settings: Settings, directory: Directory) ->
                 device=spec.device,
                 dtype=spec.dtype,
                 capabilities=pb.Capabilities(
-                    text=True,
+                    text="text" in spec.takes,
                     image=spec.images,
+                    video="video" in spec.takes,
+                    audio="audio" in spec.takes,
                     matryoshka_dimensions=list(directory.matryoshka(name)),
                     prompts=sorted(directory.prompts(name)),
                     output_types=[OUTPUT_TYPE_VALUES[t] for t in spec.output_types],

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from embedstream.gateway import validation
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from embedstream import vectors
 from embedstream.errors import EmbedstreamError, InvalidArgument
@@ -44,8 +44,11 @@ ERROR_TYPES = {
     429: "rate_limit_error",
     504: "timeout_error",
 }
-#: The gRPC message's field path as an HTTP body names it: ``inputs[2].text`` is OpenAI's ``input[2]``.
+#: The gRPC message's field path as an HTTP body names it: ``inputs[2].text`` is OpenAI's ``input[2]``,
+#: ``inputs[2].video`` is ``input[2].video``.
 _INPUTS_FIELD = re.compile(r"^inputs(\[\d+\])?(\.text|\.tokens|\.ids)?")
+#: The multimodal form of an input (Jina's): an object with one of these keys, the bytes base64.
+INPUT_KINDS = ("text", "image", "video", "audio")
 #: ``truncation_side`` (TEI: ``truncation_direction``, also capitalised) in a JSON body.
 SIDES = {"right": pb.TRUNCATION_SIDE_RIGHT, "left": pb.TRUNCATION_SIDE_LEFT}
 _UINT32 = 2**32
@@ -76,6 +79,11 @@ def embed_request(body: dict[str, Any]) -> tuple[pb.EmbedRequest, str]:
     for name in ("chunk_size_tokens", "chunk_overlap_tokens"):
         if body.get(name) is not None:
             setattr(request.chunking, name.removeprefix("chunk_"), integer(body, name, 0))
+    if body.get("media") is not None:
+        try:
+            ParseDict(body["media"], request.media)
+        except (ParseError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(f"media: {exc}") from None
     request.outputs.extend(_outputs(body))
     return request, encoding_format
 
@@ -93,7 +101,7 @@ def _outputs(body: dict[str, Any]) -> list[pb.VectorKind.ValueType]:
 
 
 def _inputs(body: dict[str, Any]) -> list[pb.Input]:
-    """OpenAI's ``input``: a string, a list of strings, token ids, or a list of token-id arrays."""
+    """OpenAI's ``input``: a string, a list of strings (or of Jina's objects), token ids, or token-id arrays."""
     if "input" not in body:
         raise InvalidArgument("input: required (a string, a list of strings, or token ids)")
     value = body["input"]
@@ -101,7 +109,7 @@ def _inputs(body: dict[str, Any]) -> list[pb.Input]:
         return [pb.Input(text=value)]
     if not isinstance(value, list):
         raise InvalidArgument("input: must be a string, a list of strings, or token ids")
-    if value and not isinstance(value[0], str | list):  # one array of token ids
+    if value and not isinstance(value[0], str | list | dict):  # one array of token ids
         return [pb.Input(tokens=pb.TokenIds(ids=token_ids(value, "input")))]
     if value and isinstance(value[0], list):
         out = []
@@ -110,10 +118,27 @@ def _inputs(body: dict[str, Any]) -> list[pb.Input]:
                 raise InvalidArgument(f"input[{i}]: must be an array of token ids, as the other inputs are")
             out.append(pb.Input(tokens=pb.TokenIds(ids=token_ids(item, f"input[{i}]"))))
         return out
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise InvalidArgument(f"input[{i}]: must be a string")
-    return [pb.Input(text=t) for t in value]
+    return [_input(item, i) for i, item in enumerate(value)]
+
+
+def _input(item: Any, i: int) -> pb.Input:
+    """A string (a text), or ``{"text": ...}``, ``{"image" | "video" | "audio": "<base64>"}``."""
+    if isinstance(item, str):
+        return pb.Input(text=item)
+    if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in INPUT_KINDS:
+        raise InvalidArgument(f"input[{i}]: must be a string, or an object with one of {', '.join(INPUT_KINDS)}")
+    kind, data = next(iter(item.items()))
+    if not isinstance(data, str):
+        raise InvalidArgument(f"input[{i}].{kind}: must be a string" + ("" if kind == "text" else " (base64)"))
+    if kind == "text":
+        return pb.Input(text=data)
+    try:
+        decoded = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise InvalidArgument(f"input[{i}].{kind}: not valid base64") from None
+    out = pb.Input()
+    setattr(out, kind, decoded)
+    return out
 
 
 def token_ids(value: list[Any], name: str) -> list[int]:
@@ -152,6 +177,11 @@ def embeddings_body(response: pb.EmbedResponse, encoding_format: str, outputs: S
             rows = [e.multi_vector.packed[k * width : (k + 1) * width] for k in range(e.multi_vector.rows)]
             item["multi_vector"] = _vectors(rows, output_type, response.multi_vector_dimensions, encoding_format)
     tokens = response.metadata.tokens
+    for item, e in zip(items, response.embeddings):
+        if e.HasField("segment"):  # a request holding video or audio: where each vector lies
+            item["segment"] = MessageToDict(
+                e.segment, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
     return {
         "object": "list",
         "data": items,

@@ -43,6 +43,8 @@ class Request:
     spec: ModelSpec
     inputs: list[wire.Item]
     options: Options = field(default_factory=Options)
+    #: One letter per input when any is video or audio (``mediawire.KINDS``), else "".
+    kinds: str = ""
 
 
 class Dispatcher:
@@ -75,7 +77,9 @@ class Dispatcher:
             and not await self.directory.recheck(spec.name)
         ):
             raise Unavailable(f"no live worker serves model {spec.name!r}; retry shortly")
-        job = request.options.job(uuid.uuid4().hex, self.router.stream, int(deadline * 1000), request.inputs)
+        job = request.options.job(
+            uuid.uuid4().hex, self.router.stream, int(deadline * 1000), request.inputs, kinds=request.kinds
+        )
         future = self.router.expect(job.id)
         waiting = self._by_model.setdefault(spec.name, set())
         waiting.add(job.id)

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
-from embedstream.gateway import spans
+from embedstream.gateway import mediacheck, spans
 from embedstream.gateway.catalog import OUTPUT_TYPE_VALUES, model_infos
 from embedstream.gateway.classify import respond_classify, validate_classify
 from embedstream.gateway.directory import Directory
@@ -53,7 +53,8 @@ class Embedder(pb_grpc.EmbedderServicer):
         """``request`` validated (images decoded once, off the loop), ready to dispatch."""
         valid = validate(request, self.registry, self.settings, self.directory)
         if valid.spec.images:
-            await verify_images(valid.inputs, self.settings)
+            await verify_images(valid.inputs, self.settings, kinds=valid.kinds)
+        await mediacheck.verify(valid.inputs, valid.kinds, valid.options.media, self.settings)
         return valid
 
     async def check_rerank(self, request: pb.RerankRequest) -> Request:

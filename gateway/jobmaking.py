@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from embedstream.gateway import mediacheck
 from embedstream.gateway.auth import current_tenant
 from embedstream.gateway.dispatch import Options
 
@@ -51,7 +52,9 @@ class JobMaker:
                 "retry later"
             )
 
-    async def create(self, spec: pb.JobSpec, model: ModelSpec, digest: str) -> tuple[str, int | None]:
+    async def create(
+        self, spec: pb.JobSpec, model: ModelSpec, digest: str, size: int = jobstore.CHUNK
+    ) -> tuple[str, int | None]:
         """A new job's record (state UPLOADING) and its expiry (unix ms), or the job an
         idempotency key already made and None, once that job's creation is complete.
 
@@ -63,7 +66,7 @@ class JobMaker:
         key = spec.idempotency_key
         give_up = time.monotonic() + self.settings.max_deadline_s
         while True:
-            made = await self._redis(self.store.create(model.name, current_tenant(), ttl_ms, key, digest))
+            made = await self._redis(self.store.create(model.name, current_tenant(), ttl_ms, key, digest, size))
             if made.expires is not None:
                 return made.job_id, made.expires
             if made.digest != digest:
@@ -83,14 +86,23 @@ class JobMaker:
             # The call that made it failed and forgot it (key and record together): make it anew.
 
     async def enqueue(
-        self, job_id: str, model: ModelSpec, options: Options, inputs: Sequence[wire.Item], first: int, expires: int
+        self,
+        job_id: str,
+        model: ModelSpec,
+        options: Options,
+        inputs: Sequence[wire.Item],
+        first: int,
+        expires: int,
+        kinds: str = "",
+        size: int = jobstore.CHUNK,
     ) -> None:
-        """XADD ``inputs`` as chunk entries ``first``, ``first + 1``, ... of the job."""
+        """XADD ``inputs`` (of ``kinds``) as chunk entries ``first``, ``first + 1``, ... of ``size`` inputs."""
         pipe = self.redis.pipeline(transaction=False)
-        for k in range(0, len(inputs), jobstore.CHUNK):
-            chunk = first + k // jobstore.CHUNK
+        for k in range(0, len(inputs), size):
+            chunk = first + k // size
+            part = mediacheck.kinds_only_with_media(kinds[k : k + size])
             job = options.job(
-                f"{job_id}:{chunk}", "", expires, list(inputs[k : k + jobstore.CHUNK]), job_id=job_id, chunk=chunk
+                f"{job_id}:{chunk}", "", expires, list(inputs[k : k + size]), job_id=job_id, chunk=chunk, kinds=part
             )
             pipe.xadd(keys.bulk(model.name), {keys.PAYLOAD: wire.encode_job(job)})
         await self._redis(pipe.execute())

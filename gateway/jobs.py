@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from embedstream.gateway import mediacheck
 from embedstream.gateway.auth import DEFAULT_TENANT, current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options
@@ -68,13 +69,16 @@ class Jobs(pb_grpc.JobsServicer):
         inputs = validate_inputs(request.inputs, model, self.settings, self.directory, options.truncate)
         check_token_inputs(inputs, request.spec.prompt_name, options, "spec.")
         check_chunks(inputs, options, self.settings, per_request=False)
-        await verify_images(inputs, self.settings)
-        await self.maker.room_for(model, -(-n // jobstore.CHUNK))
-        job_id, expires = await self.maker.create(request.spec, model, digest(request.spec, request.inputs))
+        kinds = mediacheck.kinds_of(request.inputs)
+        await verify_images(inputs, self.settings, kinds=kinds)
+        await mediacheck.verify(inputs, kinds, options.media, self.settings)
+        size = mediacheck.JOB_CHUNK if kinds else jobstore.CHUNK
+        await self.maker.room_for(model, -(-n // size))
+        job_id, expires = await self.maker.create(request.spec, model, digest(request.spec, request.inputs), size)
         tracing.annotate({"embedstream.job_id": job_id})
         if expires is not None:
             try:
-                await self.maker.enqueue(job_id, model, options, inputs, 0, expires)
+                await self.maker.enqueue(job_id, model, options, inputs, 0, expires, kinds, size)
                 await self._redis(self.store.complete(job_id, n))
             except BaseException:
                 # Not accepted (Redis full, say): no job, and the key is free for the retry.
@@ -97,7 +101,9 @@ class Jobs(pb_grpc.JobsServicer):
         spec = first.header
         model, options = self._check_spec(spec)
         await self.maker.room_for(model, 1)
-        job_id, expires = await self.maker.create(spec, model, digest(spec, None))
+        # A header that sets media makes a media job: one input (a clip) per chunk entry.
+        size = mediacheck.JOB_CHUNK if spec.HasField("media") else jobstore.CHUNK
+        job_id, expires = await self.maker.create(spec, model, digest(spec, None), size)
         tracing.annotate({"embedstream.model": model.name, "embedstream.job_id": job_id})
         if expires is None:
             async for _ in stream:  # the job exists: read and drop the repeated upload
@@ -106,6 +112,7 @@ class Jobs(pb_grpc.JobsServicer):
             return await self._job(job_id)
         total = 0
         buffered: list[wire.Item] = []
+        kinds = ""
         try:
             async for message in stream:
                 if message.WhichOneof("part") != "chunk":
@@ -115,21 +122,25 @@ class Jobs(pb_grpc.JobsServicer):
                 )
                 check_token_inputs(items, spec.prompt_name, options, "spec.")
                 check_chunks(items, options, self.settings, start=total, per_request=False)
-                await verify_images(items, self.settings, start=total)
+                more = mediacheck.job_kinds(message.chunk.inputs, size, total)
+                await verify_images(items, self.settings, start=total, kinds=more)
+                await mediacheck.verify(items, more, options.media, self.settings, start=total)
                 total += len(items)
                 if total > self.settings.max_job_inputs:
                     raise InvalidArgument(f"inputs: a job takes at most {self.settings.max_job_inputs} inputs")
                 buffered.extend(items)
-                whole = len(buffered) // jobstore.CHUNK * jobstore.CHUNK
+                kinds += more
+                whole = len(buffered) // size * size
                 if whole:
-                    chunk_index = (total - len(buffered)) // jobstore.CHUNK
-                    await self.maker.enqueue(job_id, model, options, buffered[:whole], chunk_index, expires)
+                    at = (total - len(buffered)) // size
+                    await self.maker.enqueue(job_id, model, options, buffered[:whole], at, expires, kinds, size)
                     del buffered[:whole]
+                    kinds = kinds[whole:]
             if total == 0:
                 raise InvalidArgument("inputs: the upload held no inputs")
             if buffered:
-                chunk_index = (total - len(buffered)) // jobstore.CHUNK
-                await self.maker.enqueue(job_id, model, options, buffered, chunk_index, expires)
+                chunk_index = (total - len(buffered)) // size
+                await self.maker.enqueue(job_id, model, options, buffered, chunk_index, expires, kinds, size)
             tracing.annotate({"embedstream.inputs": total})
             await self._redis(self.store.complete(job_id, total))
             await self.maker.replicated()

@@ -14,9 +14,10 @@ import uuid
 from typing import Any
 
 import numpy as np
+from embedstream.gateway import mediacheck
 from embedstream.gateway.dispatch import Request
 
-from embedstream import jobstore, metrics, vectors, wire
+from embedstream import jobstore, mediawire, metrics, vectors, wire
 from embedstream.errors import EmbedstreamError, InternalError
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jobs_pb
@@ -55,8 +56,20 @@ def embeddings(reply: wire.Reply, encoding: int, first: int = 0) -> list[pb.Embe
 
 
 def chunked(reply: wire.Reply, encoding: int) -> list[pb.Embedding]:
-    """Every Embedding of ``reply``, each with its ChunkSpan when the reply holds chunks."""
+    """Every Embedding of ``reply``, each with its ChunkSpan when the reply holds chunks, or its
+    Segment when the request held video or audio."""
     out = embeddings(reply, encoding)
+    for embedding, seg in zip(out, mediawire.unflatten(reply.segments or [])):
+        embedding.segment.CopyFrom(
+            pb.Segment(
+                input=seg.input,
+                index=seg.index,
+                start_s=seg.start_s,
+                end_s=seg.end_s,
+                pooled=seg.pooled,
+                frames=seg.frames,
+            )
+        )
     spans = reply.spans or []
     for k, embedding in enumerate(out[: len(spans) // 5]):
         i, ts, te, cs, ce = spans[5 * k : 5 * k + 5]
@@ -140,6 +153,9 @@ def checked(valid: Request, reply: wire.Reply) -> None:
     if reply.spans is not None:
         if {reply.spans[k] for k in range(0, len(reply.spans), 5)} != set(range(len(valid.inputs))):
             raise EmbedstreamError.from_code("INTERNAL", "worker returned chunks that do not cover every input")
+    elif reply.segments is not None:
+        if {s.input for s in mediawire.unflatten(reply.segments)} != set(range(len(valid.inputs))):
+            raise EmbedstreamError.from_code("INTERNAL", "worker returned segments that do not cover every input")
     elif reply.count != len(valid.inputs):
         raise EmbedstreamError.from_code(
             "INTERNAL", f"worker returned {reply.count} vectors for {len(valid.inputs)} inputs"
@@ -154,6 +170,8 @@ def job_results(value: bytes, chunk_start: int, first: int, encoding: int) -> li
         raise InternalError(str(exc)) from None
     if chunk.reply is None:
         return [jobs_pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]
+    if chunk.reply.segments is not None:
+        return mediacheck.job_results(chunked(chunk.reply, encoding), chunk_start, first)
     if chunk.reply.spans is not None:
         results = [
             jobs_pb.JobResult(index=chunk_start + i)

@@ -6,7 +6,8 @@ way for Embed, EmbedStream, Rerank and jobs. :func:`validate_inputs` only lets
 images through to image models; :func:`verify_images` then checks each one off
 the event loop, header first (format, bytes, pixels: cheap, so a decompression
 bomb never costs a decode), then one cheap decode that refuses truncated or
-corrupt data.
+corrupt data. Video and audio inputs go only to models that take them
+(the registry's modalities); ``gateway/mediacheck.py`` checks each clip.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from embedstream.gateway import tokens
+from embedstream.gateway import mediacheck, tokens
 from embedstream.gateway.auth import current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
@@ -66,7 +67,7 @@ def validate(req: pb.EmbedRequest, registry: Registry, settings: Settings, direc
     inputs = validate_inputs(req.inputs, spec, settings, directory, options.truncate)
     check_token_inputs(inputs, req.prompt_name, options)
     check_chunks(inputs, options, settings)
-    return Request(spec, inputs, options)
+    return Request(spec, inputs, options, mediacheck.kinds_of(req.inputs))
 
 
 def check_token_inputs(inputs: Sequence[wire.Item], prompt_name: str, options: Options, prefix: str = "") -> None:
@@ -159,6 +160,7 @@ def check_options(msg: Any, spec: ModelSpec, directory: Directory, prefix: str =
         dimensions=dimensions,
         output_type=output_type,
         return_tokens=bool(msg.return_tokens),
+        media=mediacheck.options(msg, spec, prefix),
         cache=CACHE_MODES[msg.cache],
         # Tenants never share cache entries: a hit would tell one what another embedded.
         cache_scope=current_tenant(),
@@ -259,22 +261,21 @@ def validate_inputs(
     field: str = "inputs",
     start: int = 0,
 ) -> list[wire.Item]:
-    """The texts, images and token ids of ``inputs``, or :class:`InvalidArgument` naming ``field[i]``."""
+    """The texts, images, videos, audio and token ids of ``inputs``, or :class:`InvalidArgument` naming ``field[i]``."""
     out: list[wire.Item] = []
     for i, item in enumerate(inputs, start):
         kind = item.WhichOneof("content")
-        if kind == "image":
-            if not spec.images:
-                raise InvalidArgument(
-                    f"{field}[{i}].image: model {spec.name!r} is a {spec.family} model and takes text only"
-                )
-            out.append(item.image)  # checked by verify_images before anything is queued
-        elif kind == "text":
+        if kind == "text":
             out.append(check_text(item.text, f"{field}[{i}].text", spec, settings, directory, truncate))
+        elif kind in ("image", "video", "audio"):
+            if kind not in spec.takes:
+                raise mediacheck.refuse_kind(kind, f"{field}[{i}]", spec)
+            # checked by verify_images / mediacheck.verify before anything is queued
+            out.append(getattr(item, kind))
         elif kind == "tokens":
             out.append(tokens.check_ids(item.tokens.ids, f"{field}[{i}].tokens", spec, directory))
         else:
-            raise InvalidArgument(f"{field}[{i}]: set text" + (" or image" if spec.images else ""))
+            raise InvalidArgument(f"{field}[{i}]: set one of {', '.join(spec.takes)}")
     return out
 
 
@@ -295,9 +296,15 @@ def check_text(text: str, field: str, spec: ModelSpec, settings: Settings, direc
     return text
 
 
-async def verify_images(inputs: Sequence[wire.Item], settings: Settings, field: str = "inputs", start: int = 0) -> None:
+async def verify_images(
+    inputs: Sequence[wire.Item], settings: Settings, field: str = "inputs", start: int = 0, kinds: str = ""
+) -> None:
     """Decode every image once, off the event loop; a corrupt or truncated one is refused."""
-    pending = [(i, item) for i, item in enumerate(inputs, start) if isinstance(item, bytes)]
+    pending = [
+        (i, item)
+        for i, item in enumerate(inputs, start)
+        if isinstance(item, bytes) and (not kinds or kinds[i - start] == "i")
+    ]
     if not pending:
         return
     loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from embedstream.redis_server import free_port
-from tests.support import ROOT, documents, tinyheads, tinymodels
+from tests.support import ROOT, documents, media, tinyheads, tinymodels
 from tests.support.documents import DOCUMENTS, Block
 from tests.support.images import picture
 from tests.support.processes import base_env, wait_until
@@ -39,6 +39,7 @@ TINY = {
     "/models/splade-v3": lambda root: tinymodels.bert(root / "splade", "splade"),
     "/models/colbert": lambda root: tinymodels.colbert(root / "colbert"),
     "/models/ms-marco-MiniLM-L6": lambda root: tinymodels.bert(root / "rerank", "xenc"),
+    "/models/clap-htsat-unfused": lambda root: tinymodels.clap_model(root / "clap"),
     "/models/sentiment": lambda root: tinymodels.classifier(root / "sentiment", ["negative", "neutral", "positive"]),
 }
 METRICS_PORTS = 12  # 9464 ... 9471 in the docs: the gateway, then each worker in registry order (room for more)
@@ -158,6 +159,11 @@ def _scratch(folder: Path) -> Path:
     (folder / "table.csv").write_text("text\n" + "\n".join(texts) + "\n")
     pq.write_table(pa.table({"text": texts}), folder / "big.parquet")
     (folder / "cat.jpg").write_bytes(picture(0, size=(640, 480), fmt="JPEG"))
+    (folder / "clips").mkdir()
+    (folder / "clips" / "intro.mp4").write_bytes(media.video((2.0, 1.5, 2.5)))
+    (folder / "clips" / "outro.webm").write_bytes(media.video((1.0, 1.0), fmt="webm"))
+    (folder / "podcast").mkdir()
+    (folder / "podcast" / "episode.wav").write_bytes(media.audio(media.tones([(6.0, 440), (6.0, 660)], 16000), 16000))
     return folder
 
 

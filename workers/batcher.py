@@ -59,6 +59,8 @@ class Entry:
     deliveries: int = 1
     #: Chunking: where each of ``tokens`` lies in the inputs (a ``chunking.Layout``); None without.
     chunks: Any = None
+    #: Video and audio: the vectors its tokens pool into (a ``media.Layout``); None without.
+    media: Any = None
     #: The embedding cache: the entry's keys and hits (a ``cached.Plan``); None when it is not used.
     cache: Any = None
     #: Inputs answered from the cache; their outputs are in ``results`` before the batcher sees it.

@@ -71,8 +71,10 @@ class Cache:
         self._mishaps = Mishaps("embedding cache")
 
     def plan(self, job: wire.Job, prompt: str) -> Plan | None:
-        """The keys of ``job``'s inputs; None where it does not use the cache."""
-        if not self.on or job.cache == "bypass":
+        """The keys of ``job``'s inputs; None where it does not use the cache. An entry holding
+        video or audio never does: its vectors depend on the media options and its outputs are
+        segments, not one record per input."""
+        if not self.on or job.cache == "bypass" or job.kinds:
             return None
         normalize = self.normalizes if job.normalize is None else job.normalize
         digests = [cache.digest(self.fingerprint, job, normalize, prompt, item) for item in job.inputs]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from embedstream.workers import strict
-from embedstream.workers.encoding import init_torch, torch_dtype, weights
+from embedstream.workers.encoding import init_torch, torch_dtype, two_towers, weights
 from embedstream.workers.model import Source, Tokens
 from embedstream.workers.vocabulary import Vocabulary, size_of
 
@@ -80,21 +80,13 @@ class _TwoTowers:
                 out.append(Tokens(None, 1, False, "", error=f"model {self.name} takes texts and images"))
         return out
 
+    def prepare_frame(self, image: Any) -> Tokens:
+        """A decoded RGB video frame, preprocessed as any image (``workers/frames.py`` calls it)."""
+        return Tokens(None, self.image_cost, False, "", pixels=self.preprocess(image))
+
     def forward(self, batch: list[Tokens], normalize: list[bool]) -> np.ndarray:
         """Each input through its tower, normalized where asked, in input order."""
-        torch = self._torch
-        texts = [i for i, t in enumerate(batch) if t.pixels is None]
-        pics = [i for i, t in enumerate(batch) if t.pixels is not None]
-        out = np.empty((len(batch), self.dimensions), dtype=np.float32)
-        with torch.inference_mode():
-            for rows, encode in ((texts, self.encode_texts), (pics, self.encode_images)):
-                if not rows:
-                    continue
-                vecs = encode([batch[i] for i in rows]).float()
-                want = torch.tensor([normalize[i] for i in rows], device=vecs.device)[:, None]
-                vecs = torch.where(want, torch.nn.functional.normalize(vecs, p=2, dim=-1), vecs)
-                out[rows] = vecs.cpu().numpy()
-        return out
+        return two_towers(self._torch, batch, normalize, self.dimensions, self.encode_texts, self.encode_images)
 
     def encode_images(self, batch: list[Tokens]) -> Any:
         """Image vectors of preprocessed pixels."""

@@ -59,6 +59,25 @@ def torch_dtype(torch: Any, name: str) -> Any:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def two_towers(
+    torch: Any, batch: list[Tokens], normalize: list[bool], dimensions: int, texts: Any, others: Any
+) -> np.ndarray:
+    """The vectors of a batch mixing texts (no pixels: ``texts(batch)``) and images or audio windows
+    (``others(batch)``): each kind through its own tower, normalized where asked, in input order."""
+    text_rows = [i for i, t in enumerate(batch) if t.pixels is None]
+    other_rows = [i for i, t in enumerate(batch) if t.pixels is not None]
+    out = np.empty((len(batch), dimensions), dtype=np.float32)
+    with torch.inference_mode():
+        for rows, encode in ((text_rows, texts), (other_rows, others)):
+            if not rows:
+                continue
+            vecs = encode([batch[i] for i in rows]).float()
+            want = torch.tensor([normalize[i] for i in rows], device=vecs.device)[:, None]
+            vecs = torch.where(want, torch.nn.functional.normalize(vecs, p=2, dim=-1), vecs)
+            out[rows] = vecs.cpu().numpy()
+    return out
+
+
 def init_torch(spec: ModelSpec, threads: int) -> tuple[Any, Any]:
     """torch with the worker's thread count, and the spec's device."""
     import torch

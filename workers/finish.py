@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from embedstream.workers import chunking, textops
+from embedstream.workers import chunking, media, textops
 from embedstream.workers.batcher import Entry
 
 from embedstream import vectors, wire
@@ -64,7 +64,11 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
     # Rerank scores travel as a one-column dense matrix.
     names = list(job.outputs) or [model.outputs[0] if several else NAMES.get(model.output, "dense")]
     per_name = {n: [r[n] for r in entry.results] if several else entry.results for n in names}
-    if entry.chunks is not None:
+    if entry.media is not None:  # media families are dense: one vector per segment
+        per_name = {n: media.pool(r, entry.media, job.dimensions, entry.normalize) for n, r in per_name.items()}
+        out.count = len(per_name[names[0]])
+        out.segments = entry.media.flat()
+    elif entry.chunks is not None:
         out.chunks = len(entry.results)
         if job.chunk_vectors:
             out.spans = entry.chunks.flat()

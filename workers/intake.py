@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream.workers import cached, chunking, profiles, textops
+from embedstream.workers import cached, chunking, media, profiles, textops
 from embedstream.workers.batcher import Entry
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model, Source, Tokens
@@ -31,11 +31,15 @@ from embedstream.errors import Code, clip
 from embedstream.loops import Mishaps
 from embedstream.profile import Profile
 from embedstream.registry import ModelSpec, select_prompt
+from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Entries read (or reclaimed) per Redis call.
 READ_ENTRIES = 64
+#: For a model that takes video or audio: each entry may hold clips of up to max_video_bytes,
+#: decoded into up to max_media_frames frames, so fewer are read at once (a memory bound).
+READ_MEDIA_ENTRIES = 8
 #: Text up to this many characters in one read is tokenized on the event loop (~0.1 ms):
 #: handing it to the prep thread and back costs more than that, mostly on a busy machine.
 INLINE_CHARS = 2048
@@ -61,6 +65,7 @@ class Intake:
         reply: Callable[[list[Entry]], None],
         recreate: Callable[[], Awaitable[None]],
         chunk_limits: tuple[int, int] = (256, 2048),
+        budget: media.Budget | None = None,
         cache: cached.Cache | None = None,
     ) -> None:
         self.redis = redis
@@ -76,6 +81,9 @@ class Intake:
         self._recreate = recreate
         #: Chunks allowed per input and per entry (settings max_chunks_per_input / _request).
         self.chunk_limits = chunk_limits
+        #: What a video or audio input may become (settings max_video_*, max_audio_*, max_media_frames).
+        self.budget = budget or media.Budget.of(Settings())
+        self.read_entries = READ_MEDIA_ENTRIES if {"video", "audio"} & set(spec.takes) else READ_ENTRIES
         self.cache = cache
         self.queue = keys.queue(spec.name)
         self.bulk_queue = keys.bulk(spec.name)
@@ -97,7 +105,7 @@ class Intake:
             if len(pools.bulk) < pools.prefetch:
                 streams[self.bulk_queue] = ">"
             try:
-                got = await self.redis.xreadgroup(keys.GROUP, self.worker, streams, count=READ_ENTRIES, block=1000)
+                got = await self.redis.xreadgroup(keys.GROUP, self.worker, streams, count=self.read_entries, block=1000)
                 backoff.reset()
                 mishaps.recovered()
                 for stream, entries in got or []:
@@ -141,15 +149,18 @@ class Intake:
             return
         jobs = [job for *_, job in fresh]
         plans: list[cached.Plan | None] = [None] * len(jobs)
-        if self.cache is not None:  # before tokenizing: hits are never tokenized
+        if self.cache is not None:  # before tokenizing: hits are never tokenized (media entries: never used)
             plans = await self.cache.lookup(jobs, [prompt_of(job, self.profile) for job in jobs])
         rests = [cached.rest(job, plan) for job, plan in zip(jobs, plans)]
         work = [(job, sources_of(job, self.profile, self.model), prompt_of(job, self.profile)) for job in rests if job]
-        prepare = functools.partial(chunking.prepare, self.model, work, *self.chunk_limits)
-        if not any(job.chunking for job, _, _ in work) and _small([s for _, sources, _ in work for s in sources]):
+        prepare: Callable[[], list[Any]] = functools.partial(chunking.prepare, self.model, work, *self.chunk_limits)
+        if any(media.has_media(job) for job, _, _ in work):
+            prepare = functools.partial(media.prepare_all, self.model, work, self.chunk_limits, self.budget)
+        if not any(job.chunking or job.kinds for job, _, _ in work) and _small([s for _, s_, _ in work for s in s_]):
             prepared = iter(prepare())
         else:
-            prepared = iter(await asyncio.get_running_loop().run_in_executor(self._prep, prepare))
+            running = asyncio.get_running_loop().run_in_executor(self._prep, prepare)
+            prepared = iter(await self.ledger.leased_while(stream, [stream_id for stream_id, *_ in fresh], running))
         for (stream_id, payload, job), plan, rest in zip(fresh, plans, rests):
             (toks, layout, chunk_error), results = cached.merge(job, plan, next(prepared) if rest else None)
             prompt = select_prompt(self.profile, job.input_type, job.prompt)
@@ -160,7 +171,10 @@ class Intake:
             normalize = self.model.normalizes if job.normalize is None else job.normalize
             entry = Entry(stream_id, job, stream, payload, toks, normalize, bulk=bool(job.job_id))
             entry.deliveries = (deliveries or {}).get(stream_id, 1)
-            entry.chunks = layout
+            if isinstance(layout, media.Layout):
+                entry.media = layout
+            else:
+                entry.chunks = layout
             entry.cache, entry.results, entry.cached = plan, results, plan.found if plan else 0
             self.ledger.hold(entry)
             entry.error = chunk_error or refusal(job, toks, self.spec, self.model, self.profile)

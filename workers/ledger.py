@@ -8,10 +8,11 @@ keeps each redelivered entry's delivery count to the times it actually ran.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from embedstream.workers.batcher import Entry
 
@@ -19,6 +20,7 @@ from embedstream import keys, metrics
 from embedstream.connections import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Renew the lease of entries this worker still owns, atomically: an entry another
 # worker reclaimed while this one was stalled (SIGSTOP, a long GC, a VM pause) is
@@ -76,6 +78,20 @@ class Ledger:
         stale = [e for e in self._held.values() if e.leased_at < horizon]
         if stale:
             await self._keep(stale)
+
+    async def leased_while(self, stream: str, ids: list[bytes], work: Awaitable[T]) -> T:
+        """``work``'s result, the entries ``ids`` (read, not held yet) renewed while it runs:
+        decoding a long clip can outlast the visibility timeout, and another worker must not
+        reclaim an entry this one is still preparing."""
+        task = asyncio.ensure_future(work)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.visibility_timeout_s / 3)
+            if done:
+                return task.result()
+            try:
+                await self._renew(keys=[stream], args=[keys.GROUP, self.worker, -1, *ids])
+            except REDIS_ERRORS as exc:
+                log.warning("could not renew entries being prepared: %s", exc)
 
     async def answerable(self, entries: list[Entry]) -> list[Entry]:
         """The ``entries`` this worker may still answer."""

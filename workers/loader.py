@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from embedstream.workers import selftest, strict
 from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
+from embedstream.workers.clap import ClapAudioModel
 from embedstream.workers.classify import SequenceClassifier
 from embedstream.workers.clip import load_image_text
 from embedstream.workers.colbert import ColbertModel
@@ -50,6 +51,8 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
     if spec.family == "image-text":
         model: Model = load_image_text(spec, threads, image_limits)
         return model
+    if spec.family == "audio-text":
+        return ClapAudioModel(spec, threads)
     if spec.family == "sparse":
         return SpladeModel(spec, threads)
     if spec.family == "multi-vector":

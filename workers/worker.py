@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream.workers import profiles, spans
+from embedstream.workers import media, profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
 from embedstream.workers.cached import Cache
 from embedstream.workers.intake import Intake
@@ -100,6 +100,7 @@ class Worker:
             self._reply_soon,
             lambda: self._until_redis(self._setup),
             (settings.max_chunks_per_input, settings.max_chunks_per_request),
+            media.Budget.of(settings),
             self.cache,
         )
         self.screen = Screen(self.redis, spec.name, model, self.pools, self.ledger, self.outbox, self._track)

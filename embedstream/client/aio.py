@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, overload
 
 import grpc
-import numpy as np
 
-from embedstream.client import codec
+from embedstream.client import codec, media
 from embedstream.client.channel import aio_bearer, api_key_or_env, dial
-from embedstream.client.embeddings import Embeddings, SparseVector
+from embedstream.client.embeddings import Embeddings
 from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.outputs import Outputs
@@ -113,6 +113,28 @@ class AsyncClient:
 
         return codec.gathered(await asyncio.gather(*(call(request) for request in options.requests(texts))), outputs)
 
+    async def embed_media(
+        self,
+        clips: Sequence[media.Clip],
+        *,
+        kind: str = "video",
+        model: str | None = None,
+        sampling: media.Sampling = media.DEFAULT,
+        rate: float = 0.0,
+        normalize: bool | None = None,
+    ) -> list[media.MediaEmbedding]:
+        """One :class:`MediaEmbedding` per clip (a path, encoded bytes, or a numpy array at ``rate``
+        frames per second or Hz), each clip a request of its own; ``kind`` is "video" (image+text
+        models) or "audio" (audio+text models), ``sampling`` how clips become segments."""
+        name = model if model is not None else self.model
+        out = []
+        for request in media.requests(name, kind, clips, sampling.message(), normalize, rate):
+            resp: pb.EmbedResponse = await self._with_retry(
+                functools.partial(self._stub.Embed, request, timeout=self.timeout)
+            )
+            out.append(media.result(resp.embeddings, resp.dimensions))
+        return out
+
     async def embed_stream(
         self,
         texts: Iterable[str],
@@ -183,6 +205,30 @@ class AsyncClient:
             # Not retried: the upload read ``texts`` once and cannot send them again.
             job = await self._jobs.UploadJob(
                 codec.upload_messages(spec, texts, chunk_size), timeout=max(self.timeout, 3600)
+            )
+        except grpc.RpcError as exc:
+            raise self._explain(exc) from None
+        return AsyncJobHandle(self, job)
+
+    async def upload_media_job(
+        self,
+        clips: Iterable[media.Clip],
+        *,
+        kind: str = "video",
+        model: str | None = None,
+        sampling: media.Sampling = media.DEFAULT,
+        rate: float = 0.0,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+    ) -> AsyncJobHandle:
+        """An async job of clips (long videos, many files), read lazily and uploaded one per chunk;
+        its results are (index, :class:`MediaEmbedding`)."""
+        spec = codec.job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, None)
+        try:
+            # Not retried: the upload read ``clips`` once and cannot send them again.
+            job = await self._jobs.UploadJob(
+                media.upload_messages(spec, clips, kind, sampling, rate), timeout=max(self.timeout, 3600)
             )
         except grpc.RpcError as exc:
             raise self._explain(exc) from None
@@ -261,7 +307,7 @@ class AsyncJobHandle(Handle["AsyncClient"]):
         finally:
             watch.close()
 
-    async def results(self, offset: int = 0) -> AsyncIterator[tuple[int, np.ndarray | SparseVector]]:
+    async def results(self, offset: int = 0) -> AsyncIterator[tuple[int, codec.JobEmbedding]]:
         """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
 
         A failed input raises ``RuntimeError`` naming its index and cause.

@@ -11,6 +11,8 @@ import numpy as np
 
 from embedstream.client import outputs as named
 from embedstream.client.embeddings import Embeddings, SparseVector, matrix, sparse, stacked
+from embedstream.client.media import MediaEmbedding, is_media
+from embedstream.client.media import result as media_result
 from embedstream.client.outputs import Outputs
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
@@ -126,11 +128,17 @@ def results_request(job_id: str, offset: int) -> jpb.GetJobResultsRequest:
     return jpb.GetJobResultsRequest(id=job_id, offset=offset, encoding=pb.VECTOR_ENCODING_PACKED_F32LE)
 
 
-def job_result(job_id: str, result: jpb.JobResult, dimensions: int) -> tuple[int, np.ndarray | SparseVector]:
+#: One job input's result: a vector, a sparse vector, a token matrix, or a clip's segments.
+JobEmbedding = np.ndarray | SparseVector | MediaEmbedding
+
+
+def job_result(job_id: str, result: jpb.JobResult, dimensions: int) -> tuple[int, JobEmbedding]:
     """(index, embedding) of one job result: a vector, a :class:`SparseVector`, or a (tokens, d) array
     for a multi-vector model; a failed input raises ``RuntimeError`` naming it."""
     if result.error:
         raise RuntimeError(f"job {job_id} input {result.index} failed: {result.error}")
+    if is_media(result):
+        return result.index, media_result(result.chunks, dimensions)
     emb = result.embedding
     if emb.HasField("sparse"):
         return result.index, sparse(emb, dimensions)

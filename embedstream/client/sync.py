@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar, overload
 
 import grpc
-import numpy as np
 
-from embedstream.client import codec
+from embedstream.client import codec, media
 from embedstream.client.channel import Bearer, api_key_or_env, dial
-from embedstream.client.embeddings import Embeddings, SparseVector
+from embedstream.client.embeddings import Embeddings
 from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.outputs import Outputs
@@ -125,6 +125,28 @@ class Client:
 
         return codec.gathered([call(request) for request in options.requests(texts)], outputs)
 
+    def embed_media(
+        self,
+        clips: Sequence[media.Clip],
+        *,
+        kind: str = "video",
+        model: str | None = None,
+        sampling: media.Sampling = media.DEFAULT,
+        rate: float = 0.0,
+        normalize: bool | None = None,
+    ) -> list[media.MediaEmbedding]:
+        """One :class:`MediaEmbedding` per clip (a path, encoded bytes, or a numpy array at ``rate``
+        frames per second or Hz), each clip a request of its own; ``kind`` is "video" (image+text
+        models) or "audio" (audio+text models), ``sampling`` how clips become segments."""
+        name = model if model is not None else self.model
+        out = []
+        for request in media.requests(name, kind, clips, sampling.message(), normalize, rate):
+            resp: pb.EmbedResponse = self._with_retry(
+                functools.partial(self._stub.Embed, request, timeout=self.timeout)
+            )
+            out.append(media.result(resp.embeddings, resp.dimensions))
+        return out
+
     def embed_stream(
         self,
         texts: Iterable[str],
@@ -201,6 +223,30 @@ class Client:
             raise self._explain(exc) from None
         return JobHandle(self, job)
 
+    def upload_media_job(
+        self,
+        clips: Iterable[media.Clip],
+        *,
+        kind: str = "video",
+        model: str | None = None,
+        sampling: media.Sampling = media.DEFAULT,
+        rate: float = 0.0,
+        idempotency_key: str = "",
+        ttl_seconds: int = 0,
+        normalize: bool | None = None,
+    ) -> JobHandle:
+        """An async job of clips (long videos, many files), read lazily and uploaded one per chunk;
+        its results are (index, :class:`MediaEmbedding`)."""
+        spec = codec.job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, None)
+        try:
+            # Not retried: the upload read ``clips`` once and cannot send them again.
+            job = self._jobs.UploadJob(
+                media.upload_messages(spec, clips, kind, sampling, rate), timeout=max(self.timeout, 3600)
+            )
+        except grpc.RpcError as exc:
+            raise self._explain(exc) from None
+        return JobHandle(self, job)
+
     def job(self, job_id: str) -> JobHandle:
         """A handle on an existing job (from any client or gateway)."""
         job = self._with_retry(lambda: self._jobs.GetJob(jpb.GetJobRequest(id=job_id), timeout=self.timeout))
@@ -272,7 +318,7 @@ class JobHandle(Handle["Client"]):
         finally:
             watch.close()
 
-    def results(self, offset: int = 0) -> Iterator[tuple[int, np.ndarray | SparseVector]]:
+    def results(self, offset: int = 0) -> Iterator[tuple[int, codec.JobEmbedding]]:
         """(index, vector) in input order from ``offset``; resumes by itself after a disconnect.
 
         A failed input raises ``RuntimeError`` naming its index and cause.

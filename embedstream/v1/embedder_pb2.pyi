@@ -262,6 +262,60 @@ model's special tokens stay.
 """
 Global___TruncationSide: _TypeAlias = TruncationSide  # noqa: Y015
 
+class _MediaSegments:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MediaSegmentsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MediaSegments.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEDIA_SEGMENTS_INTERVAL: _MediaSegments.ValueType  # 0
+    """Video: one segment per sampled frame, every frame_interval_s. Audio:
+    windows of window_s seconds that overlap by overlap_s.
+    """
+    MEDIA_SEGMENTS_SCENES: _MediaSegments.ValueType  # 1
+    """Video only: segments end where the picture changes (scene cuts found
+    from frame differences); each segment's vector is the mean of the frames
+    sampled in it (its first frame, then every frame_interval_s).
+    """
+
+class MediaSegments(_MediaSegments, metaclass=_MediaSegmentsEnumTypeWrapper):
+    """How video and audio inputs become segments (docs/media.md)."""
+
+MEDIA_SEGMENTS_INTERVAL: MediaSegments.ValueType  # 0
+"""Video: one segment per sampled frame, every frame_interval_s. Audio:
+windows of window_s seconds that overlap by overlap_s.
+"""
+MEDIA_SEGMENTS_SCENES: MediaSegments.ValueType  # 1
+"""Video only: segments end where the picture changes (scene cuts found
+from frame differences); each segment's vector is the mean of the frames
+sampled in it (its first frame, then every frame_interval_s).
+"""
+Global___MediaSegments: _TypeAlias = MediaSegments  # noqa: Y015
+
+class _MediaOutput:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MediaOutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MediaOutput.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEDIA_OUTPUT_SEGMENTS: _MediaOutput.ValueType  # 0
+    """One Embedding per segment, each with its Segment (input, index, times)."""
+    MEDIA_OUTPUT_SEGMENTS_AND_POOLED: _MediaOutput.ValueType  # 1
+    """The segments, then one pooled vector for the whole clip (Segment.pooled)."""
+    MEDIA_OUTPUT_POOLED: _MediaOutput.ValueType  # 2
+    """Only the pooled vector of the whole clip."""
+
+class MediaOutput(_MediaOutput, metaclass=_MediaOutputEnumTypeWrapper):
+    """What a video or audio input returns."""
+
+MEDIA_OUTPUT_SEGMENTS: MediaOutput.ValueType  # 0
+"""One Embedding per segment, each with its Segment (input, index, times)."""
+MEDIA_OUTPUT_SEGMENTS_AND_POOLED: MediaOutput.ValueType  # 1
+"""The segments, then one pooled vector for the whole clip (Segment.pooled)."""
+MEDIA_OUTPUT_POOLED: MediaOutput.ValueType  # 2
+"""Only the pooled vector of the whole clip."""
+Global___MediaOutput: _TypeAlias = MediaOutput  # noqa: Y015
+
 class _ModelFamily:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -281,6 +335,8 @@ class _ModelFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelFami
     """Scores (query, document) pairs; served by Rerank (cross-encoders)."""
     MODEL_FAMILY_CLASSIFY: _ModelFamily.ValueType  # 6
     """Labels with scores per text; served by Classify (sequence classifiers)."""
+    MODEL_FAMILY_AUDIO_TEXT: _ModelFamily.ValueType  # 7
+    """Audio and texts into one space (CLAP)."""
     MODEL_FAMILY_DEBUG: _ModelFamily.ValueType  # 15
     """Test-only model: vectors derived from a hash of the input, no compute."""
 
@@ -300,6 +356,8 @@ MODEL_FAMILY_RERANK: ModelFamily.ValueType  # 5
 """Scores (query, document) pairs; served by Rerank (cross-encoders)."""
 MODEL_FAMILY_CLASSIFY: ModelFamily.ValueType  # 6
 """Labels with scores per text; served by Classify (sequence classifiers)."""
+MODEL_FAMILY_AUDIO_TEXT: ModelFamily.ValueType  # 7
+"""Audio and texts into one space (CLAP)."""
 MODEL_FAMILY_DEBUG: ModelFamily.ValueType  # 15
 """Test-only model: vectors derived from a hash of the input, no compute."""
 Global___ModelFamily: _TypeAlias = ModelFamily  # noqa: Y015
@@ -440,10 +498,20 @@ class Input(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """UTF-8 text; must not be empty."""
     image: _builtins.bytes
     """An encoded image (JPEG, PNG, WebP), for image+text models only."""
+    video: _builtins.bytes
+    """An encoded video (MP4, WebM, MKV), for models that take video
+    (Capabilities.video): frames are sampled and embedded by the image tower.
+    """
+    audio: _builtins.bytes
+    """Encoded audio (WAV, FLAC, MP3, OGG), for models that take audio
+    (Capabilities.audio): resampled, cut into windows, embedded per window.
+    """
     @_builtins.property
     def tokens(self) -> Global___TokenIds:
         """Token ids of the model's vocabulary, embedded as given: special tokens
@@ -458,12 +526,14 @@ class Input(_message.Message):
         text: _builtins.str = ...,
         image: _builtins.bytes = ...,
         tokens: Global___TokenIds | None = ...,
+        video: _builtins.bytes = ...,
+        audio: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "content", b"content", "image", b"image", "text", b"text", "tokens", b"tokens", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "image", b"image", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "content", b"content", "image", b"image", "text", b"text", "tokens", b"tokens", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "image", "tokens"]  # noqa: Y015
+    _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "image", "tokens", "video", "audio"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
@@ -492,6 +562,98 @@ class TokenIds(_message.Message):
 Global___TokenIds: _TypeAlias = TokenIds  # noqa: Y015
 
 @_typing.final
+class MediaOptions(_message.Message):
+    """Options of video and audio inputs; zero values mean the defaults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRAME_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    SCENE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    WINDOW_S_FIELD_NUMBER: _builtins.int
+    OVERLAP_S_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    frame_interval_s: _builtins.float
+    """Video: seconds between sampled frames; 0 = 1.0."""
+    segments: Global___MediaSegments.ValueType
+    scene_threshold: _builtins.float
+    """MEDIA_SEGMENTS_SCENES: the mean absolute difference (0..1) of two
+    consecutive frames (downscaled RGB) above which a scene ends; 0 = 0.15.
+    """
+    window_s: _builtins.float
+    """Audio: seconds per window; 0 = the model's own (CLAP: 10), at most that."""
+    overlap_s: _builtins.float
+    """Audio: seconds a window repeats of the one before; unset = window_s / 4;
+    less than window_s.
+    """
+    output: Global___MediaOutput.ValueType
+    def __init__(
+        self,
+        *,
+        frame_interval_s: _builtins.float = ...,
+        segments: Global___MediaSegments.ValueType = ...,
+        scene_threshold: _builtins.float = ...,
+        window_s: _builtins.float = ...,
+        overlap_s: _builtins.float | None = ...,
+        output: Global___MediaOutput.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_overlap_s", b"_overlap_s", "overlap_s", b"overlap_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_overlap_s", b"_overlap_s", "frame_interval_s", b"frame_interval_s", "output", b"output", "overlap_s", b"overlap_s", "scene_threshold", b"scene_threshold", "segments", b"segments", "window_s", b"window_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__overlap_s: _TypeAlias = _typing.Literal["overlap_s"]  # noqa: Y015
+    _WhichOneofArgType__overlap_s: _TypeAlias = _typing.Literal["_overlap_s", b"_overlap_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__overlap_s) -> _WhichOneofReturnType__overlap_s | None: ...
+
+Global___MediaOptions: _TypeAlias = MediaOptions  # noqa: Y015
+
+@_typing.final
+class Segment(_message.Message):
+    """Where one vector of a video or audio input lies. Every Embedding of a
+    request holding video or audio carries one (texts and images: index 0,
+    times 0).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    START_S_FIELD_NUMBER: _builtins.int
+    END_S_FIELD_NUMBER: _builtins.int
+    POOLED_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
+    input: _builtins.int
+    """The input's position in the request (or, in job results, in the job)."""
+    index: _builtins.int
+    """The segment's number within its input, from 0 (the pooled vector: the
+    number of segments).
+    """
+    start_s: _builtins.float
+    """Seconds from the start of the clip; half-open [start_s, end_s)."""
+    end_s: _builtins.float
+    pooled: _builtins.bool
+    """The pooled vector of the whole clip (MEDIA_OUTPUT_*POOLED)."""
+    frames: _builtins.int
+    """Frames (video) or windows (audio) embedded for this vector."""
+    def __init__(
+        self,
+        *,
+        input: _builtins.int = ...,
+        index: _builtins.int = ...,
+        start_s: _builtins.float = ...,
+        end_s: _builtins.float = ...,
+        pooled: _builtins.bool = ...,
+        frames: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_s", b"end_s", "frames", b"frames", "index", b"index", "input", b"input", "pooled", b"pooled", "start_s", b"start_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
 class EmbedRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -511,6 +673,7 @@ class EmbedRequest(_message.Message):
     CHUNKING_FIELD_NUMBER: _builtins.int
     TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias from ListModels; empty means the default model."""
     request_id: _builtins.str
@@ -561,6 +724,10 @@ class EmbedRequest(_message.Message):
     def chunking(self) -> Global___ChunkOptions:
         """With LONG_INPUTS_CHUNK: chunk size, overlap and output."""
 
+    @_builtins.property
+    def media(self) -> Global___MediaOptions:
+        """How video and audio inputs are sampled, segmented and returned."""
+
     def __init__(
         self,
         *,
@@ -580,10 +747,11 @@ class EmbedRequest(_message.Message):
         chunking: Global___ChunkOptions | None = ...,
         truncation_side: Global___TruncationSide.ValueType = ...,
         cache: Global___CacheMode.ValueType = ...,
+        media: Global___MediaOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "media", b"media", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "encoding", b"encoding", "input_type", b"input_type", "inputs", b"inputs", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "request_id", b"request_id", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -611,6 +779,7 @@ class Embedding(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     MULTI_VECTOR_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
     packed: _builtins.bytes
     """The vector as raw bytes, when encoding is VECTOR_ENCODING_PACKED_F32LE or
     VECTOR_ENCODING_PACKED. Multi-vector: `rows` vectors, row-major.
@@ -644,6 +813,10 @@ class Embedding(_message.Message):
     def chunk(self) -> Global___ChunkSpan:
         """With CHUNK_OUTPUT_CHUNKS: the chunk this vector embeds."""
 
+    @_builtins.property
+    def segment(self) -> Global___Segment:
+        """In a request holding video or audio: the segment this vector embeds."""
+
     def __init__(
         self,
         *,
@@ -654,10 +827,11 @@ class Embedding(_message.Message):
         rows: _builtins.int = ...,
         multi_vector: Global___MultiVector | None = ...,
         chunk: Global___ChunkSpan | None = ...,
+        segment: Global___Segment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "multi_vector", b"multi_vector", "sparse", b"sparse"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "multi_vector", b"multi_vector", "segment", b"segment", "sparse", b"sparse"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "int_values", b"int_values", "multi_vector", b"multi_vector", "packed", b"packed", "rows", b"rows", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "int_values", b"int_values", "multi_vector", b"multi_vector", "packed", b"packed", "rows", b"rows", "segment", b"segment", "sparse", b"sparse", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -806,7 +980,9 @@ class EmbedResponse(_message.Message):
     sparse_dimensions: _builtins.int
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
-        """One per input, in input order (CHUNK_OUTPUT_CHUNKS: one per chunk)."""
+        """One per input, in input order (CHUNK_OUTPUT_CHUNKS: one per chunk; video
+        and audio: one per segment and/or the pooled one, see MediaOutput).
+        """
 
     @_builtins.property
     def metadata(self) -> Global___ResponseMetadata: ...
@@ -1050,6 +1226,8 @@ class Capabilities(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
     text: _builtins.bool
     """Input kinds it takes."""
     image: _builtins.bool
@@ -1058,6 +1236,9 @@ class Capabilities(_message.Message):
     document_prompt: _builtins.str
     token_ids: _builtins.bool
     """Inputs may be token ids (Input.tokens)."""
+    video: _builtins.bool
+    """Input kinds it takes, besides text and image above."""
+    audio: _builtins.bool
     @_builtins.property
     def matryoshka_dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Sizes EmbedRequest.dimensions may name (Matryoshka); empty: none."""
@@ -1091,10 +1272,12 @@ class Capabilities(_message.Message):
         outputs: _abc.Iterable[Global___VectorKind.ValueType] | None = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         token_ids: _builtins.bool = ...,
+        video: _builtins.bool = ...,
+        audio: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_prompt", b"document_prompt", "image", b"image", "labels", b"labels", "matryoshka_dimensions", b"matryoshka_dimensions", "output_types", b"output_types", "outputs", b"outputs", "prompts", b"prompts", "query_prompt", b"query_prompt", "text", b"text", "token_ids", b"token_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "document_prompt", b"document_prompt", "image", b"image", "labels", b"labels", "matryoshka_dimensions", b"matryoshka_dimensions", "output_types", b"output_types", "outputs", b"outputs", "prompts", b"prompts", "query_prompt", b"query_prompt", "text", b"text", "token_ids", b"token_ids", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

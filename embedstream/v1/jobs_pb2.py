@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from embedstream.v1 import embedder_pb2 as embedstream_dot_v1_dot_embedder__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65mbedstream/v1/jobs.proto\x12\x0e\x65mbedstream.v1\x1a\x1d\x65mbedstream/v1/embedder.proto\"\xb5\x04\n\x07JobSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12-\n\ninput_type\x18\x06 \x01(\x0e\x32\x19.embedstream.v1.InputType\x12\x13\n\x0bprompt_name\x18\x07 \x01(\t\x12\x17\n\ndimensions\x18\x08 \x01(\rH\x02\x88\x01\x01\x12/\n\x0boutput_type\x18\t \x01(\x0e\x32\x1a.embedstream.v1.OutputType\x12\x15\n\rreturn_tokens\x18\n \x01(\x08\x12/\n\x0blong_inputs\x18\x0b \x01(\x0e\x32\x1a.embedstream.v1.LongInputs\x12.\n\x08\x63hunking\x18\x0c \x01(\x0b\x32\x1c.embedstream.v1.ChunkOptions\x12+\n\x07outputs\x18\r \x03(\x0e\x32\x1a.embedstream.v1.VectorKind\x12\x37\n\x0ftruncation_side\x18\x0e \x01(\x0e\x32\x1e.embedstream.v1.TruncationSide\x12(\n\x05\x63\x61\x63he\x18\x0f \x01(\x0e\x32\x19.embedstream.v1.CacheModeB\x0c\n\n_normalizeB\x0b\n\t_truncateB\r\n\x0b_dimensions\"`\n\x10SubmitJobRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.embedstream.v1.JobSpec\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.embedstream.v1.Input\"r\n\x10UploadJobRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.embedstream.v1.JobSpecH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.embedstream.v1.InputChunkH\x00\x42\x06\n\x04part\"3\n\nInputChunk\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.embedstream.v1.Input\"\x8c\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.embedstream.v1.JobState\x12\x14\n\x0cinputs_total\x18\x04 \x01(\x04\x12\x13\n\x0binputs_done\x18\x05 \x01(\x04\x12\x15\n\rinputs_failed\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x03(\t\x12\x15\n\rcreated_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\x12\x15\n\rexpires_at_ms\x18\n \x01(\x03\x12\x12\n\ndimensions\x18\x0b \x01(\r\x12\x15\n\rinputs_cached\x18\x0c \x01(\x04\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"s\n\x14GetJobResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\x12\x30\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1e.embedstream.v1.VectorEncoding\"\x82\x01\n\tJobResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12,\n\tembedding\x18\x02 \x01(\x0b\x32\x19.embedstream.v1.Embedding\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12)\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x19.embedstream.v1.Embedding*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa5\x03\n\x04Jobs\x12\x42\n\tSubmitJob\x12 .embedstream.v1.SubmitJobRequest\x1a\x13.embedstream.v1.Job\x12\x44\n\tUploadJob\x12 .embedstream.v1.UploadJobRequest\x1a\x13.embedstream.v1.Job(\x01\x12<\n\x06GetJob\x12\x1d.embedstream.v1.GetJobRequest\x1a\x13.embedstream.v1.Job\x12@\n\x08WatchJob\x12\x1d.embedstream.v1.GetJobRequest\x1a\x13.embedstream.v1.Job0\x01\x12R\n\rGetJobResults\x12$.embedstream.v1.GetJobResultsRequest\x1a\x19.embedstream.v1.JobResult0\x01\x12?\n\tCancelJob\x12\x1d.embedstream.v1.GetJobRequest\x1a\x13.embedstream.v1.JobB^\n\x12\x64\x65v.embedstream.v1P\x01ZFgithub.com/embedstream/embedstream/gen/go/embedstream/v1;embedstreamv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65mbedstream/v1/jobs.proto\x12\x0e\x65mbedstream.v1\x1a\x1d\x65mbedstream/v1/embedder.proto\"\xe2\x04\n\x07JobSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12-\n\ninput_type\x18\x06 \x01(\x0e\x32\x19.embedstream.v1.InputType\x12\x13\n\x0bprompt_name\x18\x07 \x01(\t\x12\x17\n\ndimensions\x18\x08 \x01(\rH\x02\x88\x01\x01\x12/\n\x0boutput_type\x18\t \x01(\x0e\x32\x1a.embedstream.v1.OutputType\x12\x15\n\rreturn_tokens\x18\n \x01(\x08\x12/\n\x0blong_inputs\x18\x0b \x01(\x0e\x32\x1a.embedstream.v1.LongInputs\x12.\n\x08\x63hunking\x18\x0c \x01(\x0b\x32\x1c.embedstream.v1.ChunkOptions\x12+\n\x07outputs\x18\r \x03(\x0e\x32\x1a.embedstream.v1.VectorKind\x12\x37\n\x0ftruncation_side\x18\x0e \x01(\x0e\x32\x1e.embedstream.v1.TruncationSide\x12(\n\x05\x63\x61\x63he\x18\x0f \x01(\x0e\x32\x19.embedstream.v1.CacheMode\x12+\n\x05media\x18\x10 \x01(\x0b\x32\x1c.embedstream.v1.MediaOptionsB\x0c\n\n_normalizeB\x0b\n\t_truncateB\r\n\x0b_dimensions\"`\n\x10SubmitJobRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.embedstream.v1.JobSpec\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.embedstream.v1.Input\"r\n\x10UploadJobRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.embedstream.v1.JobSpecH\x00\x12+\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1a.embedstream.v1.InputChunkH\x00\x42\x06\n\x04part\"3\n\nInputChunk\x12%\n\x06inputs\x18\x01 \x03(\x0b\x32\x15.embedstream.v1.Input\"\x8c\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.embedstream.v1.JobState\x12\x14\n\x0cinputs_total\x18\x04 \x01(\x04\x12\x13\n\x0binputs_done\x18\x05 \x01(\x04\x12\x15\n\rinputs_failed\x18\x06 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x07 \x03(\t\x12\x15\n\rcreated_at_ms\x18\x08 \x01(\x03\x12\x16\n\x0e\x66inished_at_ms\x18\t \x01(\x03\x12\x15\n\rexpires_at_ms\x18\n \x01(\x03\x12\x12\n\ndimensions\x18\x0b \x01(\r\x12\x15\n\rinputs_cached\x18\x0c \x01(\x04\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"s\n\x14GetJobResultsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\x04\x12\x30\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1e.embedstream.v1.VectorEncoding\"\x82\x01\n\tJobResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12,\n\tembedding\x18\x02 \x01(\x0b\x32\x19.embedstream.v1.Embedding\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12)\n\x06\x63hunks\x18\x04 \x03(\x0b\x32\x19.embedstream.v1.Embedding*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa5\x03\n\x04Jobs\x12\x42\n\tSubmitJob\x12 .embedstream.v1.SubmitJobRequest\x1a\x13.embedstream.v1.Job\x12\x44\n\tUploadJob\x12 .embedstream.v1.UploadJobRequest\x1a\x13.embedstream.v1.Job(\x01\x12<\n\x06GetJob\x12\x1d.embedstream.v1.GetJobRequest\x1a\x13.embedstream.v1.Job\x12@\n\x08WatchJob\x12\x1d.embedstream.v1.GetJobRequest\x1a\x13.embedstream.v1.Job0\x01\x12R\n\rGetJobResults\x12$.embedstream.v1.GetJobResultsRequest\x1a\x19.embedstream.v1.JobResult0\x01\x12?\n\tCancelJob\x12\x1d.embedstream.v1.GetJobRequest\x1a\x13.embedstream.v1.JobB^\n\x12\x64\x65v.embedstream.v1P\x01ZFgithub.com/embedstream/embedstream/gen/go/embedstream/v1;embedstreamv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embedstream.v1.jobs_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022dev.embedstream.v1P\001ZFgithub.com/embedstream/embedstream/gen/go/embedstream/v1;embedstreamv1'
-  _globals['_JOBSTATE']._serialized_start=1462
-  _globals['_JOBSTATE']._serialized_end=1616
+  _globals['_JOBSTATE']._serialized_start=1507
+  _globals['_JOBSTATE']._serialized_end=1661
   _globals['_JOBSPEC']._serialized_start=77
-  _globals['_JOBSPEC']._serialized_end=642
-  _globals['_SUBMITJOBREQUEST']._serialized_start=644
-  _globals['_SUBMITJOBREQUEST']._serialized_end=740
-  _globals['_UPLOADJOBREQUEST']._serialized_start=742
-  _globals['_UPLOADJOBREQUEST']._serialized_end=856
-  _globals['_INPUTCHUNK']._serialized_start=858
-  _globals['_INPUTCHUNK']._serialized_end=909
-  _globals['_JOB']._serialized_start=912
-  _globals['_JOB']._serialized_end=1180
-  _globals['_GETJOBREQUEST']._serialized_start=1182
-  _globals['_GETJOBREQUEST']._serialized_end=1209
-  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1211
-  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1326
-  _globals['_JOBRESULT']._serialized_start=1329
-  _globals['_JOBRESULT']._serialized_end=1459
-  _globals['_JOBS']._serialized_start=1619
-  _globals['_JOBS']._serialized_end=2040
+  _globals['_JOBSPEC']._serialized_end=687
+  _globals['_SUBMITJOBREQUEST']._serialized_start=689
+  _globals['_SUBMITJOBREQUEST']._serialized_end=785
+  _globals['_UPLOADJOBREQUEST']._serialized_start=787
+  _globals['_UPLOADJOBREQUEST']._serialized_end=901
+  _globals['_INPUTCHUNK']._serialized_start=903
+  _globals['_INPUTCHUNK']._serialized_end=954
+  _globals['_JOB']._serialized_start=957
+  _globals['_JOB']._serialized_end=1225
+  _globals['_GETJOBREQUEST']._serialized_start=1227
+  _globals['_GETJOBREQUEST']._serialized_end=1254
+  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1256
+  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1371
+  _globals['_JOBRESULT']._serialized_start=1374
+  _globals['_JOBRESULT']._serialized_end=1504
+  _globals['_JOBS']._serialized_start=1664
+  _globals['_JOBS']._serialized_end=2085
 # @@protoc_insertion_point(module_scope)

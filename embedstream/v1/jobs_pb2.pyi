@@ -62,6 +62,7 @@ class JobSpec(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     TRUNCATION_SIDE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """A model name or alias; empty means the default model."""
     idempotency_key: _builtins.str
@@ -84,6 +85,12 @@ class JobSpec(_message.Message):
     def chunking(self) -> _embedder_pb2.ChunkOptions: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedScalarFieldContainer[_embedder_pb2.VectorKind.ValueType]: ...
+    @_builtins.property
+    def media(self) -> _embedder_pb2.MediaOptions:
+        """As in EmbedRequest. A job with video or audio inputs holds one input per
+        chunk entry (the header of an UploadJob must set it to send them).
+        """
+
     def __init__(
         self,
         *,
@@ -102,10 +109,11 @@ class JobSpec(_message.Message):
         outputs: _abc.Iterable[_embedder_pb2.VectorKind.ValueType] | None = ...,
         truncation_side: _embedder_pb2.TruncationSide.ValueType = ...,
         cache: _embedder_pb2.CacheMode.ValueType = ...,
+        media: _embedder_pb2.MediaOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "chunking", b"chunking", "dimensions", b"dimensions", "media", b"media", "normalize", b"normalize", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "_normalize", b"_normalize", "_truncate", b"_truncate", "cache", b"cache", "chunking", b"chunking", "dimensions", b"dimensions", "idempotency_key", b"idempotency_key", "input_type", b"input_type", "long_inputs", b"long_inputs", "media", b"media", "model", b"model", "normalize", b"normalize", "output_type", b"output_type", "outputs", b"outputs", "prompt_name", b"prompt_name", "return_tokens", b"return_tokens", "truncate", b"truncate", "truncation_side", b"truncation_side", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
     _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
@@ -319,7 +327,8 @@ class JobResult(_message.Message):
     @_builtins.property
     def chunks(self) -> _containers.RepeatedCompositeFieldContainer[_embedder_pb2.Embedding]:
         """CHUNK_OUTPUT_CHUNKS: the input's chunk vectors, each with its span,
-        instead of `embedding`.
+        instead of `embedding`; a video or audio input: its segment vectors
+        (and pooled vector), each with its Segment.
         """
 
     def __init__(

@@ -103,6 +103,7 @@ def test_the_worker_survives_hostile_images_that_skip_the_gateway(
 
     from embedstream import keys, wire
     from tests.support.images import SVG, png_bomb, truncated_jpeg
+    from tests.support.processes import read_replies
 
     replies = "test-hostile-replies"
     r.xadd(replies, {"x": "start"})
@@ -110,16 +111,7 @@ def test_the_worker_survives_hostile_images_that_skip_the_gateway(
     for name, data in hostile.items():
         job = wire.Job(name, replies, int(time.time() * 1000) + 30_000, int(time.time() * 1000), ["fine", data])
         r.xadd(keys.queue("clip"), {keys.PAYLOAD: wire.encode_job(job)})
-    answers: dict[str, wire.Reply] = {}
-    last = "0-0"
-    deadline = time.monotonic() + 30
-    while len(answers) < len(hostile) and time.monotonic() < deadline:
-        for _, entries in r.xread({replies: last}, block=500) or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                if keys.PAYLOAD.encode() in fields:
-                    reply = wire.decode_reply(fields[keys.PAYLOAD.encode()])
-                    answers[reply.id] = reply
+    answers = read_replies(r, replies, len(hostile))
     assert set(answers) == set(hostile)
     for reply in answers.values():
         assert reply.error_code == "INVALID_ARGUMENT" and reply.error_message.startswith("inputs[1]: image refused")

@@ -121,6 +121,56 @@ def siglip_model(folder: Path) -> Path:
     return folder
 
 
+def clap_model(folder: Path, fused: bool = False) -> Path:
+    """A transformers ClapModel folder laid out as laion/clap-htsat-unfused (``fused``: -fused): HTSAT audio
+    tower on 64 mel bins at 48 kHz (10 s windows, ``rand_trunc`` or ``fusion``, ``repeatpad``), RoBERTa text
+    tower with a byte-level BPE tokenizer (a tiny vocabulary), ``ClapProcessor`` saved beside it."""
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        ClapTextConfig,
+        RobertaTokenizer,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    merges = ["\u0120 t", "\u0120t h", "\u0120th e", "\u0120 d", "o g", "\u0120d og"]
+    words = ["\u0120t", "\u0120th", "\u0120the", "\u0120d", "og", "\u0120dog"]
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *bytes_to_unicode().values(), *words, "<mask>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = RobertaTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=512)
+    text = ClapTextConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    audio = ClapAudioConfig(
+        patch_embeds_hidden_size=16,
+        depths=[1, 1],
+        num_attention_heads=[1, 2],
+        hidden_size=32,
+        enable_fusion=fused,
+        fusion_type="aff_2d" if fused else None,
+    )
+    torch.manual_seed(0)
+    ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16)).save_pretrained(folder)
+    truncation = "fusion" if fused else "rand_trunc"
+    extractor = ClapFeatureExtractor(frequency_min=50, frequency_max=14000, truncation=truncation)
+    ClapProcessor(feature_extractor=extractor, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
 def _bert_config(**kw: Any) -> Any:
     from transformers import BertConfig
 
