@@ -54,8 +54,9 @@ class Liveness:
         self._paused_s = 0.0
 
     async def beat(self) -> None:
-        """Write one heartbeat."""
+        """Write one heartbeat (the first one at start too: the readiness probe reads its time)."""
         await self._beat()
+        metrics.WORKER_HEARTBEAT.labels(self.model).set_to_current_time()
 
     async def run(self) -> None:
         """Beat every ``heartbeat_s`` until cancelled; exit the process if the model hangs."""
@@ -83,7 +84,6 @@ class Liveness:
             # connection killed): a loop that ended on one would leave a live worker unseen.
             try:
                 await self.beat()
-                metrics.WORKER_HEARTBEAT.labels(self.model).set_to_current_time()
                 self._beat_mishaps.recovered()
             except Exception as exc:
                 self._beat_mishaps.failed(exc)
