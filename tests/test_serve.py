@@ -41,8 +41,14 @@ def serving(tmp_path: Path, registry: str) -> Iterator[tuple[subprocess.Popen[by
             yield proc, log_path, port
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                # A test that failed midway: serve stops its children (Redis last) on SIGTERM; killing
+                # only the supervisor would leave them running (seen after a failed run).
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
 
 
 def ready_line(proc: subprocess.Popen[bytes], log_path: Path) -> re.Match[str]:
