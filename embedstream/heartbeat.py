@@ -17,6 +17,8 @@ from embedstream.profile import Profile
 
 #: Members silent this long are pruned from the live set by any beat.
 FORGET_MS = 60_000
+#: The streams of work this version's workers read (``keys.lanes``).
+LANES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,10 @@ class ModelInfo:
     normalizes: bool = False
     #: How the model is served (:mod:`embedstream.profile`), rewritten with every beat.
     profile: Profile | None = None
+    #: How many of the model's streams (``keys.lanes``) its workers read: 3 (calls, stream
+    #: requests, job chunks) since stream requests have their own; 2 where a worker predates
+    #: it, and the gateway then puts stream requests on the call stream.
+    lanes: int = LANES
 
 
 # One beat: score the worker, prune the long silent, publish the model's info. allow-oom (Redis 7):
@@ -58,6 +64,7 @@ class Beat:
         self._info = [
             *("family", info.family, "output", info.output, "dimensions", info.dimensions),
             *("max_input_tokens", info.max_input_tokens, "normalizes", int(info.normalizes)),
+            *("lanes", info.lanes),
         ]
 
     async def __call__(self) -> None:
@@ -100,6 +107,7 @@ def decode_info(raw: dict[bytes, bytes]) -> ModelInfo | None:
         dimensions=int(raw.get(b"dimensions", 0)),
         max_input_tokens=int(raw.get(b"max_input_tokens", 0)),
         normalizes=raw.get(b"normalizes") == b"1",
+        lanes=int(raw.get(b"lanes", 2)),
     )
 
 

@@ -22,8 +22,21 @@ def model_tag(model: str) -> str:
 
 
 def queue(model: str) -> str:
-    """The stream of work for ``model``, read by its consumer group."""
+    """The stream of interactive calls for ``model`` (Embed, Rerank, Classify, Tokenize, ...),
+    read by its consumer group before its other lanes."""
     return f"{PREFIX}:{model_tag(model)}:queue"
+
+
+def streams(model: str) -> str:
+    """The stream of ``model``'s EmbedStream (and other bidi stream) requests: read after its
+    interactive calls and before its job chunks, so a stream's window never queues ahead of a call."""
+    return f"{PREFIX}:{model_tag(model)}:streams"
+
+
+def lanes(model: str) -> tuple[str, str, str]:
+    """Every stream of work for ``model``, in the order its workers serve them: interactive
+    calls, stream requests, async-job chunks."""
+    return queue(model), streams(model), bulk(model)
 
 
 def dead_letters(model: str) -> str:
@@ -52,7 +65,7 @@ def profile(model: str) -> str:
 
 
 def bulk(model: str) -> str:
-    """The stream of async-job chunks for ``model``; read only when interactive work is done."""
+    """The stream of async-job chunks for ``model``; served after its calls and streams."""
     return f"{PREFIX}:{model_tag(model)}:bulk"
 
 

@@ -38,6 +38,8 @@ class ModelState:
     failure: str = ""
     #: How its workers serve it, once one has loaded it.
     profile: profile.Profile | None = None
+    #: Whether its workers read a stream of their own for stream requests (``keys.streams``).
+    streams_lane: bool = False
 
 
 class Directory:
@@ -76,8 +78,10 @@ class Directory:
         for name in names:
             heartbeat.count_live(pipe, name, self.liveness_s)
             pipe.xlen(keys.queue(name))
+            pipe.xlen(keys.streams(name))
             heartbeat.read_info(pipe, name)
             pipe.xrange(keys.queue(name), count=1)
+            pipe.xrange(keys.streams(name), count=1)
             loadfailure.read(pipe, name)
             profile.read(pipe, name)
         try:
@@ -93,21 +97,23 @@ class Directory:
             results = None
         if results is not None:
             for i, name in enumerate(names):
-                live, depth, info, oldest, failed, served = results[6 * i : 6 * i + 6]
+                live, depth, stream_depth, info, oldest, oldest_streamed, failed, served = results[8 * i : 8 * i + 8]
                 state = self.states[name]
-                state.workers, state.queue_depth = int(live), int(depth)
+                # Interactive calls and stream requests both wait for the model: the depth counts both.
+                state.workers, state.queue_depth = int(live), int(depth) + int(stream_depth)
                 published = heartbeat.decode_info(info)
                 if published is not None:
                     state.dimensions = published.dimensions
                     state.max_input_tokens = published.max_input_tokens
                     state.normalizes = published.normalizes
+                    state.streams_lane = published.lanes >= 3
                 found = loadfailure.decode(failed)
                 state.failure = found.reason if found else ""
                 state.profile = profile.decode(served) or state.profile
                 metrics.QUEUE_DEPTH.labels(name).set(state.queue_depth)
                 metrics.LIVE_WORKERS.labels(name).set(state.workers)
                 # Finished entries are deleted, so the oldest left is the oldest unfinished.
-                oldest_ms = int(oldest[0][0].split(b"-")[0]) if oldest else now_ms
+                oldest_ms = min([float(o[0][0].split(b"-")[0]) for o in (oldest, oldest_streamed) if o] or [now_ms])
                 state.lag_s = max(0.0, (now_ms - oldest_ms) / 1000.0)
                 metrics.QUEUE_LAG.labels(name).set(state.lag_s)
         for listener in self._listeners:
@@ -115,11 +121,18 @@ class Directory:
 
     async def recheck(self, model: str) -> bool:
         """Ask Redis now whether ``model`` has a live worker; the snapshot may be stale."""
+        pipe = self._redis.pipeline(transaction=False)  # type: ignore[attr-defined]
+        heartbeat.count_live(pipe, model, self.liveness_s)
+        heartbeat.read_info(pipe, model)
         try:
-            live = await heartbeat.count_live(self._redis, model, self.liveness_s)
+            live, info = await pipe.execute()
         except REDIS_ERRORS:
             return False
-        self.states[model].workers = int(live)
+        state = self.states[model]
+        state.workers = int(live)
+        published = heartbeat.decode_info(info)
+        if published is not None:  # which streams the worker just started reads
+            state.streams_lane = published.lanes >= 3
         return self.redis_ok and int(live) > 0
 
     def retry_hint_ms(self, model: str) -> int:

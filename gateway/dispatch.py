@@ -65,6 +65,8 @@ class Dispatcher:
 
         ``deadline`` is absolute (time.time()). Unary calls fail fast on a full
         queue; streams pass ``wait_for_room`` and wait, slowing their client.
+        A stream's requests go on the model's stream lane (``keys.streams``) where its
+        workers read one, so a stream's window never queues ahead of a unary call.
         """
         spec = request.spec
         tracing.annotate({"embedstream.model": spec.name, "embedstream.inputs": len(request.inputs)})
@@ -86,7 +88,9 @@ class Dispatcher:
         metrics.INFLIGHT.labels(spec.name).inc()
         stream_id: bytes | None = None
         try:
-            stream_id = await self._enqueue(spec, job, deadline, wait_for_room)
+            streamed = wait_for_room and self._streams_lane(spec.name)
+            lane = keys.streams(spec.name) if streamed else keys.queue(spec.name)
+            stream_id = await self._enqueue(spec, lane, job, deadline, wait_for_room)
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise DeadlineExceeded("deadline passed while waiting for a worker")
@@ -101,7 +105,7 @@ class Dispatcher:
             # Timed out, cancelled or failed: take the entry back so no worker
             # spends time on an answer nobody will read.
             if stream_id is not None:
-                self._withdraw(spec.name, stream_id)
+                self._withdraw(lane, stream_id)
             raise
         finally:
             self.router.forget(job.id)
@@ -112,13 +116,17 @@ class Dispatcher:
         """Answer every call waiting on ``model`` with ``error``."""
         self.router.fail_all(error, list(self._by_model.get(model, ())))
 
-    async def _enqueue(self, spec: ModelSpec, job: wire.Job, deadline: float, wait_for_room: bool) -> bytes:
+    def _streams_lane(self, model: str) -> bool:
+        state = self.directory.states.get(model)
+        return state is not None and state.streams_lane
+
+    async def _enqueue(self, spec: ModelSpec, lane: str, job: wire.Job, deadline: float, wait_for_room: bool) -> bytes:
         payload = wire.encode_job(job)
         args = [spec.max_queue_entries, spec.max_queue_entries * 2 + 1000, keys.PAYLOAD, payload]
         backoff = Backoff(first=0.005, most=0.1)
         while True:
             try:
-                stream_id = await asyncio.wait_for(self._admit(keys=[keys.queue(spec.name)], args=args), self.timeout_s)
+                stream_id = await asyncio.wait_for(self._admit(keys=[lane], args=args), self.timeout_s)
             except REDIS_ERRORS as exc:
                 if isinstance(exc, TRANSIENT):
                     self.directory.redis_ok = False  # until the next refresh proves otherwise
@@ -142,17 +150,17 @@ class Dispatcher:
                 raise DeadlineExceeded(f"deadline passed while model {spec.name!r}'s queue (or Redis) was full")
             await backoff.wait()
 
-    def _withdraw(self, model: str, stream_id: bytes) -> None:
+    def _withdraw(self, lane: str, stream_id: bytes) -> None:
         # Batched: a client leaving a stream withdraws hundreds of entries at
-        # once; one XDEL per model carries them all.
-        self._withdrawals.setdefault(model, []).append(stream_id)
+        # once; one XDEL per lane carries them all.
+        self._withdrawals.setdefault(lane, []).append(stream_id)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_withdrawals())
 
     async def _flush_withdrawals(self) -> None:
         while self._withdrawals:
-            model, ids = self._withdrawals.popitem()
+            lane, ids = self._withdrawals.popitem()
             try:
-                await asyncio.wait_for(self._redis.xdel(keys.queue(model), *ids), self.timeout_s)  # type: ignore[attr-defined]
+                await asyncio.wait_for(self._redis.xdel(lane, *ids), self.timeout_s)  # type: ignore[attr-defined]
             except REDIS_ERRORS:
                 pass  # the worker still skips them once their deadline passes

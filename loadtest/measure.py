@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import statistics
 import sys
@@ -187,9 +188,9 @@ def raw_sentence_transformers(
 
 
 def percentiles(times: list[float]) -> tuple[float, float]:
-    """p50 and p99 of latencies."""
+    """p50 and p99 of latencies (p99 by nearest rank: the smallest value at or above 99% of them)."""
     ordered = sorted(times)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.median(ordered), ordered[max(0, math.ceil(len(ordered) * 0.99) - 1)]
 
 
 def unary_times(port: int, model: str, texts: list[str]) -> list[float]:

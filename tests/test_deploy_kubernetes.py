@@ -45,7 +45,7 @@ def test_each_registry_model_has_workers_and_a_scaler_on_its_own_streams(name: s
     for model, deployment in by_model.items():
         spec = scaled[deployment["metadata"]["name"]]["spec"]
         triggers = spec["triggers"]
-        assert {t["metadata"]["stream"] for t in triggers} == {keys.queue(model), keys.bulk(model)}
+        assert {t["metadata"]["stream"] for t in triggers} == set(keys.lanes(model))
         env = env_of(pod_spec(deployment)["containers"][0])
         for trigger in triggers:
             meta = trigger["metadata"]

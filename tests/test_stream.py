@@ -24,9 +24,9 @@ WINDOW = 256
 
 
 def queued_inputs(r: redis.Redis, model: str) -> int:
-    """Inputs in entries still in the model's stream (waiting or being worked)."""
+    """Inputs in entries still in the model's streams (waiting or being worked)."""
     total = 0
-    for _, fields in r.xrange(keys.queue(model)):
+    for _, fields in [entry for lane in keys.lanes(model) for entry in r.xrange(lane)]:
         total += len(msgpack.unpackb(fields[b"p"])["t"])
     return total
 

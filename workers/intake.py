@@ -1,7 +1,7 @@
 """A worker's intake: read the model's streams, decode, refuse, tokenize, pool.
 
-Entries are read with XREADGROUP from the interactive stream and, while the
-job pool has room, the bulk stream. Each is decoded (an undecodable one is
+Entries are read with XREADGROUP from the model's interactive stream and, while
+their pools have room, its stream-request and job-chunk streams (``keys.lanes``). Each is decoded (an undecodable one is
 dead-lettered), dropped if its caller's deadline passed, tokenized on the prep
 thread (while the model thread runs the batch before) and held in the ledger;
 then it is refused (answered with an error at once) or pooled for the batch loop.
@@ -35,8 +35,12 @@ from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Entries read (or reclaimed) per Redis call.
+#: Entries read (or reclaimed) per Redis call, from each lane.
 READ_ENTRIES = 64
+#: How long one read waits for work; while a lane's pool is full (so the read leaves that lane
+#: out), reads come this often instead, so the lane is read again soon after its pool drains.
+READ_BLOCK_MS = 1000
+FULL_LANE_BLOCK_MS = 20
 #: For a model that takes video or audio: each entry may hold clips of up to max_video_bytes,
 #: decoded into up to max_media_frames frames, so fewer are read at once (a memory bound).
 READ_MEDIA_ENTRIES = 8
@@ -86,7 +90,6 @@ class Intake:
         self.read_entries = READ_MEDIA_ENTRIES if {"video", "audio"} & set(spec.takes) else READ_ENTRIES
         self.cache = cache
         self.queue = keys.queue(spec.name)
-        self.bulk_queue = keys.bulk(spec.name)
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="prep")
 
     async def run(self) -> None:
@@ -96,16 +99,18 @@ class Intake:
         mishaps = Mishaps("read")
         while not self.stopping.is_set():
             if len(pools.interactive) >= pools.prefetch:
-                # Blocking on the bulk stream alone would leave interactive work
+                # Blocking on the other lanes alone would leave interactive work
                 # unread for a whole block once the pool drains: wait for room.
                 pools.space.clear()
                 await pools.space.wait()
                 continue
-            streams: dict[Any, Any] = {self.queue: ">"}
-            if len(pools.bulk) < pools.prefetch:
-                streams[self.bulk_queue] = ">"
+            streams: dict[Any, Any] = {lane: ">" for lane, pool in pools.lanes.items() if len(pool) < pools.prefetch}
+            # A lane left out while its pool is full is read again soon after the pool drains.
+            block = READ_BLOCK_MS if len(streams) == len(pools.lanes) else FULL_LANE_BLOCK_MS
             try:
-                got = await self.redis.xreadgroup(keys.GROUP, self.worker, streams, count=self.read_entries, block=1000)
+                got = await self.redis.xreadgroup(
+                    keys.GROUP, self.worker, streams, count=self.read_entries, block=block
+                )
                 backoff.reset()
                 mishaps.recovered()
                 for stream, entries in got or []:

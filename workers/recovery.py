@@ -48,8 +48,7 @@ class Recovery:
         self.intake = intake
         self.outbox = outbox
         self.stopping = stopping
-        self.queue = keys.queue(model)
-        self.bulk_queue = keys.bulk(model)
+        self.lanes = keys.lanes(model)
 
     async def run(self) -> None:
         """Reclaim every quarter of the visibility timeout until cancelled."""
@@ -65,8 +64,8 @@ class Recovery:
 
     async def reclaim(self) -> None:
         """Take over entries idle past the visibility timeout (their worker died)."""
-        await self._reclaim_stream(self.queue, self.pools.interactive)
-        await self._reclaim_stream(self.bulk_queue, self.pools.bulk)
+        for lane, pool in self.pools.lanes.items():
+            await self._reclaim_stream(lane, pool)
         await self._forget_dead_consumers()
 
     async def hand_back(self) -> None:
@@ -75,7 +74,7 @@ class Recovery:
         their delivery count restored, so a restart never counts against them."""
         visibility_ms = int(self.settings.visibility_timeout_s * 1000)
         handed = 0
-        for stream in (self.queue, self.bulk_queue):
+        for stream in self.lanes:
             rows = await self.redis.xpending_range(stream, keys.GROUP, "-", "+", 100_000, consumername=self.worker)
             if not rows:
                 continue
@@ -104,7 +103,7 @@ class Recovery:
         just read from the pending list, and with them the chance to reclaim them."""
         horizon_ms = self.settings.consumer_gc_s * 1000
         live = await heartbeat.live(self.redis, self.model, self.settings.worker_liveness_s)
-        for stream in (self.queue, self.bulk_queue):
+        for stream in self.lanes:
             try:
                 consumers = await self.redis.xinfo_consumers(stream, keys.GROUP)
             except TRANSIENT:

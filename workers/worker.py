@@ -111,7 +111,7 @@ class Worker:
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish the batch in the model and hand the rest back."""
         await self._until_redis(self._setup)
-        log.info("worker %s serving model %s from %s", self.name, self.spec.name, keys.queue(self.spec.name))
+        log.info("worker %s serving model %s from %s", self.name, self.spec.name, ", ".join(keys.lanes(self.spec.name)))
         reader = asyncio.create_task(self.intake.run(), name="read")
         background = [
             asyncio.create_task(self.liveness.run(), name="heartbeat"),
@@ -141,7 +141,7 @@ class Worker:
         self.pools.close()
 
     async def _setup(self) -> None:
-        for stream in (keys.queue(self.spec.name), keys.bulk(self.spec.name)):
+        for stream in keys.lanes(self.spec.name):
             try:
                 await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
             except Exception as exc:  # BUSYGROUP: another worker made it first

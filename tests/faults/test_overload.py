@@ -20,7 +20,7 @@ from embedstream.client import retry_after
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
 from tests.support.faults import Cluster, Ledger, metrics_port, score
-from tests.support.processes import scrape, stub, wait_until
+from tests.support.processes import entries_added, scrape, stub, wait_until
 
 
 def test_producers_at_five_times_capacity(cluster: Cluster) -> None:
@@ -146,6 +146,56 @@ def test_clients_cancelling_mid_stream_and_short_deadlines_on_a_backlog(cluster:
         dropped_before_model=int(dropped),
         slowest_short_call_ms=round(1000 * max(overdue)),
         statuses=ledger.statuses(),
+    )
+
+
+def test_a_call_overtakes_a_stream_window_queued_ahead_of_it(cluster: Cluster) -> None:
+    # A stream keeps 120 requests (480 inputs, ~12 s of "deep" batches) in Redis. A unary call
+    # made behind them goes on the model's call stream, is read at once and runs next: it is
+    # answered while most of the stream still waits, however slow the machine.
+    _, port = cluster.gateway()
+    cluster.worker("deep")
+    ledger = Ledger()
+    streamed = [ledger.send(f"win-{k}", [f"window {k} {j}" for j in range(4)]) for k in range(120)]
+    for request in streamed:
+        request.model = "deep"
+    received: list[pb.EmbedResponse] = []
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    responses = embedder_pb2_grpc.EmbedderStub(channel).EmbedStream(iter(streamed), timeout=120)
+
+    def read() -> None:
+        try:
+            received.extend(responses)
+        except grpc.RpcError as exc:  # the cancel below
+            assert exc.code() == grpc.StatusCode.CANCELLED, exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_until(lambda: len(received) >= 1, 30, what="the stream's first answer")
+    # The window is in Redis, on the stream lane, before the call is made.
+    wait_until(lambda: entries_added(cluster.r, "deep", keys.streams) >= 100, 30, what="the window queued")
+    calls_before = entries_added(cluster.r, "deep", keys.queue)
+    call = ledger.send("overtaker", ["overtaker"])
+    call.model = "deep"
+    with stub(port) as s:
+        ledger.answer("overtaker", s.Embed(call, timeout=60))
+    answered_before_call = len(received)
+    assert entries_added(cluster.r, "deep", keys.queue) == calls_before + 1, "the call went on the call stream"
+    assert answered_before_call < 60, f"the call waited for {answered_before_call} of the stream's 120 requests"
+    responses.cancel()  # the client leaves: the rest of the window is withdrawn
+    reader.join(30)
+    channel.close()
+    for response in received:
+        ledger.answer(response.request_id, response)
+    for request in streamed[len(received) :]:
+        ledger.answer(request.request_id, grpc.StatusCode.CANCELLED)
+    wait_until(lambda: all(cluster.r.xlen(lane) == 0 for lane in keys.lanes("deep")), 30, what="the lanes to empty")
+    score(
+        "a call behind a stream's window",
+        cluster,
+        ledger.counts(allowed=(grpc.StatusCode.CANCELLED,)),
+        0.0,
+        stream_answers_before_the_call=answered_before_call,
     )
 
 

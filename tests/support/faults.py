@@ -172,10 +172,10 @@ class Cluster:
     # -- what Redis holds ----------------------------------------------------
 
     def pending(self, models: tuple[str, ...] = MODELS) -> int:
-        """Entries delivered to a worker and not yet acknowledged, over both streams of each model."""
+        """Entries delivered to a worker and not yet acknowledged, over every stream of each model."""
         total = 0
         for model in models:
-            for stream in (keys.queue(model), keys.bulk(model)):
+            for stream in keys.lanes(model):
                 try:
                     total += int(self.r.xpending(stream, keys.GROUP)["pending"])
                 except redis.ResponseError:
@@ -185,7 +185,7 @@ class Cluster:
     def leftover_keys(self) -> list[str]:
         """Keys that would stay forever: no TTL, and not one of a model's standing keys
         (its streams, worker set, info hash, dead letters)."""
-        standing = re.compile(r"^embedstream:\{m:[^}]+\}:(queue|bulk|workers|info|dead)$")
+        standing = re.compile(r"^embedstream:\{m:[^}]+\}:(queue|streams|bulk|workers|info|dead)$")
         left = []
         for key in self.r.scan_iter(count=1000):
             name = key.decode()
@@ -198,12 +198,16 @@ class Cluster:
 
 
 def consumer_pending(r: redis.Redis, pid: int, model: str = "fault") -> int:
-    """Entries the worker process ``pid`` holds unacknowledged in ``model``'s queue
+    """Entries the worker process ``pid`` holds unacknowledged in ``model``'s streams
     (consumer names are ``<host>-<pid>-<random>``)."""
-    for row in r.xinfo_consumers(keys.queue(model), keys.GROUP):
-        if f"-{pid}-" in row["name"].decode():
-            return int(row["pending"])
-    return 0
+    held = 0
+    for stream in keys.lanes(model):
+        try:
+            rows = r.xinfo_consumers(stream, keys.GROUP)
+        except redis.ResponseError:  # no such stream or group yet
+            continue
+        held += sum(int(row["pending"]) for row in rows if f"-{pid}-" in row["name"].decode())
+    return held
 
 
 def metrics_port() -> int:

@@ -167,12 +167,16 @@ def answers(port: int, model: str, text: str = "ping", timeout: float = 2) -> bo
         return False
 
 
-def entries_added(r: redis.Redis, model: str, stream: Callable[[str], str] = keys.queue) -> int:
-    """How many entries were ever XADDed to the model's queue, or its ``keys.bulk`` stream (0 if none)."""
-    try:
-        return int(r.xinfo_stream(stream(model))["entries-added"])
-    except redis.ResponseError:
-        return 0
+def entries_added(r: redis.Redis, model: str, stream: Callable[[str], str] | None = None) -> int:
+    """How many entries were ever XADDed to the model's streams (``keys.lanes``), or to the
+    one ``stream`` names (``keys.bulk``, say); 0 for a stream not made yet."""
+    added = 0
+    for name in [stream(model)] if stream else keys.lanes(model):
+        try:
+            added += int(r.xinfo_stream(name)["entries-added"])
+        except redis.ResponseError:
+            pass
+    return added
 
 
 def read_replies(r: redis.Redis, stream: str, count: int, timeout: float = 60) -> dict[str, wire.Reply]:
