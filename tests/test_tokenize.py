@@ -19,7 +19,7 @@ import pytest
 import redis
 from transformers import AutoTokenizer
 
-from embedstream import keys, wire
+from embedstream import keys, replywire, wire
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
@@ -321,12 +321,12 @@ def test_a_worker_refuses_what_the_gateway_would_have(text: Text) -> None:
     ]
     for model, job, _ in forged:
         text.admin.xadd(keys.queue(model), {keys.PAYLOAD: wire.encode_job(job)})
-    got: dict[str, wire.Reply] = {}
+    got: dict[str, replywire.Reply] = {}
     deadline = time.monotonic() + 60
     while len(got) < len(forged) and time.monotonic() < deadline:
         for _, fields in text.admin.xrange(replies):
             if keys.PAYLOAD.encode() in fields:
-                reply = wire.decode_reply(fields[keys.PAYLOAD.encode()])
+                reply = replywire.decode_reply(fields[keys.PAYLOAD.encode()])
                 got[reply.id] = reply
         time.sleep(0.05)
     for _, job, words in forged:
