@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-from embedstream import registry  # noqa: E402
+from embedstream import registry, registryfile  # noqa: E402
 from loadtest.corpus import mixed_texts  # noqa: E402
 from loadtest.measure import Service, raw_throughput, save, stream_throughput  # noqa: E402
 
@@ -92,7 +92,7 @@ def main() -> int:
         f'[models.clip]\nfamily = "image-text"\npath = "{clip_dir}"\nbackend = "{backend}"\n'
         f'device = "{args.device}"\ndtype = "{args.dtype}"\n'
     )
-    reg = registry.load(str(registry_path))
+    reg = registryfile.load(str(registry_path))
     device = args.device
     if gpu:
         import torch

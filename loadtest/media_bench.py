@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from embedstream import media, mediawire, registry, wire  # noqa: E402
+from embedstream import media, mediawire, registry, registryfile, wire  # noqa: E402
 from loadtest.measure import Service, save  # noqa: E402
 
 
@@ -122,7 +122,7 @@ def main() -> int:
             for name, family in (("clip", "image-text"), ("clap", "audio-text"))
         )
     )
-    reg = registry.load(str(registry_path))
+    reg = registryfile.load(str(registry_path))
     video_opts = mediawire.Media(frame_interval_s=args.frame_interval, output="both")
     audio_opts = mediawire.Media(output="both")
     windows_per_clip = media.segments_at_most(audio_seconds, 7.5, 10.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from embedstream.workers import frames, sound
 
-from embedstream import framing, media, mediawire, registry, replywire, wire
+from embedstream import framing, media, mediawire, registryfile, replywire, wire
 from embedstream.errors import ConfigError
 from tests.support import media as clips
 
@@ -18,7 +18,7 @@ LIMITS = media.Limits(48 << 20, 7200, 3840 * 2160)
 
 
 def test_the_registry_declares_what_each_model_takes() -> None:
-    reg = registry.parse(
+    reg = registryfile.parse(
         {
             "models": {
                 "clip": {"family": "image-text", "path": "/m/clip"},
@@ -37,7 +37,7 @@ def test_the_registry_declares_what_each_model_takes() -> None:
         "minilm": ("text",),
     }
     with pytest.raises(ConfigError, match=r"models.minilm.modalities must be a list of \['text'\]"):
-        registry.parse(
+        registryfile.parse(
             {"models": {"minilm": {"family": "text-dense", "path": "/m", "modalities": ["video"]}}}, Path("/")
         )
 

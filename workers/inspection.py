@@ -14,7 +14,7 @@ from pathlib import Path
 
 from embedstream.workers.profiles import describe
 
-from embedstream import registry
+from embedstream import registryfile
 from embedstream.errors import ConfigError
 from embedstream.settings import Settings
 
@@ -29,7 +29,7 @@ def run(settings: Settings, folder: str, family: str = "", instruction: str = ""
     raw = {"family": family or detect(path), "path": str(path)}
     if instruction:
         raw["instruction"] = instruction
-    spec = registry.parse({"models": {path.name or "model": raw}}, Path.cwd()).models[path.name or "model"]
+    spec = registryfile.parse({"models": {path.name or "model": raw}}, Path.cwd()).models[path.name or "model"]
     from embedstream.workers.loader import load
     from transformers.utils import logging as hf_logging
 

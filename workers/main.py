@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from embedstream import hub, loadfailure, logs, tracing
+from embedstream import hub, loadfailure, logs, registryfile, tracing
 from embedstream import registry as registry_mod
 from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import ConfigError
@@ -36,7 +36,7 @@ def run(settings: Settings, model_name: str) -> int:
     """Load ``model_name`` (the registry's default when empty) and serve it; the ``worker`` command."""
     settings.require_redis()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    registry = registry_mod.load(settings.registry)
+    registry = registryfile.load(settings.registry)
     spec = registry.resolve(model_name)
     logs.set_model(spec.name)
     tracing.setup(settings, "worker")
