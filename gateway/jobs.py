@@ -19,16 +19,10 @@ from embedstream.gateway.auth import DEFAULT_TENANT, current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options
 from embedstream.gateway.jobmaking import JobMaker, digest
+from embedstream.gateway.optioncheck import check_chunks, check_options
 from embedstream.gateway.shape import job_results
 from embedstream.gateway.status import streaming, unary
-from embedstream.gateway.validation import (
-    check_chunks,
-    check_options,
-    check_token_inputs,
-    refuse_scorers,
-    validate_inputs,
-    verify_images,
-)
+from embedstream.gateway.validation import check_token_inputs, refuse_scorers, validate_inputs, verify_images
 
 from embedstream import jobstore, keys, tracing, wire
 from embedstream.connections import call
