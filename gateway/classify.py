@@ -9,14 +9,14 @@ and cut to ``top_k``.
 from __future__ import annotations
 
 import numpy as np
+
+from embedstream import replywire
+from embedstream.errors import EmbedstreamError, InvalidArgument
 from embedstream.gateway import tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 from embedstream.gateway.shape import answered, checked
 from embedstream.gateway.validation import check_text, count
-
-from embedstream import replywire
-from embedstream.errors import EmbedstreamError, InvalidArgument
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb

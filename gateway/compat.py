@@ -16,11 +16,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from embedstream.gateway import optioncheck
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from embedstream import vectors
 from embedstream.errors import EmbedstreamError, InvalidArgument
+from embedstream.gateway import optioncheck
 from embedstream.v1 import embedder_pb2 as pb
 
 T = TypeVar("T")

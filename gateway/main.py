@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from embedstream.gateway.server import serve
-
 from embedstream import registryfile, tracing
+from embedstream.gateway.server import serve
 from embedstream.runner import run_async
 from embedstream.settings import Settings
 

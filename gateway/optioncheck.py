@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from embedstream import wire
+from embedstream.errors import InvalidArgument, clip
 from embedstream.gateway import mediacheck, tokens
 from embedstream.gateway.auth import current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options
-
-from embedstream import wire
-from embedstream.errors import InvalidArgument, clip
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb

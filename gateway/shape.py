@@ -14,11 +14,11 @@ import uuid
 from typing import Any
 
 import numpy as np
-from embedstream.gateway import mediacheck
-from embedstream.gateway.dispatch import Request
 
 from embedstream import jobstore, mediawire, metrics, replywire, vectors
 from embedstream.errors import EmbedstreamError, InternalError
+from embedstream.gateway import mediacheck
+from embedstream.gateway.dispatch import Request
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jobs_pb
 

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from embedstream.gateway.auth import current_tenant
-from embedstream.gateway.guard import GUARDED
-from embedstream.gateway.handlers import kind
 
 from embedstream import replywire, tracing
 from embedstream.errors import EmbedstreamError
+from embedstream.gateway.auth import current_tenant
+from embedstream.gateway.guard import GUARDED
+from embedstream.gateway.handlers import kind
 
 #: Codes that mean the server failed (OpenTelemetry's gRPC conventions); others are the caller's.
 SERVER_ERRORS = frozenset(

@@ -9,14 +9,13 @@ the model runs.
 
 from __future__ import annotations
 
+from embedstream import replywire, wire
+from embedstream.errors import EmbedstreamError, TooLarge
 from embedstream.gateway import tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 from embedstream.gateway.shape import answered, checked
 from embedstream.gateway.validation import check_text, count
-
-from embedstream import replywire, wire
-from embedstream.errors import EmbedstreamError, TooLarge
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb

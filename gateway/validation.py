@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from embedstream import images, wire
+from embedstream.errors import InvalidArgument, TooLarge
 from embedstream.gateway import mediacheck, tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 from embedstream.gateway.optioncheck import check_chunks, check_options
-
-from embedstream import images, wire
-from embedstream.errors import InvalidArgument, TooLarge
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb

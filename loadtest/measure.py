@@ -23,12 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import grpc  # noqa: E402
 import redis  # noqa: E402
-from embedstream.workers.threads import cores  # noqa: E402
 
 from embedstream import registry  # noqa: E402
 from embedstream.redis_server import RedisServer  # noqa: E402
 from embedstream.v1 import embedder_pb2 as pb  # noqa: E402
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc  # noqa: E402
+from embedstream.workers.threads import cores  # noqa: E402
 from tests.support.processes import Proc, base_env, start_gateway, start_worker  # noqa: E402
 
 PER_REQUEST = 16
@@ -36,10 +36,9 @@ PER_REQUEST = 16
 
 def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> float:
     """Texts/s of tokenize + batch + forward in this process, as the worker does it."""
+    from embedstream.wire import Job
     from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, complete
     from embedstream.workers.loader import load
-
-    from embedstream.wire import Job
 
     model = load(spec, threads)
     warm = model.tokenize(texts[:64])

@@ -47,10 +47,9 @@ def tones(n: int, seconds: float) -> list[bytes]:
 
 def raw(spec: registry.ModelSpec, threads: int, data: list[bytes], kind: str, opts: mediawire.Media) -> float:
     """Frames (video) or windows (audio) per second in this process, as a worker runs them."""
+    from embedstream.settings import Settings
     from embedstream.workers import media as worker_media
     from embedstream.workers.loader import load
-
-    from embedstream.settings import Settings
 
     model = load(spec, threads)
     budget = worker_media.Budget.of(Settings.from_env({}))

@@ -19,10 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from embedstream import registry, registryfile  # noqa: E402
 from embedstream.workers.debug import DebugModel  # noqa: E402
 from embedstream.workers.model import Tokens  # noqa: E402
-
-from embedstream import registry, registryfile  # noqa: E402
 from loadtest.measure import Service, concurrent_throughput, save  # noqa: E402
 
 MODEL = "scaled"

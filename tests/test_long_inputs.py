@@ -14,12 +14,12 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from embedstream.workers import chunking
-from embedstream.workers.debug import debug_vectors
 
 from embedstream import registry, vectors
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
+from embedstream.workers import chunking
+from embedstream.workers.debug import debug_vectors
 from tests.conftest import Service
 from tests.support import ROOT
 from tests.support.corpora import texts as corpus

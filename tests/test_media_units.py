@@ -8,10 +8,10 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from embedstream.workers import frames, sound
 
 from embedstream import framing, media, mediawire, registryfile, replywire, wire
 from embedstream.errors import ConfigError
+from embedstream.workers import frames, sound
 from tests.support import media as clips
 
 LIMITS = media.Limits(48 << 20, 7200, 3840 * 2160)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
-from embedstream.workers import scripts
 
 from embedstream import jobstore, keys, replywire, wire
 from embedstream.redis_server import RedisServer
+from embedstream.workers import scripts
 
 QUEUE = keys.queue("m")
 REPLIES = "replies:{gw:test}"

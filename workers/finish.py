@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from embedstream.workers import chunking, media, textops
-from embedstream.workers.batcher import Entry
 
 from embedstream import replywire, vectors, wire
+from embedstream.workers import chunking, media, textops
+from embedstream.workers.batcher import Entry
 
 #: The model ``output`` kind of each registry output name.
 KINDS = {"dense": "dense", "sparse": "sparse", "multi-vector": "multi"}

@@ -47,9 +47,10 @@ def run(settings: Settings, model_name: str) -> int:
     thread_policy.prepare_environment()  # before torch is imported
     if spec.family != "image-text":
         hide_image_stacks()
+    from transformers.utils import logging as hf_logging
+
     from embedstream.workers.loader import load
     from embedstream.workers.worker import serve
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if logs.json_lines():

@@ -20,8 +20,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from embedstream.workers import finish, scripts, spans
-from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
 from embedstream import jobstore, keys, metrics, replywire, wire
@@ -30,6 +28,8 @@ from embedstream.connections import REDIS_ERRORS, TRANSIENT
 from embedstream.errors import Code
 from embedstream.loops import Mishaps
 from embedstream.registry import ModelSpec
+from embedstream.workers import finish, scripts, spans
+from embedstream.workers.batcher import Entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

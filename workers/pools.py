@@ -12,9 +12,8 @@ import asyncio
 import time
 from collections import deque
 
-from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item
-
 from embedstream.registry import ModelSpec
+from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item
 
 #: While interactive calls arrive (seen within this many seconds), job chunks run
 #: in batches cut to a fraction of the budget, so a call never waits behind a

@@ -186,8 +186,7 @@ def test_http_calls_are_counted_by_route_and_status(api: Api) -> None:
 
 
 def test_every_error_code_has_an_http_status() -> None:
-    from embedstream.gateway.status import HTTP_STATUS
-
     from embedstream.errors import Code
+    from embedstream.gateway.status import HTTP_STATUS
 
     assert set(HTTP_STATUS) == set(Code)
