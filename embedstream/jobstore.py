@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from embedstream import clock, keys, wire
+from embedstream import clock, keys, replywire, wire
 
 #: Inputs per chunk entry on the bulk stream.
 CHUNK = 64
@@ -112,7 +112,7 @@ return state
 """
 
 
-#: A stored chunk that succeeded: this prefix, then the worker's reply (``wire.encode_reply``).
+#: A stored chunk that succeeded: this prefix, then the worker's reply (``replywire.encode_reply``).
 RESULT = b"R"
 #: A stored chunk whose inputs all failed: this prefix, then ``<inputs>:<message>``.
 FAILURE = b"E"
@@ -122,7 +122,7 @@ FAILURE = b"E"
 class Chunk:
     """One chunk's answer as stored: the worker's reply, or the error all its inputs failed with."""
 
-    reply: wire.Reply | None = None
+    reply: replywire.Reply | None = None
     #: Inputs of a failed chunk (0 for a reply).
     failed: int = 0
     error: str = ""
@@ -132,20 +132,20 @@ def encode_chunk(chunk: Chunk) -> bytes:
     """The stored value of a chunk's answer."""
     if chunk.reply is None:
         return FAILURE + f"{chunk.failed}:{chunk.error}".encode()
-    return RESULT + wire.encode_reply(chunk.reply)
+    return RESULT + replywire.encode_reply(chunk.reply)
 
 
 def decode_chunk(value: bytes) -> Chunk:
-    """A stored chunk's answer; a value of an unknown kind or a corrupt reply raises :class:`wire.WireError`."""
+    """A stored chunk's answer; a value of an unknown kind or a corrupt reply raises :class:`replywire.WireError`."""
     if value[:1] == FAILURE:
         count, _, message = value[1:].decode().partition(":")
         return Chunk(failed=int(count), error=message)
     if value[:1] != RESULT:
-        raise wire.WireError(f"a stored result of an unknown kind ({value[:1]!r})")
+        raise replywire.WireError(f"a stored result of an unknown kind ({value[:1]!r})")
     try:
-        return Chunk(wire.decode_reply(value[1:]))
-    except wire.WireError as exc:
-        raise wire.WireError(f"a stored result is corrupt: {exc}") from None
+        return Chunk(replywire.decode_reply(value[1:]))
+    except replywire.WireError as exc:
+        raise replywire.WireError(f"a stored result is corrupt: {exc}") from None
 
 
 def decode_meta(raw: dict[bytes, bytes]) -> dict[str, Any]:

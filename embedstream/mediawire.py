@@ -1,9 +1,9 @@
 """The video and audio parts of the queue wire format: input kinds, media options, segments.
 
-:mod:`embedstream.wire` calls these for entries that hold video or audio and for
-replies that carry segments (wire version 5, above text operations' 3 and outputs' 4; the
-kinds ride under ``mk``); a segment travels as ``SEGMENT_FIELDS`` integers
-(times in microseconds), so the reply stays a flat msgpack list.
+:mod:`embedstream.wire` calls these for entries that hold video or audio, and
+:mod:`embedstream.replywire` for replies that carry segments (wire version 5, above text
+operations' 3 and outputs' 4; the kinds ride under ``mk``); a segment travels as
+``SEGMENT_FIELDS`` integers (times in microseconds), so the reply stays a flat msgpack list.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def unflatten(flat: list[int]) -> list[Segment]:
 
 def decode_options(body: dict[str, Any], n: int) -> dict[str, Any]:
     """The ``wire.Job`` fields (kinds, media) of an entry's kinds and media options ({} without media);
-    a malformed one raises ValueError (``wire`` makes it a WireError)."""
+    a malformed one raises ValueError (``wire`` or ``replywire`` makes it a WireError)."""
     kinds = _typed(body.get("mk", ""), str, "mk")
     if not kinds:
         return {}

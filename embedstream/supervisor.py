@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from embedstream import registry as registry_mod
+from embedstream import registryfile
 from embedstream.redis_server import RedisServer, free_port
 from embedstream.settings import Settings, redact_url
 
@@ -33,7 +33,7 @@ CONFIG_ERROR = 2
 
 def serve(settings: Settings, data_dir: Path) -> int:
     """Redis (unless settings name one), a gateway and a worker per registry model, until a signal."""
-    registry = registry_mod.load(settings.registry)
+    registry = registryfile.load(settings.registry)
     env = dict(os.environ)
     redis = None
     if not settings.redis_url:

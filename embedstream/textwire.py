@@ -5,7 +5,7 @@ options and answers ride in the same msgpack maps as every job and reply, under
 keys of their own; an entry or reply using any of them carries wire version 3 (or a
 newer feature's used beside it), so a worker from before them refuses it. Tokenize answers each text with a
 :class:`TokenList`. Every malformation raises ``ValueError``, which
-``embedstream.wire`` turns into its ``WireError``.
+``embedstream.wire`` and ``embedstream.replywire`` turn into their ``WireError``.
 """
 
 from __future__ import annotations

@@ -14,11 +14,10 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 
-from embedstream.gateway.ratelimit import Limit
-
 from embedstream import apikeys
 from embedstream.apikeys import Entry
 from embedstream.errors import ConfigError, Unauthenticated
+from embedstream.gateway.ratelimit import Limit
 from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)

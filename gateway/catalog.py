@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from embedstream.gateway.directory import Directory
+from embedstream.gateway.optioncheck import OUTPUT_TYPES, VECTOR_KINDS
 from embedstream.gateway.tokens import TOKEN_FAMILIES
-from embedstream.gateway.validation import OUTPUT_TYPES, VECTOR_KINDS
-
 from embedstream.profile import Profile
 from embedstream.registry import Registry
 from embedstream.settings import Settings

@@ -9,14 +9,14 @@ and cut to ``top_k``.
 from __future__ import annotations
 
 import numpy as np
+
+from embedstream import replywire
+from embedstream.errors import EmbedstreamError, InvalidArgument
 from embedstream.gateway import tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 from embedstream.gateway.shape import answered, checked
 from embedstream.gateway.validation import check_text, count
-
-from embedstream import wire
-from embedstream.errors import EmbedstreamError, InvalidArgument
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
@@ -47,7 +47,7 @@ def validate_classify(req: pb.ClassifyRequest, registry: Registry, settings: Set
 
 
 def respond_classify(
-    request: pb.ClassifyRequest, valid: Request, reply: wire.Reply, received: float
+    request: pb.ClassifyRequest, valid: Request, reply: replywire.Reply, received: float
 ) -> pb.ClassifyResponse:
     """Each text's labels, best first (``top_k`` of them), with scores and, if asked, logits."""
     checked(valid, reply)

@@ -16,24 +16,24 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from embedstream.gateway import validation
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 
 from embedstream import vectors
 from embedstream.errors import EmbedstreamError, InvalidArgument
+from embedstream.gateway import optioncheck
 from embedstream.v1 import embedder_pb2 as pb
 
 T = TypeVar("T")
 ENCODING_FORMATS = ("float", "base64")
 #: The enum values of the JSON strings, from the table validation reads them back with.
-INPUT_TYPES = {name: value for value, name in validation.INPUT_TYPES.items() if name}
-OUTPUT_TYPES = {name: value for value, name in validation.OUTPUT_TYPES.items()}
+INPUT_TYPES = {name: value for value, name in optioncheck.INPUT_TYPES.items() if name}
+OUTPUT_TYPES = {name: value for value, name in optioncheck.OUTPUT_TYPES.items()}
 #: ``long_inputs`` in a JSON body; chunked inputs come back pooled, one vector per input.
 LONG_INPUTS = {"truncate": pb.LONG_INPUTS_TRUNCATE, "chunk": pb.LONG_INPUTS_CHUNK, "error": pb.LONG_INPUTS_ERROR}
 #: ``cache`` in a JSON body (docs/cache.md).
 CACHE = {"default": pb.CACHE_DEFAULT, "bypass": pb.CACHE_BYPASS, "refresh": pb.CACHE_REFRESH}
 #: ``outputs`` in a JSON body: the names ListModels' ``capabilities.outputs`` values stand for.
-OUTPUTS = {name: value for value, name in validation.VECTOR_KINDS.items()}
+OUTPUTS = {name: value for value, name in optioncheck.VECTOR_KINDS.items()}
 #: OpenAI's error ``type`` per HTTP status.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -163,7 +163,7 @@ def embeddings_body(response: pb.EmbedResponse, encoding_format: str, outputs: S
 
     With ``outputs`` each item holds what was asked: ``embedding`` (dense), ``sparse_embedding``
     (``indices``, ``values``) and ``multi_vector`` (one vector per token, each a list or base64)."""
-    output_type = validation.OUTPUT_TYPES[response.output_type]
+    output_type = optioncheck.OUTPUT_TYPES[response.output_type]
     items: list[dict[str, Any]] = [{"object": "embedding", "index": i} for i in range(len(response.embeddings))]
     if not outputs or pb.VECTOR_KIND_DENSE in outputs:
         rows = [e.packed for e in response.embeddings]

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from embedstream.gateway.handlers import kind
 from google.protobuf.message import DecodeError
 
 from embedstream.errors import InvalidArgument
+from embedstream.gateway.handlers import kind
 
 
 class Undecodable:

@@ -8,13 +8,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedstream.gateway.directory import Directory
-from embedstream.gateway.replies import ReplyRouter
-
 from embedstream import clock, keys, metrics, tracing, wire
 from embedstream.backoff import Backoff
 from embedstream.connections import REDIS_ERRORS, TRANSIENT, refusal
 from embedstream.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from embedstream.gateway.directory import Directory
+from embedstream.gateway.replies import ReplyRouter
 from embedstream.registry import ModelSpec
 
 # Admission and enqueue in one atomic step: the queue can never grow past the

@@ -11,6 +11,9 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
+
+from embedstream import metrics, tracing, wire
+from embedstream.errors import DeadlineExceeded, EmbedstreamError
 from embedstream.gateway import mediacheck, spans
 from embedstream.gateway.catalog import OUTPUT_TYPE_VALUES, model_infos
 from embedstream.gateway.classify import respond_classify, validate_classify
@@ -21,9 +24,6 @@ from embedstream.gateway.status import streaming, unary
 from embedstream.gateway.tokenizer import respond_decode, respond_tokenize, validate_decode, validate_tokenize
 from embedstream.gateway.validation import validate, validate_rerank, verify_images
 from embedstream.gateway.window import Window
-
-from embedstream import metrics, tracing, wire
-from embedstream.errors import DeadlineExceeded, EmbedstreamError
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb

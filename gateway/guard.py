@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
-from embedstream.gateway.auth import DEFAULT_TENANT, TENANT, Keyring, bearer
-from embedstream.gateway.handlers import kind
-from embedstream.gateway.ratelimit import Limit, RateLimiter
-from embedstream.gateway.status import trailing
 
 from embedstream import metrics
 from embedstream.apikeys import Entry
 from embedstream.errors import EmbedstreamError
+from embedstream.gateway.auth import DEFAULT_TENANT, TENANT, Keyring, bearer
+from embedstream.gateway.handlers import kind
+from embedstream.gateway.ratelimit import Limit, RateLimiter
+from embedstream.gateway.status import trailing
 
 log = logging.getLogger(__name__)
 

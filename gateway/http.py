@@ -20,6 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+from embedstream import metrics, tracing
+from embedstream.errors import EmbedstreamError, InvalidArgument, ResourceExhausted, TooLarge, Unavailable
 from embedstream.gateway import compat, tei
 from embedstream.gateway.auth import TENANT, current_tenant
 from embedstream.gateway.catalog import model_infos
@@ -29,9 +32,6 @@ from embedstream.gateway.dispatch import Dispatcher
 from embedstream.gateway.embedder import Embedder, respond, respond_rerank
 from embedstream.gateway.guard import Guard, refused
 from embedstream.gateway.status import http_headers, http_status, to_error
-
-from embedstream import metrics, tracing
-from embedstream.errors import EmbedstreamError, InvalidArgument, ResourceExhausted, TooLarge, Unavailable
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.tls import server_ssl_context

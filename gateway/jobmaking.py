@@ -10,13 +10,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from embedstream.gateway import mediacheck
-from embedstream.gateway.auth import current_tenant
-from embedstream.gateway.dispatch import Options
-
 from embedstream import jobstore, keys, wire
 from embedstream.connections import REDIS_ERRORS, call, replicated
 from embedstream.errors import AlreadyExists, ResourceExhausted, Unavailable, clip
+from embedstream.gateway import mediacheck
+from embedstream.gateway.auth import current_tenant
+from embedstream.gateway.dispatch import Options
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
 from embedstream.v1 import jobs_pb2 as pb

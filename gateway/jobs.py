@@ -14,25 +14,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
+from embedstream import jobstore, keys, tracing, wire
+from embedstream.connections import call
+from embedstream.errors import InvalidArgument, NotFound, clip
 from embedstream.gateway import mediacheck
 from embedstream.gateway.auth import DEFAULT_TENANT, current_tenant
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options
 from embedstream.gateway.jobmaking import JobMaker, digest
+from embedstream.gateway.optioncheck import check_chunks, check_options
 from embedstream.gateway.shape import job_results
 from embedstream.gateway.status import streaming, unary
-from embedstream.gateway.validation import (
-    check_chunks,
-    check_options,
-    check_token_inputs,
-    refuse_scorers,
-    validate_inputs,
-    verify_images,
-)
-
-from embedstream import jobstore, keys, tracing, wire
-from embedstream.connections import call
-from embedstream.errors import InvalidArgument, NotFound, clip
+from embedstream.gateway.validation import check_token_inputs, refuse_scorers, validate_inputs, verify_images
 from embedstream.registry import ModelSpec, Registry
 from embedstream.settings import Settings
 from embedstream.v1 import jobs_pb2 as pb

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from embedstream import registryfile, tracing
 from embedstream.gateway.server import serve
-
-from embedstream import registry as registry_mod
-from embedstream import tracing
 from embedstream.runner import run_async
 from embedstream.settings import Settings
 
@@ -13,7 +11,7 @@ from embedstream.settings import Settings
 def run(settings: Settings) -> int:
     """Serve gRPC until SIGTERM/SIGINT."""
     settings.require_redis()
-    registry = registry_mod.load(settings.registry)
+    registry = registryfile.load(settings.registry)
     tracing.setup(settings, "gateway")
     run_async(serve(settings, registry))
     return 0

@@ -9,6 +9,12 @@ import signal
 from collections.abc import Callable
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from embedstream import logs, metrics, tracing
+from embedstream.connections import connect
+from embedstream.errors import Unavailable
 from embedstream.gateway.auth import Keyring
 from embedstream.gateway.decoding import DecodeGuard
 from embedstream.gateway.directory import Directory
@@ -20,12 +26,6 @@ from embedstream.gateway.jobs import Jobs
 from embedstream.gateway.ratelimit import RateLimiter
 from embedstream.gateway.replies import ReplyRouter
 from embedstream.gateway.spans import Spans
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from embedstream import logs, metrics, tracing
-from embedstream.connections import connect
-from embedstream.errors import Unavailable
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.tls import server_credentials

@@ -14,18 +14,18 @@ import uuid
 from typing import Any
 
 import numpy as np
+
+from embedstream import jobstore, mediawire, metrics, replywire, vectors
+from embedstream.errors import EmbedstreamError, InternalError
 from embedstream.gateway import mediacheck
 from embedstream.gateway.dispatch import Request
-
-from embedstream import jobstore, mediawire, metrics, vectors, wire
-from embedstream.errors import EmbedstreamError, InternalError
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jobs_pb
 
 PACKED = (pb.VECTOR_ENCODING_PACKED_F32LE, pb.VECTOR_ENCODING_PACKED)
 
 
-def embeddings(reply: wire.Reply, encoding: int, first: int = 0) -> list[pb.Embedding]:
+def embeddings(reply: replywire.Reply, encoding: int, first: int = 0) -> list[pb.Embedding]:
     """One Embedding per input of ``reply``, from input ``first`` on."""
     if reply.outputs is not None:
         return _named(reply, encoding, first)
@@ -55,7 +55,7 @@ def embeddings(reply: wire.Reply, encoding: int, first: int = 0) -> list[pb.Embe
     return out
 
 
-def chunked(reply: wire.Reply, encoding: int) -> list[pb.Embedding]:
+def chunked(reply: replywire.Reply, encoding: int) -> list[pb.Embedding]:
     """Every Embedding of ``reply``, each with its ChunkSpan when the reply holds chunks, or its
     Segment when the request held video or audio."""
     out = embeddings(reply, encoding)
@@ -83,12 +83,12 @@ def _listed(matrix: np.ndarray, output_type: str) -> pb.Embedding:
     return pb.Embedding(int_values=matrix.astype(np.int32).ravel().tolist())
 
 
-def _named(reply: wire.Reply, encoding: int, first: int) -> list[pb.Embedding]:
+def _named(reply: replywire.Reply, encoding: int, first: int) -> list[pb.Embedding]:
     """Each asked output in its own field: dense in values/packed, sparse, multi_vector."""
     asked = reply.outputs or []
     if "dense" in asked:
         out = embeddings(
-            wire.Reply(reply.id, reply.vectors, reply.dimensions, reply.count, reply.output_type), encoding
+            replywire.Reply(reply.id, reply.vectors, reply.dimensions, reply.count, reply.output_type), encoding
         )
     else:
         out = [pb.Embedding() for _ in range(reply.count)]
@@ -96,7 +96,7 @@ def _named(reply: wire.Reply, encoding: int, first: int) -> list[pb.Embedding]:
         for embedding, sparse in zip(out, _sparse(reply, reply.sparse_weights, 0)):
             embedding.sparse.CopyFrom(sparse.sparse)
     if "multi-vector" in asked:
-        multi = wire.Reply(reply.id, reply.multi, reply.multi_dimensions, reply.count, reply.output_type)
+        multi = replywire.Reply(reply.id, reply.multi, reply.multi_dimensions, reply.count, reply.output_type)
         multi.rows = reply.multi_rows
         for embedding, matrix in zip(out, embeddings(multi, encoding)):
             embedding.multi_vector.CopyFrom(
@@ -107,7 +107,7 @@ def _named(reply: wire.Reply, encoding: int, first: int) -> list[pb.Embedding]:
     return out[first:]
 
 
-def _sparse(reply: wire.Reply, weights_raw: bytes, first: int) -> list[pb.Embedding]:
+def _sparse(reply: replywire.Reply, weights_raw: bytes, first: int) -> list[pb.Embedding]:
     assert reply.nnz is not None
     indices = np.frombuffer(reply.indices, dtype="<u4")
     weights = np.frombuffer(weights_raw, dtype="<f4")
@@ -122,7 +122,7 @@ def _sparse(reply: wire.Reply, weights_raw: bytes, first: int) -> list[pb.Embedd
     return out
 
 
-def metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
+def metadata(reply: replywire.Reply, received: float) -> pb.ResponseMetadata:
     """A response's usage and timing, from its reply and when the call came in (``time.perf_counter``)."""
     return pb.ResponseMetadata(
         tokens=reply.tokens,
@@ -136,7 +136,7 @@ def metadata(reply: wire.Reply, received: float) -> pb.ResponseMetadata:
     )
 
 
-def answered(request_id: str, valid: Request, reply: wire.Reply, received: float) -> dict[str, Any]:
+def answered(request_id: str, valid: Request, reply: replywire.Reply, received: float) -> dict[str, Any]:
     """What every response but Embed's carries (request id, model, metadata); the call's latency is recorded."""
     metrics.LATENCY.labels(valid.spec.name).observe(time.perf_counter() - received)
     return {
@@ -146,7 +146,7 @@ def answered(request_id: str, valid: Request, reply: wire.Reply, received: float
     }
 
 
-def checked(valid: Request, reply: wire.Reply) -> None:
+def checked(valid: Request, reply: replywire.Reply) -> None:
     """Raise the reply's error, or INTERNAL where it does not answer every input of ``valid``."""
     if not reply.ok:
         raise EmbedstreamError.from_code(reply.error_code, reply.error_message)
@@ -166,7 +166,7 @@ def job_results(value: bytes, chunk_start: int, first: int, encoding: int) -> li
     """The JobResults of one stored chunk (``jobstore.encode_chunk``), from input ``first`` on."""
     try:
         chunk = jobstore.decode_chunk(value)
-    except wire.WireError as exc:
+    except replywire.WireError as exc:
         raise InternalError(str(exc)) from None
     if chunk.reply is None:
         return [jobs_pb.JobResult(index=i, error=chunk.error) for i in range(first, chunk_start + chunk.failed)]

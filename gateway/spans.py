@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from embedstream import replywire, tracing
+from embedstream.errors import EmbedstreamError
 from embedstream.gateway.auth import current_tenant
 from embedstream.gateway.guard import GUARDED
 from embedstream.gateway.handlers import kind
-
-from embedstream import tracing, wire
-from embedstream.errors import EmbedstreamError
 
 #: Codes that mean the server failed (OpenTelemetry's gRPC conventions); others are the caller's.
 SERVER_ERRORS = frozenset(
@@ -96,7 +96,7 @@ def _status(code: grpc.StatusCode, message: str) -> None:
         tracing.fail(f"{code.name}: {message}" if message else code.name)
 
 
-async def message(name: str, call: Awaitable[wire.Reply]) -> wire.Reply:
+async def message(name: str, call: Awaitable[replywire.Reply]) -> replywire.Reply:
     """Await one stream message's reply inside a child span of the stream's span: the
     message's queue entry carries this span, so its worker span hangs under it."""
     with tracing.child_span(name):

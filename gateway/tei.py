@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from embedstream.gateway.compat import choice, flag, integer, string, token_ids, truncation_side
-
 from embedstream.errors import InvalidArgument
+from embedstream.gateway.compat import choice, flag, integer, string, token_ids, truncation_side
 from embedstream.v1 import embedder_pb2 as pb
 
 FUNCTIONS = {

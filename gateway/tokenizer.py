@@ -9,14 +9,13 @@ the model runs.
 
 from __future__ import annotations
 
+from embedstream import replywire, wire
+from embedstream.errors import EmbedstreamError, TooLarge
 from embedstream.gateway import tokens
 from embedstream.gateway.directory import Directory
 from embedstream.gateway.dispatch import Options, Request
 from embedstream.gateway.shape import answered, checked
 from embedstream.gateway.validation import check_text, count
-
-from embedstream import wire
-from embedstream.errors import EmbedstreamError, TooLarge
 from embedstream.registry import Registry
 from embedstream.settings import Settings
 from embedstream.v1 import embedder_pb2 as pb
@@ -54,7 +53,7 @@ def validate_decode(req: pb.DecodeRequest, registry: Registry, settings: Setting
 
 
 def respond_tokenize(
-    request: pb.TokenizeRequest, valid: Request, reply: wire.Reply, received: float, directory: Directory
+    request: pb.TokenizeRequest, valid: Request, reply: replywire.Reply, received: float, directory: Directory
 ) -> pb.TokenizeResponse:
     """Each text's tokens: id, the characters it covers, its vocabulary string, offsets."""
     checked(valid, reply)
@@ -75,7 +74,9 @@ def respond_tokenize(
     return pb.TokenizeResponse(results=results, max_input_tokens=max_tokens, **common)
 
 
-def respond_decode(request: pb.DecodeRequest, valid: Request, reply: wire.Reply, received: float) -> pb.DecodeResponse:
+def respond_decode(
+    request: pb.DecodeRequest, valid: Request, reply: replywire.Reply, received: float
+) -> pb.DecodeResponse:
     """Each sequence's text."""
     checked(valid, reply)
     if reply.texts is None:

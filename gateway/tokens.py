@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from embedstream.gateway.directory import Directory
-
 from embedstream.errors import InvalidArgument
+from embedstream.gateway.directory import Directory
 from embedstream.registry import ModelSpec
 from embedstream.v1 import embedder_pb2 as pb
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-from embedstream import registry  # noqa: E402
+from embedstream import registry, registryfile  # noqa: E402
 from loadtest.corpus import mixed_texts  # noqa: E402
-from loadtest.measure import Service, raw_throughput, save, stream_throughput  # noqa: E402
+from loadtest.measure import Figures, device_options, raw_throughput, save, serving, stream_throughput  # noqa: E402
 
 
 def photos(n: int) -> list[bytes]:
@@ -66,15 +65,12 @@ def tiny_clip(folder: Path) -> tuple[Path, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--texts", type=int, default=0, help="MiniLM corpus (default: 20000 on GPU, 2000 on CPU)")
-    parser.add_argument("--images", type=int, default=0, help="images (default: 4000 on GPU, 400 on CPU)")
-    parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: the service default)")
-    parser.add_argument("--model-path", default="", help="MiniLM folder (default: the package's)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--texts", type=int, default=0, help="MiniLM corpus (default: 20000 on GPU, 2000 on CPU)")
+        parser.add_argument("--images", type=int, default=0, help="images (default: 4000 on GPU, 400 on CPU)")
+        parser.add_argument("--model-path", default="", help="MiniLM folder (default: the package's)")
+
+    args = device_options(__doc__ or "", options)
 
     from embedstream.settings import Settings
 
@@ -92,31 +88,21 @@ def main() -> int:
         f'[models.clip]\nfamily = "image-text"\npath = "{clip_dir}"\nbackend = "{backend}"\n'
         f'device = "{args.device}"\ndtype = "{args.dtype}"\n'
     )
-    reg = registry.load(str(registry_path))
+    reg = registryfile.load(str(registry_path))
     device = args.device
     if gpu:
         import torch
 
         device = f"{args.device} ({torch.cuda.get_device_name(int(args.device.partition(':')[2] or 0))})"
-    results: dict[str, float | str] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "device": device,
-        "dtype": args.dtype,
-        "threads": threads,
-        "clip": f"tiny {backend} (32x32 pixels, 2+2 layers)",
-    }
-
-    def say(key: str, value: float | str, unit: str = "") -> None:
-        results[key] = round(value, 2) if isinstance(value, float) else value
-        print(f"  {key:<28} {results[key]} {unit}".rstrip(), flush=True)
+    results = Figures(
+        28, device=device, dtype=args.dtype, threads=threads, clip=f"tiny {backend} (32x32 pixels, 2+2 layers)"
+    )
+    say = results.say
 
     print(f"embedstream gpu bench: {len(texts)} texts, {len(images)} JPEGs (640x480) on {device}")
     say("minilm_raw_texts_per_s", raw_throughput(reg.resolve("minilm"), threads, texts), "texts/s in-process")
     say("clip_raw_images_per_s", raw_images(reg.resolve("clip"), threads, images), "images/s in-process")
-    service = Service(workdir, registry_path)
-    try:
-        service.worker("minilm", threads)
-        service.worker("clip", threads)
+    with serving(workdir, registry_path, ["minilm", "clip"], threads) as service:
         stream_throughput(service.port, "minilm", texts[:200])
         say("minilm_stream_texts_per_s", stream_throughput(service.port, "minilm", texts), "texts/s EmbedStream")
         say("minilm_stream_vs_raw", results["minilm_stream_texts_per_s"] / results["minilm_raw_texts_per_s"], "x")  # type: ignore[operator]
@@ -124,8 +110,6 @@ def main() -> int:
         say("clip_stream_images_per_s", stream_throughput(service.port, "clip", images), "images/s EmbedStream")
         say("clip_stream_vs_raw", results["clip_stream_images_per_s"] / results["clip_raw_images_per_s"], "x")  # type: ignore[operator]
         say("clip_stream_texts_per_s", stream_throughput(service.port, "clip", texts), "texts/s EmbedStream")
-    finally:
-        service.close()
     return save(args.json, results)
 
 

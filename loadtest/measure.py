@@ -4,15 +4,18 @@ Shared by `make bench`, `make bench-peers`, `make bench-gpu`, the HTTP, scaling 
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,12 +24,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import grpc  # noqa: E402
 import redis  # noqa: E402
-from embedstream.workers.threads import cores  # noqa: E402
 
 from embedstream import registry  # noqa: E402
 from embedstream.redis_server import RedisServer  # noqa: E402
 from embedstream.v1 import embedder_pb2 as pb  # noqa: E402
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc  # noqa: E402
+from embedstream.workers.threads import cores  # noqa: E402
 from tests.support.processes import Proc, base_env, start_gateway, start_worker  # noqa: E402
 
 PER_REQUEST = 16
@@ -34,10 +37,9 @@ PER_REQUEST = 16
 
 def raw_throughput(spec: registry.ModelSpec, threads: int, texts: list[str]) -> float:
     """Texts/s of tokenize + batch + forward in this process, as the worker does it."""
+    from embedstream.wire import Job
     from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, complete
     from embedstream.workers.loader import load
-
-    from embedstream.wire import Job
 
     model = load(spec, threads)
     warm = model.tokenize(texts[:64])
@@ -135,6 +137,31 @@ def save(path: str | None, results: dict[str, float | str]) -> int:
     return 0
 
 
+def device_options(description: str, add: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """A device bench's options: --device and --dtype, the bench's own (``add``), --threads and --json."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    parser.add_argument("--dtype", default="float32")
+    add(parser)
+    parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: the service default)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    return parser.parse_args()
+
+
+class Figures(dict[str, float | str]):
+    """A bench's figures, the machine first; each one printed as it is recorded."""
+
+    def __init__(self, width: int, **header: float | str) -> None:
+        machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+        super().__init__(machine=machine, **header)
+        self.width = width
+
+    def say(self, key: str, value: float | str, unit: str = "") -> None:
+        """Record ``key`` (floats to 2 places) and print it."""
+        self[key] = round(value, 2) if isinstance(value, float) else value
+        print(f"  {key:<{self.width}} {self[key]} {unit}".rstrip(), flush=True)
+
+
 class Service:
     """Redis + gateway + one worker per (model, threads), all real processes."""
 
@@ -159,6 +186,18 @@ class Service:
             proc.stop()
         self.client.close()
         self.redis.stop()
+
+
+@contextmanager
+def serving(workdir: Path, registry_path: Path, models: Sequence[str], threads: int) -> Iterator[Service]:
+    """The service with one worker per model at ``threads``, closed on the way out."""
+    service = Service(workdir, registry_path)
+    try:
+        for model in models:
+            service.worker(model, threads)
+        yield service
+    finally:
+        service.close()
 
 
 def raw_sentence_transformers(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from embedstream import media, mediawire, registry, wire  # noqa: E402
-from loadtest.measure import Service, save  # noqa: E402
+from embedstream import media, mediawire, registry, registryfile, wire  # noqa: E402
+from loadtest.measure import Figures, device_options, save, serving  # noqa: E402
 
 
 def clips(n: int, seconds: float, size: tuple[int, int]) -> list[bytes]:
@@ -48,10 +47,9 @@ def tones(n: int, seconds: float) -> list[bytes]:
 
 def raw(spec: registry.ModelSpec, threads: int, data: list[bytes], kind: str, opts: mediawire.Media) -> float:
     """Frames (video) or windows (audio) per second in this process, as a worker runs them."""
+    from embedstream.settings import Settings
     from embedstream.workers import media as worker_media
     from embedstream.workers.loader import load
-
-    from embedstream.settings import Settings
 
     model = load(spec, threads)
     budget = worker_media.Budget.of(Settings.from_env({}))
@@ -91,18 +89,15 @@ def served(port: int, model: str, data: list[bytes], kind: str, opts: mediawire.
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--videos", type=int, default=0, help="clips (default: 48 on GPU, 6 on CPU)")
-    parser.add_argument("--video-seconds", type=float, default=0, help="seconds per clip (default: 20 GPU, 8 CPU)")
-    parser.add_argument("--audios", type=int, default=0, help="audio files (default: 48 on GPU, 4 on CPU)")
-    parser.add_argument("--audio-seconds", type=float, default=0, help="seconds per file (default: 60 GPU, 25 CPU)")
-    parser.add_argument("--frame-interval", type=float, default=0.25, help="seconds between sampled frames")
-    parser.add_argument("--callers", type=int, default=4, help="clips in flight through the service")
-    parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: the service default)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--videos", type=int, default=0, help="clips (default: 48 on GPU, 6 on CPU)")
+        parser.add_argument("--video-seconds", type=float, default=0, help="seconds per clip (default: 20 GPU, 8 CPU)")
+        parser.add_argument("--audios", type=int, default=0, help="audio files (default: 48 on GPU, 4 on CPU)")
+        parser.add_argument("--audio-seconds", type=float, default=0, help="seconds per file (default: 60 GPU, 25 CPU)")
+        parser.add_argument("--frame-interval", type=float, default=0.25, help="seconds between sampled frames")
+        parser.add_argument("--callers", type=int, default=4, help="clips in flight through the service")
+
+    args = device_options(__doc__ or "", options)
 
     from embedstream.settings import Settings
     from tests.support import tinymodels
@@ -122,39 +117,31 @@ def main() -> int:
             for name, family in (("clip", "image-text"), ("clap", "audio-text"))
         )
     )
-    reg = registry.load(str(registry_path))
+    reg = registryfile.load(str(registry_path))
     video_opts = mediawire.Media(frame_interval_s=args.frame_interval, output="both")
     audio_opts = mediawire.Media(output="both")
     windows_per_clip = media.segments_at_most(audio_seconds, 7.5, 10.0)
-    results: dict[str, float | str] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "device": args.device,
-        "dtype": args.dtype,
-        "threads": threads,
-        "video": f"{len(videos)} H.264 clips, 320x240 at 24 fps, a frame every {args.frame_interval} s",
-        "audio": f"{len(audios)} FLAC files of {audio_seconds:g} s, 44.1 kHz stereo -> 48 kHz, 10 s windows",
-    }
-
-    def say(key: str, value: float | str, unit: str = "") -> None:
-        results[key] = round(value, 2) if isinstance(value, float) else value
-        print(f"  {key:<32} {results[key]} {unit}".rstrip(), flush=True)
+    results = Figures(
+        32,
+        device=args.device,
+        dtype=args.dtype,
+        threads=threads,
+        video=f"{len(videos)} H.264 clips, 320x240 at 24 fps, a frame every {args.frame_interval} s",
+        audio=f"{len(audios)} FLAC files of {audio_seconds:g} s, 44.1 kHz stereo -> 48 kHz, 10 s windows",
+    )
+    say = results.say
 
     print(f"embedstream media bench on {args.device}: {results['video']}; {results['audio']}")
     say("video_raw_frames_per_s", raw(reg.resolve("clip"), threads, videos, "v", video_opts), "frames/s in-process")
     raw_windows = raw(reg.resolve("clap"), threads, audios, "a", audio_opts)
     say("audio_raw_seconds_per_s", raw_windows * audio_seconds / windows_per_clip, "audio s/s in-process")
-    service = Service(workdir, registry_path)
-    try:
-        service.worker("clip", threads)
-        service.worker("clap", threads)
+    with serving(workdir, registry_path, ["clip", "clap"], threads) as service:
         frames = served(service.port, "clip", videos, "video", video_opts, args.callers)
         say("video_service_frames_per_s", frames, "frames/s through Embed")
         say("video_service_vs_raw", frames / float(results["video_raw_frames_per_s"]), "x")
         windows = served(service.port, "clap", audios, "audio", audio_opts, args.callers)
         say("audio_service_seconds_per_s", windows * audio_seconds / windows_per_clip, "audio s/s through Embed")
         say("audio_service_vs_raw", windows / raw_windows, "x")
-    finally:
-        service.close()
     return save(args.json, results)
 
 

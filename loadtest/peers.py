@@ -26,10 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from embedstream.workers.threads import prepare_environment  # noqa: E402
-
 from embedstream import registry  # noqa: E402
 from embedstream.redis_server import free_port  # noqa: E402
+from embedstream.workers.threads import prepare_environment  # noqa: E402
 from loadtest.corpus import goal_texts  # noqa: E402
 from loadtest.measure import (  # noqa: E402
     Service,

@@ -19,10 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from embedstream import registry, registryfile  # noqa: E402
 from embedstream.workers.debug import DebugModel  # noqa: E402
 from embedstream.workers.model import Tokens  # noqa: E402
-
-from embedstream import registry  # noqa: E402
 from loadtest.measure import Service, concurrent_throughput, save  # noqa: E402
 
 MODEL = "scaled"
@@ -59,7 +58,7 @@ def main() -> int:
         work = Path(tmp)
         path = work / "models.toml"
         path.write_text(registry_text(args.batch_ms, args.batch_size))
-        spec = registry.load(str(path)).models[MODEL]
+        spec = registryfile.load(str(path)).models[MODEL]
         raw = raw_throughput(spec, batches=40)
         print(f"raw (in-process, one model): {raw:,.0f} inputs/s")
         results: dict[str, float | str] = {"raw_inputs_per_s": raw}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from embedstream.workers.batcher import Batcher, Entry, complete
-from embedstream.workers.model import Tokens
 
 from embedstream.wire import Job
+from embedstream.workers.batcher import Batcher, Entry, complete
+from embedstream.workers.model import Tokens
 
 
 def entry(lengths: list[int], name: str = "e") -> Entry:

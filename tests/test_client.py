@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import AsyncClient, Client, Retry
 from embedstream.redis_server import free_port
 from embedstream.v1 import jobs_pb2 as jpb
+from embedstream.workers.debug import debug_vectors
 from tests.conftest import Service
 from tests.support.corpora import texts
 from tests.support.processes import Proc

@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import AsyncClient, AsyncJobHandle, Client, EmbedstreamError, JobHandle, Retry, SparseVector
 from embedstream.redis_server import RedisServer, free_port
 from embedstream.v1 import embedder_pb2 as pb
+from embedstream.workers.debug import debug_vectors
 from tests.conftest import Service
 from tests.support import tinymodels
 from tests.support.corpora import texts

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from embedstream import registry
+from embedstream import registry, registryfile
 from embedstream.errors import ConfigError, NotFound
 from embedstream.settings import ENV_PREFIX, Settings
 from tests.support import documents
@@ -82,7 +82,7 @@ def test_registry_file_relative_paths_and_aliases(tmp_path: Path) -> None:
         'default = "b"\n[models.a]\nfamily = "text-dense"\npath = "weights/a"\naliases = ["alpha"]\n'
         '[models.b]\nfamily = "debug"\ndimensions = 4\n'
     )
-    reg = registry.load(str(tmp_path / "models.toml"))
+    reg = registryfile.load(str(tmp_path / "models.toml"))
     assert reg.resolve("").name == "b"
     assert reg.resolve("alpha").path == str(tmp_path / "weights/a")
 
@@ -119,7 +119,7 @@ def test_registry_file_relative_paths_and_aliases(tmp_path: Path) -> None:
 def test_bad_registry_names_model_and_key(tmp_path: Path, text: str, where: str) -> None:
     (tmp_path / "m.toml").write_text(text)
     with pytest.raises(ConfigError) as err:
-        registry.load(str(tmp_path / "m.toml"))
+        registryfile.load(str(tmp_path / "m.toml"))
     assert where in str(err.value)
 
 
@@ -130,7 +130,7 @@ def test_registry_family_options(tmp_path: Path) -> None:
         "matryoshka_dimensions = [128, 256, 128]\nquantization_range = 0.25\n"
         '[models.rr]\nfamily = "rerank"\npath = "rr"\n'
     )
-    reg = registry.load(str(tmp_path / "m.toml"))
+    reg = registryfile.load(str(tmp_path / "m.toml"))
     e5, rr = reg.resolve("e5"), reg.resolve("rr")
     assert e5.path == "hf:intfloat/e5-small-v2" and e5.version == "v2"
     assert e5.matryoshka_dimensions == (256, 128) and e5.quantization_range == 0.25

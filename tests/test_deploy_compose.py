@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compose_spec import PyCompose
 
-from embedstream import registry as registry_mod
+from embedstream import registryfile
 from tests.support.deploy import DEPLOY, compose
 
 
@@ -26,6 +26,6 @@ def test_compose_file_follows_the_compose_spec() -> None:
 
 
 def test_compose_registry_loads_and_every_model_has_a_worker() -> None:
-    registry = registry_mod.load(str(DEPLOY / "registry.toml"))
+    registry = registryfile.load(str(DEPLOY / "registry.toml"))
     commands = [s.get("command", []) for s in compose()["services"].values()]
     assert {c[2] for c in commands if c[:2] == ["worker", "--model"]} == set(registry.models)

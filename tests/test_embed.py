@@ -8,11 +8,11 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from embedstream.workers.debug import debug_vectors
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from embedstream.v1 import embedder_pb2 as pb
+from embedstream.workers.debug import debug_vectors
 from tests.conftest import Service
 from tests.support.processes import entries_added, stub
 

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from embedstream.workers.debug import debug_vectors
 
 from embedstream.client import Client
 from embedstream.redis_server import free_port
+from embedstream.workers.debug import debug_vectors
 from tests.conftest import Service
 from tests.support import ROOT
 from tests.support.corpora import texts

@@ -11,13 +11,13 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from embedstream.workers.debug import debug_vectors
 
 from embedstream import keys
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as epb
 from embedstream.v1 import jobs_pb2 as pb
 from embedstream.v1 import jobs_pb2_grpc as pb_grpc
+from embedstream.workers.debug import debug_vectors
 from tests.conftest import Service
 from tests.support.processes import base_env, start_gateway, start_worker, wait_until
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import redis
 import redis.asyncio as aioredis
-from embedstream.gateway.directory import Directory
 
 from embedstream import heartbeat, keys
+from embedstream.gateway.directory import Directory
 from embedstream.redis_server import RedisServer
 from embedstream.registry import parse
 

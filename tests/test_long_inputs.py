@@ -14,12 +14,12 @@ import grpc
 import numpy as np
 import pytest
 import redis
-from embedstream.workers import chunking
-from embedstream.workers.debug import debug_vectors
 
 from embedstream import registry, vectors
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
+from embedstream.workers import chunking
+from embedstream.workers.debug import debug_vectors
 from tests.conftest import Service
 from tests.support import ROOT
 from tests.support.corpora import texts as corpus
@@ -257,7 +257,7 @@ def test_every_command_in_the_long_inputs_page_runs(service: Service) -> None:
 
 
 def test_chunked_entries_and_replies_are_version_2_and_version_1_still_decodes() -> None:
-    from embedstream import wire
+    from embedstream import replywire, wire
 
     plain = wire.Options().to_job("a", "r", 1, 0, ["x"])
     chunked = wire.Options(chunking=True, chunk_tokens=64, chunk_overlap=0, chunk_vectors=True).to_job(
@@ -266,8 +266,12 @@ def test_chunked_entries_and_replies_are_version_2_and_version_1_still_decodes()
     assert wire.decode_job(wire.encode_job(plain)) == plain
     assert wire.decode_job(wire.encode_job(chunked)) == chunked
     assert b"\xa1v\x01" in wire.encode_job(plain) and b"\xa1v\x02" in wire.encode_job(chunked)
-    reply = wire.Reply("b", vectors=b"\0" * 8, dimensions=1, count=2, spans=[0, 0, 3, 0, 9, 0, 2, 5, 6, 20], chunks=2)
-    back = wire.decode_reply(wire.encode_reply(reply))
+    reply = replywire.Reply(
+        "b", vectors=b"\0" * 8, dimensions=1, count=2, spans=[0, 0, 3, 0, 9, 0, 2, 5, 6, 20], chunks=2
+    )
+    back = replywire.decode_reply(replywire.encode_reply(reply))
     assert back.spans == reply.spans and back.chunks == 2
     with pytest.raises(wire.WireError, match="spans"):
-        wire.decode_reply(wire.encode_reply(wire.Reply("c", vectors=b"\0" * 4, dimensions=1, count=1, spans=[0])))
+        replywire.decode_reply(
+            replywire.encode_reply(replywire.Reply("c", vectors=b"\0" * 4, dimensions=1, count=1, spans=[0]))
+        )

@@ -8,17 +8,17 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from embedstream.workers import frames, sound
 
-from embedstream import media, mediawire, registry, wire
+from embedstream import framing, media, mediawire, registryfile, replywire, wire
 from embedstream.errors import ConfigError
+from embedstream.workers import frames, sound
 from tests.support import media as clips
 
 LIMITS = media.Limits(48 << 20, 7200, 3840 * 2160)
 
 
 def test_the_registry_declares_what_each_model_takes() -> None:
-    reg = registry.parse(
+    reg = registryfile.parse(
         {
             "models": {
                 "clip": {"family": "image-text", "path": "/m/clip"},
@@ -37,7 +37,7 @@ def test_the_registry_declares_what_each_model_takes() -> None:
         "minilm": ("text",),
     }
     with pytest.raises(ConfigError, match=r"models.minilm.modalities must be a list of \['text'\]"):
-        registry.parse(
+        registryfile.parse(
             {"models": {"minilm": {"family": "text-dense", "path": "/m", "modalities": ["video"]}}}, Path("/")
         )
 
@@ -51,20 +51,20 @@ def test_entries_with_clips_carry_kinds_and_options_and_replies_their_segments()
     # also beside a text option (left truncation, version 3); their kinds never meet the text kind.
     left = wire.Job("a", "r", 1, 1, ["text", b"audio"], kinds="ta", truncation_side="left", cache="bypass")
     body = msgpack.unpackb(wire.encode_job(left))
-    assert body["v"] == wire.VERSION_MEDIA == max(wire.VERSIONS) and body["mk"] == "ta" and "kd" not in body
+    assert body["v"] == framing.VERSION_MEDIA == max(framing.VERSIONS) and body["mk"] == "ta" and "kd" not in body
     assert wire.decode_job(wire.encode_job(left)) == left
     with pytest.raises(wire.WireError):
-        wire.decode_job(msgpack.packb({**body, "v": wire.VERSION_MEDIA + 1}))
+        wire.decode_job(msgpack.packb({**body, "v": framing.VERSION_MEDIA + 1}))
     assert wire.decode_job(wire.encode_job(wire.Job("a", "r", 1, 1, ["x"]))).kinds == ""
     forged = wire.encode_job(wire.Job("a", "r", 1, 1, ["text", b"video"], kinds="vv"))
     with pytest.raises(wire.WireError, match="kinds do not match"):
         wire.decode_job(forged)
     segments = [mediawire.Segment(0, 0, 0.0, 1.5, frames=3), mediawire.Segment(0, 1, 0.0, 1.5, pooled=True)]
-    reply = wire.Reply("a", vectors=b"\0" * 16, dimensions=2, count=2, segments=mediawire.flatten(segments))
-    assert mediawire.unflatten(wire.decode_reply(wire.encode_reply(reply)).segments or []) == segments
+    reply = replywire.Reply("a", vectors=b"\0" * 16, dimensions=2, count=2, segments=mediawire.flatten(segments))
+    assert mediawire.unflatten(replywire.decode_reply(replywire.encode_reply(reply)).segments or []) == segments
     with pytest.raises(wire.WireError, match="segments do not match count"):
-        wire.decode_reply(
-            wire.encode_reply(wire.Reply("a", vectors=b"\0" * 8, dimensions=2, count=1, segments=[0] * 12))
+        replywire.decode_reply(
+            replywire.encode_reply(replywire.Reply("a", vectors=b"\0" * 8, dimensions=2, count=1, segments=[0] * 12))
         )
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedstream.workers.debug import debug_vectors
-from embedstream.workers.text import SentenceTransformerModel
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from embedstream.workers.debug import debug_vectors
+from embedstream.workers.text import SentenceTransformerModel
 from tests.support import tinymodels
 from tests.support.models import MINILM
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.debug import DEBUG_RAISE, debug_vectors
 
 from embedstream import keys
 from embedstream.client import Client, Retry
 from embedstream.v1 import embedder_pb2 as pb
+from embedstream.workers.debug import DEBUG_RAISE, debug_vectors
 from tests.support.processes import Proc, base_env, start_gateway, stub, wait_until
 from tests.support.topologies import Cluster, SentinelGroup
 

@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from embedstream import wire
+from embedstream import framing, replywire, wire
 from embedstream.textwire import TokenList
 
 
@@ -21,11 +21,13 @@ def test_job_round_trip() -> None:
 
 def test_reply_round_trip_carries_raw_little_endian_vectors() -> None:
     vecs = np.arange(6, dtype="<f4").reshape(2, 3)
-    reply = wire.Reply("id", vectors=vecs.tobytes(), dimensions=3, count=2, tokens=9, worker="w")
-    back = wire.decode_reply(wire.encode_reply(reply))
+    reply = replywire.Reply("id", vectors=vecs.tobytes(), dimensions=3, count=2, tokens=9, worker="w")
+    back = replywire.decode_reply(replywire.encode_reply(reply))
     assert back.ok and back.tokens == 9 and back.worker == "w"
     assert np.array_equal(np.frombuffer(back.vectors, dtype="<f4").reshape(2, 3), vecs)
-    err = wire.decode_reply(wire.encode_reply(wire.Reply("id", error_code="INTERNAL", error_message="m")))
+    err = replywire.decode_reply(
+        replywire.encode_reply(replywire.Reply("id", error_code="INTERNAL", error_message="m"))
+    )
     assert not err.ok and err.error_message == "m"
 
 
@@ -44,9 +46,14 @@ def test_the_cache_mode_scope_and_count_round_trip_and_are_left_out_when_unset()
     job = wire.Job("id", "reply", 5, 1, ["x"], cache="refresh", cache_scope="acme")
     assert wire.decode_job(wire.encode_job(job)) == job
     assert not {"ca", "sc"} & set(msgpack.unpackb(wire.encode_job(wire.Job("id", "reply", 5, 1, ["x"]))))
-    reply = wire.Reply("id", vectors=bytes(8), dimensions=2, count=1, cached=1)
-    assert wire.decode_reply(wire.encode_reply(reply)).cached == 1
-    assert wire.decode_reply(wire.encode_reply(wire.Reply("id", vectors=bytes(8), dimensions=2, count=1))).cached == 0
+    reply = replywire.Reply("id", vectors=bytes(8), dimensions=2, count=1, cached=1)
+    assert replywire.decode_reply(replywire.encode_reply(reply)).cached == 1
+    assert (
+        replywire.decode_reply(
+            replywire.encode_reply(replywire.Reply("id", vectors=bytes(8), dimensions=2, count=1))
+        ).cached
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,26 +80,26 @@ def test_malformed_jobs_raise_wire_error(payload: bytes) -> None:
 
 
 def test_reply_with_wrong_vector_length_is_rejected() -> None:
-    bad = wire.encode_reply(wire.Reply("id", vectors=b"\0" * 8, dimensions=3, count=1))
+    bad = replywire.encode_reply(replywire.Reply("id", vectors=b"\0" * 8, dimensions=3, count=1))
     with pytest.raises(wire.WireError):
-        wire.decode_reply(bad)
+        replywire.decode_reply(bad)
 
 
 def test_named_outputs_round_trip_each_in_its_own_fields() -> None:
     job = wire.Job("j", "r", 1, 0, ["a", "b"], outputs=("sparse", "multi-vector"))
     assert wire.decode_job(wire.encode_job(job)).outputs == ("sparse", "multi-vector")
     assert wire.decode_job(wire.encode_job(wire.Job("j", "r", 1, 0, ["a"]))).outputs == ()
-    reply = wire.Reply("j", count=2, outputs=["dense", "sparse", "multi-vector"], dimensions=2)
+    reply = replywire.Reply("j", count=2, outputs=["dense", "sparse", "multi-vector"], dimensions=2)
     reply.vectors = np.ones((2, 2), "<f4").tobytes()
     reply.nnz, reply.indices, reply.sparse_weights = [1, 0], np.array([7], "<u4").tobytes(), b"\0\0\x80?"
     reply.multi, reply.multi_rows, reply.multi_dimensions = np.ones((3, 4), "<f4").tobytes(), [1, 2], 4
-    back = wire.decode_reply(wire.encode_reply(reply))
+    back = replywire.decode_reply(replywire.encode_reply(reply))
     assert (back.outputs, back.nnz, back.multi_rows, back.multi_dimensions) == (reply.outputs, [1, 0], [1, 2], 4)
     assert back.sparse_weights == reply.sparse_weights and back.multi == reply.multi
     for broken in ({"multi_rows": [1]}, {"sparse_weights": b""}, {"outputs": ["dense"]}):
-        bad = wire.Reply(**{**{f: getattr(reply, f) for f in wire.Reply.__slots__}, **broken})
+        bad = replywire.Reply(**{**{f: getattr(reply, f) for f in replywire.Reply.__slots__}, **broken})
         with pytest.raises(wire.WireError):
-            wire.decode_reply(wire.encode_reply(bad))
+            replywire.decode_reply(replywire.encode_reply(bad))
     with pytest.raises(wire.WireError, match="'os'"):
         wire.decode_job(msgpack.packb({"v": 4, "i": "j", "r": "r", "d": 1, "q": 0, "t": ["a"], "os": ["colbert"]}))
 
@@ -101,13 +108,13 @@ def test_named_outputs_carry_version_4_beside_text_options() -> None:
     # A worker from before outputs refuses the entry instead of answering the primary output alone.
     job = wire.Job("j", "r", 1, 0, [[101, 7, 102]], outputs=("sparse",), truncation_side="left")
     body = msgpack.unpackb(wire.encode_job(job))
-    assert body["v"] == wire.VERSION_OUTPUTS and body["sd"] == "left"
+    assert body["v"] == framing.VERSION_OUTPUTS and body["sd"] == "left"
     assert wire.decode_job(wire.encode_job(job)) == job
     chunked = wire.Job("j", "r", 1, 0, ["a"], outputs=("dense",), chunking=True)
-    assert msgpack.unpackb(wire.encode_job(chunked))["v"] == wire.VERSION_OUTPUTS
-    reply = wire.Reply("j", count=1, outputs=["dense"], dimensions=1, vectors=b"\0" * 4, spans=[0, 0, 1, 0, 1])
-    assert msgpack.unpackb(wire.encode_reply(reply))["v"] == wire.VERSION_OUTPUTS
-    assert wire.decode_reply(wire.encode_reply(reply)).outputs == ["dense"]
+    assert msgpack.unpackb(wire.encode_job(chunked))["v"] == framing.VERSION_OUTPUTS
+    reply = replywire.Reply("j", count=1, outputs=["dense"], dimensions=1, vectors=b"\0" * 4, spans=[0, 0, 1, 0, 1])
+    assert msgpack.unpackb(replywire.encode_reply(reply))["v"] == framing.VERSION_OUTPUTS
+    assert replywire.decode_reply(replywire.encode_reply(reply)).outputs == ["dense"]
 
 
 def test_text_operations_round_trip_as_version_3() -> None:
@@ -115,19 +122,22 @@ def test_text_operations_round_trip_as_version_3() -> None:
         "id", "reply", 5, 1, ["a text", [101, 7592, 102]], kind="tokenize", truncation_side="left", special_tokens=False
     )
     body = msgpack.unpackb(wire.encode_job(job))
-    assert body["v"] == wire.VERSION_TEXT and body["kd"] == "tokenize" and body["sd"] == "left"
+    assert body["v"] == framing.VERSION_TEXT and body["kd"] == "tokenize" and body["sd"] == "left"
     assert wire.decode_job(wire.encode_job(job)) == job
     classify = wire.Job("id", "reply", 5, 1, ["x"], function="sigmoid", return_logits=True)
     assert wire.decode_job(wire.encode_job(classify)) == classify
     # A plain embedding entry keeps the version an older worker reads.
-    assert msgpack.unpackb(wire.encode_job(wire.Job("id", "reply", 5, 1, ["x"])))["v"] == wire.VERSION
+    assert msgpack.unpackb(wire.encode_job(wire.Job("id", "reply", 5, 1, ["x"])))["v"] == framing.VERSION
     lists = [TokenList([101, 7592, 102], ["[CLS]", "hello", "[SEP]"], [0, 0, 0, 5, 0, 0], [1, 0, 1], 3)]
-    tokenized = wire.decode_reply(wire.encode_reply(wire.Reply("id", count=1, token_lists=lists)))
+    tokenized = replywire.decode_reply(replywire.encode_reply(replywire.Reply("id", count=1, token_lists=lists)))
     assert tokenized.token_lists == lists
-    assert wire.decode_reply(wire.encode_reply(wire.Reply("id", count=2, texts=["a", "b"]))).texts == ["a", "b"]
+    assert replywire.decode_reply(replywire.encode_reply(replywire.Reply("id", count=2, texts=["a", "b"]))).texts == [
+        "a",
+        "b",
+    ]
     scores = np.ones((2, 3), "<f4").tobytes()
-    labelled = wire.Reply("id", vectors=scores, dimensions=3, count=2, labels=["a", "b", "c"], logits=scores)
-    back = wire.decode_reply(wire.encode_reply(labelled))
+    labelled = replywire.Reply("id", vectors=scores, dimensions=3, count=2, labels=["a", "b", "c"], logits=scores)
+    back = replywire.decode_reply(replywire.encode_reply(labelled))
     assert back.labels == ["a", "b", "c"] and back.logits == scores
 
 
@@ -155,12 +165,12 @@ def test_malformed_text_options_raise_wire_error(fields: dict[str, object]) -> N
 @pytest.mark.parametrize(
     "reply",
     [
-        wire.Reply("id", count=2, texts=["only one"]),
-        wire.Reply("id", count=1, token_lists=[TokenList([1, 2], ["a"], [0, 1, 1, 2], [0, 0], 2)]),
-        wire.Reply("id", vectors=b"\0" * 8, dimensions=2, count=1, labels=["a"]),
-        wire.Reply("id", vectors=b"\0" * 8, dimensions=2, count=1, labels=["a", "b"], logits=b"\0" * 4),
+        replywire.Reply("id", count=2, texts=["only one"]),
+        replywire.Reply("id", count=1, token_lists=[TokenList([1, 2], ["a"], [0, 1, 1, 2], [0, 0], 2)]),
+        replywire.Reply("id", vectors=b"\0" * 8, dimensions=2, count=1, labels=["a"]),
+        replywire.Reply("id", vectors=b"\0" * 8, dimensions=2, count=1, labels=["a", "b"], logits=b"\0" * 4),
     ],
 )
-def test_text_replies_that_do_not_add_up_raise_wire_error(reply: wire.Reply) -> None:
+def test_text_replies_that_do_not_add_up_raise_wire_error(reply: replywire.Reply) -> None:
     with pytest.raises(wire.WireError):
-        wire.decode_reply(wire.encode_reply(reply))
+        replywire.decode_reply(replywire.encode_reply(reply))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
-from embedstream.workers import scripts
 
-from embedstream import jobstore, keys, wire
+from embedstream import jobstore, keys, replywire, wire
 from embedstream.redis_server import RedisServer
+from embedstream.workers import scripts
 
 QUEUE = keys.queue("m")
 REPLIES = "replies:{gw:test}"
@@ -69,7 +69,7 @@ def test_an_answer_and_its_acknowledgement_are_one_step(r: redis.Redis) -> None:
     r.xadd(QUEUE, {keys.PAYLOAD: b"chunk"})
     r.xreadgroup(keys.GROUP, "c", {QUEUE: ">"})
     chunk = job(r)
-    names, args = jobstore.recording(chunk, jobstore.Chunk(wire.Reply("j", dimensions=4, count=2)))
+    names, args = jobstore.recording(chunk, jobstore.Chunk(replywire.Reply("j", dimensions=4, count=2)))
     out = r.eval(scripts.ANSWERED["record"], len(names) + 1, *names, QUEUE, *args, keys.GROUP, entry_id(r))
     assert out == [1, 1]
     meta = jobstore.decode_meta(r.hgetall(names[0]))
@@ -80,7 +80,7 @@ def test_an_answer_and_its_acknowledgement_are_one_step(r: redis.Redis) -> None:
 def test_a_script_refused_for_want_of_memory_stores_nothing_and_acknowledges_nothing(r: redis.Redis) -> None:
     sid = entry_id(r)
     chunk = job(r)
-    names, args = jobstore.recording(chunk, jobstore.Chunk(wire.Reply("j", dimensions=4, count=2)))
+    names, args = jobstore.recording(chunk, jobstore.Chunk(replywire.Reply("j", dimensions=4, count=2)))
     dead = [keys.dead_letters("m"), QUEUE], [10, b"entry", "poison", sid, "w", keys.GROUP, sid]
     meta_before = r.hgetall(names[0])
     calls = {

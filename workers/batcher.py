@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedstream.workers.model import Tokens
-
 from embedstream.wire import Job
+from embedstream.workers.model import Tokens
 
 _seq = itertools.count()
 

@@ -19,9 +19,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedstream.workers.batcher import Entry
-from embedstream.workers.chunking import Layout, Prepared, Span
-from embedstream.workers.model import Model, Tokens
 from redis.asyncio.cluster import RedisCluster
 
 from embedstream import cache, clock, metrics, wire
@@ -30,6 +27,9 @@ from embedstream.loops import Mishaps
 from embedstream.profile import Profile
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
+from embedstream.workers.batcher import Entry
+from embedstream.workers.chunking import Layout, Prepared, Span
+from embedstream.workers.model import Model, Tokens
 
 log = logging.getLogger(__name__)
 _INPUT = re.compile(r"^inputs\[(\d+)\]")

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers.encoding import Encoder, not_text, read_json_optional, weights
-from embedstream.workers.model import Source, Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from embedstream.workers.encoding import Encoder, not_text, read_json_optional, weights
+from embedstream.workers.model import Source, Tokens
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from embedstream.workers.model import Source, Tokens
 
 from embedstream import vectors, wire
 from embedstream.errors import Code
+from embedstream.workers.model import Source, Tokens
 
 #: Characters per kept token in the first prefix tried; English averages ~4.5.
 PREFIX_CHARS_PER_TOKEN = 8

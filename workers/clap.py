@@ -19,13 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from embedstream.errors import ConfigError
+from embedstream.registry import ModelSpec
 from embedstream.workers import strict
 from embedstream.workers.encoding import init_torch, torch_dtype, two_towers, weights
 from embedstream.workers.model import Source, Tokens
 from embedstream.workers.vocabulary import Vocabulary, size_of
-
-from embedstream.errors import ConfigError
-from embedstream.registry import ModelSpec
 
 #: Batch cost of one audio window (tokens): CLAP's HTSAT sees 64x64 patches through windowed attention.
 WINDOW_COST = 512

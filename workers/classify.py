@@ -11,12 +11,12 @@ Loading is strict: a folder whose classifier weights are missing is refused.
 from __future__ import annotations
 
 import numpy as np
-from embedstream.workers.encoding import Encoder, weights
-from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.profile import Profile
 from embedstream.registry import ModelSpec
+from embedstream.workers.encoding import Encoder, weights
+from embedstream.workers.model import Tokens
 
 
 def default_function(problem_type: str | None, labels: int) -> str:

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers import strict
-from embedstream.workers.encoding import init_torch, torch_dtype, two_towers, weights
-from embedstream.workers.model import Source, Tokens
-from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream import images
 from embedstream.errors import ConfigError
 from embedstream.registry import HUB_SCHEME, ModelSpec
+from embedstream.workers import strict
+from embedstream.workers.encoding import init_torch, torch_dtype, two_towers, weights
+from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 #: Batch cost of an image when the vision tower does not say (tokens).
 IMAGE_COST = 256

@@ -12,11 +12,11 @@ import os
 import time
 
 import numpy as np
+
+from embedstream.registry import ModelSpec
 from embedstream.workers.encoding import not_text
 from embedstream.workers.model import Source, Tokens
 from embedstream.workers.vocabulary import Vocabulary
-
-from embedstream.registry import ModelSpec
 
 #: Trigger words of the debug model (registry ``triggers = true``): an input
 #: containing one makes forward raise, kill the process, return NaN, or hang.

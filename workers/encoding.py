@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers import strict
-from embedstream.workers.model import Source, Tokens
-from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream.errors import ConfigError
 from embedstream.registry import HUB_SCHEME, ModelSpec
+from embedstream.workers import strict
+from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 _ACTIVATIONS = ("Identity", "Tanh", "ReLU", "GELU", "Sigmoid")
 

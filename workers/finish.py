@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from embedstream import replywire, vectors, wire
 from embedstream.workers import chunking, media, textops
 from embedstream.workers.batcher import Entry
-
-from embedstream import vectors, wire
 
 #: The model ``output`` kind of each registry output name.
 KINDS = {"dense": "dense", "sparse": "sparse", "multi-vector": "multi"}
@@ -39,12 +39,12 @@ def nonfinite(kind: str, outputs: Any) -> list[int]:
     return [i for i, (_, weights) in enumerate(outputs) if not np.isfinite(weights).all()]
 
 
-def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Reply:
+def reply(entry: Entry, model: Any, value_range: float, worker: str) -> replywire.Reply:
     """The reply to a finished (or failed) entry."""
     job = entry.job
     if entry.error:
-        return wire.Reply(job.id, worker=worker, error_code=entry.error[0], error_message=entry.error[1])
-    out = wire.Reply(
+        return replywire.Reply(job.id, worker=worker, error_code=entry.error[0], error_message=entry.error[1])
+    out = replywire.Reply(
         job.id,
         count=len(entry.results),
         tokens=sum(t.length for t in entry.tokens),
@@ -89,7 +89,7 @@ def reply(entry: Entry, model: Any, value_range: float, worker: str) -> wire.Rep
 
 
 def _put(
-    out: wire.Reply, entry: Entry, name: str, results: list[Any], model: Any, value_range: float, named: bool
+    out: replywire.Reply, entry: Entry, name: str, results: list[Any], model: Any, value_range: float, named: bool
 ) -> None:
     """One output's bytes into ``out``: its own fields when ``named``, else the original layout."""
     job = entry.job
@@ -122,7 +122,7 @@ def _put(
         out.vectors, out.rows, out.dimensions = data, rows, dimensions
 
 
-def _labels(out: wire.Reply, job: wire.Job, model: Any, results: list[Any]) -> None:
+def _labels(out: replywire.Reply, job: wire.Job, model: Any, results: list[Any]) -> None:
     """A classifier's scores (and, where asked, its logits) with its labels."""
     logits = np.stack(results).astype(np.float32)
     out.dimensions = logits.shape[1]

@@ -12,11 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from embedstream.workers.profiles import describe
-
-from embedstream import registry
+from embedstream import registryfile
 from embedstream.errors import ConfigError
 from embedstream.settings import Settings
+from embedstream.workers.profiles import describe
 
 
 def run(settings: Settings, folder: str, family: str = "", instruction: str = "") -> int:
@@ -29,9 +28,10 @@ def run(settings: Settings, folder: str, family: str = "", instruction: str = ""
     raw = {"family": family or detect(path), "path": str(path)}
     if instruction:
         raw["instruction"] = instruction
-    spec = registry.parse({"models": {path.name or "model": raw}}, Path.cwd()).models[path.name or "model"]
-    from embedstream.workers.loader import load
+    spec = registryfile.parse({"models": {path.name or "model": raw}}, Path.cwd()).models[path.name or "model"]
     from transformers.utils import logging as hf_logging
+
+    from embedstream.workers.loader import load
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -18,13 +18,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from embedstream.workers import cached, chunking, media, profiles, textops
-from embedstream.workers.batcher import Entry
-from embedstream.workers.ledger import Ledger
-from embedstream.workers.model import Model, Source, Tokens
-from embedstream.workers.outbox import Outbox
-from embedstream.workers.pools import Pools
-
 from embedstream import clock, keys, metrics, wire
 from embedstream.backoff import Backoff
 from embedstream.errors import Code, clip
@@ -32,6 +25,12 @@ from embedstream.loops import Mishaps
 from embedstream.profile import Profile
 from embedstream.registry import ModelSpec, select_prompt
 from embedstream.settings import Settings
+from embedstream.workers import cached, chunking, media, profiles, textops
+from embedstream.workers.batcher import Entry
+from embedstream.workers.ledger import Ledger
+from embedstream.workers.model import Model, Source, Tokens
+from embedstream.workers.outbox import Outbox
+from embedstream.workers.pools import Pools
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers import profiles, strict
-from embedstream.workers.encoding import Encoder, read_json, read_json_optional, weights
-from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import HUB_SCHEME, ModelSpec
+from embedstream.workers import profiles, strict
+from embedstream.workers.encoding import Encoder, read_json, read_json_optional, weights
+from embedstream.workers.model import Tokens
 
 ARCHITECTURE = "jina_embeddings_v3"
 #: The adapter name PEFT uses for "no adapter" in a mixed batch.

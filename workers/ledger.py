@@ -14,10 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from embedstream.workers.batcher import Entry
-
 from embedstream import keys, metrics
 from embedstream.connections import REDIS_ERRORS
+from embedstream.workers.batcher import Entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from embedstream.errors import ConfigError
+from embedstream.registry import HUB_SCHEME, ModelSpec
 from embedstream.workers import selftest, strict
 from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
 from embedstream.workers.clap import ClapAudioModel
@@ -16,9 +18,6 @@ from embedstream.workers.pylate_colbert import PylateColbertModel, is_pylate
 from embedstream.workers.rerank import CrossEncoderModel
 from embedstream.workers.sparse import SpladeModel
 from embedstream.workers.text import SentenceTransformerModel
-
-from embedstream.errors import ConfigError
-from embedstream.registry import HUB_SCHEME, ModelSpec
 
 
 def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000)) -> Model:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers import profiles, strict
-from embedstream.workers.encoding import Encoder, weights
-from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from embedstream.workers import profiles, strict
+from embedstream.workers.encoding import Encoder, weights
+from embedstream.workers.model import Tokens
 
 #: The head file each non-dense output needs.
 HEADS = {"sparse": "sparse_linear.pt", "multi-vector": "colbert_linear.pt"}

@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from embedstream import hub, loadfailure, logs, tracing
+from embedstream import hub, loadfailure, logs, registryfile, tracing
 from embedstream import registry as registry_mod
 from embedstream.connections import TRANSIENT, connect
 from embedstream.errors import ConfigError
@@ -36,7 +36,7 @@ def run(settings: Settings, model_name: str) -> int:
     """Load ``model_name`` (the registry's default when empty) and serve it; the ``worker`` command."""
     settings.require_redis()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    registry = registry_mod.load(settings.registry)
+    registry = registryfile.load(settings.registry)
     spec = registry.resolve(model_name)
     logs.set_model(spec.name)
     tracing.setup(settings, "worker")
@@ -47,9 +47,10 @@ def run(settings: Settings, model_name: str) -> int:
     thread_policy.prepare_environment()  # before torch is imported
     if spec.family != "image-text":
         hide_image_stacks()
+    from transformers.utils import logging as hf_logging
+
     from embedstream.workers.loader import load
     from embedstream.workers.worker import serve
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if logs.json_lines():

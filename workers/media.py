@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from embedstream.workers import chunking, frames, sound
-from embedstream.workers.model import Source, Tokens
 
 from embedstream import media, mediawire, vectors, wire
 from embedstream.errors import Code
 from embedstream.mediawire import Segment
+from embedstream.workers import chunking, frames, sound
+from embedstream.workers.model import Source, Tokens
 
 
 @dataclass(frozen=True, slots=True)

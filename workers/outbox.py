@@ -20,16 +20,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from embedstream.workers import finish, scripts, spans
-from embedstream.workers.batcher import Entry
 from redis.asyncio.cluster import RedisCluster
 
-from embedstream import jobstore, keys, metrics, wire
+from embedstream import jobstore, keys, metrics, replywire, wire
 from embedstream.backoff import Backoff
 from embedstream.connections import REDIS_ERRORS, TRANSIENT
 from embedstream.errors import Code
 from embedstream.loops import Mishaps
 from embedstream.registry import ModelSpec
+from embedstream.workers import finish, scripts, spans
+from embedstream.workers.batcher import Entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,7 +140,7 @@ class Outbox:
         retried write sends the same bytes."""
         if entry.bulk:
             return "record", self._chunk(entry)
-        return "reply", ([entry.job.reply_to], [wire.encode_reply(self.answer(entry))])
+        return "reply", ([entry.job.reply_to], [replywire.encode_reply(self.answer(entry))])
 
     async def hand_back(self, entries: list[tuple[str, bytes]]) -> None:
         """Give entries whose answer could not be stored back to the group (see HAND_BACK); where
@@ -162,7 +162,7 @@ class Outbox:
             return jobstore.recording(entry.job, jobstore.Chunk(failed=len(entry.job.inputs), error=message))
         return jobstore.recording(entry.job, jobstore.Chunk(self.answer(entry)))
 
-    def answer(self, entry: Entry) -> wire.Reply:
+    def answer(self, entry: Entry) -> replywire.Reply:
         """The reply message for a finished (or failed) entry."""
         return finish.reply(entry, self.runner, self.spec.quantization_range, self.worker)
 
@@ -217,13 +217,13 @@ class Outbox:
             entry = Entry(stream_id, job, stream, payload, [], False, bulk=True)
             tell = ("record", self._chunk(entry, f"dead-lettered: {reason}"))
         elif job is not None:
-            reply = wire.Reply(
+            reply = replywire.Reply(
                 job.id,
                 worker=self.worker,
                 error_code=Code.INTERNAL.value,
                 error_message=f"request failed on model {self.model} and was dead-lettered: {reason}",
             )
-            tell = ("reply", ([job.reply_to], [wire.encode_reply(reply)]))
+            tell = ("reply", ([job.reply_to], [replywire.encode_reply(reply)]))
         dead_keys = [keys.dead_letters(self.model), stream]
         dead_args = [self.max_dead_letters, payload, reason, stream_id, self.worker, keys.GROUP, stream_id]
         steps: set[str] = set()

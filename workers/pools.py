@@ -13,10 +13,9 @@ import asyncio
 import time
 from collections import deque
 
-from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item
-
 from embedstream import keys
 from embedstream.registry import ModelSpec
+from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item
 
 #: While interactive calls arrive (seen within this many seconds), stream requests and
 #: job chunks run in batches cut to a fraction of the budget, so a call never waits

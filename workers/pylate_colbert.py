@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
-from embedstream.workers.model import Source, Tokens
-from embedstream.workers.vocabulary import Vocabulary, size_of
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
+from embedstream.workers.model import Source, Tokens
+from embedstream.workers.vocabulary import Vocabulary, size_of
 
 SETTINGS = "config_sentence_transformers.json"
 

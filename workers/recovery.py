@@ -13,15 +13,14 @@ import asyncio
 import logging
 from typing import Any
 
-from embedstream.workers.batcher import Batcher
-from embedstream.workers.intake import READ_ENTRIES, Intake
-from embedstream.workers.outbox import Outbox
-from embedstream.workers.pools import Pools
-
 from embedstream import heartbeat, keys, metrics, wire
 from embedstream.connections import TRANSIENT
 from embedstream.loops import Mishaps
 from embedstream.settings import Settings
+from embedstream.workers.batcher import Batcher
+from embedstream.workers.intake import READ_ENTRIES, Intake
+from embedstream.workers.outbox import Outbox
+from embedstream.workers.pools import Pools
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers.encoding import Encoder, read_json_optional, weights
-from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from embedstream.workers.encoding import Encoder, read_json_optional, weights
+from embedstream.workers.model import Tokens
 
 _ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "", "Tanh": "tanh"}
 

@@ -9,15 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from embedstream import clock, jobstore, keys, metrics
+from embedstream.connections import REDIS_ERRORS
 from embedstream.workers import finish
 from embedstream.workers.batcher import Item
 from embedstream.workers.ledger import Ledger
 from embedstream.workers.model import Model
 from embedstream.workers.outbox import Outbox
 from embedstream.workers.pools import Pools
-
-from embedstream import clock, jobstore, keys, metrics
-from embedstream.connections import REDIS_ERRORS
 
 
 class Screen:

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from embedstream.workers.model import Model, Source
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from embedstream.workers.model import Model, Source
 
 PROBE = "embedstream self-test probe: the quick brown fox jumps over the lazy dog."
 LONGER = "A longer companion input that pads the probe inside its batch, " * 4

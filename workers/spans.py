@@ -9,9 +9,8 @@ Attributes are counts and timings, never input text.
 
 from __future__ import annotations
 
-from embedstream.workers.batcher import Entry
-
 from embedstream import clock, tracing, wire
+from embedstream.workers.batcher import Entry
 
 
 def record(job: wire.Job, model: str, worker: str, entry: Entry | None = None, error: str = "") -> None:

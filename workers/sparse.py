@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
-from embedstream.workers.model import Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.registry import ModelSpec
+from embedstream.workers.encoding import Encoder, modules_of, read_json, weights
+from embedstream.workers.model import Tokens
 
 
 class SpladeModel(Encoder):

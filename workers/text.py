@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from embedstream.workers import conventions
-from embedstream.workers.encoding import Encoder, modules_of, read_json, read_json_optional, weights
-from embedstream.workers.model import Source, Tokens
 
 from embedstream.errors import ConfigError
 from embedstream.profile import Profile
 from embedstream.registry import POOLINGS, ModelSpec
+from embedstream.workers import conventions
+from embedstream.workers.encoding import Encoder, modules_of, read_json, read_json_optional, weights
+from embedstream.workers.model import Source, Tokens
 
 _POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from embedstream import wire
+from embedstream import replywire, wire
 from embedstream.errors import Code
 from embedstream.textwire import TokenList
 
@@ -36,7 +36,7 @@ def answer(model: Any, job: wire.Job) -> Answer:
     return out, None
 
 
-def fill(reply: wire.Reply, kind: str, results: list[Any]) -> None:
+def fill(reply: replywire.Reply, kind: str, results: list[Any]) -> None:
     """Put a tokenize or decode entry's answers into its reply."""
     if kind == "tokenize":
         lists: list[TokenList] = results

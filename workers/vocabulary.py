@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from embedstream.workers.chunking import encode_prefixes
-
 from embedstream.textwire import TokenList
+from embedstream.workers.chunking import encode_prefixes
 
 
 def cut_tokenizer(tokenizer: Any, max_tokens: int, side: str = "right") -> Any:

@@ -24,6 +24,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from embedstream import clock, heartbeat, keys, loadfailure, metrics, tracing
+from embedstream.backoff import Backoff
+from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
+from embedstream.errors import Code
+from embedstream.registry import ModelSpec
+from embedstream.settings import Settings
 from embedstream.workers import media, profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
 from embedstream.workers.cached import Cache
@@ -36,13 +42,6 @@ from embedstream.workers.pools import Pools
 from embedstream.workers.recovery import Recovery
 from embedstream.workers.screening import Screen
 from embedstream.workers.threads import ThreadPolicy, set_torch_threads
-
-from embedstream import clock, heartbeat, keys, loadfailure, metrics, tracing
-from embedstream.backoff import Backoff
-from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
-from embedstream.errors import Code
-from embedstream.registry import ModelSpec
-from embedstream.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,12 @@ speaks TLS, with a client certificate for gateways that require one. Calls retry
 as long as a rate-limited call's ``retry-after-ms`` says; a stream that
 breaks is reopened and re-sends only the requests not yet answered.
 
-Modules: ``codec`` builds requests and decodes responses, ``retry`` is the retry policy,
-``embeddings`` the result types, ``outputs`` what ``embed(outputs=...)`` returns, ``media`` video
-and audio clips and their segments, ``errors`` the one error type, ``channel`` the channel options
-and auth interceptors, ``window`` a stream's unanswered requests, ``jobs`` what following a job
-needs; ``sync`` and ``aio`` are the two thin clients.
+Modules: ``codec`` builds requests and decodes responses, ``base`` is what both clients share
+above their channels (settings, the model default, each call's request), ``retry`` is the retry
+policy, ``embeddings`` the result types, ``outputs`` what ``embed(outputs=...)`` returns, ``media``
+video and audio clips and their segments, ``errors`` the one error type, ``channel`` the channel
+options and auth interceptors, ``window`` a stream's unanswered requests and their feeders,
+``jobs`` what following a job needs; ``sync`` and ``aio`` are the two thin clients.
 """
 
 from embedstream.client.aio import AsyncClient, AsyncJobHandle

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, overload
+from typing import Any, Unpack, overload
 
 import grpc
 
 from embedstream.client import codec, media
+from embedstream.client.base import BaseClient
 from embedstream.client.channel import aio_bearer, api_key_or_env, dial
 from embedstream.client.embeddings import Embeddings
-from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
-from embedstream.client.window import Window
+from embedstream.client.window import Window, afeed
 from embedstream.tls import TLS
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
@@ -24,7 +24,7 @@ from embedstream.v1 import jobs_pb2 as jpb
 from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
 
 
-class AsyncClient:
+class AsyncClient(BaseClient):
     """The asyncio twin of :class:`Client`: the same methods, options and retries, awaited."""
 
     def __init__(
@@ -38,10 +38,7 @@ class AsyncClient:
         api_key: str | None = None,
         tls: TLS | None = None,
     ) -> None:
-        self.model = model
-        self.timeout = timeout
-        self.retry = retry or Retry()
-        self._explain = Explainer(target, tls)
+        super().__init__(target, model, timeout, retry, tls)
         key = api_key_or_env(api_key)
         if channel is not None and key:
             # grpc.aio adds interceptors only when it makes a channel.
@@ -62,32 +59,12 @@ class AsyncClient:
 
     @overload
     async def embed(
-        self,
-        texts: Sequence[str | bytes],
-        *,
-        model: str | None = None,
-        normalize: bool | None = None,
-        truncate: bool | None = None,
-        input_type: str = "",
-        prompt_name: str = "",
-        dimensions: int | None = None,
-        cache: str = "default",
-        outputs: None = None,
+        self, texts: Sequence[str | bytes], *, outputs: None = None, **options: Unpack[codec.EmbedKwargs]
     ) -> Embeddings: ...
 
     @overload
     async def embed(
-        self,
-        texts: Sequence[str | bytes],
-        *,
-        model: str | None = None,
-        normalize: bool | None = None,
-        truncate: bool | None = None,
-        input_type: str = "",
-        prompt_name: str = "",
-        dimensions: int | None = None,
-        cache: str = "default",
-        outputs: Sequence[str],
+        self, texts: Sequence[str | bytes], *, outputs: Sequence[str], **options: Unpack[codec.EmbedKwargs]
     ) -> list[Outputs]: ...
 
     async def embed(
@@ -104,8 +81,9 @@ class AsyncClient:
         outputs: Sequence[str] | None = None,
     ) -> Embeddings | list[Outputs]:
         """Vectors for ``texts`` and images, as :meth:`Client.embed`; chunks of 256 run concurrently."""
-        name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache, outputs)
+        options = codec.EmbedOptions(
+            self._name(model), normalize, truncate, input_type, prompt_name, dimensions, cache, outputs
+        )
 
         async def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = await self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
@@ -126,9 +104,8 @@ class AsyncClient:
         """One :class:`MediaEmbedding` per clip (a path, encoded bytes, or a numpy array at ``rate``
         frames per second or Hz), each clip a request of its own; ``kind`` is "video" (image+text
         models) or "audio" (audio+text models), ``sampling`` how clips become segments."""
-        name = model if model is not None else self.model
         out = []
-        for request in media.requests(name, kind, clips, sampling.message(), normalize, rate):
+        for request in self._media_requests(clips, kind, model, sampling, rate, normalize):
             resp: pb.EmbedResponse = await self._with_retry(
                 functools.partial(self._stub.Embed, request, timeout=self.timeout)
             )
@@ -147,12 +124,11 @@ class AsyncClient:
         cache: str = "default",
     ) -> AsyncIterator[Embeddings]:
         """Yield the embeddings of each ``batch_size`` texts in order, as :meth:`Client.embed_stream` (reconnecting)."""
-        name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, cache=cache)
+        options = codec.EmbedOptions(self._name(model), normalize, truncate, cache=cache)
         unanswered, cond = Window(texts, batch_size, window, options), asyncio.Condition()
         backoff = self.retry.backoff(self._explain)
         while True:
-            call = self._stub.EmbedStream(_feed(unanswered, cond))
+            call = self._stub.EmbedStream(afeed(unanswered, cond))
             try:
                 async for resp in call:
                     async with cond:
@@ -179,10 +155,9 @@ class AsyncClient:
         cache: str = "default",
     ) -> AsyncJobHandle:
         """Create an async job from texts held in memory (up to the server's inline limit)."""
-        spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
+        request = codec.submit_request(
+            self._job_spec(model, idempotency_key, ttl_seconds, normalize, truncate, cache), texts
         )
-        request = codec.submit_request(spec, texts)
         return AsyncJobHandle(self, await self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
 
     async def upload_job(
@@ -198,13 +173,11 @@ class AsyncClient:
         chunk_size: int = 1000,
     ) -> AsyncJobHandle:
         """Create an async job from any iterable, read lazily and streamed in chunks."""
-        spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
-        )
+        spec = self._job_spec(model, idempotency_key, ttl_seconds, normalize, truncate, cache)
         try:
             # Not retried: the upload read ``texts`` once and cannot send them again.
             job = await self._jobs.UploadJob(
-                codec.upload_messages(spec, texts, chunk_size), timeout=max(self.timeout, 3600)
+                codec.upload_messages(spec, texts, chunk_size), timeout=self._upload_timeout
             )
         except grpc.RpcError as exc:
             raise self._explain(exc) from None
@@ -224,11 +197,11 @@ class AsyncClient:
     ) -> AsyncJobHandle:
         """An async job of clips (long videos, many files), read lazily and uploaded one per chunk;
         its results are (index, :class:`MediaEmbedding`)."""
-        spec = codec.job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, None)
+        spec = self._job_spec(model, idempotency_key, ttl_seconds, normalize, None)
         try:
             # Not retried: the upload read ``clips`` once and cannot send them again.
             job = await self._jobs.UploadJob(
-                media.upload_messages(spec, clips, kind, sampling, rate), timeout=max(self.timeout, 3600)
+                media.upload_messages(spec, clips, kind, sampling, rate), timeout=self._upload_timeout
             )
         except grpc.RpcError as exc:
             raise self._explain(exc) from None
@@ -243,7 +216,7 @@ class AsyncClient:
         self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
     ) -> list[tuple[int, float]]:
         """(document index, score) pairs from a rerank model, best first."""
-        request = codec.rerank_request(query, documents, model if model is not None else self.model, top_n)
+        request = codec.rerank_request(query, documents, self._name(model), top_n)
         return codec.ranking(await self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout)))
 
     @property
@@ -263,22 +236,6 @@ class AsyncClient:
                 return await call()
             except grpc.RpcError as exc:
                 await asyncio.sleep(backoff.after(exc))
-
-
-async def _feed(unanswered: Window, cond: asyncio.Condition) -> AsyncIterator[pb.EmbedRequest]:
-    """One stream attempt's requests: the unanswered ones again, then new ones once the window has room."""
-    async with cond:
-        attempt, resend = unanswered.restart()
-        cond.notify_all()
-    for again in resend:
-        yield again
-    while True:
-        async with cond:
-            await cond.wait_for(lambda: unanswered.ready(attempt))
-            req = unanswered.take(attempt)
-        if req is None:
-            return
-        yield req
 
 
 class AsyncJobHandle(Handle["AsyncClient"]):

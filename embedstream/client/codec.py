@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,18 @@ def cache_mode(cache: str) -> pb.CacheMode.ValueType:
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {sorted(CACHE_MODES)}, not {cache!r}")
     return CACHE_MODES[cache]
+
+
+class EmbedKwargs(TypedDict, total=False):
+    """The keyword options of ``embed`` besides ``outputs``, as both clients' overloads declare them."""
+
+    model: str | None
+    normalize: bool | None
+    truncate: bool | None
+    input_type: str
+    prompt_name: str
+    dimensions: int | None
+    cache: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,18 +6,18 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar, overload
+from typing import TypeVar, Unpack, overload
 
 import grpc
 
 from embedstream.client import codec, media
+from embedstream.client.base import BaseClient
 from embedstream.client.channel import Bearer, api_key_or_env, dial
 from embedstream.client.embeddings import Embeddings
-from embedstream.client.errors import Explainer
 from embedstream.client.jobs import TERMINAL, Handle, Watch
 from embedstream.client.outputs import Outputs
 from embedstream.client.retry import Retry
-from embedstream.client.window import Window
+from embedstream.client.window import Window, feed
 from embedstream.tls import TLS
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
@@ -27,7 +27,7 @@ from embedstream.v1 import jobs_pb2_grpc as jpb_grpc
 T = TypeVar("T")
 
 
-class Client:
+class Client(BaseClient):
     """A blocking client for one gateway address (or a comma-separated list)."""
 
     def __init__(
@@ -41,10 +41,7 @@ class Client:
         api_key: str | None = None,
         tls: TLS | None = None,
     ) -> None:
-        self.model = model
-        self.timeout = timeout
-        self.retry = retry or Retry()
-        self._explain = Explainer(target, tls)
+        super().__init__(target, model, timeout, retry, tls)
         channel = channel or dial(grpc, target, tls)
         key = api_key_or_env(api_key)
         self._channel = grpc.intercept_channel(channel, Bearer(key)) if key else channel
@@ -63,32 +60,12 @@ class Client:
 
     @overload
     def embed(
-        self,
-        texts: Sequence[str | bytes],
-        *,
-        model: str | None = None,
-        normalize: bool | None = None,
-        truncate: bool | None = None,
-        input_type: str = "",
-        prompt_name: str = "",
-        dimensions: int | None = None,
-        cache: str = "default",
-        outputs: None = None,
+        self, texts: Sequence[str | bytes], *, outputs: None = None, **options: Unpack[codec.EmbedKwargs]
     ) -> Embeddings: ...
 
     @overload
     def embed(
-        self,
-        texts: Sequence[str | bytes],
-        *,
-        model: str | None = None,
-        normalize: bool | None = None,
-        truncate: bool | None = None,
-        input_type: str = "",
-        prompt_name: str = "",
-        dimensions: int | None = None,
-        cache: str = "default",
-        outputs: Sequence[str],
+        self, texts: Sequence[str | bytes], *, outputs: Sequence[str], **options: Unpack[codec.EmbedKwargs]
     ) -> list[Outputs]: ...
 
     def embed(
@@ -116,8 +93,9 @@ class Client:
         :attr:`stub` with an EmbedRequest.
         A call that fails for good raises :class:`EmbedstreamError`.
         """
-        name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, input_type, prompt_name, dimensions, cache, outputs)
+        options = codec.EmbedOptions(
+            self._name(model), normalize, truncate, input_type, prompt_name, dimensions, cache, outputs
+        )
 
         def call(request: pb.EmbedRequest) -> pb.EmbedResponse:
             response: pb.EmbedResponse = self._with_retry(lambda: self._stub.Embed(request, timeout=self.timeout))
@@ -138,9 +116,8 @@ class Client:
         """One :class:`MediaEmbedding` per clip (a path, encoded bytes, or a numpy array at ``rate``
         frames per second or Hz), each clip a request of its own; ``kind`` is "video" (image+text
         models) or "audio" (audio+text models), ``sampling`` how clips become segments."""
-        name = model if model is not None else self.model
         out = []
-        for request in media.requests(name, kind, clips, sampling.message(), normalize, rate):
+        for request in self._media_requests(clips, kind, model, sampling, rate, normalize):
             resp: pb.EmbedResponse = self._with_retry(
                 functools.partial(self._stub.Embed, request, timeout=self.timeout)
             )
@@ -164,13 +141,12 @@ class Client:
         stays bounded for any corpus size. A broken stream is reopened and the
         unanswered requests are sent again.
         """
-        name = model if model is not None else self.model
-        options = codec.EmbedOptions(name, normalize, truncate, cache=cache)
+        options = codec.EmbedOptions(self._name(model), normalize, truncate, cache=cache)
         unanswered, cond = Window(texts, batch_size, window, options), threading.Condition()
         backoff = self.retry.backoff(self._explain)
         while True:
             try:
-                for resp in self._stub.EmbedStream(_feed(unanswered, cond)):
+                for resp in self._stub.EmbedStream(feed(unanswered, cond)):
                     with cond:
                         block = unanswered.answer(resp)
                         cond.notify_all()
@@ -193,10 +169,9 @@ class Client:
         cache: str = "default",
     ) -> JobHandle:
         """Create an async job from texts held in memory (up to the server's inline limit)."""
-        spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
+        request = codec.submit_request(
+            self._job_spec(model, idempotency_key, ttl_seconds, normalize, truncate, cache), texts
         )
-        request = codec.submit_request(spec, texts)
         return JobHandle(self, self._with_retry(lambda: self._jobs.SubmitJob(request, timeout=self.timeout)))
 
     def upload_job(
@@ -212,13 +187,10 @@ class Client:
         chunk_size: int = 1000,
     ) -> JobHandle:
         """Create an async job from any iterable, read lazily and streamed in chunks."""
-        spec = codec.job_spec(
-            model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, truncate, cache
-        )
-        messages = codec.upload_messages(spec, texts, chunk_size)
+        spec = self._job_spec(model, idempotency_key, ttl_seconds, normalize, truncate, cache)
         try:
             # Not retried: the upload read ``texts`` once and cannot send them again.
-            job = self._jobs.UploadJob(messages, timeout=max(self.timeout, 3600))
+            job = self._jobs.UploadJob(codec.upload_messages(spec, texts, chunk_size), timeout=self._upload_timeout)
         except grpc.RpcError as exc:
             raise self._explain(exc) from None
         return JobHandle(self, job)
@@ -237,11 +209,11 @@ class Client:
     ) -> JobHandle:
         """An async job of clips (long videos, many files), read lazily and uploaded one per chunk;
         its results are (index, :class:`MediaEmbedding`)."""
-        spec = codec.job_spec(model if model is not None else self.model, idempotency_key, ttl_seconds, normalize, None)
+        spec = self._job_spec(model, idempotency_key, ttl_seconds, normalize, None)
         try:
             # Not retried: the upload read ``clips`` once and cannot send them again.
             job = self._jobs.UploadJob(
-                media.upload_messages(spec, clips, kind, sampling, rate), timeout=max(self.timeout, 3600)
+                media.upload_messages(spec, clips, kind, sampling, rate), timeout=self._upload_timeout
             )
         except grpc.RpcError as exc:
             raise self._explain(exc) from None
@@ -256,7 +228,7 @@ class Client:
         self, query: str, documents: Sequence[str], *, model: str | None = None, top_n: int = 0
     ) -> list[tuple[int, float]]:
         """(document index, score) pairs from a rerank model, best first."""
-        request = codec.rerank_request(query, documents, model if model is not None else self.model, top_n)
+        request = codec.rerank_request(query, documents, self._name(model), top_n)
         response: pb.RerankResponse = self._with_retry(lambda: self._stub.Rerank(request, timeout=self.timeout))
         return codec.ranking(response)
 
@@ -277,21 +249,6 @@ class Client:
                 return call()
             except grpc.RpcError as exc:
                 time.sleep(backoff.after(exc))
-
-
-def _feed(unanswered: Window, cond: threading.Condition) -> Iterator[pb.EmbedRequest]:
-    """One stream attempt's requests (pulled on gRPC's thread): the unanswered ones again, then new ones."""
-    with cond:
-        attempt, resend = unanswered.restart()
-        cond.notify_all()
-    yield from resend
-    while True:
-        with cond:
-            cond.wait_for(lambda: unanswered.ready(attempt))
-            req = unanswered.take(attempt)
-        if req is None:
-            return
-        yield req
 
 
 class JobHandle(Handle["Client"]):

@@ -1,14 +1,16 @@
 """The window of an EmbedStream: requests sent and not yet answered, kept across reconnects.
 
-Both clients share this bookkeeping and add only their own waiting: a lock and condition
-on the blocking client (gRPC pulls requests on its own thread), an asyncio condition on
-the other.
+Both clients share this bookkeeping; its two feeders differ only in their waiting: a
+threading condition for the blocking client (gRPC pulls requests on its own thread), an
+asyncio condition for the other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
-from collections.abc import Iterable
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from embedstream.client.codec import MAX_INPUTS, EmbedOptions, chunks
 from embedstream.client.embeddings import Embeddings, vectors
@@ -65,3 +67,36 @@ class Window:
         if resp.request_id != str(k):
             raise RuntimeError(f"stream answered {resp.request_id!r} where {k} was due")
         return vectors(resp)
+
+
+def feed(unanswered: Window, cond: threading.Condition) -> Iterator[pb.EmbedRequest]:
+    """The blocking client's requests of one stream attempt (pulled on gRPC's thread): the
+    unanswered ones again, then new ones once the window has room."""
+    with cond:
+        attempt, resend = unanswered.restart()
+        cond.notify_all()
+    yield from resend
+    while True:
+        with cond:
+            cond.wait_for(lambda: unanswered.ready(attempt))
+            req = unanswered.take(attempt)
+        if req is None:
+            return
+        yield req
+
+
+async def afeed(unanswered: Window, cond: asyncio.Condition) -> AsyncIterator[pb.EmbedRequest]:
+    """The asyncio client's requests of one stream attempt: the unanswered ones again, then
+    new ones once the window has room."""
+    async with cond:
+        attempt, resend = unanswered.restart()
+        cond.notify_all()
+    for again in resend:
+        yield again
+    while True:
+        async with cond:
+            await cond.wait_for(lambda: unanswered.ready(attempt))
+            req = unanswered.take(attempt)
+        if req is None:
+            return
+        yield req

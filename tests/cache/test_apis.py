@@ -17,9 +17,9 @@ from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
 from tests.cache.test_hits import request, vectors
 from tests.support.cached import SMALL_BUDGET, Cached
+from tests.support.http import call, http_port
 from tests.support.processes import cli, entries_added, start_gateway, stub, wait_until
 from tests.support.rpcs import bearer
-from tests.test_http import call, http_port
 from tests.test_jobs import jobs
 
 

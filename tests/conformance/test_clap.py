@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedstream.workers import media as worker_media
-from embedstream.workers.loader import load
 
 from embedstream import media, mediawire, wire
 from embedstream.registry import ModelSpec
+from embedstream.workers import media as worker_media
+from embedstream.workers.loader import load
 from tests.support import media as clips
 from tests.support import mediaref, tinymodels
 from tests.support.conformance import TEXTS, TOLERANCE

@@ -88,9 +88,8 @@ def test_requests_of_different_tasks_in_flight_together(service: Served, folder:
 
 def test_one_forward_pass_mixes_tasks_row_by_row(folder: Path) -> None:
     """The worker's model itself: one padded batch whose rows name different tasks (and none)."""
-    from embedstream.workers.loader import load
-
     from embedstream.registry import ModelSpec
+    from embedstream.workers.loader import load
 
     model = load(ModelSpec(name="jina", family="text-dense", path=str(folder)), threads=1)
     tasks = [*tinyheads.JINA_TASKS, None]
@@ -130,11 +129,11 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["no adapter folder", "renamed adapter weight"])
 def test_a_folder_missing_an_adapter_or_its_weights_is_refused(folder: Path, tmp_path: Path, damage: str) -> None:
-    from embedstream.workers.loader import load
     from safetensors.torch import load_file, save_file
 
     from embedstream.errors import ConfigError
     from embedstream.registry import ModelSpec
+    from embedstream.workers.loader import load
 
     broken = _copy(folder, tmp_path)
     file = broken / "text_matching" / "adapter_model.safetensors"

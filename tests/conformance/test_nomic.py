@@ -9,9 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from embedstream.workers.conventions import NOMIC_PREFIXES
 
 from embedstream.v1 import embedder_pb2 as pb
+from embedstream.workers.conventions import NOMIC_PREFIXES
 from tests.support import familymodels as fm
 from tests.support.conformance import TEXTS, FamilyModels, Served, check_single_and_batched
 

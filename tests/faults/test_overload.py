@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from embedstream.workers.debug import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
 
 from embedstream import keys
 from embedstream.client import retry_after
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
+from embedstream.workers.debug import DEBUG_EXIT, DEBUG_HANG, DEBUG_NAN, DEBUG_RAISE
 from tests.support.faults import Cluster, Ledger, metrics_port, score
 from tests.support.processes import entries_added, scrape, stub, wait_until
 

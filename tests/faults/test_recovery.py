@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from embedstream import keys, wire
+from embedstream import keys, replywire, wire
 from embedstream.redis_server import RedisServer
 from embedstream.v1 import embedder_pb2 as pb
 from tests.conftest import Service
@@ -191,7 +191,7 @@ def test_entry_delivered_too_often_is_dead_lettered_and_its_caller_told(
     replies = {}
     for _, fields in r.xrange(reply_stream):
         if keys.PAYLOAD.encode() in fields:
-            reply = wire.decode_reply(fields[keys.PAYLOAD.encode()])
+            reply = replywire.decode_reply(fields[keys.PAYLOAD.encode()])
             replies[reply.id] = reply
     assert replies["healthy"].ok and replies["healthy"].count == 1
     assert replies["poison"].error_code == "INTERNAL"

@@ -12,12 +12,12 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import redis
-from embedstream.workers.debug import DEBUG_RAISE
 
 from embedstream import keys
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import jobs_pb2 as jpb
 from embedstream.v1 import jobs_pb2_grpc
+from embedstream.workers.debug import DEBUG_RAISE
 from tests.support.faults import Cluster, expected, metrics_port
 from tests.support.processes import scrape, stub, wait_until
 

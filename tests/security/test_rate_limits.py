@@ -7,11 +7,11 @@ import time
 
 import grpc
 import pytest
-from embedstream.gateway.ratelimit import Limit, RateLimiter
 
 from embedstream import keys
 from embedstream.client import Client, Retry
 from embedstream.connections import connect
+from embedstream.gateway.ratelimit import Limit, RateLimiter
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc
 from tests.security.conftest import Redis, Secure

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from embedstream.workers.debug import debug_vectors
 
 from embedstream import acl, apikeys
 from embedstream.client import Client
 from embedstream.v1 import jobs_pb2 as jpb
+from embedstream.workers.debug import debug_vectors
 from tests.security.conftest import Redis, Secure
 from tests.support import documents
 from tests.support.certificates import Certs

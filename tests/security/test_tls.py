@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from embedstream.workers.debug import debug_vectors
 
 from embedstream import apikeys
 from embedstream.client import TLS, AsyncClient, Client, Retry
+from embedstream.workers.debug import debug_vectors
 from tests.security.conftest import Redis, Secure
 from tests.support.certificates import Certs
 from tests.support.processes import Proc, base_env, cli, start_gateway

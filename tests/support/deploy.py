@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from embedstream import registry as registry_mod
+from embedstream import registryfile
 from embedstream.settings import Settings
 from tests.support import ROOT
 
@@ -111,7 +112,7 @@ def registry_of(docs: list[dict[str, Any]], tmp_path: Path) -> registry_mod.Regi
     configmap = one(docs, "ConfigMap", "embedstream-registry")
     path = tmp_path / "registry.toml"
     path.write_text(configmap["data"]["registry.toml"])
-    return registry_mod.load(str(path))
+    return registryfile.load(str(path))
 
 
 def compose() -> dict[str, Any]:

@@ -22,11 +22,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import redis
-from embedstream.workers.debug import debug_vectors
 
 from embedstream import keys
 from embedstream.redis_server import RedisServer, free_port
 from embedstream.v1 import embedder_pb2 as pb
+from embedstream.workers.debug import debug_vectors
 from tests.support.processes import Proc, base_env, start_gateway, wait_until
 
 #: Every scenario's scorecard line, printed again at the end of the session.

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import redis
 
-from embedstream import keys, wire
+from embedstream import keys, replywire
 from embedstream.v1 import embedder_pb2 as pb
 from embedstream.v1 import embedder_pb2_grpc
 from tests.support import ROOT
@@ -179,9 +179,9 @@ def entries_added(r: redis.Redis, model: str, stream: Callable[[str], str] | Non
     return added
 
 
-def read_replies(r: redis.Redis, stream: str, count: int, timeout: float = 60) -> dict[str, wire.Reply]:
+def read_replies(r: redis.Redis, stream: str, count: int, timeout: float = 60) -> dict[str, replywire.Reply]:
     """The first ``count`` worker replies written to ``stream`` (a test's own reply stream), by id."""
-    answers: dict[str, wire.Reply] = {}
+    answers: dict[str, replywire.Reply] = {}
     last = "0-0"
     deadline = time.monotonic() + timeout
     while len(answers) < count and time.monotonic() < deadline:
@@ -189,7 +189,7 @@ def read_replies(r: redis.Redis, stream: str, count: int, timeout: float = 60) -
             for entry_id, fields in entries:
                 last = entry_id
                 if keys.PAYLOAD.encode() in fields:
-                    reply = wire.decode_reply(fields[keys.PAYLOAD.encode()])
+                    reply = replywire.decode_reply(fields[keys.PAYLOAD.encode()])
                     answers[reply.id] = reply
     return answers
 
