@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from embedstream import heartbeat, keys
 from embedstream.gateway.directory import Directory
 from embedstream.redis_server import RedisServer
-from embedstream.registry import parse
+from embedstream.registryfile import parse
 
 REGISTRY = '[models.lanes]\nfamily = "debug"\ndimensions = 8\n'
 
