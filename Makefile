@@ -24,14 +24,15 @@ bench: deps
 	$(BIN)/python loadtest/http_bench.py
 
 # embedstream beside Infinity on the same texts and shapes (not part of `make test`). Infinity
-# lives in its own venv: infinity-emb wants torch 2.13.0, which pip takes from this machine's disk.
+# lives in its own venv, pinned by loadtest/requirements-peers.txt (infinity-emb 0.0.78 wants
+# sentence-transformers < 4 and numpy < 2; torch 2.13.0 is the CPU wheel on this machine's disk).
 PEERS := .embedstream/peers/infinity
 bench-peers: deps $(PEERS)/.installed
 	$(BIN)/python loadtest/peers.py $(PEERS_ARGS)
 
-$(PEERS)/.installed:
+$(PEERS)/.installed: loadtest/requirements-peers.txt
 	test -x $(PEERS)/bin/pip || $(PY) -m venv $(PEERS)
-	$(PEERS)/bin/pip install -q torch==2.13.0 "infinity-emb[server,torch]"
+	$(PEERS)/bin/pip install -q -r loadtest/requirements-peers.txt
 	touch $@
 
 # One model on 1, 2 and 4 workers (debug model, fixed cost per batch): the scaling ratio.
