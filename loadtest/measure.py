@@ -174,10 +174,11 @@ class Service:
         self.gateway, self.port = start_gateway(self.env, self.logs)
         self.workers: list[Proc] = []
 
-    def worker(self, model: str, threads: int = 0) -> Proc:
-        """Start a worker for ``model``; ``threads`` 0 leaves the default (adaptive) policy."""
+    def worker(self, model: str, threads: int = 0, python: str = "") -> Proc:
+        """Start a worker for ``model``; ``threads`` 0 leaves the default (adaptive) policy;
+        ``python``: another interpreter (a venv with another torch wheel) runs it."""
         env = dict(self.env, EMBEDSTREAM_THREADS=str(threads)) if threads else self.env
-        proc = start_worker(env, self.logs, model, self.client, timeout=300)
+        proc = start_worker(env, self.logs, model, self.client, timeout=300, python=python)
         self.workers.append(proc)
         return proc
 
@@ -260,6 +261,14 @@ def during_stream(port: int, model: str, corpus: list[str], probes: list[str]) -
     finally:
         stop.set()
         thread.join()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The most resident memory the process ``pid`` has held (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def rss_mb(pid: int) -> float:

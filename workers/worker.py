@@ -30,7 +30,7 @@ from embedstream.connections import REDIS_ERRORS, connect, stop_tasks
 from embedstream.errors import Code
 from embedstream.registry import ModelSpec
 from embedstream.settings import Settings
-from embedstream.workers import media, profiles, spans
+from embedstream.workers import allocator, media, profiles, spans
 from embedstream.workers.batcher import Batcher, Entry, Item, complete
 from embedstream.workers.cached import Cache
 from embedstream.workers.intake import Intake
@@ -173,12 +173,21 @@ class Worker:
         wait_s = self.settings.max_wait_ms / 1000.0
         wake = self.pools.wake
         idle_since = 0.0
+        trimmed = False
         while not self._stopping.is_set():
             pool = await self._next_pool()
             if not len(pool):
                 wake.clear()
-                await wake.wait()
+                if trimmed or allocator.trim is None:
+                    await wake.wait()
+                    continue
+                try:
+                    await asyncio.wait_for(wake.wait(), allocator.IDLE_S)
+                except TimeoutError:  # idle: what the batches left in the allocator goes back
+                    await asyncio.get_running_loop().run_in_executor(self._compute, allocator.trim)
+                    trimmed = True
                 continue
+            trimmed = False
             left = idle_since + wait_s - time.monotonic()
             if left > 0 and pool is not self.pools.isolated and not pool.full():
                 # The model just finished a batch and the pool holds less than one:

@@ -26,12 +26,12 @@ from tests.support import ROOT
 class Proc:
     """A child process whose output goes to a log file named after it."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, python: str = "") -> None:
         self.name = name
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "embedstream", *args],
+            [python or sys.executable, "-m", "embedstream", *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -104,9 +104,12 @@ def start_gateway(env: dict[str, str], log_dir: Path, timeout: float = 30, port:
     raise RuntimeError(f"gateway did not start:\n{proc.log()}")
 
 
-def start_worker(env: dict[str, str], log_dir: Path, model: str, r: redis.Redis, timeout: float = 90) -> Proc:
-    """A worker for ``model``; returns once its heartbeat is in Redis."""
-    proc = Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir)
+def start_worker(
+    env: dict[str, str], log_dir: Path, model: str, r: redis.Redis, timeout: float = 90, python: str = ""
+) -> Proc:
+    """A worker for ``model`` (run by the interpreter ``python``, else this one); returns once its
+    heartbeat is in Redis."""
+    proc = Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir, python)
     return wait_worker(proc, model, r, timeout)
 
 
