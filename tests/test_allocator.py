@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 
 import pytest
+
 from embedstream.workers import allocator
 
 BLOCK = 64 * 1024  # under glibc's mmap threshold: served from the heap, kept there when freed

@@ -21,7 +21,7 @@ from embedstream.workers.batcher import PADDING_FACTOR, Batcher, Entry, Item
 #: job chunks run in batches cut to a fraction of the budget, so a call never waits
 #: behind a long batch of them: a forward pass cannot be interrupted once started.
 INTERACTIVE_RECENT_S = 2.0
-BULK_SHARE = {"cpu": 16, "accelerator": 4}
+BULK_SHARE = {"cpu": 32, "accelerator": 4}
 
 
 class Pools:
