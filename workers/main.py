@@ -22,11 +22,14 @@ log = logging.getLogger("embedstream")
 #: losses, torch.compile's kernels) that only the image-text family uses: hidden from the other
 #: families' workers, they cost those no memory (~110 MB and 550 modules for MiniLM).
 IMAGE_STACKS = ("torchvision", "PIL", "timm", "open_clip", "scipy", "triton")
+#: Likewise the audio and video decoders transformers' processors import when installed
+#: (``transformers.audio_utils``): only the image-text and audio-text families decode clips.
+MEDIA_STACKS = ("soxr", "soundfile", "torchaudio", "librosa", "av")
 
 
-def hide_image_stacks() -> None:
-    """Make the image stacks look uninstalled to this process (a text-only worker)."""
-    for name in IMAGE_STACKS:
+def hide_image_stacks(stacks: tuple[str, ...] = IMAGE_STACKS) -> None:
+    """Make ``stacks`` (the image stacks) look uninstalled to this process (a text-only worker)."""
+    for name in stacks:
         # A None entry makes `import name` raise ImportError and find_spec() return None,
         # which is how transformers asks whether an optional package is there.
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
@@ -47,6 +50,8 @@ def run(settings: Settings, model_name: str) -> int:
     thread_policy.prepare_environment()  # before torch is imported
     if spec.family != "image-text":
         hide_image_stacks()
+    if spec.family not in registry_mod.MODALITIES:  # a family that can take no video or audio at all
+        hide_image_stacks(MEDIA_STACKS)
     from transformers.utils import logging as hf_logging
 
     from embedstream.workers.loader import load
