@@ -119,6 +119,15 @@ class Directory:
         for listener in self._listeners:
             await listener()
 
+    async def settle(self) -> None:
+        """Refresh now where a model's workers have not yet published their info to this snapshot
+        (one just started): what ListModels says then matches what calls to it get."""
+        if any(not state.dimensions for state in self.states.values()):
+            try:
+                await self.refresh()
+            except Exception as exc:  # a listener's failure: the snapshot stands, as in the loop
+                self._mishaps.failed(exc)
+
     async def recheck(self, model: str) -> bool:
         """Ask Redis now whether ``model`` has a live worker; the snapshot may be stale."""
         pipe = self._redis.pipeline(transaction=False)  # type: ignore[attr-defined]

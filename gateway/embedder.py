@@ -193,6 +193,7 @@ class Embedder(pb_grpc.EmbedderServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        await self.directory.settle()
         return pb.ListModelsResponse(models=model_infos(self.registry, self.settings, self.directory))
 
 

@@ -250,6 +250,7 @@ class HttpApi:
     async def models(self, request: web.Request) -> web.Response:
         """GET /v1/models: every served model, OpenAI's list shape plus what ListModels says."""
         await self._admit(request, 1)
+        await self.directory.settle()
         infos = model_infos(self.registry, self.settings, self.directory)
         return _json({"object": "list", "data": [compat.model_body(info) for info in infos]})
 
@@ -258,6 +259,7 @@ class HttpApi:
         await self._admit(request, 1)
         request["model"] = request.match_info["model"]
         name = self.registry.resolve(request.match_info["model"]).name
+        await self.directory.settle()
         infos = model_infos(self.registry, self.settings, self.directory)
         return _json(next(compat.model_body(info) for info in infos if info.name == name))
 

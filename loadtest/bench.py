@@ -37,14 +37,12 @@ from loadtest.measure import (  # noqa: E402
     during_stream,
     peak_rss_mb,
     percentiles,
-    raw_model,
-    raw_rate,
     rss_mb,
-    sandwiched,
     save,
     stream_throughput,
     unary_times,
 )
+from loadtest.raw import raw_model, raw_rate, sandwiched  # noqa: E402
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,7 +29,6 @@ from embedstream import registry  # noqa: E402
 from embedstream.redis_server import RedisServer  # noqa: E402
 from embedstream.v1 import embedder_pb2 as pb  # noqa: E402
 from embedstream.v1 import embedder_pb2_grpc as pb_grpc  # noqa: E402
-from embedstream.workers.threads import cores  # noqa: E402
 from tests.support.processes import Proc, base_env, start_gateway, start_worker  # noqa: E402
 
 PER_REQUEST = 16
@@ -200,59 +198,6 @@ def serving(workdir: Path, registry_path: Path, models: Sequence[str], threads: 
         yield service
     finally:
         service.close()
-
-
-def raw_model(path: str, device: str = "cpu", dtype: str = "float32") -> Any:
-    """sentence-transformers' model in this process on all cores (the "raw" of every ratio)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    torch.set_num_threads(cores())
-    model = SentenceTransformer(path, device=device)
-    if dtype != "float32":
-        model = model.to(getattr(torch, dtype))
-    return model
-
-
-def raw_rate(model: Any, texts: list[str]) -> float:
-    """Texts/s of ``encode`` over the corpus at batch 32 (encode sorts it by length)."""
-    model.encode(texts[:64], batch_size=32)
-    started = time.perf_counter()
-    model.encode(texts, batch_size=32)
-    return len(texts) / (time.perf_counter() - started)
-
-
-def raw_times(model: Any, texts: list[str]) -> list[float]:
-    """The ms of each text encoded alone."""
-    times = []
-    for text in texts:
-        started = time.perf_counter()
-        model.encode([text])
-        times.append((time.perf_counter() - started) * 1000)
-    return times
-
-
-def raw_sentence_transformers(
-    path: str, texts: list[str], latency_texts: list[str], device: str = "cpu", dtype: str = "float32"
-) -> tuple[float, list[float]]:
-    """sentence-transformers in this process on all cores: texts/s over the corpus at batch 32
-    (encode sorts it by length), and the ms of each text of ``latency_texts`` encoded alone."""
-    model = raw_model(path, device, dtype)
-    rate, times = raw_rate(model, texts), raw_times(model, latency_texts)
-    del model
-    gc.collect()
-    return rate, times
-
-
-def sandwiched(model: Any, port: int, name: str, texts: list[str]) -> tuple[list[float], list[float]]:
-    """The ms of each text encoded alone in this process, then through the service's Embed (one
-    call after another), then in this process again: raw on both sides of the calls, so drift
-    (these VMs: ~20% within minutes) hits both alike. Not interleaved call by call: the worker's
-    thread policy would see this process's encoding as a busy neighbour and yield a core."""
-    before = raw_times(model, texts)
-    time.sleep(0.5)  # longer than the thread policy's window
-    served = unary_times(port, name, texts)
-    return before + raw_times(model, texts), served
 
 
 def percentiles(times: list[float]) -> tuple[float, float]:

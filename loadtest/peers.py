@@ -39,13 +39,13 @@ from loadtest.measure import (  # noqa: E402
     Service,
     concurrent_throughput,
     percentiles,
-    raw_sentence_transformers,
     rss_mb,
     save,
     stream_throughput,
     timed_callers,
     unary_times,
 )
+from loadtest.raw import raw_sentence_transformers  # noqa: E402
 
 VENV = ROOT / ".embedstream/peers/infinity"
 SHAPES = ("one stream, 32 texts/request", "4 callers x 32 texts/request", "8 callers x 1 text")

@@ -11,6 +11,7 @@ that and the state left in Redis into one line:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -200,14 +201,11 @@ class Cluster:
 def consumer_pending(r: redis.Redis, pid: int, model: str = "fault") -> int:
     """Entries the worker process ``pid`` holds unacknowledged in ``model``'s streams
     (consumer names are ``<host>-<pid>-<random>``)."""
-    held = 0
+    rows = []
     for stream in keys.lanes(model):
-        try:
-            rows = r.xinfo_consumers(stream, keys.GROUP)
-        except redis.ResponseError:  # no such stream or group yet
-            continue
-        held += sum(int(row["pending"]) for row in rows if f"-{pid}-" in row["name"].decode())
-    return held
+        with contextlib.suppress(redis.ResponseError):  # no such stream or group yet
+            rows += r.xinfo_consumers(stream, keys.GROUP)
+    return sum(int(row["pending"]) for row in rows if f"-{pid}-" in row["name"].decode())
 
 
 def metrics_port() -> int:
