@@ -41,6 +41,14 @@ class ModelState:
     #: Whether its workers read a stream of their own for stream requests (``keys.streams``).
     streams_lane: bool = False
 
+    def learn(self, published: heartbeat.ModelInfo | None) -> None:
+        """Take what the model's workers published (nothing where none has yet)."""
+        if published is not None:
+            self.dimensions = published.dimensions
+            self.max_input_tokens = published.max_input_tokens
+            self.normalizes = published.normalizes
+            self.streams_lane = published.lanes >= heartbeat.LANES
+
 
 class Directory:
     """A snapshot of Redis reachability and per-model worker state."""
@@ -101,12 +109,7 @@ class Directory:
                 state = self.states[name]
                 # Interactive calls and stream requests both wait for the model: the depth counts both.
                 state.workers, state.queue_depth = int(live), int(depth) + int(stream_depth)
-                published = heartbeat.decode_info(info)
-                if published is not None:
-                    state.dimensions = published.dimensions
-                    state.max_input_tokens = published.max_input_tokens
-                    state.normalizes = published.normalizes
-                    state.streams_lane = published.lanes >= 3
+                state.learn(heartbeat.decode_info(info))
                 found = loadfailure.decode(failed)
                 state.failure = found.reason if found else ""
                 state.profile = profile.decode(served) or state.profile
@@ -139,9 +142,7 @@ class Directory:
             return False
         state = self.states[model]
         state.workers = int(live)
-        published = heartbeat.decode_info(info)
-        if published is not None:  # which streams the worker just started reads
-            state.streams_lane = published.lanes >= 3
+        state.learn(heartbeat.decode_info(info))  # what the worker that just started published
         return self.redis_ok and int(live) > 0
 
     def retry_hint_ms(self, model: str) -> int:

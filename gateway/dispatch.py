@@ -87,7 +87,7 @@ class Dispatcher:
         metrics.INFLIGHT.labels(spec.name).inc()
         stream_id: bytes | None = None
         try:
-            streamed = wait_for_room and self._streams_lane(spec.name)
+            streamed = wait_for_room and self.directory.states[spec.name].streams_lane
             lane = keys.streams(spec.name) if streamed else keys.queue(spec.name)
             stream_id = await self._enqueue(spec, lane, job, deadline, wait_for_room)
             remaining = deadline - time.time()
@@ -114,10 +114,6 @@ class Dispatcher:
     def fail_model(self, model: str, error: Unavailable) -> None:
         """Answer every call waiting on ``model`` with ``error``."""
         self.router.fail_all(error, list(self._by_model.get(model, ())))
-
-    def _streams_lane(self, model: str) -> bool:
-        state = self.directory.states.get(model)
-        return state is not None and state.streams_lane
 
     async def _enqueue(self, spec: ModelSpec, lane: str, job: wire.Job, deadline: float, wait_for_room: bool) -> bytes:
         payload = wire.encode_job(job)
