@@ -51,6 +51,8 @@ class Profile:
     #: Classifiers: the labels in id order, and the function their scores get by default.
     labels: tuple[str, ...] = ()
     function: str = ""
+    #: What runs the forward pass: "torch", "onnx" (ONNX Runtime), or "" (the debug model).
+    engine: str = ""
 
     def lines(self) -> list[str]:
         """The profile as ``key: value`` lines, for people."""
@@ -64,6 +66,7 @@ class Profile:
             f"family: {self.family}",
             f"loader: {self.loader}",
             f"architecture: {self.architecture}",
+            f"engine: {self.engine or '-'}",
             f"pooling: {self.pooling or '-'}" + ("" if self.include_prompt else " (prompt tokens excluded)"),
             f"normalizes: {'yes' if self.normalizes else 'no'}",
             f"dimensions: {self.dimensions}",

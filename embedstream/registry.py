@@ -41,6 +41,9 @@ BACKENDS = ("", "open_clip", "transformers")
 HUB_SCHEME = "hf:"
 DEVICES_PREFIXES = ("cpu", "cuda", "mps")
 DTYPES = ("float32", "float16", "bfloat16")
+#: What runs a model's forward pass: "auto" picks ONNX Runtime where it can serve the model
+#: exactly (text-dense encoders on CPU in float32; workers/onnxengine.py), torch otherwise.
+ENGINES = ("auto", "torch", "onnx")
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PACKAGE_SCHEME = "package:"
 
@@ -89,6 +92,8 @@ class ModelSpec:
     instruction: str = ""
     #: The input kinds served ("text", "image", "video", "audio"); empty = all its family takes.
     modalities: tuple[str, ...] = ()
+    #: One of :data:`ENGINES`; a worker resolves "auto" to the engine it runs.
+    engine: str = "auto"
 
     @property
     def takes(self) -> tuple[str, ...]:

@@ -35,6 +35,7 @@ from embedstream.registry import (
     DENSE_FAMILIES,
     DEVICES_PREFIXES,
     DTYPES,
+    ENGINES,
     FAMILIES,
     FAMILY_OUTPUTS,
     MODALITIES,
@@ -126,6 +127,12 @@ def _spec(name: str, raw: dict[str, Any], base: Path) -> ModelSpec:
     if not isinstance(latency, int | float) or latency < 0:
         raise ConfigError(f"{where}.latency_ms must be a non-negative number")
     kwargs.update(device=device, dtype=dtype, aliases=tuple(aliases), latency_ms=float(latency))
+    engine = raw.get("engine", "auto")
+    if engine not in ENGINES:
+        raise ConfigError(f"{where}.engine must be one of {list(ENGINES)}, not {engine!r}")
+    if engine == "onnx" and (family != "text-dense" or device != "cpu" or dtype != "float32"):
+        raise ConfigError(f"{where}.engine = onnx serves text-dense models on cpu in float32 only")
+    kwargs["engine"] = engine
     triggers = raw.get("triggers", False)
     if not isinstance(triggers, bool) or (triggers and family != "debug"):
         raise ConfigError(f"{where}.triggers must be true or false, and only the debug family has them")

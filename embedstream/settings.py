@@ -62,8 +62,11 @@ class Settings:
     max_job_inputs: int = _f(10_000_000, "Inputs accepted by one job")
     max_bulk_entries: int = _f(200_000, "Job chunks (64 inputs each) queued per model before new jobs are refused")
     threads: int = _f(
-        0, "Torch threads per worker; 0: all cores, one fewer for a pass while other processes use CPU (adaptive)"
+        0,
+        "Model threads per worker (torch or ONNX Runtime); 0: all cores (torch: one fewer for a pass while "
+        "other processes use CPU)",
     )
+    onnx_cache: str = _f("", "Folder of the onnx engine's exported graphs; empty: ~/.cache/embedstream/onnx")
     visibility_timeout_s: float = _f(30.0, "Idle time after which a dead worker's entries are reclaimed")
     consumer_gc_s: float = _f(3600.0, "A consumer idle this long with nothing pending is removed from its group")
     max_deliveries: int = _f(3, "Deliveries of an entry before it is dead-lettered")

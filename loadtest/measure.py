@@ -206,6 +206,13 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[max(0, math.ceil(len(ordered) * 0.99) - 1)]
 
 
+def engine_of(port: int, model: str) -> str:
+    """What runs ``model``'s forward pass, as ListModels says ("torch", "onnx")."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        listed = pb_grpc.EmbedderStub(channel).ListModels(pb.ListModelsRequest(), timeout=30)
+    return next((m.profile.engine for m in listed.models if m.name == model), "")
+
+
 def unary_times(port: int, model: str, texts: list[str]) -> list[float]:
     """Milliseconds of each one-text Embed, made one after another."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

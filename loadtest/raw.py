@@ -1,5 +1,7 @@
 """The in-process ("raw") model every benchmark ratio divides by: sentence-transformers on all cores,
-its throughput over a corpus, its single-text times, and those beside the service's own calls."""
+its throughput over a corpus, its single-text times, and those beside the service's own calls; and the
+worker's own model code (its engine: ONNX Runtime or torch) in-process, which the service's overhead
+is told against."""
 
 from __future__ import annotations
 
@@ -62,3 +64,30 @@ def sandwiched(model: Any, port: int, name: str, texts: list[str]) -> tuple[list
     time.sleep(0.5)  # longer than the thread policy's window
     served = unary_times(port, name, texts)
     return before + raw_times(model, texts), served
+
+
+def engine_model(path: str, engine: str = "auto") -> Any:
+    """The worker's model code for ``path`` in this process on all cores, on the engine a worker picks."""
+    from embedstream.registry import ModelSpec
+    from embedstream.workers.loader import load
+
+    return load(ModelSpec(name="minilm", family="text-dense", path=path, engine=engine), cores())
+
+
+def engine_rate(model: Any, texts: list[str]) -> float:
+    """Texts/s of the worker's model code over the corpus: tokenized, sorted by length, batches of 32."""
+    started = time.perf_counter()
+    tokens = sorted(model.tokenize(texts), key=lambda t: -t.length)
+    for i in range(0, len(tokens), 32):
+        model.forward(tokens[i : i + 32], [True] * len(tokens[i : i + 32]))
+    return len(texts) / (time.perf_counter() - started)
+
+
+def engine_times(model: Any, texts: list[str]) -> list[float]:
+    """The ms of each text tokenized and run alone through the worker's model code."""
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        model.forward(model.tokenize([text]), [True])
+        times.append((time.perf_counter() - started) * 1000)
+    return times

@@ -18,6 +18,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The onnx engine's graphs for this run (every process inherits it), with MiniLM's exported up front:
+    workers then start as fast as with torch, and nothing lands in the user's ~/.cache."""
+    from embedstream.registry import builtin
+    from embedstream.workers import onnxengine
+
+    folder = tmp_path_factory.mktemp("onnx")
+    os.environ["EMBEDSTREAM_ONNX_CACHE"] = str(folder)
+    onnxengine.graph(builtin().resolve(""), str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server for the whole session, or the one EMBEDSTREAM_TEST_REDIS_URL names."""

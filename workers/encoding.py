@@ -101,16 +101,14 @@ class Encoder:
     def __init__(self, spec: ModelSpec, threads: int, folder: str, auto: str = "AutoModel") -> None:
         import transformers
 
-        self._torch, self.device = init_torch(spec, threads)
         self.name = spec.name
+        self._network(spec, threads, folder, auto)
         # Few distinct widths keep accelerator kernels warm; CPU pays per token.
         self._width_multiple = 1 if self.device.type == "cpu" else 8
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         except ImportError as exc:
             raise strict.missing_package(spec.name, exc) from None
-        dtype = torch_dtype(self._torch, spec.dtype)
-        self.model = strict.pretrained(auto, folder, spec.name, dtype=dtype).to(self.device).eval()
         #: Which side a batch is padded on: decoders pad left where their tokenizer says so.
         self.padding_side = "left" if getattr(self.tokenizer, "padding_side", "right") == "left" else "right"
         #: The folder's sentence-transformers Transformer config ({} for a plain folder).
@@ -125,6 +123,12 @@ class Encoder:
         self._backend = self.vocabulary.cutter("right")
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._type_ids = "token_type_ids" in self.tokenizer.model_input_names
+
+    def _network(self, spec: ModelSpec, threads: int, folder: str, auto: str) -> None:
+        """The network itself (``model``, ``device``): torch's, strictly loaded, on the spec's device and dtype."""
+        self._torch, self.device = init_torch(spec, threads)
+        dtype = torch_dtype(self._torch, spec.dtype)
+        self.model = strict.pretrained(auto, folder, spec.name, dtype=dtype).to(self.device).eval()
 
     def tokenize(self, sources: list[Source], side: str = "right") -> list[Tokens]:
         """Fast-tokenizer ids (pairs for rerankers), cut at max_input_tokens on ``side``; ``overflowing``
@@ -161,6 +165,17 @@ class Encoder:
     def encode(self, batch: list[Tokens], task: str = "last_hidden_state", **extra: Any) -> tuple[Any, Any]:
         """Run the model on the padded batch (``extra``: more model arguments): (its ``task`` output, the mask)."""
         torch = self._torch
+        ids, mask, types = self.padded(batch)
+        inputs: dict[str, Any] = {
+            "input_ids": torch.from_numpy(ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+        }
+        if self._type_ids:
+            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
+        return getattr(self.model(**inputs, **extra), task), inputs["attention_mask"]
+
+    def padded(self, batch: list[Tokens]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's ids, attention mask and segment ids, padded on the tokenizer's side to its longest input."""
         width = -(-max(t.length for t in batch) // self._width_multiple) * self._width_multiple
         ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
@@ -171,13 +186,7 @@ class Encoder:
             mask[row, span] = 1
             if tok.type_ids is not None:
                 types[row, span] = tok.type_ids
-        inputs: dict[str, Any] = {
-            "input_ids": torch.from_numpy(ids).to(self.device),
-            "attention_mask": torch.from_numpy(mask).to(self.device),
-        }
-        if self._type_ids:
-            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
-        return getattr(self.model(**inputs, **extra), task), inputs["attention_mask"]
+        return ids, mask, types
 
     def token_strings(self, indices: np.ndarray) -> list[str]:
         """The vocabulary token of each index (sparse outputs' ``return_tokens``)."""

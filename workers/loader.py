@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from embedstream.errors import ConfigError
 from embedstream.registry import HUB_SCHEME, ModelSpec
-from embedstream.workers import selftest, strict
+from embedstream.workers import onnxengine, selftest, strict
 from embedstream.workers.causal_rerank import CausalRerankModel, is_causal
 from embedstream.workers.clap import ClapAudioModel
 from embedstream.workers.classify import SequenceClassifier
@@ -14,19 +14,23 @@ from embedstream.workers.debug import DebugModel
 from embedstream.workers.jina import JinaV3Model, is_jina_v3
 from embedstream.workers.m3 import BgeM3Model, is_m3
 from embedstream.workers.model import Model
+from embedstream.workers.onnxtext import OnnxSentenceModel
 from embedstream.workers.pylate_colbert import PylateColbertModel, is_pylate
 from embedstream.workers.rerank import CrossEncoderModel
 from embedstream.workers.sparse import SpladeModel
 from embedstream.workers.text import SentenceTransformerModel
 
 
-def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000)) -> Model:
-    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused.
+def load(
+    spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20, 25_000_000), onnx_cache: str = ""
+) -> Model:
+    """Load the model a registry entry names; images above ``image_limits`` (bytes, pixels) are refused;
+    ``onnx_cache`` holds the onnx engine's graphs (:mod:`embedstream.workers.onnxengine`).
 
     A folder the loaders cannot read, or a hub id without internet, is a :class:`ConfigError` naming the model.
     """
     try:
-        model = _load(spec, threads, image_limits)
+        model = _load(spec, threads, image_limits, onnx_cache)
     except ConfigError:
         raise
     except ImportError as exc:
@@ -44,7 +48,7 @@ def load(spec: ModelSpec, threads: int, image_limits: tuple[int, int] = (8 << 20
     return model
 
 
-def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model:
+def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int], onnx_cache: str) -> Model:
     if spec.family == "debug":
         return DebugModel(spec)
     if spec.family == "image-text":
@@ -67,4 +71,6 @@ def _load(spec: ModelSpec, threads: int, image_limits: tuple[int, int]) -> Model
         return JinaV3Model(spec, threads)
     if spec.outputs not in ((), ("dense",)) or (not spec.path.startswith(HUB_SCHEME) and is_m3(spec.path)):
         return BgeM3Model(spec, threads)
+    if onnxengine.resolve(spec, onnx_cache).engine == "onnx":
+        return OnnxSentenceModel(spec, threads, onnx_cache)
     return SentenceTransformerModel(spec, threads)

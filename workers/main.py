@@ -25,6 +25,8 @@ IMAGE_STACKS = ("torchvision", "PIL", "timm", "open_clip", "scipy", "triton")
 #: Likewise the audio and video decoders transformers' processors import when installed
 #: (``transformers.audio_utils``): only the image-text and audio-text families decode clips.
 MEDIA_STACKS = ("soxr", "soundfile", "torchaudio", "librosa", "av")
+#: torch and what imports it, hidden from a worker whose model runs on the onnx engine.
+TORCH_STACKS = ("torch", "sentence_transformers", "accelerate", "peft", "safetensors.torch")
 
 
 def hide_image_stacks(stacks: tuple[str, ...] = IMAGE_STACKS) -> None:
@@ -52,27 +54,35 @@ def run(settings: Settings, model_name: str) -> int:
         hide_image_stacks()
     if spec.family not in registry_mod.MODALITIES:  # a family that can take no video or audio at all
         hide_image_stacks(MEDIA_STACKS)
-    from transformers.utils import logging as hf_logging
-
-    from embedstream.workers.loader import load
-    from embedstream.workers.worker import serve
-
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    if logs.json_lines():
-        hf_logging.disable_default_handler()
-        hf_logging.enable_propagation()
     threads = settings.torch_threads()
-    policy = "" if settings.threads else " (adaptive: one fewer while other processes are busy)"
-    source = spec.path or spec.family
-    log.info("loading model %s (%s) on %s with %d threads%s", spec.name, source, spec.device, threads, policy)
     try:
         if spec.path.startswith(registry_mod.HUB_SCHEME):
             # The snapshot in the cache (downloaded first only with HF_HUB_OFFLINE=0): every loader sees a folder.
             spec = dataclasses.replace(spec, path=hub.folder(spec.name, spec.path[len(registry_mod.HUB_SCHEME) :]))
         if spec.path and not Path(spec.path).exists():
             raise ConfigError(f"models.{spec.name}.path: {spec.path} does not exist on this machine")
+        from embedstream.workers import onnxengine
+
+        spec = onnxengine.resolve(spec, settings.onnx_cache)  # exports in a process of its own
+        if spec.engine == "onnx":  # the graph needs no torch: ~500 MiB this worker never maps
+            hide_image_stacks(TORCH_STACKS)
+            os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found"
+        from transformers.utils import logging as hf_logging
+
+        from embedstream.workers.loader import load
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        if logs.json_lines():
+            hf_logging.disable_default_handler()
+            hf_logging.enable_propagation()
+        policy = "" if settings.threads or spec.engine == "onnx" else " (adaptive: one fewer while others are busy)"
+        source = spec.path or spec.family
+        log.info(
+            "loading model %s (%s) on %s, engine %s, with %d threads%s",
+            *(spec.name, source, spec.device, spec.engine, threads, policy),
+        )
         try:
-            model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels))
+            model = load(spec, threads, (settings.max_image_bytes, settings.max_image_pixels), settings.onnx_cache)
         except (OSError, ImportError, ValueError) as exc:
             # Missing or unreadable weights, a missing package, a folder that is not this family:
             # restarting cannot mend any of them, so they end the worker as configuration errors.
@@ -80,6 +90,8 @@ def run(settings: Settings, model_name: str) -> int:
     except ConfigError as exc:
         run_async(_record_failure(settings, spec.name, str(exc)))
         raise
+    from embedstream.workers.worker import serve
+
     run_async(serve(spec, model, settings))
     return 0
 

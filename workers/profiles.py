@@ -19,9 +19,10 @@ LOADERS = {"OpenClipModel": "open_clip", "DebugModel": "debug"}
 def describe(spec: ModelSpec, model: Any) -> Profile:
     """How ``model`` is served: its own profile, or one from the registry and its shape."""
     own = getattr(model, "profile", None)
+    engine = "" if spec.family == "debug" else str(getattr(model, "engine", "torch"))
     if isinstance(own, Profile):
-        return replace(own, vocabulary_size=_vocabulary_size(model))
-    return built(spec, model)
+        return replace(own, vocabulary_size=_vocabulary_size(model), engine=engine)
+    return replace(built(spec, model), engine=engine)
 
 
 def built(spec: ModelSpec, model: Any, **known: Any) -> Profile:

@@ -50,7 +50,7 @@ class SentenceTransformerModel(Encoder):
         self.include_prompt = True
         if modules:
             pooling_cfg = read_json(modules[kinds.index("Pooling")][1] / "config.json", spec.name)
-            self.pooling = _pooling_mode(pooling_cfg, spec.name)
+            self.pooling = pooling_mode(pooling_cfg, spec.name)
             self.include_prompt = bool(pooling_cfg.get("include_prompt", True))
             self.dense = [self.load_dense(folder) for kind, folder in modules if kind == "Dense"]
             self.normalizes = "Normalize" in kinds
@@ -174,7 +174,8 @@ class SentenceTransformerModel(Encoder):
         return int(self.forward([probe], [False]).shape[1])
 
 
-def _pooling_mode(cfg: dict[str, Any], name: str) -> str:
+def pooling_mode(cfg: dict[str, Any], name: str) -> str:
+    """The one pooling mode a sentence-transformers Pooling config names (either way it can name it)."""
     if "pooling_mode" in cfg:
         mode = cfg["pooling_mode"]
         if isinstance(mode, list) and len(mode) == 1:

@@ -57,9 +57,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._replies: set[asyncio.Task[None]] = set()
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="model")
-        # Adaptive only for torch on CPU: beside an accelerator torch's CPU threads do little,
-        # and the debug model runs no torch at all.
-        adaptive = spec.device == "cpu" and spec.family != "debug"
+        # Adaptive only for torch on CPU: beside an accelerator torch's CPU threads do little, the
+        # debug model runs no torch at all, and ONNX Runtime's pool shares out a busy core's work itself.
+        adaptive = spec.device == "cpu" and spec.family != "debug" and getattr(model, "engine", "torch") == "torch"
         fixed = settings.threads if adaptive else settings.torch_threads()
         self.threads = ThreadPolicy(fixed, set_torch_threads, settings.torch_threads())
         self.redis = connect(settings.redis_url, settings.redis_timeout_s, block_s=1.0)

@@ -1159,6 +1159,7 @@ class ModelProfile(_message.Message):
     HEADS_FIELD_NUMBER: _builtins.int
     MAX_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     PADDING_SIDE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     loader: _builtins.str
     """What read the folder: "sentence-transformers", "transformers", "open_clip", ..."""
     architecture: _builtins.str
@@ -1176,6 +1177,8 @@ class ModelProfile(_message.Message):
     max_input_tokens: _builtins.int
     padding_side: _builtins.str
     """"right" or "left"."""
+    engine: _builtins.str
+    """What runs the forward pass: "torch" or "onnx" (ONNX Runtime; registry `engine`)."""
     @_builtins.property
     def prompts(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Prompt name -> the text prepended (the folder's, the family's, then the registry's)."""
@@ -1203,10 +1206,11 @@ class ModelProfile(_message.Message):
         heads: _abc.Iterable[_builtins.str] | None = ...,
         max_input_tokens: _builtins.int = ...,
         padding_side: _builtins.str = ...,
+        engine: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "default_prompt", b"default_prompt", "document_prompt", b"document_prompt", "heads", b"heads", "include_prompt", b"include_prompt", "loader", b"loader", "matryoshka_dimensions", b"matryoshka_dimensions", "matryoshka_layer_norm", b"matryoshka_layer_norm", "max_input_tokens", b"max_input_tokens", "normalizes", b"normalizes", "padding_side", b"padding_side", "pooling", b"pooling", "prompts", b"prompts", "query_prompt", b"query_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "default_prompt", b"default_prompt", "document_prompt", b"document_prompt", "engine", b"engine", "heads", b"heads", "include_prompt", b"include_prompt", "loader", b"loader", "matryoshka_dimensions", b"matryoshka_dimensions", "matryoshka_layer_norm", b"matryoshka_layer_norm", "max_input_tokens", b"max_input_tokens", "normalizes", b"normalizes", "padding_side", b"padding_side", "pooling", b"pooling", "prompts", b"prompts", "query_prompt", b"query_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,5 +1,6 @@
 """Sentence-transformers folders, served, equal SentenceTransformer.encode: every Pooling mode,
-``include_prompt: false``, Dense and Normalize, the folder's own prompts and the registry's on top."""
+``include_prompt: false``, Dense and Normalize, the folder's own prompts and the registry's on top;
+on both engines (torch, and ONNX Runtime where it serves the folder)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ VARIANTS = {
     "st-sqrt": ("mean_sqrt_len_tokens", True, True),
     "st-wmean": ("weightedmean", False, False),
     "st-last": ("lasttoken", False, True),
+    "st-max-in": ("max", True, False),
+    "st-mean-torch": ("mean", True, False),
 }
+#: Served on the onnx engine (``engine = "onnx"``: refused rather than run on torch); the rest on torch.
+ONNX = ("st-cls", "st-mean", "st-max-in")
 REGISTRY_PROMPTS = {"query": "q-override: ", "classify": "classify this: "}
 
 
@@ -32,7 +37,7 @@ def served(family_models: FamilyModels, serve: Callable[..., Served]) -> Served:
         path = family_models.get(
             name, lambda d, p=pooling, i=include, x=dense: fm.bert_st(d, p, fm.E5_PROMPTS, include_prompt=i, dense=x)
         )
-        models[name] = {"family": "text-dense", "path": str(path)}
+        models[name] = {"family": "text-dense", "path": str(path), "engine": "onnx" if name in ONNX else "torch"}
     models["st-mean"]["prompts"] = REGISTRY_PROMPTS
     return serve(models)
 
@@ -81,6 +86,7 @@ def test_list_models_carries_each_folders_profile(served: Served) -> None:
         profile = listed[name].profile
         assert listed[name].state == pb.MODEL_STATE_SERVING and not listed[name].failure
         assert (profile.loader, profile.architecture, profile.pooling) == ("sentence-transformers", "bert", pooling)
+        assert profile.engine == ("onnx" if name in ONNX else "torch")
         assert profile.include_prompt == include and profile.normalizes and listed[name].normalizes
         assert list(profile.heads) == (["Dense", "Normalize"] if dense else ["Normalize"])
         assert profile.max_input_tokens == 128 and listed[name].dimensions == (16 if dense else 32)
