@@ -35,7 +35,7 @@ def run(settings: Settings, folder: str, family: str = "", instruction: str = ""
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    model = load(spec, settings.torch_threads())
+    model = load(spec, settings.torch_threads(), onnx_cache=settings.onnx_cache)
     print(f"folder: {path}")
     for line in describe(spec, model).lines():
         print(line)

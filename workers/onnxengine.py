@@ -137,16 +137,18 @@ def resolve(spec: ModelSpec, cache: str = "") -> ModelSpec:
     """``spec`` with the engine it will run on ("onnx" with its graph ready, or "torch")."""
     if spec.engine == "torch":
         return spec
-    reason = unfit(spec)
+    reason, failed = unfit(spec), False
     if not reason:
         try:
             graph(spec, cache)
             return dataclasses.replace(spec, engine="onnx")
         except ConfigError as exc:
-            reason = str(exc)
+            reason, failed = str(exc), True
     if spec.engine == "onnx":
         raise ConfigError(f"model {spec.name}: engine onnx cannot serve it: {reason}")
-    log.info("model %s runs on torch (%s)", spec.name, reason)
+    # A model the engine does not take is as it should be; a failed export (a read-only cache
+    # folder, an architecture that traces wrong) costs speed an operator should hear of.
+    (log.warning if failed else log.info)("model %s runs on torch (%s)", spec.name, reason)
     return dataclasses.replace(spec, engine="torch")
 
 
