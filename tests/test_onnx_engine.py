@@ -7,8 +7,8 @@ The conformance suite serves its tiny BERT folders with ``engine = "onnx"`` too
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,18 +55,29 @@ def test_the_default_model_runs_on_onnx_and_equals_sentence_transformers(onnx_ca
     assert np.abs(got - vectors(torch_model, texts)).max() < 1e-5
 
 
-def test_graphs_are_exported_once_per_folder_and_again_when_its_weights_change(
-    tmp_path: Path, onnx_cache: Path
-) -> None:
+def test_graphs_are_exported_once_per_weights_and_again_when_they_change(tmp_path: Path, onnx_cache: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
     folder = fm.bert_st(tmp_path / "st", "mean")
     spec = ModelSpec(name="tiny", family="text-dense", path=str(folder))
     first = onnxengine.graph(spec, str(onnx_cache))
     stamp = first.stat().st_mtime_ns
     assert onnxengine.graph(spec, str(onnx_cache)) == first and first.stat().st_mtime_ns == stamp
-    weights = next(folder.glob("*.safetensors"), None) or next(folder.rglob("*.safetensors"))
-    os.utime(weights, ns=(stamp + 10**9, stamp + 10**9))
-    second = onnxengine.graph(spec, str(onnx_cache))
+    copy = shutil.copytree(folder, tmp_path / "copy")  # the same weights elsewhere: the same graph
+    assert onnxengine.graph(dataclasses.replace(spec, path=str(copy)), str(onnx_cache)) == first
+    weights = copy / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k in state if k.endswith("embeddings.word_embeddings.weight"))
+    state[name] *= 1.5  # one tensor changed
+    save_file(state, str(weights), metadata={"format": "pt"})
+    changed = dataclasses.replace(spec, path=str(copy))
+    second = onnxengine.graph(changed, str(onnx_cache))
     assert second != first and second.exists()
+    model = load(changed, 1, onnx_cache=str(onnx_cache))
+    text = ["the graph follows the weights"]
+    got = model.forward(model.tokenize(text), [True])
+    assert np.abs(got - references.sentence_transformer(copy).encode(text)).max() < 1e-5
+    assert np.abs(got - references.sentence_transformer(folder).encode(text)).max() > 1e-3
 
 
 @pytest.mark.parametrize(
