@@ -109,7 +109,7 @@ def unfit(spec: ModelSpec) -> str:
 def graph(spec: ModelSpec, cache: str = "") -> Path:
     """The verified graph of ``spec``'s encoder, exported first where the cache lacks it; ConfigError on failure."""
     folder = transformer_folder(spec)
-    path = cache_folder(cache) / f"{spec.name}-{_key(folder)}.onnx"
+    path = cache_folder(cache) / f"{_key(folder)}.onnx"  # by contents: models of the same weights share it
     if path.exists():
         return path
     log.info("exporting %s to ONNX (once per model folder) into %s", spec.name, path)

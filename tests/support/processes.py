@@ -85,6 +85,8 @@ def base_env(redis_url: str, registry: Path, **extra: str) -> dict[str, str]:
         # (tests/test_cache*.py), the fault suite and the docs' service turn it on.
         EMBEDSTREAM_CACHE_BYTES="0",
     )
+    if "EMBEDSTREAM_ONNX_CACHE" in os.environ:  # the run's graphs (tests/conftest.py), not ~/.cache
+        env["EMBEDSTREAM_ONNX_CACHE"] = os.environ["EMBEDSTREAM_ONNX_CACHE"]
     env.update(extra)
     return env
 
@@ -109,6 +111,7 @@ def start_worker(
 ) -> Proc:
     """A worker for ``model`` (run by the interpreter ``python``, else this one); returns once its
     heartbeat is in Redis."""
+    export_graphs(env, [model])
     proc = Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir, python)
     return wait_worker(proc, model, r, timeout)
 
@@ -117,6 +120,7 @@ def start_workers(
     env: dict[str, str], log_dir: Path, models: list[str], r: redis.Redis, timeout: float = 180
 ) -> dict[str, Proc]:
     """Workers for ``models``, started together; returns once every heartbeat is in Redis."""
+    export_graphs(env, models)
     procs = {model: Proc(f"worker-{model}", ["worker", "--model", model], env, log_dir) for model in models}
     try:
         return {model: wait_worker(proc, model, r, timeout) for model, proc in procs.items()}
@@ -125,6 +129,28 @@ def start_workers(
         for proc in procs.values():
             proc.kill()
         raise
+
+
+def export_graphs(env: dict[str, str], models: list[str]) -> None:
+    """The onnx engine's graphs of ``models`` exported here first, where torch is loaded anyway (~1 s for a
+    tiny model), not by each worker in a process of its own (~15 s on 2 busy cores: torch's import)."""
+    import torch  # noqa: F401  (onnxengine exports in this process once torch is in it)
+
+    from embedstream import registryfile
+    from embedstream.errors import ConfigError, NotFound
+    from embedstream.workers import onnxengine
+
+    try:
+        registry = registryfile.load(env.get("EMBEDSTREAM_REGISTRY", ""))
+        specs = [registry.resolve(model) for model in models]
+    except (ConfigError, NotFound, OSError):
+        return  # the worker itself reports what is wrong with its registry or model
+    for spec in specs:
+        if spec.engine != "torch" and not onnxengine.unfit(spec):
+            try:
+                onnxengine.graph(spec, env.get("EMBEDSTREAM_ONNX_CACHE", ""))
+            except ConfigError:
+                pass  # the worker meets the same failure and handles it as it would anyway
 
 
 def wait_worker(proc: Proc, model: str, r: redis.Redis, timeout: float) -> Proc:
