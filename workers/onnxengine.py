@@ -23,6 +23,7 @@ passes at load (:mod:`embedstream.workers.selftest`) runs on the graph as well.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -154,19 +155,29 @@ def resolve(spec: ModelSpec, cache: str = "") -> ModelSpec:
 
 def _key(folder: Path) -> str:
     """A digest of what the graph depends on: the contents of the folder's weights and config (wherever
-    the folder lies: copies share a graph), the exporter's versions. ~0.2 s per 100 MB of weights."""
+    the folder lies: copies share a graph), the exporter's versions. ~0.2 s per 100 MB of weights, read once
+    per process while the files' sizes and times stay (a worker's start asks three times: main, loader, model)."""
+    files = tuple(
+        (file, file.stat().st_size, file.stat().st_mtime_ns)
+        for file in sorted(folder.iterdir())
+        if file.is_file() and (file.suffix in (".safetensors", ".bin") or file.name == "config.json")
+    )
+    return _digest(files)
+
+
+@functools.cache
+def _digest(files: tuple[tuple[Path, int, int], ...]) -> str:
     digest = hashlib.sha256(f"{RECIPE}".encode())
     for package in ("torch", "transformers", "onnx"):
         try:
             digest.update(f"|{package}={importlib.metadata.version(package)}".encode())
         except importlib.metadata.PackageNotFoundError:
             digest.update(f"|{package}=none".encode())
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and (file.suffix in (".safetensors", ".bin") or file.name == "config.json"):
-            digest.update(f"|{file.name}:{file.stat().st_size}:".encode())
-            with open(file, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
+    for file, size, _ in files:
+        digest.update(f"|{file.name}:{size}:".encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
